@@ -1,0 +1,291 @@
+"""Sample-adaptive kernel-selection modulated convolution (GigaGAN, paper eqs. 1-2; SPEC §2).
+
+For each sample b:
+    a[b]  = softmax(select_logits[b])                 K[b] = sum_n a[b,n] W[n]
+    K'[b] = K[b] * style[b][None, :, None, None]       d[b,o] = rsqrt(sum K'[b,o]^2 + eps)
+    y[b]  = conv2d(x[b], K'[b] * d[b], "same")  ->  + noise  ->  + bias  ->  lrelu * gain  ->  clamp
+
+This module holds the public function, input validation, the reference
+composite ("ref", the oracle of every test and the naive baseline of every
+benchmark), and the torch.library registration of the Triton path with its
+autograd. The Triton kernels live beside it in adaptive_modconv_triton.py.
+
+Gradient order: first-order gradients of the Triton path run fused kernels.
+Under create_graph=True (R1) the backward is recomputed through the reference
+composite, so gradients of every order are exact for every impl.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import backend
+
+OP_NAME = "adaptive_modconv2d"
+ACTIVATIONS = (None, "linear", "lrelu")
+LRELU_SLOPE = 0.2
+
+
+def _default_gain(activation):
+    return math.sqrt(2.0) if activation == "lrelu" else 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation: every assumption the kernels make, checked before any launch.
+# ----------------------------------------------------------------------------------------------
+def _shape(t):
+    return tuple(t.shape)
+
+
+def validate(x, weight_bank, select_logits, style, bias, noise, activation, gain, clamp, eps):
+    named = {"x": x, "weight_bank": weight_bank, "select_logits": select_logits, "style": style}
+    for name, t in named.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"adaptive_modconv2d: {name} must be a torch.Tensor, got {type(t).__name__}")
+    for name, t, want in (("x", x, 4), ("weight_bank", weight_bank, 5), ("select_logits", select_logits, 2),
+                          ("style", style, 2)):
+        if t.dim() != want:
+            layout = {"x": "[B, Cin, H, W]", "weight_bank": "[N, Cout, Cin, k, k]",
+                      "select_logits": "[B, N]", "style": "[B, Cin]"}[name]
+            raise ValueError(f"adaptive_modconv2d: {name} must be {want}-D {layout}, got shape {_shape(t)}")
+    B, Cin, H, W = x.shape
+    N, Cout, bank_cin, kh, kw = weight_bank.shape
+    if bank_cin != Cin:
+        raise ValueError(f"adaptive_modconv2d: weight_bank has Cin={bank_cin} but x has Cin={Cin} "
+                         f"(weight_bank shape {_shape(weight_bank)}, x shape {_shape(x)})")
+    if kh != kw or kh % 2 == 0:
+        raise ValueError(f"adaptive_modconv2d: weight_bank filters must be square with odd k, "
+                         f"got k x k = {kh} x {kw} (shape {_shape(weight_bank)})")
+    if N < 1:
+        raise ValueError(f"adaptive_modconv2d: weight_bank needs at least one filter, got shape {_shape(weight_bank)}")
+    if _shape(select_logits) != (B, N):
+        raise ValueError(f"adaptive_modconv2d: select_logits must have shape [B, N] = {(B, N)}, "
+                         f"got {_shape(select_logits)}")
+    if _shape(style) != (B, Cin):
+        raise ValueError(f"adaptive_modconv2d: style must have shape [B, Cin] = {(B, Cin)}, got {_shape(style)}")
+    if bias is not None:
+        named["bias"] = bias
+        if _shape(bias) != (Cout,):
+            raise ValueError(f"adaptive_modconv2d: bias must have shape [Cout] = {(Cout,)}, got {_shape(bias)}")
+    if noise is not None:
+        named["noise"] = noise
+        try:
+            if torch.broadcast_shapes(noise.shape, (B, Cout, H, W)) != (B, Cout, H, W) or noise.dim() > 4:
+                raise RuntimeError
+        except RuntimeError:
+            raise ValueError(f"adaptive_modconv2d: noise must broadcast to the output shape {(B, Cout, H, W)}, "
+                             f"got {_shape(noise)}") from None
+    ref_device, ref_dtype = x.device, x.dtype
+    if not ref_dtype.is_floating_point:
+        raise ValueError(f"adaptive_modconv2d: x must be floating point, got dtype {ref_dtype}")
+    for name, t in named.items():
+        if t.device != ref_device:
+            raise ValueError(f"adaptive_modconv2d: {name} is on {t.device} but x is on {ref_device}; "
+                             "all tensors must share one device")
+        if t.dtype != ref_dtype:
+            raise ValueError(f"adaptive_modconv2d: {name} has dtype {t.dtype} but x has dtype {ref_dtype}; "
+                             "all tensors must share one dtype")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"adaptive_modconv2d: activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if clamp is not None and not clamp >= 0:
+        raise ValueError(f"adaptive_modconv2d: clamp must be >= 0 or None, got {clamp}")
+    if not eps > 0:
+        raise ValueError(f"adaptive_modconv2d: eps must be > 0, got {eps}")
+    if gain is not None and not math.isfinite(gain):
+        raise ValueError(f"adaptive_modconv2d: gain must be finite, got {gain}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference composite: materialise per-sample weights, one grouped convolution (the naive way).
+# ----------------------------------------------------------------------------------------------
+def _epilogue_ref(y, bias, noise, activation, gain, clamp):
+    if noise is not None:
+        y = y + noise
+    if bias is not None:
+        y = y + bias[None, :, None, None]
+    if activation == "lrelu":
+        y = F.leaky_relu(y, LRELU_SLOPE)
+    if gain != 1.0:
+        y = y * gain
+    if clamp is not None:
+        y = y.clamp(-clamp, clamp)
+    return y
+
+
+def adaptive_modconv2d_ref(x, weight_bank, select_logits, style, bias=None, *, demodulate=True, eps=1e-8,
+                           noise=None, activation=None, gain=None, clamp=None):
+    """Readable composite in plain torch ops; differentiable to any order."""
+    gain = _default_gain(activation) if gain is None else float(gain)
+    B, Cin, H, W = x.shape
+    N, Cout, _, k, _ = weight_bank.shape
+    if B == 0:
+        # Keep the output attached to every input so that backward yields zero gradients.
+        anchor = weight_bank.sum() + select_logits.sum() + style.sum() + x.sum()
+        return _epilogue_ref(x.new_zeros((0, Cout, H, W)) + anchor * 0, bias, noise, activation, gain, clamp)
+    a = torch.softmax(select_logits, dim=1)                                  # paper eq. 1
+    weight = torch.einsum("bn,noihw->boihw", a, weight_bank)                 # selected filter K[b]
+    weight = weight * style[:, None, :, None, None]                          # modulation, eq. 2
+    if demodulate:
+        weight = weight * torch.rsqrt(weight.square().sum(dim=(2, 3, 4), keepdim=True) + eps)
+    y = F.conv2d(x.reshape(1, B * Cin, H, W), weight.reshape(B * Cout, Cin, k, k), padding=k // 2, groups=B)
+    return _epilogue_ref(y.reshape(B, Cout, H, W), bias, noise, activation, gain, clamp)
+
+
+# ----------------------------------------------------------------------------------------------
+# Triton path as torch.library custom ops: a forward op and a backward op, autograd glued on.
+# ----------------------------------------------------------------------------------------------
+_ACT_CODES = {None: 0, "linear": 0, "lrelu": 1}
+
+
+def _needs_lin(activation, gain, clamp, bias, noise) -> bool:
+    """lin (the demodulated conv before the epilogue) differs from y, so it must be saved."""
+    return activation == "lrelu" or gain != 1.0 or clamp is not None or bias is not None or noise is not None
+
+
+@torch.library.custom_op("gigagan_kernels::adaptive_modconv2d_triton", mutates_args=())
+def _triton_fwd_op(x: torch.Tensor, weight_bank: torch.Tensor, select_logits: torch.Tensor, style: torch.Tensor,
+                   bias: Optional[torch.Tensor], noise: Optional[torch.Tensor], demodulate: bool, eps: float,
+                   activation: str, gain: float, clamp: Optional[float],
+                   save_lin: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from . import adaptive_modconv_triton as kernels
+    a = torch.softmax(select_logits.float(), dim=1)
+    return kernels.forward(x, weight_bank, a, style, bias, noise, demodulate=demodulate, eps=eps,
+                           activation_code=_ACT_CODES[activation or None], gain=gain, clamp=clamp,
+                           save_lin=save_lin)
+
+
+@_triton_fwd_op.register_fake
+def _(x, weight_bank, select_logits, style, bias, noise, demodulate, eps, activation, gain, clamp, save_lin):
+    B, _, H, W = x.shape
+    Cout = weight_bank.shape[1]
+    y = x.new_empty((B, Cout, H, W))
+    lin = x.new_empty((B, Cout, H, W)) if save_lin else x.new_empty((0,))
+    return y, lin, x.new_empty((B, Cout), dtype=torch.float32)
+
+
+@torch.library.custom_op("gigagan_kernels::adaptive_modconv2d_triton_backward", mutates_args=())
+def _triton_bwd_op(grad_y: torch.Tensor, x: torch.Tensor, weight_bank: torch.Tensor, select_logits: torch.Tensor,
+                   style: torch.Tensor, bias: Optional[torch.Tensor], noise: Optional[torch.Tensor],
+                   lin: torch.Tensor, d: torch.Tensor, demodulate: bool, activation: str, gain: float,
+                   clamp: Optional[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                    torch.Tensor, torch.Tensor]:
+    """Returns dx, dbank, dlogits, dstyle, dbias (empty when bias is None), dnoise (ditto)."""
+    from . import adaptive_modconv_triton as kernels
+    # Epilogue backward on the activation-sized tensors: recover the pre-activation v from lin.
+    lin32 = lin.float()
+    v = lin32
+    if noise is not None:
+        v = v + noise.float()
+    if bias is not None:
+        v = v + bias.float()[None, :, None, None]
+    g = grad_y.float()
+    if activation == "lrelu":
+        g = g * torch.where(v > 0, gain, gain * LRELU_SLOPE)
+        act = torch.where(v > 0, v, v * LRELU_SLOPE) * gain
+    else:
+        g = g * gain
+        act = v * gain
+    if clamp is not None:
+        g = g * ((act >= -clamp) & (act <= clamp))
+    dbias = g.sum(dim=(0, 2, 3)).to(bias.dtype) if bias is not None else grad_y.new_empty((0,))
+    dnoise = g.sum_to_size(noise.shape).to(noise.dtype) if noise is not None else grad_y.new_empty((0,))
+    if demodulate:
+        c = (g * lin32).sum(dim=(2, 3)) * d * d
+    else:
+        c = d.new_zeros(d.shape)
+    gz = (g * d[:, :, None, None]).to(x.dtype)
+    a = torch.softmax(select_logits.float(), dim=1)
+    dx, dbank, da, ds = kernels.backward(gz, c, x, weight_bank, a, style, demodulate=demodulate)
+    dlogits = a * (da - (a * da).sum(dim=1, keepdim=True))                     # softmax backward
+    return dx, dbank, dlogits.to(select_logits.dtype), ds.to(style.dtype), dbias, dnoise
+
+
+@_triton_bwd_op.register_fake
+def _(grad_y, x, weight_bank, select_logits, style, bias, noise, lin, d, demodulate, activation, gain, clamp):
+    empty = grad_y.new_empty((0,))
+    return (torch.empty_like(x), torch.empty_like(weight_bank), torch.empty_like(select_logits),
+            torch.empty_like(style), torch.empty_like(bias) if bias is not None else empty,
+            torch.empty_like(noise) if noise is not None else empty)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight_bank, select_logits, style, bias, noise, demodulate, eps, activation, gain, clamp, save_lin = inputs
+    y, lin, d = output
+    ctx.save_for_backward(x, weight_bank, select_logits, style, bias, noise, lin if save_lin else y, d)
+    ctx.options = (demodulate, eps, activation, gain, clamp)
+
+
+def _backward(ctx, grad_y, _grad_lin, _grad_d):
+    x, weight_bank, select_logits, style, bias, noise, lin, d = ctx.saved_tensors
+    demodulate, eps, activation, gain, clamp = ctx.options
+    if torch.is_grad_enabled():
+        # create_graph=True (e.g. R1): differentiate the reference so higher orders stay exact.
+        return (*_ref_vjp(grad_y, x, weight_bank, select_logits, style, bias, noise, demodulate, eps,
+                          activation, gain, clamp), None, None, None, None, None, None)
+    dx, dbank, dlogits, dstyle, dbias, dnoise = _triton_bwd_op(
+        grad_y, x, weight_bank, select_logits, style, bias, noise, lin, d, demodulate, activation, gain, clamp)
+    return (dx, dbank, dlogits, dstyle, dbias if bias is not None else None,
+            dnoise if noise is not None else None, None, None, None, None, None, None)
+
+
+def _ref_vjp(grad_y, x, weight_bank, select_logits, style, bias, noise, demodulate, eps, activation, gain, clamp):
+    inputs = (x, weight_bank, select_logits, style, bias, noise)
+    wanted = [t for t in inputs if t is not None and t.requires_grad]
+    with torch.enable_grad():
+        y = adaptive_modconv2d_ref(x, weight_bank, select_logits, style, bias, demodulate=demodulate, eps=eps,
+                                   noise=noise, activation=activation, gain=gain, clamp=clamp)
+        grads = iter(torch.autograd.grad(y, wanted, grad_y, create_graph=True, allow_unused=True))
+    return tuple(next(grads) if t is not None and t.requires_grad else None for t in inputs)
+
+
+_triton_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public function
+# ----------------------------------------------------------------------------------------------
+def adaptive_modconv2d(x, weight_bank, select_logits, style, bias=None, *, demodulate=True, eps=1e-8, noise=None,
+                       activation=None, gain=None, clamp=None, impl="auto"):
+    """Sample-adaptive kernel-selection modulated convolution with a fused epilogue.
+
+    Args:
+        x: [B, Cin, H, W]; any strides (channels_last included).
+        weight_bank: [N, Cout, Cin, k, k] with odd k.
+        select_logits: [B, N] filter-selection logits (softmax is applied here).
+        style: [B, Cin] per-input-channel modulation.
+        bias: [Cout] or None.
+        demodulate: scale each output filter to unit norm (StyleGAN2 demodulation).
+        eps: added under the demodulation rsqrt.
+        noise: broadcastable to [B, Cout, H, W], already scaled; added before the bias.
+        activation: None / "linear" or "lrelu" (slope 0.2).
+        gain: output gain, default sqrt(2) for "lrelu" and 1 otherwise (StyleGAN2 bias_act).
+        clamp: clamp the output to [-clamp, clamp] after the gain.
+        impl: "auto", "ref", "triton" or "cuda" (see gigagan_kernels.backend).
+
+    All tensors share one device and dtype (fp32, fp16 or bf16); accumulation is fp32.
+    Supports gradients of every order for every impl: first-order backward of the fused
+    paths runs fused kernels; under create_graph=True it goes through the reference.
+    """
+    validate(x, weight_bank, select_logits, style, bias, noise, activation, gain, clamp, eps)
+    activation = None if activation == "linear" else activation
+    gain = _default_gain(activation) if gain is None else float(gain)
+    clamp = None if clamp is None else float(clamp)
+    chosen = backend.resolve_impl(impl, x.device, OP_NAME)
+    if chosen == "ref" or x.shape[0] == 0:
+        return adaptive_modconv2d_ref(x, weight_bank, select_logits, style, bias, demodulate=demodulate, eps=eps,
+                                      noise=noise, activation=activation, gain=gain, clamp=clamp)
+    if chosen == "triton":
+        from . import adaptive_modconv_triton as kernels
+        if weight_bank.shape[0] > kernels.MAX_FILTERS:
+            raise ValueError(f"adaptive_modconv2d(impl='triton'): weight_bank has N={weight_bank.shape[0]} filters; "
+                             f"the Triton kernels support N <= {kernels.MAX_FILTERS}")
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, weight_bank, select_logits, style, bias, noise))
+        save_lin = needs_grad and _needs_lin(activation, gain, clamp, bias, noise)
+        y, _, _ = _triton_fwd_op(x, weight_bank, select_logits, style, bias, noise, bool(demodulate), float(eps),
+                                 activation or "linear", gain, clamp, save_lin)
+        return y
+    raise backend.BackendUnavailableError(f"adaptive_modconv2d: impl={chosen!r} has no implementation yet")

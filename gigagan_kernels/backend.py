@@ -1,0 +1,113 @@
+"""The one place that decides which backend runs an op.
+
+impl is "ref", "triton", "cuda" or "auto". "auto" consults, in order, the
+`use_impl` context manager, the GIGAGAN_KERNELS_IMPL environment variable and
+finally the per-device preference below. Asking for a backend that cannot run
+on the given tensors raises; nothing falls back silently.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import importlib.util
+import os
+
+import torch
+
+IMPLS = ("ref", "triton", "cuda")
+ENV_VAR = "GIGAGAN_KERNELS_IMPL"
+
+_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("gigagan_kernels_impl", default=None)
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested backend cannot run on these tensors in this process."""
+
+
+def triton_interpret() -> bool:
+    """True when Triton kernels run through the CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def cuda_extension_ops():
+    """The torch.ops namespace of the compiled extension, or None when it is not built."""
+    try:
+        from . import _C  # noqa: F401  (importing registers the ops)
+    except ImportError:
+        return None
+    return torch.ops.gigagan_kernels_cuda
+
+
+@contextlib.contextmanager
+def use_impl(impl: str):
+    """Force the backend that impl="auto" resolves to, e.g. for an A/B run of a whole model."""
+    _check_name(impl, allow_auto=True, source="use_impl(impl)")
+    token = _override.set(impl)
+    try:
+        yield
+    finally:
+        _override.reset(token)
+
+
+def _check_name(impl, *, allow_auto: bool, source: str) -> None:
+    allowed = IMPLS + (("auto",) if allow_auto else ())
+    if impl not in allowed:
+        raise ValueError(f"{source}: expected one of {allowed}, got {impl!r}")
+
+
+def unavailable_reason(impl: str, device: torch.device, op: str) -> str | None:
+    """Why `impl` cannot run `op` on `device`, or None when it can."""
+    if impl == "ref":
+        return None
+    if impl == "triton":
+        if not triton_installed():
+            return "triton is not installed"
+        if device.type == "cuda":
+            return None
+        if device.type == "cpu" and triton_interpret():
+            return None
+        return f"Triton kernels need CUDA tensors (got {device.type}); set TRITON_INTERPRET=1 to run them on CPU"
+    if impl == "cuda":
+        if device.type != "cuda":
+            return f"the CUDA extension needs CUDA tensors (got {device.type})"
+        ops = cuda_extension_ops()
+        if ops is None:
+            return "the CUDA extension gigagan_kernels._C is not built (see README: building the CUDA extension)"
+        if not hasattr(ops, op):
+            return f"the CUDA extension has no op {op!r}"
+        return None
+    raise AssertionError(impl)
+
+
+# Order in which "auto" tries backends on CUDA. Triton first until the CUDA
+# kernels are measured faster on the benchmark shapes.
+_AUTO_CUDA_ORDER = ("triton", "cuda", "ref")
+
+
+def resolve_impl(impl: str, device: torch.device, op: str) -> str:
+    """Turn the user's impl argument into a backend that can run, or raise."""
+    _check_name(impl, allow_auto=True, source=f"{op}(impl=...)")
+    if impl == "auto":
+        forced = _override.get() or os.environ.get(ENV_VAR, "").strip() or "auto"
+        source = "use_impl()" if _override.get() else ENV_VAR
+        if forced != "auto":
+            _check_name(forced, allow_auto=False, source=source)
+            impl = forced
+    if impl != "auto":
+        reason = unavailable_reason(impl, device, op)
+        if reason is not None:
+            raise BackendUnavailableError(f"{op}: impl={impl!r} is unavailable: {reason}")
+        return impl
+    if device.type == "cuda":
+        for cand in _AUTO_CUDA_ORDER:
+            if unavailable_reason(cand, device, op) is None:
+                return cand
+    if device.type == "cpu" and triton_interpret() and triton_installed():
+        return "triton"
+    return "ref"
