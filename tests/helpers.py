@@ -1,0 +1,28 @@
+"""Comparison helpers shared by the op tests."""
+import torch
+
+# Relative-norm tolerances ||out - ref64|| / ||ref64|| per input dtype. fp32 on a GPU runs TF32 dots
+# (torch's cuDNN default); the interpreter computes fp32 dots exactly.
+RTOL = {torch.float32: 2e-3 if torch.cuda.is_available() else 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.double(), ref.double()
+    assert out.shape == ref.shape, (out.shape, ref.shape)
+    assert torch.isfinite(out).all(), "output has NaN/Inf (unwritten or overflowed elements)"
+    denom = ref.norm().item()
+    return (out - ref).norm().item() / (denom if denom > 0 else 1.0)
+
+
+def assert_close(out, ref, dtype, name, factor=1.0, same_precision_ref=None):
+    """out vs the float64 ref. With same_precision_ref (plain torch in out's dtype), the tolerance also
+    admits twice torch's own error: ill-conditioned outputs (cancellation) are hard for everyone."""
+    err = rel_err(out, ref)
+    tol = RTOL[dtype] * factor
+    if same_precision_ref is not None:
+        tol = max(tol, 2.0 * rel_err(same_precision_ref, ref))
+    assert err <= tol, f"{name}: relative error {err:.3e} > {tol:.1e} ({dtype})"
+    # Elementwise guard so that one wrong element cannot hide in the norm of a large tensor.
+    scale = ref.double().abs().max().item() or 1.0
+    worst = (out.double() - ref.double()).abs().max().item() / scale
+    assert worst <= 50 * tol, f"{name}: worst element off by {worst:.3e} of max|ref| ({dtype})"

@@ -1,0 +1,316 @@
+"""adaptive_modconv2d: every fast path, forward and all gradients, against the float64 reference."""
+import math
+import os
+import random
+
+import pytest
+import torch
+
+import gigagan_kernels as gk
+from gigagan_kernels import adaptive_modconv as amc
+from gigagan_kernels import backend
+from gigagan_kernels.nn import AdaptiveModConv2d
+
+from helpers import assert_close
+
+FAST_IMPLS = ["triton"]
+INPUT_NAMES = ("x", "weight_bank", "select_logits", "style", "bias", "noise")
+
+
+def make_inputs(B, Cin, Cout, H, W, N, k, *, dtype, device, seed, bias=False, noise=None):
+    """Fresh random inputs (never zeros). noise: None, "full" [B,Cout,H,W] or "pixel" [B,1,H,W]."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0, shift=0.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale + shift).to(device=device, dtype=dtype)
+
+    inputs = {
+        "x": rnd(B, Cin, H, W),
+        "weight_bank": rnd(N, Cout, Cin, k, k, scale=1.0 / math.sqrt(Cin * k * k)),
+        "select_logits": rnd(B, N, scale=2.0),
+        "style": rnd(B, Cin, scale=0.5, shift=1.0),
+        "bias": rnd(Cout) if bias else None,
+        "noise": {None: None, "full": lambda: rnd(B, Cout, H, W), "pixel": lambda: rnd(B, 1, H, W)}[noise]
+    }
+    if callable(inputs["noise"]):
+        inputs["noise"] = inputs["noise"]()
+    return inputs
+
+
+def run(inputs, impl, grad_out, **options):
+    """Forward and the gradients of every tensor input, for one impl."""
+    leaves = {k: (v.detach().clone().requires_grad_() if v is not None else None) for k, v in inputs.items()}
+    y = gk.adaptive_modconv2d(leaves["x"], leaves["weight_bank"], leaves["select_logits"], leaves["style"],
+                              leaves["bias"], noise=leaves["noise"], impl=impl, **options)
+    present = [k for k in INPUT_NAMES if leaves[k] is not None]
+    grads = torch.autograd.grad(y, [leaves[k] for k in present], grad_out.to(y.dtype))
+    return y, dict(zip(present, grads))
+
+
+def away_from_kinks(ref_inputs, activation=None, gain=None, clamp=None, **options):
+    """0 where the float64 pre-activation sits within rounding of the lrelu or clamp kink, else 1.
+
+    There a low-precision kernel may legitimately pick the other side of the kink (seen: v = -2e-6
+    computed as +3e-5 in fp16), which changes that element's gradient by 80%. Elsewhere every
+    gradient is compared.
+    """
+    keep = torch.ones((), dtype=torch.float64, device=ref_inputs["x"].device)
+    if activation != "lrelu" and clamp is None:
+        return keep
+    with torch.no_grad():
+        pre = gk.adaptive_modconv2d(ref_inputs["x"], ref_inputs["weight_bank"], ref_inputs["select_logits"],
+                                    ref_inputs["style"], ref_inputs["bias"], noise=ref_inputs["noise"], impl="ref",
+                                    **options)
+        margin = 1e-2 * pre.abs().max().clamp_min(1e-30)
+        keep = (pre.abs() > margin).double() if activation == "lrelu" else torch.ones_like(pre)
+        if clamp is not None:
+            g = amc._default_gain(activation) if gain is None else gain
+            act = torch.where(pre > 0, pre, pre * 0.2) * g if activation == "lrelu" else pre * g
+            keep = keep * ((act.abs() - clamp).abs() > margin * abs(g)).double()
+    return keep
+
+
+def check_against_reference(inputs, impl, dtype, *, grad_scale=1.0, **options):
+    B, Cout = inputs["x"].shape[0], inputs["weight_bank"].shape[1]
+    H, W = inputs["x"].shape[2:]
+    grad_out = torch.randn(B, Cout, H, W, dtype=torch.float64).to(inputs["x"].device) * grad_scale
+    ref_inputs = {k: (v.double() if v is not None else None) for k, v in inputs.items()}
+    grad_out = grad_out * away_from_kinks(ref_inputs, **options)
+    y, grads = run(inputs, impl, grad_out, **options)
+    y_ref, grads_ref = run(ref_inputs, "ref", grad_out, **options)
+    y_low, grads_low = run(inputs, "ref", grad_out, **options)
+    assert y.dtype == dtype and y.shape == y_ref.shape
+    assert_close(y, y_ref, dtype, "y", same_precision_ref=y_low)
+    for name, g_ref in grads_ref.items():
+        assert grads[name].dtype == dtype, name
+        if name == "style" and options.get("demodulate", True) and inputs["x"].shape[1] == 1:
+            # One input channel: demodulation cancels the style's scale, so dstyle is 0 up to eps and
+            # both low-precision results are rounding noise around it.
+            assert grads[name].double().abs().max() < 1e-3 * grad_out.abs().max().item() + 1e-6
+            continue
+        # Gradients through the demodulation rsqrt and the softmax lose a little more precision.
+        assert_close(grads[name], g_ref, dtype, f"d{name}", factor=4.0, same_precision_ref=grads_low[name])
+
+
+EPILOGUES = {
+    "plain": dict(),
+    "bias": dict(bias=True),
+    "noise_full": dict(noise="full"),
+    "noise_pixel": dict(noise="pixel"),
+    "lrelu": dict(bias=True, activation="lrelu"),
+    "lrelu_gain": dict(activation="lrelu", gain=0.7),
+    "clamp": dict(bias=True, noise="pixel", activation="lrelu", clamp=0.4),
+    "linear_gain_clamp": dict(gain=2.0, clamp=0.5),
+}
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+@pytest.mark.parametrize("epilogue", list(EPILOGUES))
+@pytest.mark.parametrize("demodulate", [True, False])
+def test_odd_shapes_every_epilogue(impl, epilogue, demodulate, device, poison_outputs):
+    opts = dict(EPILOGUES[epilogue])
+    inputs = make_inputs(3, 5, 7, 9, 11, 3, 3, dtype=torch.float32, device=device, seed=hash(epilogue) % 1000,
+                         bias=opts.pop("bias", False), noise=opts.pop("noise", None))
+    check_against_reference(inputs, impl, torch.float32, demodulate=demodulate, **opts)
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+@pytest.mark.parametrize("k", [1, 3, 5, 7])
+@pytest.mark.parametrize("N", [1, 2, 5])
+def test_kernel_sizes_and_bank_sizes(impl, k, N, device, poison_outputs):
+    inputs = make_inputs(2, 6, 4, 7, 6, N, k, dtype=torch.float32, device=device, seed=10 * k + N, bias=True)
+    check_against_reference(inputs, impl, torch.float32, activation="lrelu")
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_dtypes(impl, dtype, device, poison_outputs):
+    inputs = make_inputs(2, 24, 20, 8, 8, 4, 3, dtype=dtype, device=device, seed=7, bias=True, noise="pixel")
+    check_against_reference(inputs, impl, dtype, activation="lrelu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("shape", [(8, 256, 256, 16, 16, 8, 3), (4, 128, 64, 64, 64, 4, 3), (4, 512, 3, 32, 32, 1, 1),
+                                   (4, 96, 160, 4, 4, 8, 3)])
+def test_gpu_large_shapes(impl, dtype, shape, poison_outputs):
+    B, Cin, Cout, H, W, N, k = shape
+    inputs = make_inputs(B, Cin, Cout, H, W, N, k, dtype=dtype, device="cuda", seed=sum(shape), bias=True,
+                         noise="pixel")
+    check_against_reference(inputs, impl, dtype, activation="lrelu", clamp=256.0)
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+@pytest.mark.parametrize("layout", ["channels_last", "sliced", "transposed_params"])
+def test_non_contiguous_inputs(impl, layout, device, poison_outputs):
+    inputs = make_inputs(3, 6, 5, 7, 9, 3, 3, dtype=torch.float32, device=device, seed=3, bias=True, noise="pixel")
+    if layout == "channels_last":
+        inputs["x"] = inputs["x"].to(memory_format=torch.channels_last)
+        assert not inputs["x"].is_contiguous()
+    elif layout == "sliced":
+        inputs["x"] = torch.randn(3, 12, 9, 20, device=device)[:, ::2, 1:8, 1:10]
+        assert not inputs["x"].is_contiguous()
+    else:
+        inputs["style"] = inputs["style"].t().contiguous().t()
+        inputs["select_logits"] = inputs["select_logits"].t().contiguous().t()
+        inputs["weight_bank"] = inputs["weight_bank"].transpose(1, 2).contiguous().transpose(1, 2)
+        inputs["noise"] = inputs["noise"].expand(3, 1, 7, 9)
+        assert not inputs["weight_bank"].is_contiguous()
+    check_against_reference(inputs, impl, torch.float32, activation="lrelu")
+
+
+@pytest.mark.parametrize("impl", ["ref"] + FAST_IMPLS)
+def test_empty_batch(impl, device):
+    inputs = make_inputs(1, 4, 6, 5, 5, 2, 3, dtype=torch.float32, device=device, seed=0, bias=True)
+    leaves = {k: v[:0].clone().requires_grad_() if k in ("x", "select_logits", "style") else
+              (v.clone().requires_grad_() if v is not None else None) for k, v in inputs.items()}
+    y = gk.adaptive_modconv2d(leaves["x"], leaves["weight_bank"], leaves["select_logits"], leaves["style"],
+                              leaves["bias"], activation="lrelu", impl=impl)
+    assert y.shape == (0, 6, 5, 5)
+    y.sum().backward()
+    assert torch.equal(leaves["weight_bank"].grad, torch.zeros_like(leaves["weight_bank"]))
+    assert leaves["x"].grad.shape == (0, 4, 5, 5)
+
+
+SWEEP_CASES = 60
+
+
+@pytest.mark.parametrize("case", range(SWEEP_CASES))
+def test_random_shape_sweep(case, device, poison_outputs):
+    """Seeded sweep over random shapes and options through the Triton path; every 4th case in fp16."""
+    rng = random.Random(1234 + case)
+    dtype = torch.float16 if case % 4 == 3 else torch.float32
+    B, Cin, Cout = rng.randint(1, 4), rng.randint(1, 40), rng.randint(1, 40)
+    H, W, N, k = rng.randint(1, 12), rng.randint(1, 12), rng.randint(1, 9), rng.choice([1, 1, 3, 3, 5, 7])
+    inputs = make_inputs(B, Cin, Cout, H, W, N, k, dtype=dtype, device=device, seed=case,
+                         bias=rng.random() < 0.5, noise=rng.choice([None, "pixel", "full"]))
+    options = dict(demodulate=rng.random() < 0.7, activation=rng.choice([None, "lrelu"]),
+                   clamp=rng.choice([None, None, 0.8]))
+    check_against_reference(inputs, "triton", dtype, **options)
+
+
+@pytest.mark.parametrize("impl", ["ref"] + FAST_IMPLS)
+def test_second_order_gradients_r1(impl, device):
+    """R1: gradient of D's output wrt the input, squared, backpropagated into every parameter."""
+    inputs = make_inputs(2, 5, 4, 6, 6, 3, 3, dtype=torch.float32, device=device, seed=5, bias=True, noise="pixel")
+
+    def r1_grads(impl, dtype):
+        leaves = {k: v.detach().to(dtype).requires_grad_() for k, v in inputs.items()}
+        y = gk.adaptive_modconv2d(leaves["x"], leaves["weight_bank"], leaves["select_logits"], leaves["style"],
+                                  leaves["bias"], noise=leaves["noise"], activation="lrelu", impl=impl)
+        (gx,) = torch.autograd.grad((y * y.detach().cos()).sum(), leaves["x"], create_graph=True)
+        penalty = gx.square().sum()
+        names = ["x", "weight_bank", "select_logits", "style", "bias"]
+        return dict(zip(names, torch.autograd.grad(penalty, [leaves[n] for n in names])))
+
+    got = r1_grads(impl, torch.float32)
+    want = r1_grads("ref", torch.float64)
+    for name in want:
+        assert_close(got[name], want[name], torch.float32, f"R1 d{name}", factor=4.0)
+
+
+def test_reference_double_backward_gradgradcheck(device):
+    inputs = make_inputs(2, 3, 2, 4, 4, 2, 3, dtype=torch.float64, device=device, seed=9, bias=True)
+    args = [inputs[k].requires_grad_() for k in ("x", "weight_bank", "select_logits", "style", "bias")]
+    fn = lambda *a: gk.adaptive_modconv2d(*a, activation="lrelu", impl="ref")  # noqa: E731
+    assert torch.autograd.gradgradcheck(fn, args)
+
+
+def test_opcheck_custom_ops(device):
+    inputs = make_inputs(2, 5, 4, 6, 7, 3, 3, dtype=torch.float32, device=device, seed=2, bias=True, noise="pixel")
+    x, bank, logits, style, bias, noise = (inputs[k] for k in INPUT_NAMES)
+    fwd_args = (x.requires_grad_(), bank.requires_grad_(), logits.requires_grad_(), style.requires_grad_(),
+                bias.requires_grad_(), noise, True, 1e-8, "lrelu", math.sqrt(2), 0.9, True)
+    torch.library.opcheck(amc._triton_fwd_op, fwd_args)
+    with torch.no_grad():
+        y, lin, d = amc._triton_fwd_op(*fwd_args)
+    bwd_args = (torch.randn_like(y), x.detach(), bank.detach(), logits.detach(), style.detach(), bias.detach(),
+                noise, lin, d, True, "lrelu", math.sqrt(2), 0.9)
+    torch.library.opcheck(amc._triton_bwd_op, bwd_args)
+
+
+def test_torch_compile_fullgraph(device):
+    torch.manual_seed(0)
+    layer = AdaptiveModConv2d(6, 8, 3, num_filters=3, style_dim=5, activation="lrelu", use_noise=False).to(device)
+    x, w = torch.randn(2, 6, 5, 5, device=device, requires_grad=True), torch.randn(2, 5, device=device)
+    eager = layer(x, w)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    out = compiled(x, w)
+    assert_close(out, eager.detach(), torch.float32, "compiled y")
+    (gx,) = torch.autograd.grad(out.square().sum(), x)
+    (gx_eager,) = torch.autograd.grad(eager.square().sum(), x)
+    assert_close(gx, gx_eager, torch.float32, "compiled dx")
+
+
+@pytest.mark.parametrize("impl", ["ref"] + FAST_IMPLS)
+def test_module_matches_functional_and_trains(impl, device):
+    torch.manual_seed(1)
+    layer = AdaptiveModConv2d(6, 5, 3, num_filters=4, style_dim=7, activation="lrelu", use_noise=True,
+                              impl=impl).to(device)
+    with torch.no_grad():
+        layer.noise_strength.fill_(0.3)
+        layer.bias.normal_()
+    assert torch.allclose(layer.affine.bias, torch.ones(6))  # style bias init 1
+    x, w = torch.randn(3, 6, 8, 8, device=device), torch.randn(3, 7, device=device)
+    noise = torch.randn(3, 1, 8, 8, device=device)
+    y = layer(x, w, noise=noise)
+    y_ref = gk.adaptive_modconv2d_ref(x.double(), layer.weight_bank.double(), layer.select(w).double(),
+                                      layer.affine(w).double() * layer.weight_gain, layer.bias.double(),
+                                      noise=noise.double() * 0.3, activation="lrelu")
+    assert_close(y, y_ref, torch.float32, "module y")
+    y.square().mean().backward()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: a ValueError naming the argument, before any kernel launch.
+# ----------------------------------------------------------------------------------------------
+def _good(device):
+    return make_inputs(2, 4, 3, 5, 5, 2, 3, dtype=torch.float32, device=device, seed=0, bias=True)
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda i: i.update(x=i["x"][0]), r"x must be 4-D .*got shape \(4, 5, 5\)"),
+    (lambda i: i.update(weight_bank=i["weight_bank"][0]), r"weight_bank must be 5-D"),
+    (lambda i: i.update(select_logits=i["select_logits"][0]), r"select_logits must be 2-D"),
+    (lambda i: i.update(style=i["style"][None]), r"style must be 2-D"),
+    (lambda i: i.update(x=torch.randn(2, 5, 5, 5)), r"weight_bank has Cin=4 but x has Cin=5"),
+    (lambda i: i.update(style=torch.randn(2, 6)), r"style must have shape \[B, Cin\] = \(2, 4\), got \(2, 6\)"),
+    (lambda i: i.update(select_logits=torch.randn(2, 3)), r"select_logits must have shape \[B, N\] = \(2, 2\), got \(2, 3\)"),
+    (lambda i: i.update(select_logits=torch.randn(3, 2)), r"select_logits must have shape \[B, N\] = \(2, 2\), got \(3, 2\)"),
+    (lambda i: i.update(weight_bank=torch.randn(2, 3, 4, 2, 2)), r"odd k, got k x k = 2 x 2"),
+    (lambda i: i.update(weight_bank=torch.randn(2, 3, 4, 3, 1)), r"square with odd k, got k x k = 3 x 1"),
+    (lambda i: i.update(bias=torch.randn(4)), r"bias must have shape \[Cout\] = \(3,\), got \(4,\)"),
+    (lambda i: i.update(noise=torch.randn(2, 2, 5, 5)), r"noise must broadcast to the output shape \(2, 3, 5, 5\)"),
+    (lambda i: i.update(style=i["style"].double()), r"style has dtype torch.float64 but x has dtype torch.float32"),
+    (lambda i: i.update(bias=i["bias"].half()), r"bias has dtype torch.float16"),
+    (lambda i: i.update(x=i["x"].long()), r"x must be floating point"),
+    (lambda i: i.update(style=i["style"].to("meta")), r"style is on meta but x is on"),
+])
+def test_bad_input_raises_naming_argument(mutate, match, device):
+    inputs = _good("cpu")
+    mutate(inputs)
+    with pytest.raises(ValueError, match=match):
+        gk.adaptive_modconv2d(inputs["x"], inputs["weight_bank"], inputs["select_logits"], inputs["style"],
+                              inputs["bias"], noise=inputs["noise"], impl="ref")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(activation="relu"), r"activation must be one of"),
+    (dict(clamp=-1.0), r"clamp must be >= 0"),
+    (dict(eps=0.0), r"eps must be > 0"),
+    (dict(gain=float("nan")), r"gain must be finite"),
+])
+def test_bad_options_raise(kwargs, match):
+    inputs = _good("cpu")
+    with pytest.raises(ValueError, match=match):
+        gk.adaptive_modconv2d(inputs["x"], inputs["weight_bank"], inputs["select_logits"], inputs["style"], **kwargs)
+
+
+def test_too_many_filters_for_triton(device):
+    inputs = make_inputs(1, 2, 2, 3, 3, 33, 1, dtype=torch.float32, device=device, seed=0)
+    with pytest.raises(ValueError, match=r"weight_bank has N=33 filters"):
+        gk.adaptive_modconv2d(inputs["x"], inputs["weight_bank"], inputs["select_logits"], inputs["style"],
+                              impl="triton")
