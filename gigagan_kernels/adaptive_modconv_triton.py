@@ -50,8 +50,8 @@ def _demod_kernel(
     KK: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """d[b,o] = rsqrt(sum_{i,t} (K[b,o,i,t] s[b,i])^2 + eps), without materialising K."""
-    pid_co = tl.program_id(0).to(tl.int64)
-    b = tl.program_id(1).to(tl.int64)
+    pid_co = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)  # int64 only where it multiplies a batch stride
     offs_co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
     co_mask = offs_co < Cout
     k_total = Cin * KK
@@ -87,10 +87,10 @@ def _fwd_kernel(
     PAD: tl.constexpr = KSIZE // 2
     P = H * W
     num_p = tl.cdiv(P, BLOCK_P)
-    pid = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(0)
     # Samples vary fastest so the programs that read one Cout slice of the bank run together (L2 reuse).
     pid_p = pid % num_p
-    b = (pid // num_p) % B
+    b = ((pid // num_p) % B).to(tl.int64)  # int64 only for batch strides; in-sample offsets fit int32
     pid_co = pid // (num_p * B)
 
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -123,9 +123,10 @@ def _fwd_kernel(
         d = tl.load(D_ptr + b * stride_db + offs_co, mask=co_mask, other=1.0)
         acc = acc * d[None, :]
     out_mask = p_mask[:, None] & co_mask[None, :]
-    y_offsets = b * stride_yb + offs_co[None, :] * stride_yc + oh[:, None] * stride_yh + ow[:, None] * stride_yw
+    # In-sample offsets stay int32: 64-bit offset tiles here once cost 64 registers each.
+    y_offsets = offs_co[None, :] * stride_yc + oh[:, None] * stride_yh + ow[:, None] * stride_yw
     if SAVE_LIN:
-        tl.store(Lin_ptr + y_offsets, acc.to(Lin_ptr.dtype.element_ty), mask=out_mask)
+        tl.store(Lin_ptr + b * stride_yb + y_offsets, acc.to(Lin_ptr.dtype.element_ty), mask=out_mask)
     if HAS_NOISE:
         noise = tl.load(Noise_ptr + b * stride_nb + offs_co[None, :] * stride_nc + oh[:, None] * stride_nh
                         + ow[:, None] * stride_nw, mask=out_mask, other=0.0)
@@ -138,7 +139,7 @@ def _fwd_kernel(
     acc = acc * gain
     if HAS_CLAMP:
         acc = tl.minimum(tl.maximum(acc, -clamp), clamp)
-    tl.store(Y_ptr + y_offsets, acc.to(Y_ptr.dtype.element_ty), mask=out_mask)
+    tl.store(Y_ptr + b * stride_yb + y_offsets, acc.to(Y_ptr.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit
@@ -163,9 +164,9 @@ def _dx_kernel(
     PAD: tl.constexpr = KSIZE // 2
     P = H * W
     num_p = tl.cdiv(P, BLOCK_P)
-    pid = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(0)
     pid_p = pid % num_p
-    b = (pid // num_p) % B
+    b = ((pid // num_p) % B).to(tl.int64)
     pid_ci = pid // (num_p * B)
 
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -223,9 +224,9 @@ def _dbank_kernel(
     """
     KK: tl.constexpr = KSIZE * KSIZE
     PAD: tl.constexpr = KSIZE // 2
-    pid_co = tl.program_id(0).to(tl.int64)
-    pid_ci = tl.program_id(1).to(tl.int64)
-    tap = tl.program_id(2).to(tl.int64)
+    pid_co = tl.program_id(0)
+    pid_ci = tl.program_id(1)
+    tap = tl.program_id(2)
     dh = tap // KSIZE - PAD
     dw = tap % KSIZE - PAD
     P = H * W
@@ -241,9 +242,13 @@ def _dbank_kernel(
                     + offs_ci[None, None, :] * KK + tap)
     bank_mask = n_mask[:, None, None] & tile_mask[None, :, :]
     # The N bank tiles of this (Cout, Cin, tap) slice stay in registers across the whole batch.
-    bank = tl.load(Bank_ptr + bank_offsets, mask=bank_mask, other=0.0).to(tl.float32)
+    bank = tl.load(Bank_ptr + bank_offsets, mask=bank_mask, other=0.0)
     dbank = tl.zeros((N_PAD, BLOCK_CO, BLOCK_CI), dtype=tl.float32)
 
+    # Per-sample base pointers advance by the batch stride: 64-bit pointer arithmetic, so B * stride
+    # may exceed int32 while every in-sample offset stays int32.
+    x_b = X_ptr
+    gz_b = GZ_ptr
     for b in range(B):
         a = tl.load(A_ptr + b * stride_ab + offs_n * stride_an, mask=n_mask, other=0.0)
         s = tl.load(S_ptr + b * stride_sb + offs_ci * stride_sc, mask=ci_mask, other=0.0).to(tl.float32)
@@ -254,21 +259,23 @@ def _dbank_kernel(
             ih = offs_p // W + dh
             iw = offs_p % W + dw
             x_mask = (p_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))[:, None] & ci_mask[None, :]
-            x_tile = tl.load(X_ptr + b * stride_xb + offs_ci[None, :] * stride_xc + ih[:, None] * stride_xh
+            x_tile = tl.load(x_b + offs_ci[None, :] * stride_xc + ih[:, None] * stride_xh
                              + iw[:, None] * stride_xw, mask=x_mask, other=0.0)
             xs = (x_tile.to(tl.float32) * s[None, :]).to(DOT_DTYPE)
-            g_tile = tl.load(GZ_ptr + b * stride_gzb + offs_co[:, None] * stride_gzc + offs_p[None, :],
+            g_tile = tl.load(gz_b + offs_co[:, None] * stride_gzc + offs_p[None, :],
                              mask=co_mask[:, None] & p_mask[None, :], other=0.0)
             g = tl.dot(g_tile.to(DOT_DTYPE), xs, g, input_precision=DOT_PRECISION)
         if DEMOD:
-            mixed = tl.sum(a[:, None, None] * bank, axis=0)
+            mixed = tl.sum(a[:, None, None] * bank.to(tl.float32), axis=0)
             c = tl.load(C_ptr + b * stride_cb + offs_co, mask=co_mask, other=0.0)
             c_mixed = c[:, None] * mixed
             g = g - c_mixed * (s * s)[None, :]
             tl.atomic_add(DS_ptr + b * stride_dsb + offs_ci, -s * tl.sum(c_mixed * mixed, axis=0), mask=ci_mask)
         dbank += a[:, None, None] * g[None, :, :]
-        da = tl.sum(tl.sum(bank * g[None, :, :], axis=2), axis=1)
+        da = tl.sum(tl.sum(bank.to(tl.float32) * g[None, :, :], axis=2), axis=1)
         tl.atomic_add(DA_ptr + b * stride_dab + offs_n, da, mask=n_mask)
+        x_b += stride_xb
+        gz_b += stride_gzb
 
     tl.store(DBank_ptr + bank_offsets, dbank.to(DBank_ptr.dtype.element_ty), mask=bank_mask)
 
@@ -279,26 +286,27 @@ def _dbank_kernel(
 # Untuned on hardware so far: block shapes follow the register budget, see benchmarks/NOTES.md.
 # ----------------------------------------------------------------------------------------------
 FWD_CONFIGS = {
-    # P <= 16 (4x4 layers): a 16-pixel M tile, wider K steps.
-    "p16": dict(BLOCK_P=16, BLOCK_CO=128, BLOCK_K=64, num_warps=4, num_stages=3),
-    # P <= 64 (8x8): one M tile per sample.
-    "p64": dict(BLOCK_P=64, BLOCK_CO=128, BLOCK_K=32, num_warps=4, num_stages=3),
-    # larger images.
-    "p128": dict(BLOCK_P=128, BLOCK_CO=128, BLOCK_K=32, num_warps=8, num_stages=3),
+    # P <= 16 (4x4 layers): a 16-pixel M tile.
+    "p16": dict(BLOCK_P=16, BLOCK_CO=128, BLOCK_K=32, num_warps=4, num_stages=2),
+    # P <= 64 (8x8): one M tile per sample. BLOCK_K=64 spilled (504 B on sm_80), BLOCK_K=16 at CO=128 too.
+    "p64": dict(BLOCK_P=64, BLOCK_CO=128, BLOCK_K=32, num_warps=8, num_stages=2),
+    # larger images. 128x128 spilled 376-464 B, so Cout tiles are 64 wide.
+    "p128": dict(BLOCK_P=128, BLOCK_CO=64, BLOCK_K=32, num_warps=8, num_stages=2),
 }
 DX_CONFIGS = {
-    "p16": dict(BLOCK_P=16, BLOCK_CI=128, BLOCK_K=64, num_warps=4, num_stages=3),
-    "p64": dict(BLOCK_P=64, BLOCK_CI=128, BLOCK_K=32, num_warps=4, num_stages=3),
-    "p128": dict(BLOCK_P=128, BLOCK_CI=128, BLOCK_K=32, num_warps=8, num_stages=3),
+    "p16": dict(BLOCK_P=16, BLOCK_CI=128, BLOCK_K=32, num_warps=4, num_stages=2),
+    "p64": dict(BLOCK_P=64, BLOCK_CI=128, BLOCK_K=32, num_warps=8, num_stages=2),
+    "p128": dict(BLOCK_P=128, BLOCK_CI=64, BLOCK_K=32, num_warps=8, num_stages=2),
 }
-# Keyed by N_PAD: the bank slice and its gradient both live in registers, N_PAD*BLOCK_CO*BLOCK_CI
-# fp32 each, so the tile shrinks as N grows (8192 elements over 256 threads = 32 registers each).
+# Keyed by N_PAD: the bank slice and its fp32 gradient both stay in registers, so the tile shrinks as
+# N grows. At N_PAD*BLOCK_CO*BLOCK_CI = 8192 the fp32 variants spilled (up to 200 B on sm_90); 4096 fits.
 DBANK_CONFIGS = {
-    1: dict(BLOCK_CO=64, BLOCK_CI=64, BLOCK_P=64, num_warps=8, num_stages=2),
-    2: dict(BLOCK_CO=64, BLOCK_CI=64, BLOCK_P=64, num_warps=8, num_stages=2),
-    4: dict(BLOCK_CO=32, BLOCK_CI=64, BLOCK_P=64, num_warps=8, num_stages=2),
-    8: dict(BLOCK_CO=32, BLOCK_CI=32, BLOCK_P=64, num_warps=8, num_stages=2),
-    16: dict(BLOCK_CO=16, BLOCK_CI=32, BLOCK_P=64, num_warps=8, num_stages=2),
+    # BLOCK_P=32 for N_PAD <= 2: with 64 the fp32 (TF32) variants still spilled 48-64 B on sm_90.
+    1: dict(BLOCK_CO=64, BLOCK_CI=64, BLOCK_P=32, num_warps=8, num_stages=2),
+    2: dict(BLOCK_CO=32, BLOCK_CI=64, BLOCK_P=32, num_warps=8, num_stages=2),
+    4: dict(BLOCK_CO=32, BLOCK_CI=32, BLOCK_P=64, num_warps=8, num_stages=2),
+    8: dict(BLOCK_CO=16, BLOCK_CI=32, BLOCK_P=64, num_warps=8, num_stages=2),
+    16: dict(BLOCK_CO=16, BLOCK_CI=16, BLOCK_P=64, num_warps=8, num_stages=2),
     32: dict(BLOCK_CO=16, BLOCK_CI=16, BLOCK_P=64, num_warps=8, num_stages=2),
 }
 DEMOD_CONFIG = dict(BLOCK_CO=32, BLOCK_K=64, num_warps=4, num_stages=2)
@@ -416,3 +424,43 @@ def backward(gz, c, x, bank, a, s, *, demodulate):
         DOT_DTYPE=dot_dtype(x.dtype), DOT_PRECISION=dot_precision(x.dtype), **cfg,
     )
     return dx, dbank, da, ds
+
+
+# ----------------------------------------------------------------------------------------------
+# What the static kernel report compiles: every config above, per input dtype, k=3 (the hot size;
+# k only changes index constants). Each entry names the argument types the launchers pass.
+# ----------------------------------------------------------------------------------------------
+_TL_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+def report_specs():
+    specs = []
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        t = _TL_NAMES[dtype]
+        dot = dict(DOT_DTYPE=dot_dtype(dtype), DOT_PRECISION="tf32" if dtype == torch.float32 else "ieee")
+        launch = lambda cfg: {k: cfg[k] for k in ("num_warps", "num_stages")}  # noqa: E731
+        blocks = lambda cfg: {k: v for k, v in cfg.items() if k.startswith("BLOCK")}  # noqa: E731
+        for name, cfg in FWD_CONFIGS.items():
+            specs.append(dict(
+                kernel=_fwd_kernel, config=name, dtype=t, tensor_cores=True, **launch(cfg),
+                pointers=dict(X_ptr=t, Bank_ptr=t, A_ptr="fp32", S_ptr=t, D_ptr="fp32", Bias_ptr=t, Noise_ptr=t,
+                              Y_ptr=t, Lin_ptr=t),
+                floats=("gain", "clamp"),
+                constexprs=dict(KSIZE=3, DEMOD=True, HAS_BIAS=True, HAS_NOISE=True, ACT=ACT_LRELU, HAS_CLAMP=True,
+                                SAVE_LIN=True, **dot, **blocks(cfg))))
+        for name, cfg in DX_CONFIGS.items():
+            specs.append(dict(
+                kernel=_dx_kernel, config=name, dtype=t, tensor_cores=True, **launch(cfg),
+                pointers=dict(GZ_ptr=t, X_ptr=t, Bank_ptr=t, A_ptr="fp32", S_ptr=t, DX_ptr=t, DS_ptr="fp32"),
+                floats=(), constexprs=dict(KSIZE=3, **dot, **blocks(cfg))))
+        for n_pad, cfg in DBANK_CONFIGS.items():
+            specs.append(dict(
+                kernel=_dbank_kernel, config=f"n{n_pad}", dtype=t, tensor_cores=True, **launch(cfg),
+                pointers=dict(GZ_ptr=t, X_ptr=t, Bank_ptr=t, A_ptr="fp32", S_ptr=t, C_ptr="fp32", DBank_ptr=t,
+                              DA_ptr="fp32", DS_ptr="fp32"),
+                floats=(), constexprs=dict(KSIZE=3, DEMOD=True, N_PAD=n_pad, **dot, **blocks(cfg))))
+        specs.append(dict(
+            kernel=_demod_kernel, config="default", dtype=t, tensor_cores=False, **launch(DEMOD_CONFIG),
+            pointers=dict(Bank_ptr=t, A_ptr="fp32", S_ptr=t, D_ptr="fp32"), floats=("eps",),
+            constexprs=dict(KK=9, **blocks(DEMOD_CONFIG))))
+    return specs

@@ -1,0 +1,151 @@
+"""Static kernel report: AOT-compile every Triton config the dispatcher can pick, for sm_80 and sm_90,
+and read registers, shared memory, spills and tensor-core instructions from the cubin. Needs no GPU.
+
+    python -m benchmarks.kernel_report            # print the table
+    python -m benchmarks.kernel_report --check    # also exit 1 on a compile error, a spill, or a
+                                                  # GEMM config without tensor-core instructions
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as futures
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+TARGETS = (80, 90)
+
+
+def _tool(name: str) -> str:
+    import triton
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def all_specs():
+    from gigagan_kernels import adaptive_modconv_triton
+    specs = [("adaptive_modconv2d", s) for s in adaptive_modconv_triton.report_specs()]
+    try:
+        from gigagan_kernels import attention_triton
+        specs += [("attention", s) for s in attention_triton.report_specs()]
+    except ImportError:
+        pass
+    return specs
+
+
+def _signature(spec):
+    fn = spec["kernel"]
+    sig = {}
+    for name in fn.arg_names:
+        if name in spec["constexprs"]:
+            sig[name] = "constexpr"
+        elif name in spec["pointers"]:
+            sig[name] = "*" + spec["pointers"][name]
+        elif name in spec["floats"]:
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32"
+    return sig
+
+
+def _read_cubin(cubin: bytes):
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        res = subprocess.run([_tool("cuobjdump"), "-res-usage", f.name], capture_output=True, text=True).stdout
+        sass = subprocess.run([_tool("nvdisasm"), f.name], capture_output=True, text=True).stdout
+    m = re.search(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)", res)
+    if not m:
+        raise RuntimeError(f"cannot read cuobjdump -res-usage output: {res[:200]!r}")
+    regs, stack, _shared, local = (int(g) for g in m.groups())
+    # Spilled registers live in the stack frame (STL/LDL in SASS); LOCAL counts other local arrays.
+    spill_instructions = len(re.findall(r"\b(?:STL|LDL)\b", sass))
+    mma = {op: len(re.findall(rf"\b{op}\b", sass)) for op in ("HMMA", "HGMMA")}
+    return regs, stack + local, spill_instructions, mma
+
+
+def compile_one(job):
+    """Compile one (op, spec, target); returns a row dict. Runs in a worker process."""
+    _op, idx, cc = job
+    op_name, spec = all_specs()[idx]
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    row = dict(op=op_name, kernel=spec["kernel"].__name__, config=spec["config"], dtype=spec["dtype"],
+               target=f"sm_{cc}", warps=spec["num_warps"], stages=spec["num_stages"], regs=None, shared=None,
+               spill=None, spill_ops=None, hmma=None, hgmma=None, error="", tensor_cores=spec["tensor_cores"])
+    try:
+        src = ASTSource(fn=spec["kernel"], signature=_signature(spec), constexprs=spec["constexprs"])
+        k = triton.compile(src, target=GPUTarget("cuda", cc, 32),
+                           options={"num_warps": spec["num_warps"], "num_stages": spec["num_stages"]})
+        regs, stack, spill_instructions, mma = _read_cubin(k.asm["cubin"])
+        row.update(regs=regs, shared=k.metadata.shared, spill=stack, spill_ops=spill_instructions,
+                   hmma=mma["HMMA"], hgmma=mma["HGMMA"])
+    except Exception as e:  # a compile error is a finding, reported in the table
+        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+    return row
+
+
+def problems(row) -> list[str]:
+    out = []
+    if row["error"]:
+        out.append("compile error")
+        return out
+    if row["spill"] or row["spill_ops"]:
+        out.append(f"spills {row['spill']} B ({row['spill_ops']} STL/LDL)")
+    if row["tensor_cores"] and not (row["hmma"] or row["hgmma"]):
+        out.append("no tensor-core instructions")
+    return out
+
+
+def build_report(jobs: int | None = None):
+    specs = all_specs()
+    work = [(op, i, cc) for i, (op, _) in enumerate(specs) for cc in TARGETS]
+    jobs = jobs or max(1, min(os.cpu_count() or 1, 8))
+    with futures.ProcessPoolExecutor(max_workers=jobs) as pool:
+        rows = list(pool.map(compile_one, work))
+    return rows
+
+
+def format_table(rows) -> str:
+    head = ("op", "kernel", "config", "dtype", "target", "warps", "stages", "regs", "smem B", "stack B", "HMMA",
+            "HGMMA", "status")
+    lines = [head]
+    for r in rows:
+        status = ", ".join(problems(r)) or "ok"
+        if r["error"]:
+            status += f" ({r['error']})"
+        lines.append((r["op"], r["kernel"], r["config"], r["dtype"], r["target"], str(r["warps"]), str(r["stages"]),
+                      str(r["regs"]), str(r["shared"]), str(r["spill"]), str(r["hmma"]), str(r["hgmma"]), status))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    fmt = lambda line: "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |"  # noqa: E731
+    sep = "|-" + "-|-".join("-" * w for w in widths) + "-|"
+    return "\n".join([fmt(lines[0]), sep] + [fmt(line) for line in lines[1:]])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="exit 1 on a compile error, spill or missing MMA")
+    parser.add_argument("--jobs", type=int, default=None, help="parallel compile processes")
+    parser.add_argument("--markdown", default=None, help="also write the table to this file")
+    args = parser.parse_args(argv)
+    rows = build_report(args.jobs)
+    table = format_table(rows)
+    print(table)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table + "\n")
+    bad = [r for r in rows if problems(r)]
+    print(f"\n{len(rows)} compiles, {len(bad)} with problems")
+    if args.check and bad:
+        for r in bad:
+            print(f"FAIL {r['kernel']} {r['config']} {r['dtype']} {r['target']}: {', '.join(problems(r))} {r['error']}",
+                  file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
