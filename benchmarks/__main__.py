@@ -1,0 +1,46 @@
+"""Run the benchmark suite on the available device, append to the CSV, print the summary.
+
+    python -m benchmarks [--quick] [--ops adaptive_modconv2d] [--csv PATH] [--no-plots]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+
+import torch
+
+from . import summary
+from .common import DEFAULT_CSV, device_name
+
+BENCHES = {"adaptive_modconv2d": "benchmarks.bench_adaptive_modconv", "attention": "benchmarks.bench_attention"}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--ops", default=None, help="comma-separated subset of " + ", ".join(BENCHES))
+    parser.add_argument("--csv", default=DEFAULT_CSV)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--no-plots", action="store_true")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    print(f"benchmarks on {device_name(device)}; results appended to {args.csv}")
+    ops = args.ops.split(",") if args.ops else list(BENCHES)
+    for op in ops:
+        try:
+            module = importlib.import_module(BENCHES[op])
+        except ModuleNotFoundError as e:
+            if e.name == BENCHES[op]:
+                continue  # that op's benchmark is not written yet
+            raise
+        print(f"{op}:")
+        module.run(device, csv_path=args.csv, quick=args.quick)
+    text, paths = summary.write(args.csv, os.path.dirname(os.path.abspath(args.csv)), not args.no_plots)
+    print("\n" + text)
+    for p in paths:
+        print(f"plot: {p}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Markdown summary and PNG plots, drawn from the long-format results CSV (latest run per case)."""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections import defaultdict
+
+from .common import DEFAULT_CSV, MODES, RESULTS_DIR, read_rows
+
+KEY = ("device", "op", "shape", "provider", "mode", "dtype")
+
+
+def latest(rows):
+    """Keep, for each case and metric, the row of the newest run."""
+    best = {}
+    for r in rows:
+        k = tuple(r[c] for c in KEY) + (r["metric"],)
+        if k not in best or r["timestamp"] >= best[k]["timestamp"]:
+            best[k] = r
+    return list(best.values())
+
+
+def _cases(rows):
+    cases = defaultdict(dict)  # (device, op, dtype, shape, mode) -> provider -> metric -> (value, row)
+    for r in rows:
+        cases[(r["device"], r["op"], r["dtype"], r["shape"], r["mode"])].setdefault(r["provider"], {})[r["metric"]] = (
+            float(r["value"]), r)
+    return cases
+
+
+def _order(key):
+    device, op, dtype, shape, mode = key
+    return (device, op, dtype, shape, ["fwd", "bwd", "fwd+bwd"].index(mode) if mode in MODES else 9)
+
+
+def markdown(rows) -> str:
+    rows = latest(rows)
+    cases = _cases(rows)
+    out = []
+    groups = defaultdict(list)
+    for key in sorted(cases, key=_order):
+        groups[key[:3]].append(key)
+    for (device, op, dtype), keys in groups.items():
+        providers = sorted({p for k in keys for p in cases[k]},
+                           key=lambda p: ["ref", "peer", "sdpa_bias", "triton", "cuda", "floor"].index(p)
+                           if p in ["ref", "peer", "sdpa_bias", "triton", "cuda", "floor"] else 99)
+        sha = sorted({r["git_sha"] for r in rows if r["device"] == device and r["op"] == op})
+        out.append(f"### {op} on {device}, {dtype} (git {', '.join(sha)})\n")
+        out.append("| shape | mode | " + " | ".join(f"{p} ms" for p in providers)
+                   + " | fused vs ref | fused vs floor | " + " | ".join(f"{p} MiB" for p in providers) + " |")
+        out.append("|" + "---|" * (2 * len(providers) + 4))
+        for key in keys:
+            per = cases[key]
+            ms = {p: per[p]["median_ms"][0] for p in providers if p in per and "median_ms" in per[p]}
+            mem = {p: per[p]["peak_mem_mb"][0] for p in providers if p in per and "peak_mem_mb" in per[p]}
+            fused = next((p for p in ("cuda", "triton") if p in ms), None)
+            speed = f"{ms['ref'] / ms[fused]:.2f}x faster" if fused and "ref" in ms else "-"
+            floor = f"{ms[fused] / ms['floor']:.2f}x floor" if fused and "floor" in ms else "-"
+            out.append(f"| {key[3]} | {key[4]} | " + " | ".join(f"{ms[p]:.3f}" if p in ms else "-" for p in providers)
+                       + f" | {speed} | {floor} | "
+                       + " | ".join(f"{mem[p]:.0f}" if p in mem else "-" for p in providers) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def plots(rows, out_dir) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = latest(rows)
+    cases = _cases(rows)
+    by_fig = defaultdict(list)
+    for key in sorted(cases):
+        by_fig[key[:3]].append(key)
+    paths = []
+    for (device, op, dtype), keys in by_fig.items():
+        modes = sorted({k[4] for k in keys}, key=["fwd", "bwd", "fwd+bwd"].index)
+        fig, axes = plt.subplots(1, len(modes), figsize=(5 * len(modes), 4), squeeze=False)
+        for ax, mode in zip(axes[0], modes):
+            mk = [k for k in keys if k[4] == mode]
+            providers = sorted({p for k in mk for p in cases[k]})
+            width = 0.8 / max(1, len(providers))
+            for j, p in enumerate(providers):
+                vals = [cases[k].get(p, {}).get("median_ms", (float("nan"),))[0] for k in mk]
+                ax.bar([i + j * width for i in range(len(mk))], vals, width, label=p)
+            ax.set_xticks([i + 0.4 - width / 2 for i in range(len(mk))], [k[3] for k in mk], rotation=20, fontsize=8)
+            ax.set_yscale("log")
+            ax.set_ylabel("median ms (log)")
+            ax.set_title(f"{mode}")
+            ax.legend(fontsize=7)
+        fig.suptitle(f"{op} - {device} - {dtype}", fontsize=9)
+        fig.tight_layout()
+        slug = re.sub(r"[^A-Za-z0-9]+", "_", f"{op}_{device}_{dtype}").strip("_")[:80]
+        path = os.path.join(out_dir, f"{slug}.png")
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def write(csv_path=DEFAULT_CSV, out_dir=RESULTS_DIR, make_plots=True):
+    rows = read_rows(csv_path)
+    text = markdown(rows)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "SUMMARY.md"), "w") as f:
+        f.write("# Benchmark summary (generated from results.csv; latest run per case)\n\n" + text)
+    paths = plots(rows, out_dir) if make_plots else []
+    return text, paths
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--csv", default=DEFAULT_CSV)
+    parser.add_argument("--out", default=RESULTS_DIR)
+    parser.add_argument("--no-plots", action="store_true")
+    args = parser.parse_args(argv)
+    text, paths = write(args.csv, args.out, not args.no_plots)
+    print(text)
+    for p in paths:
+        print(f"plot: {p}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The thin GigaGAN model and training package built on gigagan_kernels."""

@@ -1,0 +1,24 @@
+"""The static kernel report compiles every dispatchable Triton config for sm_80 and sm_90 and passes --check."""
+import subprocess
+import sys
+
+from benchmarks import kernel_report
+
+
+def test_kernel_report_check_passes():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.kernel_report", "--check"], capture_output=True,
+                          text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert " 0 with problems" in proc.stdout
+    # Every kernel the dispatcher can launch appears, for both targets.
+    for name in ("_fwd_kernel", "_dx_kernel", "_dbank_kernel", "_demod_kernel"):
+        assert f"| {name}" in proc.stdout
+    assert "sm_80" in proc.stdout and "sm_90" in proc.stdout
+
+
+def test_check_flags_spills_and_missing_tensor_cores():
+    ok = dict(error="", spill=0, spill_ops=0, tensor_cores=True, hmma=4, hgmma=0)
+    assert kernel_report.problems(ok) == []
+    assert kernel_report.problems(dict(ok, spill=16, spill_ops=2)) == ["spills 16 B (2 STL/LDL)"]
+    assert kernel_report.problems(dict(ok, hmma=0)) == ["no tensor-core instructions"]
+    assert kernel_report.problems(dict(ok, error="CompilationError: x")) == ["compile error"]
