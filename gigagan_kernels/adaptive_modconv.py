@@ -232,11 +232,13 @@ def _backward(ctx, grad_y, _grad_lin, _grad_d):
 
 
 def _ref_vjp(grad_y, x, weight_bank, select_logits, style, bias, noise, demodulate, eps, activation, gain, clamp):
-    inputs = (x, weight_bank, select_logits, style, bias, noise)
-    wanted = [t for t in inputs if t is not None and t.requires_grad]
     with torch.enable_grad():
-        y = adaptive_modconv2d_ref(x, weight_bank, select_logits, style, bias, demodulate=demodulate, eps=eps,
-                                   noise=noise, activation=activation, gain=gain, clamp=clamp)
+        # view_as gives each argument its own graph node, so aliased arguments get per-argument grads.
+        inputs = tuple(t.view_as(t) if t is not None and t.requires_grad else t
+                       for t in (x, weight_bank, select_logits, style, bias, noise))
+        y = adaptive_modconv2d_ref(*inputs[:5], demodulate=demodulate, eps=eps, noise=inputs[5],
+                                   activation=activation, gain=gain, clamp=clamp)
+        wanted = [t for t in inputs if t is not None and t.requires_grad]
         grads = iter(torch.autograd.grad(y, wanted, grad_y, create_graph=True, allow_unused=True))
     return tuple(next(grads) if t is not None and t.requires_grad else None for t in inputs)
 

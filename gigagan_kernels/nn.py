@@ -78,3 +78,76 @@ class AdaptiveModConv2d(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"num_filters={self.num_filters}, demodulate={self.demodulate}, activation={self.activation}")
+
+
+def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    B, L, _ = t.shape
+    return t.reshape(B, L, heads, -1).transpose(1, 2)          # [B, heads, L, dim_head]
+
+
+def _merge_heads(t: torch.Tensor) -> torch.Tensor:
+    B, heads, L, dim_head = t.shape
+    return t.transpose(1, 2).reshape(B, L, heads * dim_head)
+
+
+class L2SelfAttention(nn.Module):
+    """GigaGAN's self-attention: L2-distance logits with tied query/key weights (Lipschitz, as in ViTGAN).
+
+    Tokens are the pixels of x [B, C, H, W]. With ``style_dim`` the style w is projected to one extra
+    key/value token, so every pixel can attend to it (the paper feeds w into self-attention). The
+    output is added back with a reduced residual gain, which keeps early training stable.
+    """
+
+    def __init__(self, dim: int, heads: int = 4, dim_head: int | None = None, style_dim: int | None = None,
+                 residual_gain: float = 0.2, impl: str = "auto"):
+        super().__init__()
+        dim_head = dim_head or dim // heads
+        self.heads, self.residual_gain, self.impl = heads, residual_gain, impl
+        inner = heads * dim_head
+        self.to_qk = EqualizedLinear(dim, inner, bias=False)       # tied: queries and keys share it
+        self.to_v = EqualizedLinear(dim, inner, bias=False)
+        self.to_out = EqualizedLinear(inner, dim)
+        self.style_token = EqualizedLinear(style_dim, dim) if style_dim else None
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+        from .attention import attention
+        B, C, H, W = x.shape
+        tokens = x.flatten(2).transpose(1, 2)                       # [B, HW, C]
+        context = tokens
+        if self.style_token is not None:
+            if w is None:
+                raise ValueError("L2SelfAttention: this layer was built with style_dim, so w is required")
+            context = torch.cat([tokens, self.style_token(w).to(tokens.dtype)[:, None, :]], dim=1)
+        q = _split_heads(self.to_qk(tokens), self.heads)
+        k = _split_heads(self.to_qk(context), self.heads)
+        v = _split_heads(self.to_v(context), self.heads)
+        out = self.to_out(_merge_heads(attention(q, k, v, kind="l2", impl=self.impl)))
+        return x + self.residual_gain * out.transpose(1, 2).reshape(B, C, H, W)
+
+
+class CrossAttention(nn.Module):
+    """Cross-attention from image pixels (queries) to text tokens t_local (keys, values), with their mask."""
+
+    def __init__(self, dim: int, text_dim: int, heads: int = 4, dim_head: int | None = None,
+                 residual_gain: float = 0.2, impl: str = "auto"):
+        super().__init__()
+        dim_head = dim_head or dim // heads
+        self.heads, self.residual_gain, self.impl = heads, residual_gain, impl
+        inner = heads * dim_head
+        self.to_q = EqualizedLinear(dim, inner, bias=False)
+        self.to_k = EqualizedLinear(text_dim, inner, bias=False)
+        self.to_v = EqualizedLinear(text_dim, inner, bias=False)
+        self.to_out = EqualizedLinear(inner, dim)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, C, H, W]; text [B, T, text_dim]; text_mask [B, T] bool, True = a real token."""
+        from .attention import attention
+        B, C, H, W = x.shape
+        tokens = x.flatten(2).transpose(1, 2)
+        text = text.to(tokens.dtype)
+        q = _split_heads(self.to_q(tokens), self.heads)
+        k = _split_heads(self.to_k(text), self.heads)
+        v = _split_heads(self.to_v(text), self.heads)
+        out = attention(q, k, v, kind="dot", key_padding_mask=text_mask, impl=self.impl)
+        out = self.to_out(_merge_heads(out))
+        return x + self.residual_gain * out.transpose(1, 2).reshape(B, C, H, W)

@@ -1,0 +1,229 @@
+"""attention: the fused path, forward and dq/dk/dv, against the float64 reference."""
+import math
+import random
+
+import pytest
+import torch
+
+import importlib
+
+import gigagan_kernels as gk
+from gigagan_kernels.nn import CrossAttention, L2SelfAttention
+
+from helpers import assert_close
+
+FAST_IMPLS = ["triton"]
+# The package exports the function `attention`, which shadows the submodule of the same name.
+attn_mod = importlib.import_module("gigagan_kernels.attention")
+
+
+def make_qkv(B, H, Lq, Lk, D, Dv, *, dtype, device, seed, mask=None, tied=False):
+    """Fresh random q, k, v (never zeros). mask: None, "random" or "with_empty_row"."""
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)  # noqa: E731
+    q = rnd(B, H, Lq, D)
+    k = q if tied else rnd(B, H, Lk, D)
+    v = rnd(B, H, Lk, Dv)
+    key_padding_mask = None
+    if mask is not None:
+        key_padding_mask = (torch.rand(B, Lk, generator=g) > 0.35).to(device)
+        key_padding_mask[:, 0] = True
+        if mask == "with_empty_row":
+            key_padding_mask[-1] = False
+    return q, k, v, key_padding_mask
+
+
+def run(q, k, v, impl, grad_out, tied=False, **options):
+    if tied:
+        qk = q.detach().clone().requires_grad_()
+        vv = v.detach().clone().requires_grad_()
+        out = gk.attention(qk, qk, vv, impl=impl, **options)
+        return out, dict(zip(("q", "v"), torch.autograd.grad(out, (qk, vv), grad_out.to(out.dtype))))
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out = gk.attention(*leaves, impl=impl, **options)
+    return out, dict(zip(("q", "k", "v"), torch.autograd.grad(out, leaves, grad_out.to(out.dtype))))
+
+
+def check(q, k, v, mask, impl, dtype, tied=False, **options):
+    B, H, Lq, _ = q.shape
+    grad_out = torch.randn(B, H, Lq, v.shape[-1], dtype=torch.float64).to(q.device)
+    out, grads = run(q, k, v, impl, grad_out, tied=tied, key_padding_mask=mask, **options)
+    out64, grads64 = run(q.double(), k.double(), v.double(), "ref", grad_out, tied=tied, key_padding_mask=mask,
+                         **options)
+    out_low, grads_low = run(q, k, v, "ref", grad_out, tied=tied, key_padding_mask=mask, **options)
+    assert out.dtype == dtype
+    assert_close(out, out64, dtype, "out", same_precision_ref=out_low)
+    for name in grads64:
+        assert_close(grads[name], grads64[name], dtype, f"d{name}", factor=2.0, same_precision_ref=grads_low[name])
+    return out
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+@pytest.mark.parametrize("kind", ["l2", "dot"])
+@pytest.mark.parametrize("mask", [None, "random", "with_empty_row"])
+def test_odd_lengths_cross_attention(impl, kind, mask, device, poison_outputs):
+    q, k, v, m = make_qkv(2, 3, 37, 13, 32, 24, dtype=torch.float32, device=device, seed=1, mask=mask)
+    out = check(q, k, v, m, impl, torch.float32, kind=kind)
+    if mask == "with_empty_row":
+        assert torch.equal(out[-1], torch.zeros_like(out[-1])), "fully masked rows must be exactly zero"
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+@pytest.mark.parametrize("kind", ["l2", "dot"])
+def test_tied_query_key_self_attention(impl, kind, device, poison_outputs):
+    """k is the same tensor as q: the gradient must sum both paths."""
+    q, k, v, _ = make_qkv(2, 2, 45, 45, 16, 16, dtype=torch.float32, device=device, seed=2, tied=True)
+    check(q, k, v, None, impl, torch.float32, tied=True, kind=kind)
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+@pytest.mark.parametrize("D", [16, 48, 64, 100, 128])
+def test_head_dims(impl, D, device, poison_outputs):
+    q, k, v, m = make_qkv(1, 2, 33, 29, D, D, dtype=torch.float32, device=device, seed=D, mask="random")
+    check(q, k, v, m, impl, torch.float32, kind="l2", scale=0.7 / math.sqrt(D))
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_dtypes(impl, dtype, device, poison_outputs):
+    q, k, v, m = make_qkv(2, 2, 64, 77, 32, 32, dtype=dtype, device=device, seed=4, mask="random")
+    check(q, k, v, m, impl, dtype, kind="l2")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("kind", ["l2", "dot"])
+@pytest.mark.parametrize("shape", [(4, 8, 1024, 1024, 64, 64, None), (4, 8, 1024, 77, 64, 64, "with_empty_row"),
+                                   (2, 4, 4096, 4096, 64, 64, None), (2, 2, 300, 300, 48, 48, "random"),
+                                   (2, 2, 256, 256, 128, 128, None)])
+def test_gpu_large_shapes(impl, dtype, kind, shape, poison_outputs):
+    B, H, Lq, Lk, D, Dv, mask = shape
+    q, k, v, m = make_qkv(B, H, Lq, Lk, D, Dv, dtype=dtype, device="cuda", seed=Lq + D, mask=mask)
+    check(q, k, v, m, impl, dtype, kind=kind)
+
+
+@pytest.mark.parametrize("case", range(24))
+def test_random_shape_sweep(case, device, poison_outputs):
+    rng = random.Random(777 + case)
+    dtype = torch.float16 if case % 3 == 2 else torch.float32
+    B, H = rng.randint(1, 3), rng.randint(1, 3)
+    Lq, Lk = rng.randint(1, 80), rng.randint(1, 80)
+    D, Dv = rng.choice([16, 24, 32, 48, 64]), rng.choice([16, 32, 40, 64])
+    q, k, v, m = make_qkv(B, H, Lq, Lk, D, Dv, dtype=dtype, device=device, seed=case,
+                          mask=rng.choice([None, "random", "with_empty_row"]))
+    check(q, k, v, m, "triton", dtype, kind=rng.choice(["l2", "dot"]))
+
+
+@pytest.mark.parametrize("impl", ["ref"] + FAST_IMPLS)
+@pytest.mark.parametrize("kind", ["l2", "dot"])
+def test_second_order_gradients(impl, kind, device):
+    """R1 through L2 self-attention: grad of the output wrt the input tokens, squared, backpropagated."""
+    q0, _, v0, m = make_qkv(2, 2, 20, 20, 16, 16, dtype=torch.float64, device=device, seed=6, mask="random")
+
+    def r1(impl, dtype):
+        x = q0.detach().to(dtype).requires_grad_()
+        w_v = v0.detach().to(dtype).requires_grad_()
+        out = gk.attention(x, x, w_v, kind=kind, key_padding_mask=m, impl=impl)
+        (gx,) = torch.autograd.grad((out * out.detach().sin()).sum(), x, create_graph=True)
+        return torch.autograd.grad(gx.square().sum(), (x, w_v))
+
+    got, want = r1(impl, torch.float32), r1("ref", torch.float64)
+    for name, a, b in zip(("x", "v"), got, want):
+        assert_close(a, b, torch.float32, f"R1 d{name}", factor=4.0)
+
+
+def test_reference_gradgradcheck(device):
+    q, k, v, m = make_qkv(1, 1, 5, 4, 3, 2, dtype=torch.float64, device=device, seed=7, mask="random")
+    fn = lambda q, k, v: gk.attention(q, k, v, kind="l2", key_padding_mask=m, impl="ref")  # noqa: E731
+    assert torch.autograd.gradgradcheck(fn, [t.requires_grad_() for t in (q, k, v)])
+
+
+def test_opcheck_custom_ops(device):
+    q, k, v, m = make_qkv(1, 2, 19, 11, 16, 16, dtype=torch.float32, device=device, seed=8, mask="random")
+    args = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), "l2", 0.25, m)
+    torch.library.opcheck(attn_mod._triton_fwd_op, args)
+    with torch.no_grad():
+        out, lse = attn_mod._triton_fwd_op(*args)
+    torch.library.opcheck(attn_mod._triton_bwd_op, (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out,
+                                                     lse, "l2", 0.25, m))
+
+
+def test_torch_compile_fullgraph(device):
+    torch.manual_seed(0)
+    layer = L2SelfAttention(32, heads=2, style_dim=8).to(device)
+    x, w = torch.randn(2, 32, 4, 4, device=device, requires_grad=True), torch.randn(2, 8, device=device)
+    eager = layer(x, w)
+    out = torch.compile(layer, fullgraph=True)(x, w)
+    assert_close(out, eager.detach(), torch.float32, "compiled out")
+
+
+def test_no_quadratic_buffer_saved(device):
+    """The fused path saves q, k, v, out and the row LSE: nothing of size Lq x Lk."""
+    q, k, v, _ = make_qkv(1, 1, 64, 96, 16, 16, dtype=torch.float32, device=device, seed=9)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        gk.attention(*(t.requires_grad_() for t in (q, k, v)), impl="triton")
+    assert saved and max(saved) < 64 * 96
+
+
+@pytest.mark.parametrize("impl", ["ref"] + FAST_IMPLS)
+def test_nn_wrappers(impl, device):
+    torch.manual_seed(3)
+    self_attn = L2SelfAttention(32, heads=4, style_dim=16, impl=impl).to(device)
+    x, w = torch.randn(2, 32, 6, 5, device=device), torch.randn(2, 16, device=device)
+    y = self_attn(x, w)
+    assert y.shape == x.shape
+    cross = CrossAttention(32, text_dim=24, heads=4, impl=impl).to(device)
+    text = torch.randn(2, 7, 24, device=device)
+    text_mask = torch.tensor([[True] * 7, [True] * 3 + [False] * 4], device=device)
+    z = cross(y, text, text_mask)
+    assert z.shape == x.shape
+    z.square().mean().backward()
+    for module in (self_attn, cross):
+        for name, p in module.named_parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    # The tied projection: self-attention owns one query/key weight.
+    assert not hasattr(self_attn, "to_k")
+
+
+def test_wrappers_match_between_impls(device):
+    torch.manual_seed(5)
+    layer = L2SelfAttention(16, heads=2, style_dim=8).to(device)
+    x, w = torch.randn(2, 16, 5, 5, device=device), torch.randn(2, 8, device=device)
+    layer.impl = "ref"
+    ref = layer(x, w)
+    layer.impl = "triton"
+    assert_close(layer(x, w), ref.detach(), torch.float32, "L2SelfAttention triton vs ref", factor=10.0)
+
+
+@pytest.mark.parametrize("args, match", [
+    (lambda q, k, v: (q[0], k, v), r"q must be 4-D"),
+    (lambda q, k, v: (q, k[..., :3], v), r"k must have shape \[B, H, Lk, D\] = \[2, 2, Lk, 4\], got \(2, 2, 5, 3\)"),
+    (lambda q, k, v: (q, k, v[:, :, :2]), r"v must have shape \[B, H, Lk, Dv\] = \[2, 2, 5, Dv\]"),
+    (lambda q, k, v: (q, k.double(), v), r"k has dtype torch.float64 but q has dtype torch.float32"),
+    (lambda q, k, v: (q, k, v.to("meta")), r"v is on meta"),
+])
+def test_bad_input_raises_naming_argument(args, match):
+    q, k, v = torch.randn(2, 2, 3, 4), torch.randn(2, 2, 5, 4), torch.randn(2, 2, 5, 6)
+    with pytest.raises(ValueError, match=match):
+        gk.attention(*args(q, k, v), impl="ref")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(kind="cosine"), r"kind must be one of"),
+    (dict(scale=-1.0), r"scale must be a finite positive"),
+    (dict(key_padding_mask=torch.ones(2, 5)), r"key_padding_mask must be a bool tensor"),
+    (dict(key_padding_mask=torch.ones(2, 4, dtype=torch.bool)), r"key_padding_mask must have shape \[B, Lk\] = \(2, 5\)"),
+])
+def test_bad_options_raise(kwargs, match):
+    q, k, v = torch.randn(2, 2, 3, 4), torch.randn(2, 2, 5, 4), torch.randn(2, 2, 5, 6)
+    with pytest.raises(ValueError, match=match):
+        gk.attention(q, k, v, impl="ref", **kwargs)
+
+
+@pytest.mark.parametrize("impl", ["ref"] + FAST_IMPLS)
+def test_empty_inputs(impl, device):
+    q, k, v = (torch.randn(0, 2, 3, 16, device=device), torch.randn(0, 2, 5, 16, device=device),
+               torch.randn(0, 2, 5, 16, device=device))
+    assert gk.attention(q, k, v, impl=impl).shape == (0, 2, 3, 16)
