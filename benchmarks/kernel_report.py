@@ -16,6 +16,9 @@ import sys
 import tempfile
 
 TARGETS = (80, 90)
+# AOT compilation needs real JIT functions: under TRITON_INTERPRET=1, triton.jit makes interpreter
+# objects that cannot be compiled. The kernels are imported only after this, in this process and workers.
+os.environ.pop("TRITON_INTERPRET", None)
 
 
 def _tool(name: str) -> str:
