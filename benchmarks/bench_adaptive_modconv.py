@@ -13,7 +13,6 @@ Providers:
 """
 from __future__ import annotations
 
-import argparse
 import math
 
 import torch
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from gigagan_kernels import adaptive_modconv2d, adaptive_modconv2d_ref
 from gigagan_kernels import backend
 
-from .common import DEFAULT_CSV, MODES, ResultWriter, peak_memory_mb, time_fn
+from .common import bench_main, run_suite
 
 OP = "adaptive_modconv2d"
 # GigaGAN's low-res layers (Cin = Cout = 1024, N = 8) and its high-res layer (C = 256, N = 4).
@@ -86,72 +85,18 @@ def available(provider: str, device: torch.device) -> str | None:
     return backend.unavailable_reason(provider, device, OP)
 
 
-def bench_case(provider, shape_name, shape, device, dtype, modes, writer: ResultWriter, *, quick=False):
-    inp = make_inputs(shape, device, dtype)
-    fwd, wrt = forward_fn(provider, inp)
-    rep = dict(rep_ms=30 if quick else 100, warmup_ms=10 if quick else 25, cpu_reps=3 if quick else 5)
-    out = {}
-    for mode in modes:
-        if mode == "fwd":
-            fn = lambda: fwd()  # noqa: E731
-        elif mode == "bwd":
-            y = fwd()
-            grad = torch.randn_like(y)
-            fn = lambda: torch.autograd.grad(y, wrt, grad, retain_graph=True)  # noqa: E731
-        else:
-            grad = torch.randn_like(fwd())
-            fn = lambda: torch.autograd.grad(fwd(), wrt, grad)  # noqa: E731
-        with torch.no_grad() if mode == "fwd" else torch.enable_grad():
-            t = time_fn(fn, device, **rep)
-            mem = peak_memory_mb(fn, device)
-        for metric, value in (("median_ms", t.median_ms), ("p20_ms", t.p20_ms), ("p80_ms", t.p80_ms)):
-            writer.add(OP, shape_name, shape, provider, mode, dtype, metric, value, "ms")
-        if mem is not None:
-            writer.add(OP, shape_name, shape, provider, mode, dtype, "peak_mem_mb", mem, "MiB")
-        out[mode] = (t, mem)
-        if mode == "bwd":
-            del y
-    return out
+def setup(provider, shape, device, dtype):
+    return forward_fn(provider, make_inputs(shape, device, dtype))
 
 
-def run(device: torch.device, *, shapes=None, providers=PROVIDERS, modes=MODES, dtype=None, csv_path=DEFAULT_CSV,
-        quick=False, log=print):
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    table = GPU_SHAPES if device.type == "cuda" else CPU_SHAPES
-    shapes = shapes or list(table)
-    writer = ResultWriter(csv_path, device)
-    for shape_name in shapes:
-        shape = {**GPU_SHAPES, **CPU_SHAPES}[shape_name]
-        for provider in providers:
-            why = available(provider, device)
-            if why:
-                log(f"  {OP} {shape_name} {provider}: skipped ({why})")
-                continue
-            try:
-                res = bench_case(provider, shape_name, shape, device, dtype, modes, writer, quick=quick)
-            except torch.OutOfMemoryError:
-                log(f"  {OP} {shape_name} {provider}: out of memory")
-                torch.cuda.empty_cache()
-                continue
-            log(f"  {OP} {shape_name} {provider}: " + ", ".join(
-                f"{m} {t.median_ms:.3f} ms" + (f" / {mem:.0f} MiB" if mem is not None else "")
-                for m, (t, mem) in res.items()))
-    writer.flush()
-    return csv_path
+def run(device: torch.device, **kwargs):
+    kwargs.setdefault("providers", PROVIDERS)
+    return run_suite(OP, device, gpu_shapes=GPU_SHAPES, cpu_shapes=CPU_SHAPES, setup=setup, available=available,
+                     **kwargs)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--shapes", default=None, help="comma-separated names from GPU_SHAPES / CPU_SHAPES")
-    parser.add_argument("--providers", default=",".join(PROVIDERS))
-    parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--csv", default=DEFAULT_CSV)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    run(torch.device(args.device), shapes=args.shapes.split(",") if args.shapes else None,
-        providers=args.providers.split(","), dtype=getattr(torch, args.dtype) if args.dtype else None,
-        csv_path=args.csv, quick=args.quick)
+    bench_main(run, PROVIDERS, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -110,3 +110,74 @@ class ResultWriter:
 def read_rows(path: str) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def bench_case(op, shape_name, shape, provider, fwd, wrt, device, dtype, modes, writer: ResultWriter, *,
+               quick=False):
+    """Time fwd / bwd / fwd+bwd of one provider on one shape and record median, p20, p80 and peak memory."""
+    rep = dict(rep_ms=30 if quick else 100, warmup_ms=10 if quick else 25, cpu_reps=3 if quick else 5)
+    out = {}
+    for mode in modes:
+        if mode == "fwd":
+            fn = fwd
+        elif mode == "bwd":
+            y = fwd()
+            grad = torch.randn_like(y)
+            fn = lambda: torch.autograd.grad(y, wrt, grad, retain_graph=True)  # noqa: E731
+        else:
+            grad = torch.randn_like(fwd())
+            fn = lambda: torch.autograd.grad(fwd(), wrt, grad)  # noqa: E731
+        with torch.no_grad() if mode == "fwd" else torch.enable_grad():
+            t = time_fn(fn, device, **rep)
+            mem = peak_memory_mb(fn, device)
+        for metric, value in (("median_ms", t.median_ms), ("p20_ms", t.p20_ms), ("p80_ms", t.p80_ms)):
+            writer.add(op, shape_name, shape, provider, mode, dtype, metric, value, "ms")
+        if mem is not None:
+            writer.add(op, shape_name, shape, provider, mode, dtype, "peak_mem_mb", mem, "MiB")
+        out[mode] = (t, mem)
+    return out
+
+
+def run_suite(op, device, *, gpu_shapes, cpu_shapes, providers, setup, available, shapes=None, modes=MODES,
+              dtype=None, csv_path=DEFAULT_CSV, quick=False, log=print):
+    """Run every (shape, provider) of one op. setup(provider, shape, device, dtype) -> (fwd closure, tensors
+    to differentiate); available(provider, device) -> None or why the provider cannot run here."""
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    table = gpu_shapes if device.type == "cuda" else cpu_shapes
+    writer = ResultWriter(csv_path, device)
+    for shape_name in shapes or list(table):
+        shape = {**gpu_shapes, **cpu_shapes}[shape_name]
+        for provider in providers:
+            why = available(provider, device)
+            if why:
+                log(f"  {op} {shape_name} {provider}: skipped ({why})")
+                continue
+            try:
+                fwd, wrt = setup(provider, shape, device, dtype)
+                res = bench_case(op, shape_name, shape, provider, fwd, wrt, device, dtype, modes, writer,
+                                 quick=quick)
+            except torch.OutOfMemoryError:
+                log(f"  {op} {shape_name} {provider}: out of memory")
+                torch.cuda.empty_cache()
+                continue
+            log(f"  {op} {shape_name} {provider}: " + ", ".join(
+                f"{m} {t.median_ms:.3f} ms" + (f" / {mem:.0f} MiB" if mem is not None else "")
+                for m, (t, mem) in res.items()))
+    writer.flush()
+    return csv_path
+
+
+def bench_main(run, providers, argv=None, doc=None):
+    """The shared command line of the per-op benchmark scripts."""
+    import argparse
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--shapes", default=None, help="comma-separated shape names")
+    parser.add_argument("--providers", default=",".join(providers))
+    parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--csv", default=DEFAULT_CSV)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    run(torch.device(args.device), shapes=args.shapes.split(",") if args.shapes else None,
+        providers=args.providers.split(","), dtype=getattr(torch, args.dtype) if args.dtype else None,
+        csv_path=args.csv, quick=args.quick)

@@ -16,9 +16,6 @@ import sys
 import tempfile
 
 TARGETS = (80, 90)
-# AOT compilation needs real JIT functions: under TRITON_INTERPRET=1, triton.jit makes interpreter
-# objects that cannot be compiled. The kernels are imported only after this, in this process and workers.
-os.environ.pop("TRITON_INTERPRET", None)
 
 
 def _tool(name: str) -> str:
@@ -27,6 +24,8 @@ def _tool(name: str) -> str:
 
 
 def all_specs():
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise RuntimeError("the kernel report compiles real kernels: run it without TRITON_INTERPRET=1")
     from gigagan_kernels import adaptive_modconv_triton
     specs = [("adaptive_modconv2d", s) for s in adaptive_modconv_triton.report_specs()]
     try:
@@ -134,6 +133,9 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=None, help="parallel compile processes")
     parser.add_argument("--markdown", default=None, help="also write the table to this file")
     args = parser.parse_args(argv)
+    # AOT compilation needs real JIT functions (triton.jit makes interpreter objects under
+    # TRITON_INTERPRET=1); the kernels are imported after this, here and in the forked workers.
+    os.environ.pop("TRITON_INTERPRET", None)
     rows = build_report(args.jobs)
     table = format_table(rows)
     print(table)

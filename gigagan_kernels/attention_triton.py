@@ -38,6 +38,14 @@ def _logits_base2(q, k, k_sqnorm_scaled, offs_n, Lk, Mask_row_ptr, qk_scale,
 
 
 @triton.jit
+def _tile(base, L, DIM, stride_l, stride_d, start, BLOCK_L: tl.constexpr, BLOCK_DIM: tl.constexpr):
+    """Block pointer to rows [start, start+BLOCK_L) of an [L, DIM] matrix. Block pointers keep one base
+    address per tile instead of a 64-bit address per element (per-element pointers spilled here)."""
+    return tl.make_block_ptr(base, shape=(L, DIM), strides=(stride_l, stride_d), offsets=(start, 0),
+                             block_shape=(BLOCK_L, BLOCK_DIM), order=(1, 0))
+
+
+@triton.jit
 def _attn_fwd_kernel(
     Q_ptr, K_ptr, V_ptr, Mask_ptr, O_ptr, LSE_ptr,
     H, Lq, Lk, D, DV, qk_scale, bias_scale,
@@ -53,17 +61,12 @@ def _attn_fwd_kernel(
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
-    q_base = Q_ptr + b * stride_qb + h * stride_qh
-    k_base = K_ptr + b * stride_kb + h * stride_kh
-    v_base = V_ptr + b * stride_vb + h * stride_vh
     mask_row = Mask_ptr + b * stride_maskb
-
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    m_mask = offs_m < Lq
-    q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                mask=m_mask[:, None] & (offs_d[None, :] < D), other=0.0)
+    q = tl.load(_tile(Q_ptr + b * stride_qb + h * stride_qh, Lq, D, stride_qm, stride_qd, pid_m * BLOCK_M,
+                      BLOCK_M, BLOCK_D), boundary_check=(0, 1), padding_option="zero")
+    k_tile = _tile(K_ptr + b * stride_kb + h * stride_kh, Lk, D, stride_kn, stride_kd, 0, BLOCK_N, BLOCK_D)
+    v_tile = _tile(V_ptr + b * stride_vb + h * stride_vh, Lk, DV, stride_vn, stride_vd, 0, BLOCK_N, BLOCK_DV)
 
     # Running max starts finite so that a fully masked row never computes (-inf) - (-inf).
     m_i = tl.full((BLOCK_M,), -1.0e30, dtype=tl.float32)
@@ -71,28 +74,26 @@ def _attn_fwd_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
     for n0 in range(0, Lk, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < Lk
-        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                    mask=n_mask[:, None] & (offs_d[None, :] < D), other=0.0)
+        k = tl.load(k_tile, boundary_check=(0, 1), padding_option="zero")
         k_sq = tl.sum(k.to(tl.float32) * k.to(tl.float32), axis=1) * bias_scale
         s = _logits_base2(q, k, k_sq, offs_n, Lk, mask_row, qk_scale, KIND, HAS_MASK, DOT_PRECISION)
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
-                    mask=n_mask[:, None] & (offs_dv[None, :] < DV), other=0.0)
+        v = tl.load(v_tile, boundary_check=(0, 1), padding_option="zero")
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
+        k_tile = tl.advance(k_tile, (BLOCK_N, 0))
+        v_tile = tl.advance(v_tile, (BLOCK_N, 0))
 
     has_keys = l_i > 0
     out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
     # LSE (base 2) = +inf for a row with no visible key: its probabilities recompute as exactly 0.
     lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("inf"))
-    tl.store(LSE_ptr + pid_bh.to(tl.int64) * Lq + offs_m, lse, mask=m_mask)
-    o_base = O_ptr + b * stride_ob + h * stride_oh
-    tl.store(o_base + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od, out.to(O_ptr.dtype.element_ty),
-             mask=m_mask[:, None] & (offs_dv[None, :] < DV))
+    tl.store(LSE_ptr + pid_bh.to(tl.int64) * Lq + offs_m, lse, mask=offs_m < Lq)
+    tl.store(_tile(O_ptr + b * stride_ob + h * stride_oh, Lq, DV, stride_om, stride_od, pid_m * BLOCK_M,
+                   BLOCK_M, BLOCK_DV), out.to(O_ptr.dtype.element_ty), boundary_check=(0, 1))
 
 
 @triton.jit
@@ -108,12 +109,10 @@ def _attn_bwd_delta_kernel(
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    mask = (offs_m[:, None] < Lq) & (offs_dv[None, :] < DV)
-    o = tl.load(O_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od,
-                mask=mask, other=0.0).to(tl.float32)
-    do = tl.load(DO_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom
-                 + offs_dv[None, :] * stride_dod, mask=mask, other=0.0).to(tl.float32)
+    o = tl.load(_tile(O_ptr + b * stride_ob + h * stride_oh, Lq, DV, stride_om, stride_od, pid_m * BLOCK_M,
+                      BLOCK_M, BLOCK_DV), boundary_check=(0, 1), padding_option="zero").to(tl.float32)
+    do = tl.load(_tile(DO_ptr + b * stride_dob + h * stride_doh, Lq, DV, stride_dom, stride_dod, pid_m * BLOCK_M,
+                       BLOCK_M, BLOCK_DV), boundary_check=(0, 1), padding_option="zero").to(tl.float32)
     tl.store(Delta_ptr + pid_bh.to(tl.int64) * Lq + offs_m, tl.sum(o * do, axis=1), mask=offs_m < Lq)
 
 
@@ -136,20 +135,17 @@ def _attn_bwd_dkdv_kernel(
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
-    q_base = Q_ptr + b * stride_qb + h * stride_qh
-    do_base = DO_ptr + b * stride_dob + h * stride_doh
     row_base = pid_bh.to(tl.int64) * Lq
     mask_row = Mask_ptr + b * stride_maskb
-
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    n_mask = offs_n < Lk
-    k = tl.load(K_ptr + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                mask=n_mask[:, None] & (offs_d[None, :] < D), other=0.0)
-    v = tl.load(V_ptr + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
-                mask=n_mask[:, None] & (offs_dv[None, :] < DV), other=0.0)
+    n0 = pid_n * BLOCK_N
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    k = tl.load(_tile(K_ptr + b * stride_kb + h * stride_kh, Lk, D, stride_kn, stride_kd, n0, BLOCK_N, BLOCK_D),
+                boundary_check=(0, 1), padding_option="zero")
+    v = tl.load(_tile(V_ptr + b * stride_vb + h * stride_vh, Lk, DV, stride_vn, stride_vd, n0, BLOCK_N, BLOCK_DV),
+                boundary_check=(0, 1), padding_option="zero")
     k_sq = tl.sum(k.to(tl.float32) * k.to(tl.float32), axis=1) * bias_scale
+    q_tile = _tile(Q_ptr + b * stride_qb + h * stride_qh, Lq, D, stride_qm, stride_qd, 0, BLOCK_M, BLOCK_D)
+    do_tile = _tile(DO_ptr + b * stride_dob + h * stride_doh, Lq, DV, stride_dom, stride_dod, 0, BLOCK_M, BLOCK_DV)
 
     dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_DV), dtype=tl.float32)
@@ -157,10 +153,8 @@ def _attn_bwd_dkdv_kernel(
     for m0 in range(0, Lq, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
         m_mask = offs_m < Lq
-        q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                    mask=m_mask[:, None] & (offs_d[None, :] < D), other=0.0)
-        do = tl.load(do_base + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
-                     mask=m_mask[:, None] & (offs_dv[None, :] < DV), other=0.0)
+        q = tl.load(q_tile, boundary_check=(0, 1), padding_option="zero")
+        do = tl.load(do_tile, boundary_check=(0, 1), padding_option="zero")
         lse = tl.load(LSE_ptr + row_base + offs_m, mask=m_mask, other=float("inf"))
         delta = tl.load(Delta_ptr + row_base + offs_m, mask=m_mask, other=0.0)
         s = _logits_base2(q, k, k_sq, offs_n, Lk, mask_row, qk_scale, KIND, HAS_MASK, DOT_PRECISION)
@@ -171,14 +165,16 @@ def _attn_bwd_dkdv_kernel(
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
         if KIND == 1:
             ds_colsum += tl.sum(ds, axis=0)
+        q_tile = tl.advance(q_tile, (BLOCK_M, 0))
+        do_tile = tl.advance(do_tile, (BLOCK_M, 0))
 
     if KIND == 1:
         dk = dk - k.to(tl.float32) * ds_colsum[:, None]
     dk = dk * grad_scale
-    tl.store(DK_ptr + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
-             dk.to(DK_ptr.dtype.element_ty), mask=n_mask[:, None] & (offs_d[None, :] < D))
-    tl.store(DV_ptr + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvn + offs_dv[None, :] * stride_dvd,
-             dv.to(DV_ptr.dtype.element_ty), mask=n_mask[:, None] & (offs_dv[None, :] < DV))
+    tl.store(_tile(DK_ptr + b * stride_dkb + h * stride_dkh, Lk, D, stride_dkn, stride_dkd, n0, BLOCK_N, BLOCK_D),
+             dk.to(DK_ptr.dtype.element_ty), boundary_check=(0, 1))
+    tl.store(_tile(DV_ptr + b * stride_dvb + h * stride_dvh, Lk, DV, stride_dvn, stride_dvd, n0, BLOCK_N, BLOCK_DV),
+             dv.to(DV_ptr.dtype.element_ty), boundary_check=(0, 1))
 
 
 @triton.jit
@@ -199,62 +195,77 @@ def _attn_bwd_dq_kernel(
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
-    k_base = K_ptr + b * stride_kb + h * stride_kh
-    v_base = V_ptr + b * stride_vb + h * stride_vh
     row_base = pid_bh.to(tl.int64) * Lq
     mask_row = Mask_ptr + b * stride_maskb
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
+    m0 = pid_m * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
     m_mask = offs_m < Lq
-    q = tl.load(Q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                mask=m_mask[:, None] & (offs_d[None, :] < D), other=0.0)
-    do = tl.load(DO_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom
-                 + offs_dv[None, :] * stride_dod, mask=m_mask[:, None] & (offs_dv[None, :] < DV), other=0.0)
+    q = tl.load(_tile(Q_ptr + b * stride_qb + h * stride_qh, Lq, D, stride_qm, stride_qd, m0, BLOCK_M, BLOCK_D),
+                boundary_check=(0, 1), padding_option="zero")
+    do = tl.load(_tile(DO_ptr + b * stride_dob + h * stride_doh, Lq, DV, stride_dom, stride_dod, m0, BLOCK_M,
+                       BLOCK_DV), boundary_check=(0, 1), padding_option="zero")
     lse = tl.load(LSE_ptr + row_base + offs_m, mask=m_mask, other=float("inf"))
     delta = tl.load(Delta_ptr + row_base + offs_m, mask=m_mask, other=0.0)
+    k_tile = _tile(K_ptr + b * stride_kb + h * stride_kh, Lk, D, stride_kn, stride_kd, 0, BLOCK_N, BLOCK_D)
+    v_tile = _tile(V_ptr + b * stride_vb + h * stride_vh, Lk, DV, stride_vn, stride_vd, 0, BLOCK_N, BLOCK_DV)
 
     dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     for n0 in range(0, Lk, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < Lk
-        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                    mask=n_mask[:, None] & (offs_d[None, :] < D), other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
-                    mask=n_mask[:, None] & (offs_dv[None, :] < DV), other=0.0)
+        k = tl.load(k_tile, boundary_check=(0, 1), padding_option="zero")
+        v = tl.load(v_tile, boundary_check=(0, 1), padding_option="zero")
         k_sq = tl.sum(k.to(tl.float32) * k.to(tl.float32), axis=1) * bias_scale
         s = _logits_base2(q, k, k_sq, offs_n, Lk, mask_row, qk_scale, KIND, HAS_MASK, DOT_PRECISION)
         p = tl.exp2(s - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+        k_tile = tl.advance(k_tile, (BLOCK_N, 0))
+        v_tile = tl.advance(v_tile, (BLOCK_N, 0))
     dq = dq * grad_scale
-    tl.store(DQ_ptr + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
-             dq.to(DQ_ptr.dtype.element_ty), mask=m_mask[:, None] & (offs_d[None, :] < D))
+    tl.store(_tile(DQ_ptr + b * stride_dqb + h * stride_dqh, Lq, D, stride_dqm, stride_dqd, m0, BLOCK_M, BLOCK_D),
+             dq.to(DQ_ptr.dtype.element_ty), boundary_check=(0, 1))
 
 
 # ----------------------------------------------------------------------------------------------
 # Config table, keyed by the padded head dim: the one place the dispatcher and the kernel report read.
 # Untuned on hardware so far; block shapes chosen for the register budget (see benchmarks/NOTES.md).
 # ----------------------------------------------------------------------------------------------
+# Keys: (padded head dim, operand width). fp32 operands (TF32 dots) need smaller tiles than fp16/bf16.
+# Every entry compiles without spills for sm_80 and sm_90 (python -m benchmarks.kernel_report).
+_ATTN_CFG = lambda m, n, w, st: dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=st)  # noqa: E731
 FWD_CONFIGS = {
-    32: dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
-    64: dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
-    128: dict(BLOCK_M=128, BLOCK_N=32, num_warps=8, num_stages=3),
+    (32, "16bit"): _ATTN_CFG(128, 32, 8, 3), (32, "fp32"): _ATTN_CFG(128, 32, 8, 3),
+    # 128x64 tiles spilled 144 B (fp32, sm_80); 128x32 does not.
+    (64, "16bit"): _ATTN_CFG(128, 32, 8, 3), (64, "fp32"): _ATTN_CFG(128, 32, 8, 3),
+    # fp32 at d128: 128x32 spilled 392 B and 64x32 48 B on sm_80.
+    (128, "16bit"): _ATTN_CFG(128, 32, 8, 3), (128, "fp32"): _ATTN_CFG(32, 32, 4, 3),
 }
-BWD_CONFIGS = {
-    32: dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2),
-    64: dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2),
-    128: dict(BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=2),
+BWD_DKDV_CONFIGS = {
+    # 32x64 (BLOCK_M x BLOCK_N) spilled 120 B at d64 on sm_80.
+    (32, "16bit"): _ATTN_CFG(32, 32, 4, 2), (32, "fp32"): _ATTN_CFG(32, 32, 4, 2),
+    (64, "16bit"): _ATTN_CFG(32, 32, 4, 2), (64, "fp32"): _ATTN_CFG(32, 32, 4, 2),
+    (128, "16bit"): _ATTN_CFG(32, 32, 8, 2), (128, "fp32"): _ATTN_CFG(16, 32, 4, 2),
 }
-DELTA_CONFIG = dict(BLOCK_M=64, num_warps=4, num_stages=1)
+BWD_DQ_CONFIGS = {
+    (32, "16bit"): _ATTN_CFG(32, 32, 4, 2), (32, "fp32"): _ATTN_CFG(32, 32, 4, 2),
+    # 64x32 spilled 128 B in fp32 on sm_80.
+    (64, "16bit"): _ATTN_CFG(64, 32, 4, 2), (64, "fp32"): _ATTN_CFG(32, 32, 4, 2),
+    # fp32 d128: 16x32 in two stages spilled 8 B (dot kind, sm_80); one stage of 32x16 with 8 warps is clean.
+    (128, "16bit"): _ATTN_CFG(32, 16, 4, 2), (128, "fp32"): _ATTN_CFG(32, 16, 8, 1),
+}
+# 64 rows x 128 columns spilled 24-40 B (two fp32 tiles); 16 rows do not.
+DELTA_CONFIG = dict(BLOCK_M=16, num_warps=4, num_stages=1)
 MIN_HEAD_DIM, MAX_HEAD_DIM = 1, 128
 
 
 def head_block(d: int) -> int:
     """Padded head-dim block: tl.dot needs >= 16 and a power of two; table keys are 32, 64, 128."""
     return max(32, triton.next_power_of_2(d))
+
+
+def _config(table, d_block, dtype):
+    return table[(d_block, "fp32" if dtype == torch.float32 else "16bit")]
 
 
 def _dot_precision(dtype):
@@ -283,7 +294,7 @@ def forward(q, k, v, kind, scale, mask):
     out = torch.empty((B, H, Lq, DV), device=q.device, dtype=q.dtype)
     lse = torch.empty((B, H, Lq), device=q.device, dtype=torch.float32)
     bd, bdv = head_block(D), head_block(DV)
-    cfg = FWD_CONFIGS[max(bd, bdv)]
+    cfg = _config(FWD_CONFIGS, max(bd, bdv), q.dtype)
     qk_scale, bias_scale, _ = _scales(kind, scale)
     mask_t, stride_mask = _mask_arg(mask, q)
     grid = (triton.cdiv(Lq, cfg["BLOCK_M"]), B * H)
@@ -306,15 +317,17 @@ def backward(do, q, k, v, out, lse, kind, scale, mask):
     qk_scale, bias_scale, grad_scale = _scales(kind, scale)
     mask_t, stride_mask = _mask_arg(mask, q)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    cfg = BWD_CONFIGS[max(bd, bdv)]
     common = dict(KIND=kind, HAS_MASK=mask is not None, DOT_PRECISION=_dot_precision(q.dtype), BLOCK_D=bd,
-                  BLOCK_DV=bdv, **cfg)
+                  BLOCK_DV=bdv)
+    cfg = _config(BWD_DKDV_CONFIGS, max(bd, bdv), q.dtype)
     _attn_bwd_dkdv_kernel[(triton.cdiv(Lk, cfg["BLOCK_N"]), B * H)](
         q, k, v, mask_t, do, lse, delta, dk, dv, H, Lq, Lk, D, DV, qk_scale, bias_scale, grad_scale,
-        *q.stride(), *k.stride(), *v.stride(), stride_mask, *do.stride(), *dk.stride(), *dv.stride(), **common)
+        *q.stride(), *k.stride(), *v.stride(), stride_mask, *do.stride(), *dk.stride(), *dv.stride(),
+        **common, **cfg)
+    cfg = _config(BWD_DQ_CONFIGS, max(bd, bdv), q.dtype)
     _attn_bwd_dq_kernel[(triton.cdiv(Lq, cfg["BLOCK_M"]), B * H)](
         q, k, v, mask_t, do, lse, delta, dq, H, Lq, Lk, D, DV, qk_scale, bias_scale, grad_scale,
-        *q.stride(), *k.stride(), *v.stride(), stride_mask, *do.stride(), *dq.stride(), **common)
+        *q.stride(), *k.stride(), *v.stride(), stride_mask, *do.stride(), *dq.stride(), **common, **cfg)
     return dq, dk, dv
 
 
@@ -322,33 +335,32 @@ _TL_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32
 
 
 def report_specs():
-    """Every config above, per dtype and kind, for the static kernel report (head dims 48->64 etc.)."""
+    """Every config above, per dtype and kind, for the static kernel report."""
     specs = []
+    tables = ((_attn_fwd_kernel, FWD_CONFIGS, dict(O_ptr=None, LSE_ptr="fp32")),
+              (_attn_bwd_dkdv_kernel, BWD_DKDV_CONFIGS, dict(DO_ptr=None, LSE_ptr="fp32", Delta_ptr="fp32",
+                                                             DK_ptr=None, DV_ptr=None)),
+              (_attn_bwd_dq_kernel, BWD_DQ_CONFIGS, dict(DO_ptr=None, LSE_ptr="fp32", Delta_ptr="fp32",
+                                                         DQ_ptr=None)))
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         t = _TL_NAMES[dtype]
-        prec = "tf32" if dtype == torch.float32 else "ieee"
+        width = "fp32" if dtype == torch.float32 else "16bit"
         for kind in (KIND_L2, KIND_DOT):
-            for bd, cfg in FWD_CONFIGS.items():
-                specs.append(dict(
-                    kernel=_attn_fwd_kernel, config=f"d{bd}-{'l2' if kind else 'dot'}", dtype=t, tensor_cores=True,
-                    num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-                    pointers=dict(Q_ptr=t, K_ptr=t, V_ptr=t, Mask_ptr="i8", O_ptr=t, LSE_ptr="fp32"),
-                    floats=("qk_scale", "bias_scale"),
-                    constexprs=dict(KIND=kind, HAS_MASK=True, DOT_PRECISION=prec, BLOCK_M=cfg["BLOCK_M"],
-                                    BLOCK_N=cfg["BLOCK_N"], BLOCK_D=bd, BLOCK_DV=bd)))
-            for bd, cfg in BWD_CONFIGS.items():
-                for fn, ptrs in ((_attn_bwd_dkdv_kernel, dict(DK_ptr=t, DV_ptr=t)), (_attn_bwd_dq_kernel, dict(DQ_ptr=t))):
+            for fn, table, extra in tables:
+                for (bd, w), cfg in table.items():
+                    if w != width:
+                        continue
+                    pointers = dict(Q_ptr=t, K_ptr=t, V_ptr=t, Mask_ptr="i8")
+                    pointers.update({name: ty or t for name, ty in extra.items()})
                     specs.append(dict(
                         kernel=fn, config=f"d{bd}-{'l2' if kind else 'dot'}", dtype=t, tensor_cores=True,
-                        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-                        pointers=dict(Q_ptr=t, K_ptr=t, V_ptr=t, Mask_ptr="i8", DO_ptr=t, LSE_ptr="fp32",
-                                      Delta_ptr="fp32", **ptrs),
+                        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], pointers=pointers,
                         floats=("qk_scale", "bias_scale", "grad_scale"),
-                        constexprs=dict(KIND=kind, HAS_MASK=True, DOT_PRECISION=prec, BLOCK_M=cfg["BLOCK_M"],
-                                        BLOCK_N=cfg["BLOCK_N"], BLOCK_D=bd, BLOCK_DV=bd)))
+                        constexprs=dict(KIND=kind, HAS_MASK=True, DOT_PRECISION="tf32" if width == "fp32" else "ieee",
+                                        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=bd, BLOCK_DV=bd)))
         specs.append(dict(
-            kernel=_attn_bwd_delta_kernel, config="default", dtype=t, tensor_cores=False,
+            kernel=_attn_bwd_delta_kernel, config="d128", dtype=t, tensor_cores=False,
             num_warps=DELTA_CONFIG["num_warps"], num_stages=DELTA_CONFIG["num_stages"],
             pointers=dict(O_ptr=t, DO_ptr=t, Delta_ptr="fp32"), floats=(),
-            constexprs=dict(BLOCK_M=DELTA_CONFIG["BLOCK_M"], BLOCK_DV=64)))
+            constexprs=dict(BLOCK_M=DELTA_CONFIG["BLOCK_M"], BLOCK_DV=128)))
     return specs

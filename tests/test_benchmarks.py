@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from benchmarks import bench_adaptive_modconv as bench
+from benchmarks import bench_attention
 from benchmarks import common, summary
 
 TINY = dict(B=2, Cin=8, Cout=8, H=8, W=8, N=3, k=3)
@@ -48,3 +49,25 @@ def test_runner_writes_csv_summary_and_plots(tmp_path):
     text, plots = summary.write(str(path), str(tmp_path))
     assert "| tiny | fwd |" in text and (tmp_path / "SUMMARY.md").exists()
     assert plots and all((tmp_path / p).exists() for p in plots)
+
+
+@pytest.mark.parametrize("provider", ["ref", "sdpa_bias", "floor", "triton"])
+@pytest.mark.parametrize("kind, masked", [("l2", False), ("dot", True)])
+def test_attention_provider_smoke(benchmark, provider, kind, masked, device):
+    if bench_attention.available(provider, torch.device(device)) and provider == "triton":
+        if bench.backend.unavailable_reason("triton", torch.device(device), "attention"):
+            pytest.skip("triton unavailable here")
+    shape = dict(B=2, H=2, Lq=40, Lk=24, D=16, kind=kind, masked=masked)
+    fwd, wrt = bench_attention.setup(provider, shape, device, torch.float32)
+    out = benchmark.pedantic(fwd, rounds=1, iterations=1)
+    assert out.shape == (2, 2, 40, 16) and torch.isfinite(out).all()
+    assert all(torch.isfinite(g).all() for g in torch.autograd.grad(out.sum(), wrt))
+
+
+def test_sdpa_bias_baseline_matches_reference(device):
+    """The "best a user could do" baseline computes the same L2 attention as the reference."""
+    shape = dict(B=2, H=2, Lq=33, Lk=21, D=16, kind="l2", masked=True)
+    inp = bench_attention.make_inputs(shape, device, torch.float64)
+    got = bench_attention.sdpa_with_l2_bias(inp["q"], inp["k"], inp["v"], kind="l2", mask=inp["mask"])
+    want = bench_attention.attention_ref(inp["q"], inp["k"], inp["v"], kind="l2", key_padding_mask=inp["mask"])
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)

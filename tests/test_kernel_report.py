@@ -13,7 +13,8 @@ def test_kernel_report_check_passes():
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert " 0 with problems" in proc.stdout
     # Every kernel the dispatcher can launch appears, for both targets.
-    for name in ("_fwd_kernel", "_dx_kernel", "_dbank_kernel", "_demod_kernel"):
+    for name in ("_fwd_kernel", "_dx_kernel", "_dbank_kernel", "_demod_kernel", "_attn_fwd_kernel",
+                 "_attn_bwd_delta_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel"):
         assert f"| {name}" in proc.stdout
     assert "sm_80" in proc.stdout and "sm_90" in proc.stdout
 
