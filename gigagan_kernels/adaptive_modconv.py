@@ -137,9 +137,6 @@ def adaptive_modconv2d_ref(x, weight_bank, select_logits, style, bias=None, *, d
 # ----------------------------------------------------------------------------------------------
 # Triton path as torch.library custom ops: a forward op and a backward op, autograd glued on.
 # ----------------------------------------------------------------------------------------------
-_ACT_CODES = {None: 0, "linear": 0, "lrelu": 1}
-
-
 def _needs_lin(activation, gain, clamp, bias, noise) -> bool:
     """lin (the demodulated conv before the epilogue) differs from y, so it must be saved."""
     return activation == "lrelu" or gain != 1.0 or clamp is not None or bias is not None or noise is not None
@@ -153,7 +150,7 @@ def _triton_fwd_op(x: torch.Tensor, weight_bank: torch.Tensor, select_logits: to
     from . import adaptive_modconv_triton as kernels
     a = torch.softmax(select_logits.float(), dim=1)
     return kernels.forward(x, weight_bank, a, style, bias, noise, demodulate=demodulate, eps=eps,
-                           activation_code=_ACT_CODES[activation or None], gain=gain, clamp=clamp,
+                           activation_code=kernels.ACT_LRELU if activation == "lrelu" else kernels.ACT_LINEAR, gain=gain, clamp=clamp,
                            save_lin=save_lin)
 
 

@@ -19,15 +19,12 @@ the dispatcher and the static kernel report share.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
 ACT_LINEAR = 0
 ACT_LRELU = 1
-LRELU_SLOPE = 0.2
 
 
 @triton.jit
@@ -335,9 +332,7 @@ def dot_dtype(dtype: torch.dtype):
 
 def dot_precision(dtype: torch.dtype) -> str:
     # fp32 follows torch's cuDNN convolution default: TF32 unless the user turned it off.
-    if dtype == torch.float32 and not torch.backends.cudnn.allow_tf32:
-        return "ieee"
-    return "tf32" if dtype == torch.float32 else "ieee"
+    return "tf32" if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else "ieee"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -372,7 +367,9 @@ def forward(x, bank, a, s, bias, noise, *, demodulate, eps, activation_code, gai
     B, Cin, H, W = x.shape
     N, Cout, _, k, _ = bank.shape
     d = demod_coefficients(bank, a, s, eps) if demodulate else torch.ones((B, Cout), device=x.device, dtype=torch.float32)
-    memory_format = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format
+    # A channels_last input gets a channels_last output; the kernels take any strides.
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     y = torch.empty((B, Cout, H, W), device=x.device, dtype=x.dtype, memory_format=memory_format)
     lin = torch.empty_like(y) if save_lin else y.new_empty((0,))
     cfg = pick_pixel_config(FWD_CONFIGS, H * W)
