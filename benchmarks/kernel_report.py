@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as futures
+import multiprocessing
 import os
 import re
 import subprocess
@@ -106,7 +107,8 @@ def build_report(jobs: int | None = None):
     specs = all_specs()
     work = [(op, i, cc) for i, (op, _) in enumerate(specs) for cc in TARGETS]
     jobs = jobs or max(1, min(os.cpu_count() or 1, 8))
-    with futures.ProcessPoolExecutor(max_workers=jobs) as pool:
+    # spawn, not fork: forking a process that has torch (and its thread pools) loaded is unsafe.
+    with futures.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         rows = list(pool.map(compile_one, work))
     return rows
 
@@ -134,7 +136,8 @@ def main(argv=None) -> int:
     parser.add_argument("--markdown", default=None, help="also write the table to this file")
     args = parser.parse_args(argv)
     # AOT compilation needs real JIT functions (triton.jit makes interpreter objects under
-    # TRITON_INTERPRET=1); the kernels are imported after this, here and in the forked workers.
+    # TRITON_INTERPRET=1); the kernels are imported after this, here and in the workers, which
+    # inherit the environment.
     os.environ.pop("TRITON_INTERPRET", None)
     rows = build_report(args.jobs)
     table = format_table(rows)
