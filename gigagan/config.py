@@ -1,0 +1,183 @@
+"""Model configurations as dataclasses, and the named presets ("tiny", "small", "paper").
+
+The paper's appendix table of architecture hyper-parameters (Table A2) was not available to us,
+so channels, depths, filter counts, heads and attention resolutions below are our choices. The
+"paper" preset is sized so the parameter counts land within a few percent of the paper's
+(G 652.5M, D 381.4M, upsampler 359.1M); README "Model presets" gives the reasoning.
+
+Per-resolution settings are tuples indexed by block, lowest resolution first for the generator
+(4, 8, ..., resolution) and highest first for the discriminator (resolution, ..., 4).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class TextConfig:
+    """The frozen CLIP text tower and the width of the learned text transformers on top of it."""
+    clip_model: str = "ViT-L-14"          # an open_clip architecture name, or "custom" (the fields below)
+    clip_pretrained: Optional[str] = None  # a local checkpoint file, or an open_clip tag looked up in the cache only
+    context_length: int = 77
+    clip_width: int = 768                  # used when clip_model == "custom"
+    clip_heads: int = 12
+    clip_layers: int = 12
+
+
+@dataclass
+class TextEncoderConfig:
+    """The learned transformer T that follows CLIP (G, D and the upsampler each own one)."""
+    dim: int = 768
+    layers: int = 4
+    heads: int = 12
+
+
+@dataclass
+class GeneratorConfig:
+    resolution: int = 64
+    z_dim: int = 128
+    w_dim: int = 1024
+    mapping_layers: int = 4
+    mapping_lr_multiplier: float = 0.01
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    channels: tuple = (1024, 1024, 1024, 768, 384)     # per block: 4, 8, 16, 32, 64
+    num_filters: tuple = (8, 8, 8, 8, 4)              # N, the size of each layer's filter bank
+    convs_per_block: tuple = (2, 2, 2, 2, 2)
+    attn_resolutions: tuple = (8, 16, 32)             # self- and cross-attention after every conv there
+    attn_dim_head: int = 64
+    conv_clamp: Optional[float] = 256.0               # StyleGAN2's fp16 guard; None disables
+
+    @property
+    def resolutions(self) -> tuple:
+        return tuple(4 * 2 ** i for i in range(len(self.channels)))
+
+
+@dataclass
+class DiscriminatorConfig:
+    resolution: int = 64
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    t_dim: int = 512                                  # the text descriptor t_D that conditions every predictor
+    channels: tuple = (1024, 1536, 1536, 1536, 1536, 1792)  # per scale: 64, 32, 16, 8, 4, 2 (input scales + 1)
+    attn_resolutions: tuple = (8, 16, 32)
+    attn_dim_head: int = 64
+    conv_clamp: Optional[float] = 256.0
+
+    @property
+    def num_levels(self) -> int:
+        """Pyramid levels that enter the trunk: resolution, resolution/2, ..., 4."""
+        return len(self.channels) - 1
+
+    @property
+    def resolutions(self) -> tuple:
+        return tuple(self.resolution // 2 ** i for i in range(len(self.channels)))
+
+
+@dataclass
+class UpsamplerConfig:
+    in_resolution: int = 64
+    scale: int = 4                                    # 64 -> 256
+    z_dim: int = 128
+    w_dim: int = 512
+    mapping_layers: int = 4
+    mapping_lr_multiplier: float = 0.01
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    down_channels: tuple = (256, 512, 768)            # three down blocks: 64->32->16->8
+    mid_channels: int = 768
+    up_channels: tuple = (1024, 768, 512, 256, 128)   # log2(scale)+3 up blocks: 8->16->...->256
+    num_filters: int = 4
+    attn_resolutions: tuple = (8, 16)
+    attn_dim_head: int = 64
+    noise_augment_std: float = 0.05                   # Gaussian noise on the low-res input, train and test
+    conv_clamp: Optional[float] = 256.0
+
+    @property
+    def out_resolution(self) -> int:
+        return self.in_resolution * self.scale
+
+
+@dataclass
+class GigaGANConfig:
+    name: str = "custom"
+    text: TextConfig = field(default_factory=TextConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    upsampler: Optional[UpsamplerConfig] = field(default_factory=UpsamplerConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "GigaGANConfig":
+        def build(kind, value):
+            if value is None:
+                return None
+            kwargs = {}
+            for f in dataclasses.fields(kind):
+                if f.name not in value:
+                    continue
+                v = value[f.name]
+                sub = {"text": TextEncoderConfig if kind is not GigaGANConfig else TextConfig,
+                       "generator": GeneratorConfig, "discriminator": DiscriminatorConfig,
+                       "upsampler": UpsamplerConfig}.get(f.name)
+                if sub is not None and isinstance(v, dict):
+                    v = build(sub, v)
+                elif isinstance(v, list):
+                    v = tuple(v)
+                kwargs[f.name] = v
+            unknown = set(value) - {f.name for f in dataclasses.fields(kind)}
+            if unknown:
+                raise ValueError(f"{kind.__name__}: unknown config keys {sorted(unknown)}")
+            return kind(**kwargs)
+        return build(cls, data)
+
+
+def _tiny() -> GigaGANConfig:
+    text = TextEncoderConfig(dim=64, layers=1, heads=2)
+    return GigaGANConfig(
+        name="tiny",
+        text=TextConfig(clip_model="custom", context_length=32, clip_width=64, clip_heads=2, clip_layers=2),
+        generator=GeneratorConfig(resolution=32, z_dim=32, w_dim=64, text=text, channels=(64, 64, 48, 32),
+                                  num_filters=(4, 4, 2, 2), convs_per_block=(1, 1, 1, 1), attn_resolutions=(8,),
+                                  attn_dim_head=32),
+        discriminator=DiscriminatorConfig(resolution=32, text=text, t_dim=64, channels=(32, 48, 64, 64, 64),
+                                          attn_resolutions=(8,), attn_dim_head=32),
+        upsampler=UpsamplerConfig(in_resolution=16, scale=4, z_dim=32, w_dim=64, text=text,
+                                  down_channels=(32, 48, 64), mid_channels=64, up_channels=(64, 64, 48, 32, 16),
+                                  num_filters=2, attn_resolutions=(2, 4), attn_dim_head=32),
+    )
+
+
+def _small() -> GigaGANConfig:
+    text = TextEncoderConfig(dim=256, layers=2, heads=4)
+    return GigaGANConfig(
+        name="small",
+        text=TextConfig(clip_model="ViT-B-32"),
+        generator=GeneratorConfig(resolution=64, z_dim=128, w_dim=256, text=text, channels=(256, 256, 256, 128, 64),
+                                  num_filters=(4, 4, 4, 2, 1), convs_per_block=(2, 2, 2, 2, 2),
+                                  attn_resolutions=(8, 16), attn_dim_head=64),
+        discriminator=DiscriminatorConfig(resolution=64, text=text, t_dim=256,
+                                          channels=(64, 128, 256, 256, 256, 256), attn_resolutions=(8, 16)),
+        upsampler=UpsamplerConfig(in_resolution=64, scale=4, w_dim=256, text=text, down_channels=(64, 128, 256),
+                                  mid_channels=256, up_channels=(256, 256, 128, 64, 32), num_filters=2),
+    )
+
+
+def _paper() -> GigaGANConfig:
+    # The dataclass defaults. G: 1024 channels and 8-filter banks at 4-16 px hold 494M of its 657M.
+    # D: a 1536-wide trunk over 6 scales (381M). Upsampler: 4-filter banks, widest at 8-16 px (363M).
+    return GigaGANConfig(name="paper")
+
+
+PRESETS = {"tiny": _tiny, "small": _small, "paper": _paper}
+
+
+def get_preset(name: str) -> GigaGANConfig:
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+    return PRESETS[name]()

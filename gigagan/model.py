@@ -1,0 +1,86 @@
+"""The GigaGAN container: one frozen CLIP text tower shared by G, D and the upsampler, plus save/load.
+
+    model = GigaGAN(get_preset("tiny"))
+    model.save_pretrained("ckpt/")                 # config.json + model.safetensors
+    model = GigaGAN.from_pretrained("ckpt/")
+
+    with torch.device("meta"):                     # paper scale, allocating nothing
+        print(GigaGAN(get_preset("paper")).parameter_counts())
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from .config import GigaGANConfig, get_preset
+from .discriminator import Discriminator
+from .generator import Generator
+from .text import FrozenCLIPText
+from .upsampler import Upsampler
+
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+
+
+def count_parameters(module: nn.Module, trainable: bool = True) -> int:
+    """Parameters of `module` that are (or, with trainable=False, are not) trained, each counted once."""
+    seen, total = set(), 0
+    for p in module.parameters():
+        if id(p) in seen or p.requires_grad != trainable:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total
+
+
+class GigaGAN(nn.Module):
+    def __init__(self, config: Union[GigaGANConfig, str], load_clip_weights: bool = True):
+        super().__init__()
+        if isinstance(config, str):
+            config = get_preset(config)
+        self.config = config
+        self.clip = FrozenCLIPText(config.text, load_pretrained=load_clip_weights)
+        self.generator = Generator(config.generator, self.clip)
+        self.discriminator = Discriminator(config.discriminator, self.clip)
+        self.upsampler = Upsampler(config.upsampler, self.clip) if config.upsampler is not None else None
+
+    def parameter_counts(self) -> dict:
+        """Trainable parameters per network (the frozen CLIP tower shared by all of them counted apart)."""
+        counts = {"generator": count_parameters(self.generator),
+                  "discriminator": count_parameters(self.discriminator)}
+        if self.upsampler is not None:
+            counts["upsampler"] = count_parameters(self.upsampler)
+        counts["clip_text_frozen"] = count_parameters(self.clip, trainable=False)
+        return counts
+
+    def save_pretrained(self, directory: str) -> None:
+        """Write config.json and model.safetensors into `directory`, each atomically (temp file, then rename)."""
+        from safetensors.torch import save_model
+        os.makedirs(directory, exist_ok=True)
+        for name, write in ((CONFIG_NAME, lambda p: open(p, "w").write(self.config.to_json())),
+                            (WEIGHTS_NAME, lambda p: save_model(self, p, metadata={"format": "pt"}))):
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
+            os.close(fd)
+            try:
+                write(tmp)
+                os.replace(tmp, os.path.join(directory, name))
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+
+    @classmethod
+    def from_pretrained(cls, directory: str, map_location: Optional[Union[str, torch.device]] = "cpu") -> "GigaGAN":
+        from safetensors.torch import load_model
+        config_path, weights_path = os.path.join(directory, CONFIG_NAME), os.path.join(directory, WEIGHTS_NAME)
+        for path in (config_path, weights_path):
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"from_pretrained: {path} does not exist")
+        with open(config_path) as f:
+            config = GigaGANConfig.from_dict(json.load(f))
+        model = cls(config, load_clip_weights=False)      # the checkpoint holds the tower's weights
+        load_model(model, weights_path, strict=True, device=str(map_location))
+        return model
