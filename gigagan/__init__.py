@@ -1,1 +1,17 @@
-"""The thin GigaGAN model and training package built on gigagan_kernels."""
+"""The thin GigaGAN model and training package built on gigagan_kernels.
+
+    from gigagan import GigaGAN, get_preset
+    model = GigaGAN(get_preset("tiny"))
+    images = model.generator(torch.randn(2, model.generator.z_dim), ["a red circle", "a blue square"])[0]
+"""
+from .config import (DiscriminatorConfig, GeneratorConfig, GigaGANConfig, TextConfig, TextEncoderConfig,
+                     UpsamplerConfig, get_preset, PRESETS)
+from .discriminator import Discriminator, image_pyramid
+from .generator import Generator, MappingNetwork
+from .model import GigaGAN, count_parameters
+from .text import FrozenCLIPText, TextEncoder
+from .upsampler import Upsampler, upsample_tiled
+
+__all__ = ["GigaGAN", "Generator", "Discriminator", "Upsampler", "MappingNetwork", "TextEncoder", "FrozenCLIPText",
+           "GigaGANConfig", "GeneratorConfig", "DiscriminatorConfig", "UpsamplerConfig", "TextConfig",
+           "TextEncoderConfig", "PRESETS", "get_preset", "image_pyramid", "upsample_tiled", "count_parameters"]

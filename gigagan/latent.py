@@ -52,7 +52,8 @@ def prompt_interpolation(G: Generator, z: torch.Tensor, prompt_a: str, prompt_b:
                          truncation_psi: float = 1.0, noise_mode: str = "none") -> torch.Tensor:
     """For one z [1, z_dim], interpolate t_local, t_global and w linearly from prompt A to prompt B.
 
-    Returns [steps, 3, R, R]. The two prompts are tokenised to the same length, so t_local lerps token-wise.
+    Returns [steps, 3, R, R]. Both prompts are tokenised to the same length, so t_local lerps token-wise;
+    in between, tokens of either prompt are attended, and the end points are exactly prompt A and B.
     """
     if steps < 2:
         raise ValueError(f"steps must be >= 2, got {steps}")
@@ -62,7 +63,8 @@ def prompt_interpolation(G: Generator, z: torch.Tensor, prompt_a: str, prompt_b:
     alphas = torch.linspace(0, 1, steps, device=z.device, dtype=feats.t_local.dtype)
     t_local = torch.stack([torch.lerp(feats.t_local[0], feats.t_local[1], a) for a in alphas])
     t_global = torch.stack([torch.lerp(feats.t_global[0], feats.t_global[1], a) for a in alphas])
-    mask = (feats.mask[0] | feats.mask[1])[None].expand(steps, -1)
+    mask = (feats.mask[0] | feats.mask[1])[None].repeat(steps, 1)
+    mask[0], mask[-1] = feats.mask[0], feats.mask[1]
     zs = z.expand(steps, -1)
     w = G.mapping(zs, t_global)
     if truncation_psi != 1.0:

@@ -82,5 +82,8 @@ class GigaGAN(nn.Module):
         with open(config_path) as f:
             config = GigaGANConfig.from_dict(json.load(f))
         model = cls(config, load_clip_weights=False)      # the checkpoint holds the tower's weights
-        load_model(model, weights_path, strict=True, device=str(map_location))
-        return model
+        missing, unexpected = load_model(model, weights_path, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"from_pretrained: {weights_path} does not match the config: missing "
+                             f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        return model.to(map_location)

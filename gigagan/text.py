@@ -149,7 +149,7 @@ class FrozenCLIPText(nn.Module):
             if missing:
                 raise ValueError(f"TextConfig.clip_pretrained: {path} lacks text-tower weights {missing[:5]}")
             return path
-        key = (cfg.clip_model, cfg.clip_pretrained)
+        key = repr(cfg)                      # once per tower configuration and process
         if key not in _WARNED_RANDOM:
             _WARNED_RANDOM.add(key)
             what = f"tag {cfg.clip_pretrained!r} is not in the local cache" if cfg.clip_pretrained else "none was given"

@@ -24,7 +24,7 @@ from gigagan_kernels.nn import AdaptiveModConv2d, CrossAttention, EqualizedConv2
 
 from .config import UpsamplerConfig
 from .discriminator import downsample2x
-from .generator import MappingNetwork, upsample2x
+from .generator import NOISE_MODES, MappingNetwork, upsample2x
 from .text import CLIPText, FrozenCLIPText, TextEncoder, TextFeatures
 
 
@@ -41,9 +41,12 @@ class UNetBlock(nn.Module):
         self.cross_attns = nn.ModuleList(CrossAttention(out_channels, text_dim, heads=heads, dim_head=dim_head)
                                          for _ in range(2 if attention else 0))
 
-    def forward(self, x, w, t_local, t_mask):
+    def forward(self, x, w, t_local, t_mask, noise_mode):
         for i, conv in enumerate(self.convs):
-            x = conv(x, w)
+            noise = None
+            if noise_mode == "none":
+                noise = torch.zeros((x.shape[0], 1, x.shape[2], x.shape[3]), device=x.device, dtype=x.dtype)
+            x = conv(x, w, noise)
             if self.self_attns:
                 x = self.cross_attns[i](self.self_attns[i](x, w), t_local, t_mask)
         return x
@@ -84,8 +87,14 @@ class Upsampler(nn.Module):
         self.skip_resolutions = set(skip_channels)
 
     def forward(self, images: torch.Tensor, text: Union[CLIPText, TextFeatures, Sequence[str]],
-                z: Optional[torch.Tensor] = None, noise_augment_std: Optional[float] = None) -> list:
-        """images [B, 3, in_res, in_res] in [-1, 1] -> pyramid of up-path images, out_res first."""
+                z: Optional[torch.Tensor] = None, noise_augment_std: Optional[float] = None,
+                noise_mode: str = "random") -> list:
+        """images [B, 3, in_res, in_res] in [-1, 1] -> pyramid of up-path images, out_res first.
+
+        noise_augment_std (default: the config's) is the input noise augmentation; noise_mode "none"
+        turns off the per-pixel noise of the convolutions, for deterministic output."""
+        if noise_mode not in NOISE_MODES:
+            raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         R = self.in_resolution
         if images.dim() != 4 or images.shape[1:] != (3, R, R):
             raise ValueError(f"Upsampler: images must be [B, 3, {R}, {R}], got {tuple(images.shape)}; "
@@ -105,16 +114,16 @@ class Upsampler(nn.Module):
         x = self.from_rgb(x)
         skips = {}
         for block in self.down:
-            x = block(x, w, t_local, t_mask)
+            x = block(x, w, t_local, t_mask, noise_mode)
             skips[x.shape[-1]] = x
             x = downsample2x(x)
-        x = self.mid(x, w, t_local, t_mask)
+        x = self.mid(x, w, t_local, t_mask, noise_mode)
         rgb, pyramid = None, []
         for block, to_rgb, res in zip(self.up, self.to_rgb, self.up_resolutions):
             x = upsample2x(x)
             if res in skips:
                 x = torch.cat([x, skips[res]], dim=1)
-            x = block(x, w, t_local, t_mask)
+            x = block(x, w, t_local, t_mask, noise_mode)
             y = to_rgb(x, w)
             rgb = y if rgb is None else upsample2x(rgb) + y
             pyramid.append(rgb + F.interpolate(images, size=(res, res), mode="bilinear", align_corners=False,
@@ -142,7 +151,7 @@ def _tile_starts(length: int, tile: int, stride: int) -> list:
 @torch.no_grad()
 def upsample_tiled(upsampler: Upsampler, images: torch.Tensor, text: Union[CLIPText, TextFeatures, Sequence[str]],
                    z: Optional[torch.Tensor] = None, overlap: Optional[int] = None,
-                   noise_augment_std: Optional[float] = None) -> torch.Tensor:
+                   noise_augment_std: Optional[float] = None, noise_mode: str = "random") -> torch.Tensor:
     """Upsample images of any size >= in_resolution by `scale`, in overlapping tiles of in_resolution.
 
     Every tile uses the same z and caption; overlaps are cross-faded with linear ramps. Re-applying
@@ -163,7 +172,7 @@ def upsample_tiled(upsampler: Upsampler, images: torch.Tensor, text: Union[CLIPT
     window = _blend_window(R * s, overlap * s, images.device, images.dtype)
     for top in _tile_starts(H, R, R - overlap):
         for left in _tile_starts(W, R, R - overlap):
-            tile = upsampler(images[:, :, top:top + R, left:left + R], feats, z, noise_augment_std)[0]
+            tile = upsampler(images[:, :, top:top + R, left:left + R], feats, z, noise_augment_std, noise_mode)[0]
             out[:, :, top * s:(top + R) * s, left * s:(left + R) * s] += tile * window
             weight[:, :, top * s:(top + R) * s, left * s:(left + R) * s] += window
     return out / weight

@@ -55,7 +55,8 @@ class AdaptiveModConv2d(nn.Module):
         self.kernel_size, self.num_filters = kernel_size, num_filters
         self.demodulate, self.activation, self.gain, self.clamp, self.impl = demodulate, activation, gain, clamp, impl
         self.weight_bank = nn.Parameter(torch.randn(num_filters, out_channels, in_channels, kernel_size, kernel_size))
-        self.select = EqualizedLinear(style_dim, num_filters, bias_init=0.0)
+        # With one filter the softmax is constant, so a selection layer would never learn: leave it out.
+        self.select = EqualizedLinear(style_dim, num_filters, bias_init=0.0) if num_filters > 1 else None
         self.affine = EqualizedLinear(style_dim, in_channels, bias_init=1.0)
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self.noise_strength = nn.Parameter(torch.zeros(())) if use_noise else None
@@ -64,7 +65,10 @@ class AdaptiveModConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         dtype = x.dtype
-        select_logits = self.select(w).to(dtype)
+        if self.select is None:
+            select_logits = torch.zeros((x.shape[0], 1), device=x.device, dtype=dtype)
+        else:
+            select_logits = self.select(w).to(dtype)
         style = (self.affine(w) * self.weight_gain).to(dtype)
         if noise is None and self.noise_strength is not None:
             noise = torch.randn((x.shape[0], 1, x.shape[2], x.shape[3]), device=x.device, dtype=dtype)
@@ -151,3 +155,35 @@ class CrossAttention(nn.Module):
         out = attention(q, k, v, kind="dot", key_padding_mask=text_mask, impl=self.impl)
         out = self.to_out(_merge_heads(out))
         return x + self.residual_gain * out.transpose(1, 2).reshape(B, C, H, W)
+
+
+class EqualizedConv2d(nn.Module):
+    """A plain "same" convolution with equalised lr and a fused bias/lrelu/clamp epilogue.
+
+    It runs through the adaptive_modconv2d op (N = 1, constant style, no demodulation), so the
+    impl switch covers every convolution of a model, and the epilogue is fused on the fast paths.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, bias: bool = True,
+                 activation: str | None = None, gain: float | None = None, clamp: float | None = None,
+                 impl: str = "auto"):
+        super().__init__()
+        if kernel_size % 2 == 0:
+            raise ValueError(f"EqualizedConv2d: kernel_size must be odd, got {kernel_size}")
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+        self.activation, self.gain, self.clamp, self.impl = activation, gain, clamp, impl
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, dtype = x.shape[0], x.dtype
+        style = torch.full((B, self.in_channels), self.weight_gain, device=x.device, dtype=dtype)
+        select_logits = torch.zeros((B, 1), device=x.device, dtype=dtype)
+        bias = None if self.bias is None else self.bias.to(dtype)
+        return adaptive_modconv2d(x, self.weight.to(dtype)[None], select_logits, style, bias, demodulate=False,
+                                  activation=self.activation, gain=self.gain, clamp=self.clamp, impl=self.impl)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"activation={self.activation}")
