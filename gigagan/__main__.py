@@ -1,8 +1,13 @@
 """The gigagan command line (also `python -m gigagan`).
 
-Subcommands available now:
-  bench    run the kernel benchmark suite on the available device and print the summary
-  params   print each network's parameter count for a preset (built on the meta device)
+  train        train G and D (one process, or one per GPU under torchrun)
+  sample       images for prompts from a checkpoint's EMA generator
+  interpolate  a prompt-interpolation strip for one z
+  style-mix    coarse blocks from seed A, fine blocks from seed B
+  prompt-mix   coarse blocks from prompt A (layout), fine blocks from prompt B (texture, style)
+  upsample     the text-conditioned upsampler on an image, tiled when it is larger than trained
+  bench        the kernel benchmark suite, then its summary
+  params       each network's parameter count for a preset (built on the meta device)
 """
 from __future__ import annotations
 
@@ -10,49 +15,89 @@ import argparse
 import sys
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="gigagan", description="GigaGAN with fused kernels")
+def _add_sampling_args(p, prompts: bool = True):
+    p.add_argument("--ckpt", required=True, help="a checkpoint file, or a run directory (its newest checkpoint)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--truncation", type=float, default=1.0, help="text-conditioned truncation psi (1 = off)")
+    p.add_argument("--impl", default="auto", choices=["auto", "ref", "triton", "cuda"])
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", required=True, help="output PNG")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gigagan", description="GigaGAN with fused kernels",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    bench = sub.add_parser("bench", help="run the kernel benchmarks and print the summary")
-    bench.add_argument("--full", action="store_true", help="full repetitions (default: quick)")
-    bench.add_argument("--ops", default=None)
-    bench.add_argument("--csv", default=None)
-    bench.add_argument("--no-plots", action="store_true")
-    params = sub.add_parser("params", help="print each network's parameter count for a preset")
-    params.add_argument("--preset", default="paper", help="tiny, small or paper (default: paper)")
-    args = parser.parse_args(argv)
-    if args.command == "params":
-        return _params(args.preset)
-    if args.command == "bench":
-        from benchmarks.__main__ import main as bench_main
-        forwarded = [] if args.full else ["--quick"]
-        forwarded += ["--ops", args.ops] if args.ops else []
-        forwarded += ["--csv", args.csv] if args.csv else []
-        forwarded += ["--no-plots"] if args.no_plots else []
-        bench_main(forwarded)
-    return 0
+
+    t = sub.add_parser("train", help="train G and D")
+    t.add_argument("--preset", default="tiny", help="tiny, small or paper")
+    t.add_argument("--data", default="builtin",
+                   help="builtin (procedural shapes), a folder of images with .txt captions, or tar shards")
+    t.add_argument("--steps", type=int, default=1000)
+    t.add_argument("--batch-size", type=int, default=4, help="per process")
+    t.add_argument("--grad-accum", type=int, default=1)
+    t.add_argument("--lr", type=float, default=0.0025)
+    t.add_argument("--r1-gamma", type=float, default=0.2048)
+    t.add_argument("--r1-interval", type=int, default=16)
+    t.add_argument("--no-matching-aware", action="store_true")
+    t.add_argument("--impl", default="auto", choices=["auto", "ref", "triton", "cuda"])
+    t.add_argument("--out", default="runs/gigagan")
+    t.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--log-every", type=int, default=10)
+    t.add_argument("--sample-every", type=int, default=200)
+    t.add_argument("--ckpt-every", type=int, default=200)
+    t.add_argument("--max-bad-steps", type=int, default=20)
+    t.add_argument("--workers", type=int, default=0, help="dataloader worker processes")
+    t.add_argument("--tensorboard", action="store_true")
+    t.add_argument("--no-progress", action="store_true")
+
+    s = sub.add_parser("sample", help="images for prompts")
+    _add_sampling_args(s)
+    s.add_argument("--prompt", action="append", required=True, help="repeatable; one image per prompt")
+    s.add_argument("--columns", type=int, default=4)
+
+    i = sub.add_parser("interpolate", help="prompt interpolation for one z")
+    _add_sampling_args(i)
+    i.add_argument("--prompt-a", required=True)
+    i.add_argument("--prompt-b", required=True)
+    i.add_argument("--steps", type=int, default=8)
+
+    m = sub.add_parser("style-mix", help="coarse blocks from seed A, fine from seed B")
+    _add_sampling_args(m)
+    m.add_argument("--prompt", required=True)
+    m.add_argument("--seeds-a", default="1,2,3", help="comma-separated")
+    m.add_argument("--seeds-b", default="4,5,6", help="comma-separated")
+    m.add_argument("--crossover", type=int, default=2, help="first block taken from B")
+
+    pm = sub.add_parser("prompt-mix", help="coarse blocks from prompt A, fine from prompt B")
+    _add_sampling_args(pm)
+    pm.add_argument("--prompt-a", required=True)
+    pm.add_argument("--prompt-b", required=True)
+    pm.add_argument("--crossover", type=int, default=2)
+    pm.add_argument("--count", type=int, default=4, help="number of seeds")
+
+    u = sub.add_parser("upsample", help="the text-conditioned upsampler on an image")
+    _add_sampling_args(u)
+    u.add_argument("--image", required=True, help="input PNG/JPEG")
+    u.add_argument("--prompt", required=True)
+    u.add_argument("--overlap", type=int, default=None, help="tile overlap in input pixels")
+
+    b = sub.add_parser("bench", help="run the kernel benchmarks and print the summary")
+    b.add_argument("--full", action="store_true", help="full repetitions (default: quick)")
+    b.add_argument("--ops", default=None)
+    b.add_argument("--csv", default=None)
+    b.add_argument("--no-plots", action="store_true")
+
+    p = sub.add_parser("params", help="print each network's parameter count for a preset")
+    p.add_argument("--preset", default="paper", help="tiny, small or paper (default: paper)")
+    return parser
 
 
-def _params(preset: str) -> int:
-    import warnings
-
-    import torch
-
-    from .config import PRESETS, get_preset
-    from .model import GigaGAN
-    if preset not in PRESETS:
-        print(f"gigagan params: --preset must be one of {sorted(PRESETS)}, got {preset!r}", file=sys.stderr)
-        return 2
-    with warnings.catch_warnings(), torch.device("meta"):     # meta: no memory, no CLIP weights to miss
-        warnings.simplefilter("ignore")
-        counts = GigaGAN(get_preset(preset)).parameter_counts()
-    paper = {"generator": 652.5e6, "discriminator": 381.4e6, "upsampler": 359.1e6}
-    print(f"preset {preset!r}: trainable parameters per network")
-    for name, n in counts.items():
-        note = f"   (paper: {paper[name] / 1e6:.1f}M, {100 * (n / paper[name] - 1):+.1f}%)" \
-            if preset == "paper" and name in paper else ""
-        print(f"  {name:<18} {n:>14,d}  {n / 1e6:8.1f}M{note}")
-    return 0
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from . import cli
+    return getattr(cli, "cmd_" + args.command.replace("-", "_"))(args) or 0
 
 
 if __name__ == "__main__":

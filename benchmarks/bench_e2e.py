@@ -1,0 +1,144 @@
+"""End-to-end benchmark: the whole model with every layer on one impl (ref vs triton vs cuda).
+
+Cases (preset "small" on a GPU under bf16 autocast, "tiny" on CPU in fp32):
+  G_fwd_b1, G_fwd_b32 (b4 on CPU)   generator forward latency, text encoding included
+  D_fwdbwd_b32 (b4 on CPU)          discriminator forward + backward on a 64 px (32 px) pyramid
+  train_step_b32 (b4 on CPU)        one full training step: D phase (matching-aware, lazy R1 on), G phase, EMA
+  upsampler_b1                      64 -> 256 (tiny: 16 -> 64)
+  paper_G_fwd_b1                    GPU only: the paper preset's 657M-parameter base generator at batch 1,
+                                    against the paper's 0.13 s for its whole 512 px pipeline
+
+    python -m benchmarks.bench_e2e [--shapes G_fwd_b1,...] [--providers ref,triton] [--quick]
+"""
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import warnings
+
+import torch
+
+from gigagan_kernels import backend, use_impl
+
+from .common import ResultWriter, bench_main, peak_memory_mb, time_fn
+
+OP = "e2e"
+PROVIDERS = ("ref", "triton", "cuda")
+GPU_CASES = {"G_fwd_b1": 1, "G_fwd_b32": 32, "D_fwdbwd_b32": 32, "train_step_b32": 32, "upsampler_b1": 1,
+             "paper_G_fwd_b1": 1}
+CPU_CASES = {"G_fwd_b1": 1, "G_fwd_b4": 4, "D_fwdbwd_b4": 4, "train_step_b4": 4, "upsampler_b1": 1}
+CAPTION = "a small red circle in the top left on a blue background"
+
+
+def available(provider, device):
+    if provider == "ref":
+        return None
+    if provider == "triton" and device.type == "cpu":
+        return "the Triton interpreter is a correctness tool, not timed"
+    return backend.unavailable_reason(provider, device, "adaptive_modconv2d")
+
+
+def _autocast(device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _case_fn(name, batch, device, model, trainer):
+    G, D, U = model.generator, model.discriminator, model.upsampler
+    captions = [CAPTION] * batch
+    if name.startswith("G_fwd"):
+        z = torch.randn(batch, G.z_dim, device=device)
+        return lambda: G(z, captions, noise_mode="none")[0], "fwd"
+    if name.startswith("D_fwdbwd"):
+        text = model.clip.encode(captions)
+        pyramid = [torch.randn(batch, 3, D.resolution >> i, D.resolution >> i, device=device)
+                   for i in range(D.num_levels)]
+
+        def d_step():
+            D.zero_grad(set_to_none=True)
+            loss = sum(lg.float().mean() for lg in D(pyramid, text))
+            loss.backward()
+            return loss
+        return d_step, "fwd+bwd"
+    if name.startswith("train_step"):
+        images = torch.rand(batch, 3, G.resolution, G.resolution, device=device) * 2 - 1
+
+        def step():
+            trainer.step = 0                                # every timed step includes the lazy R1 term
+            return trainer.train_step(images, captions)
+        return step, "step"
+    if name.startswith("upsampler"):
+        x = torch.rand(batch, 3, U.in_resolution, U.in_resolution, device=device) * 2 - 1
+        return lambda: U(x, captions, noise_mode="none")[0], "fwd"
+    raise KeyError(name)
+
+
+def run(device: torch.device, shapes=None, providers=PROVIDERS, dtype=None, csv_path=None, quick=False, log=print):
+    from gigagan import GigaGAN, get_preset
+    from gigagan.train import TrainConfig, Trainer
+    from .common import DEFAULT_CSV
+    cases = GPU_CASES if device.type == "cuda" else CPU_CASES
+    preset = "small" if device.type == "cuda" else "tiny"
+    dtype_name = "bfloat16-autocast" if device.type == "cuda" else "float32"
+    writer = ResultWriter(csv_path or DEFAULT_CSV, device)
+    rep = dict(rep_ms=200 if quick else 1000, warmup_ms=50 if quick else 200, cpu_reps=3 if quick else 5)
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
+        warnings.simplefilter("ignore")                    # random CLIP tower: fine for timing
+        torch.manual_seed(0)
+        trainer = Trainer(TrainConfig(preset=preset, out=tmp, progress=False))
+        model = trainer.model
+        for name in shapes or list(cases):
+            batch = cases[name]
+            for provider in providers:
+                why = available(provider, device)
+                if why:
+                    log(f"  {OP} {name} {provider}: skipped ({why})")
+                    continue
+                try:
+                    with use_impl(provider), _autocast(device):
+                        if name == "paper_G_fwd_b1":
+                            fn, mode = _paper_generator(device)
+                        else:
+                            fn, mode = _case_fn(name, batch, device, model, trainer)
+                        grad = torch.enable_grad() if mode != "fwd" else torch.no_grad()
+                        with grad:
+                            t = time_fn(fn, device, **rep)
+                            mem = peak_memory_mb(fn, device)
+                except torch.OutOfMemoryError:
+                    log(f"  {OP} {name} {provider}: out of memory")
+                    torch.cuda.empty_cache()
+                    continue
+                params = {"preset": "paper" if name.startswith("paper") else preset, "batch": batch}
+                for metric, value in (("median_ms", t.median_ms), ("p20_ms", t.p20_ms), ("p80_ms", t.p80_ms)):
+                    writer.add(OP, name, params, provider, mode, dtype_name, metric, value, "ms")
+                if mem is not None:
+                    writer.add(OP, name, params, provider, mode, dtype_name, "peak_mem_mb", mem, "MiB")
+                log(f"  {OP} {name} {provider}: {mode} {t.median_ms:.2f} ms"
+                    + (f" / {mem:.0f} MiB" if mem is not None else ""))
+    writer.flush()
+    return csv_path
+
+
+_PAPER_G = {}
+
+
+def _paper_generator(device):
+    """The paper preset's base generator, built once in bf16 on the GPU."""
+    from gigagan import get_preset
+    from gigagan.generator import Generator
+    from gigagan.text import FrozenCLIPText
+    if "G" not in _PAPER_G:
+        cfg = get_preset("paper")
+        with torch.device(device):
+            G = Generator(cfg.generator, FrozenCLIPText(cfg.text)).to(torch.bfloat16).eval()
+        _PAPER_G["G"] = G
+    G = _PAPER_G["G"]
+    z = torch.randn(1, G.z_dim, device=device, dtype=torch.bfloat16)
+    return (lambda: G(z, [CAPTION], noise_mode="none")[0]), "fwd"
+
+
+def main(argv=None):
+    bench_main(run, PROVIDERS, argv, __doc__)
+
+
+if __name__ == "__main__":
+    main()

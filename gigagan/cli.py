@@ -1,0 +1,173 @@
+"""The subcommands behind `gigagan` (argument parsing lives in __main__.py)."""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+import torch
+
+from gigagan_kernels import use_impl
+
+
+def _device(args) -> torch.device:
+    return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _load(args):
+    from .train import model_from_checkpoint
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")               # the checkpoint carries the CLIP tower's weights
+        model, state = model_from_checkpoint(args.ckpt, map_location=_device(args))
+    print(f"loaded {state.get('path', args.ckpt)} (step {state['step']}, preset {model.config.name!r})")
+    return model
+
+
+def _z(G, seed: int, count: int, device) -> torch.Tensor:
+    return torch.randn(count, G.z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+
+
+def cmd_train(args) -> int:
+    from .images import plot_losses
+    from .train import TrainConfig, Trainer, TrainingError
+    cfg = TrainConfig(preset=args.preset, data=args.data, steps=args.steps, batch_size=args.batch_size,
+                      grad_accum=args.grad_accum, lr=args.lr, r1_gamma=args.r1_gamma, r1_interval=args.r1_interval,
+                      matching_aware=not args.no_matching_aware, impl=args.impl, out=args.out, seed=args.seed,
+                      log_every=args.log_every, sample_every=args.sample_every, ckpt_every=args.ckpt_every,
+                      max_bad_steps=args.max_bad_steps, num_workers=args.workers, tensorboard=args.tensorboard,
+                      progress=not args.no_progress)
+    trainer = Trainer(cfg)
+    try:
+        result = trainer.fit(resume=args.resume)
+    except TrainingError as e:
+        print(f"gigagan train: {e}", file=sys.stderr)
+        return 1
+    if trainer.is_main:
+        log = os.path.join(cfg.out, "log.jsonl")
+        if os.path.exists(log):
+            plot_losses(log, os.path.join(cfg.out, "loss.png"))
+        print(f"done: step {result['step']}, {result.get('bad_steps', 0)} skipped non-finite steps, "
+              f"{result.get('skipped_samples', 0)} bad samples skipped; outputs in {cfg.out}")
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from .images import save_grid
+    model = _load(args)
+    G, dev = model.generator, _device(args)
+    with torch.no_grad(), use_impl(args.impl):
+        images = G(_z(G, args.seed, len(args.prompt), dev), args.prompt, truncation_psi=args.truncation,
+                   noise_mode="none")[0]
+    save_grid(images, args.out, captions=args.prompt, columns=args.columns)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_interpolate(args) -> int:
+    from .images import save_strip
+    from .latent import prompt_interpolation
+    model = _load(args)
+    G = model.generator
+    with use_impl(args.impl):
+        strip = prompt_interpolation(G, _z(G, args.seed, 1, _device(args)), args.prompt_a, args.prompt_b,
+                                     args.steps, truncation_psi=args.truncation)
+    save_strip(strip, args.out, args.prompt_a, args.prompt_b)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _seeds(text: str) -> list:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise SystemExit(f"gigagan: seeds must be comma-separated integers, got {text!r}") from None
+
+
+def cmd_style_mix(args) -> int:
+    """Grid: row r = seed A_r; columns = A alone, B_c alone, then each A_r x B_c mix."""
+    from .images import save_grid
+    from .latent import style_mix
+    model = _load(args)
+    G, dev = model.generator, _device(args)
+    seeds_a, seeds_b = _seeds(args.seeds_a), _seeds(args.seeds_b)
+    za = torch.cat([_z(G, s, 1, dev) for s in seeds_a])
+    zb = torch.cat([_z(G, s, 1, dev) for s in seeds_b])
+    tiles, captions = [], []
+    with use_impl(args.impl):
+        for i in range(len(seeds_a)):
+            caps = [args.prompt] * len(seeds_b)
+            a_rep = za[i:i + 1].expand(len(seeds_b), -1)
+            tiles.append(style_mix(G, a_rep[:1], a_rep[:1], [args.prompt], G.num_ws, args.truncation))
+            captions.append(f"A seed {seeds_a[i]}")
+            tiles.append(style_mix(G, a_rep, zb, caps, args.crossover, args.truncation))
+            captions += [f"A{seeds_a[i]} coarse + B{s} fine" for s in seeds_b]
+    save_grid(torch.cat(tiles), args.out, captions=captions, columns=len(seeds_b) + 1)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_prompt_mix(args) -> int:
+    from .images import save_grid
+    from .latent import prompt_mix
+    model = _load(args)
+    G, dev = model.generator, _device(args)
+    z = _z(G, args.seed, args.count, dev)
+    with use_impl(args.impl):
+        a = prompt_mix(G, z, [args.prompt_a] * args.count, [args.prompt_a] * args.count, G.num_ws, args.truncation)
+        mixed = prompt_mix(G, z, [args.prompt_a] * args.count, [args.prompt_b] * args.count, args.crossover,
+                           args.truncation)
+        b = prompt_mix(G, z, [args.prompt_b] * args.count, [args.prompt_b] * args.count, G.num_ws, args.truncation)
+    captions = ["A"] * args.count + ["A coarse + B fine"] * args.count + ["B"] * args.count
+    save_grid(torch.cat([a, mixed, b]), args.out, captions=captions, columns=args.count)
+    print(f"wrote {args.out}  (A: {args.prompt_a!r}; B: {args.prompt_b!r})")
+    return 0
+
+
+def cmd_upsample(args) -> int:
+    from PIL import Image
+
+    from .data import to_tensor
+    from .images import to_pil
+    from .upsampler import upsample_tiled
+    model = _load(args)
+    U, dev = model.upsampler, _device(args)
+    if U is None:
+        raise SystemExit("gigagan upsample: this checkpoint's config has no upsampler")
+    with Image.open(args.image) as image:
+        x = to_tensor(image)[None].to(dev)
+    with use_impl(args.impl):
+        out = upsample_tiled(U, x, [args.prompt], z=_z(U, args.seed, 1, dev), overlap=args.overlap,
+                             noise_mode="none")
+    to_pil(out[0]).save(args.out)
+    print(f"wrote {args.out}: {tuple(x.shape[-2:])} -> {tuple(out.shape[-2:])}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from benchmarks.__main__ import main as bench_main
+    forwarded = [] if args.full else ["--quick"]
+    forwarded += ["--ops", args.ops] if args.ops else []
+    forwarded += ["--csv", args.csv] if args.csv else []
+    forwarded += ["--no-plots"] if args.no_plots else []
+    bench_main(forwarded)
+    return 0
+
+
+def cmd_params(args) -> int:
+    from .config import PRESETS, get_preset
+    from .model import GigaGAN
+    if args.preset not in PRESETS:
+        print(f"gigagan params: --preset must be one of {sorted(PRESETS)}, got {args.preset!r}", file=sys.stderr)
+        return 2
+    with warnings.catch_warnings(), torch.device("meta"):     # meta: no memory, no CLIP weights to miss
+        warnings.simplefilter("ignore")
+        counts = GigaGAN(get_preset(args.preset)).parameter_counts()
+    paper = {"generator": 652.5e6, "discriminator": 381.4e6, "upsampler": 359.1e6}
+    print(f"preset {args.preset!r}: trainable parameters per network")
+    for name, n in counts.items():
+        note = f"   (paper: {paper[name] / 1e6:.1f}M, {100 * (n / paper[name] - 1):+.1f}%)" \
+            if args.preset == "paper" and name in paper else ""
+        print(f"  {name:<18} {n:>14,d}  {n / 1e6:8.1f}M{note}")
+    return 0

@@ -1,0 +1,215 @@
+"""Datasets of (image, caption) pairs. Images are float tensors [3, R, R] in [-1, 1].
+
+- ``ShapesDataset``: the built-in procedural dataset. Coloured shapes with sizes and positions, e.g.
+  "a small red circle in the top left on a blue background"; item i is the same for a given seed at
+  any resolution (drawn at 4x and downsampled with antialiasing).
+- ``CaptionedImageFolder``: images with a ``.txt`` caption beside each (``cat.jpg`` + ``cat.txt``).
+- ``webdataset_pairs``: tar shards as img2dataset writes them (``key.jpg`` + ``key.txt``).
+
+Bad samples never crash training: a missing caption is skipped when the folder is indexed, and a
+corrupt image makes ``__getitem__`` return None, which ``collate_pairs`` drops and counts.
+"""
+from __future__ import annotations
+
+import glob
+import math
+import os
+import random
+import warnings
+from typing import Optional
+
+import torch
+from torch.utils.data import Dataset
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (240, 210, 40),
+           "purple": (140, 60, 180), "orange": (245, 140, 30), "white": (245, 245, 245), "black": (20, 20, 20)}
+SHAPES = ("circle", "square", "triangle")
+SIZES = {"small": 0.22, "large": 0.42}                  # radius as a fraction of the image side
+POSITIONS = {"in the top left": (0.3, 0.3), "in the top right": (0.7, 0.3), "in the bottom left": (0.3, 0.7),
+             "in the bottom right": (0.7, 0.7), "in the center": (0.5, 0.5)}
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def to_tensor(image) -> torch.Tensor:
+    """A PIL image -> [3, H, W] float in [-1, 1]."""
+    import numpy as np
+    array = np.asarray(image.convert("RGB"), dtype=np.float32)
+    return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
+
+
+def center_crop_resize(image, resolution: int):
+    from PIL import Image
+    w, h = image.size
+    side = min(w, h)
+    image = image.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
+    return image.resize((resolution, resolution), Image.Resampling.LANCZOS)
+
+
+class ShapesDataset(Dataset):
+    """Procedural captioned shapes: deterministic per (seed, index), at any resolution."""
+
+    def __init__(self, resolution: int = 32, size: int = 50_000, seed: int = 0):
+        if resolution < 4:
+            raise ValueError(f"ShapesDataset: resolution must be >= 4, got {resolution}")
+        self.resolution, self.size, self.seed = resolution, size, seed
+        self.skipped = 0
+
+    def __len__(self):
+        return self.size
+
+    def describe(self, index: int) -> dict:
+        rng = random.Random(self.seed * 1_000_003 + index)
+        colour, background = rng.sample(sorted(COLOURS), 2)
+        return dict(shape=rng.choice(SHAPES), colour=colour, background=background,
+                    size=rng.choice(sorted(SIZES)), position=rng.choice(sorted(POSITIONS)))
+
+    @staticmethod
+    def caption(d: dict) -> str:
+        return f"a {d['size']} {d['colour']} {d['shape']} {d['position']} on a {d['background']} background"
+
+    def render(self, d: dict):
+        from PIL import Image, ImageDraw
+        side = self.resolution * 4
+        image = Image.new("RGB", (side, side), COLOURS[d["background"]])
+        draw = ImageDraw.Draw(image)
+        cx, cy = (v * side for v in POSITIONS[d["position"]])
+        r = SIZES[d["size"]] * side * (0.7 if d["position"] != "in the center" else 1.0)
+        fill = COLOURS[d["colour"]]
+        if d["shape"] == "circle":
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+        elif d["shape"] == "square":
+            s = r / math.sqrt(2) * 1.25
+            draw.rectangle((cx - s, cy - s, cx + s, cy + s), fill=fill)
+        else:
+            draw.polygon([(cx, cy - r), (cx - r * 0.95, cy + r * 0.7), (cx + r * 0.95, cy + r * 0.7)], fill=fill)
+        return image.resize((self.resolution, self.resolution), Image.Resampling.LANCZOS)
+
+    def __getitem__(self, index: int):
+        d = self.describe(index)
+        return to_tensor(self.render(d)), self.caption(d)
+
+
+class CaptionedImageFolder(Dataset):
+    """Every image under `root` that has a caption sidecar with the same stem and a .txt suffix."""
+
+    def __init__(self, root: str, resolution: int):
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"CaptionedImageFolder: root {root!r} is not a directory")
+        self.root, self.resolution = root, resolution
+        self.items, self.missing_captions = [], 0
+        for dirpath, _, files in sorted(os.walk(root)):
+            for name in sorted(files):
+                if not name.lower().endswith(IMAGE_EXTENSIONS):
+                    continue
+                caption = os.path.join(dirpath, os.path.splitext(name)[0] + ".txt")
+                if os.path.isfile(caption):
+                    self.items.append((os.path.join(dirpath, name), caption))
+                else:
+                    self.missing_captions += 1
+        if self.missing_captions:
+            warnings.warn(f"CaptionedImageFolder: skipped {self.missing_captions} images without a .txt caption")
+        if not self.items:
+            raise ValueError(f"CaptionedImageFolder: no captioned images under {root!r}")
+        self.skipped = self.missing_captions
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        from PIL import Image, UnidentifiedImageError
+        image_path, caption_path = self.items[index]
+        try:
+            with open(caption_path, encoding="utf-8") as f:
+                caption = f.read().strip()
+            with Image.open(image_path) as image:
+                image.load()
+                tensor = to_tensor(center_crop_resize(image, self.resolution))
+        except (OSError, UnidentifiedImageError, UnicodeDecodeError, ValueError):
+            return None                                   # corrupt: dropped and counted by collate_pairs
+        if not caption:
+            return None
+        return tensor, caption
+
+
+def webdataset_pairs(urls: str, resolution: int, shuffle: int = 1000, seed: int = 0):
+    """img2dataset-style tar shards ("data/{00000..00009}.tar") as an iterable of (image, caption).
+
+    Shards are split across ranks and dataloader workers; undecodable samples yield None (dropped and
+    counted by collate_pairs), unreadable shards are skipped with a warning."""
+    import io
+
+    import webdataset as wds
+    from PIL import Image
+
+    def decode(sample):
+        try:
+            image_bytes = next(sample[k] for k in ("jpg", "jpeg", "png", "webp") if k in sample)
+            caption = sample["txt"].decode("utf-8").strip()
+            with Image.open(io.BytesIO(image_bytes)) as image:
+                image.load()
+                tensor = to_tensor(center_crop_resize(image, resolution))
+            return (tensor, caption) if caption else None
+        except Exception:                                  # noqa: BLE001 - any bad sample is skipped, never fatal
+            return None
+
+    dataset = wds.WebDataset(urls, nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker,
+                             handler=wds.warn_and_continue, shardshuffle=shuffle > 0, seed=seed, empty_check=False)
+    if shuffle > 0:
+        dataset = dataset.shuffle(shuffle, rng=random.Random(seed))
+    return dataset.map(decode, handler=wds.warn_and_continue)
+
+
+def collate_pairs(items):
+    """Stack the good (image, caption) pairs; report how many items were dropped as bad."""
+    good = [it for it in items if it is not None]
+    if not good:
+        return torch.empty(0), [], len(items)
+    images = torch.stack([g[0] for g in good])
+    return images, [g[1] for g in good], len(items) - len(good)
+
+
+def make_dataset(spec: str, resolution: int, seed: int = 0):
+    """"builtin" (or "builtin:N" items), a directory of captioned images, or a webdataset shard pattern."""
+    if spec == "builtin" or spec.startswith("builtin:"):
+        size = int(spec.split(":", 1)[1]) if ":" in spec else 50_000
+        return ShapesDataset(resolution, size=size, seed=seed)
+    if os.path.isdir(spec):
+        return CaptionedImageFolder(spec, resolution)
+    if ".tar" in spec:
+        if "{" not in spec and not glob.glob(spec):
+            raise FileNotFoundError(f"--data: no shards match {spec!r}")
+        return webdataset_pairs(spec, resolution, seed=seed)
+    raise ValueError(f"--data must be 'builtin', a directory of images with .txt captions, or tar shards "
+                     f"('data/{{00000..00009}}.tar'); got {spec!r}")
+
+
+def fixed_prompts(count: int = 8, seed: int = 1234) -> list:
+    """Captions for sample grids, spread over colours and shapes, the same every run."""
+    ds = ShapesDataset(8, size=count, seed=seed)
+    return [ShapesDataset.caption(ds.describe(i)) for i in range(count)]
+
+
+class StepSampler(torch.utils.data.Sampler):
+    """Indices for steps start_step, start_step+1, ... of this rank: a fresh permutation per epoch,
+    seeded by (seed, epoch), so a resumed run sees exactly the batches an uninterrupted one would."""
+
+    def __init__(self, length: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 start_step: int = 0, steps: Optional[int] = None):
+        self.length, self.batch_size, self.rank, self.world = length, batch_size, rank, world_size
+        self.seed, self.start_step, self.steps = seed, start_step, steps
+
+    def __len__(self):
+        return (self.steps - self.start_step) * self.batch_size if self.steps is not None else 2 ** 62
+
+    def __iter__(self):
+        per_step = self.batch_size * self.world
+        pos = self.start_step * per_step + self.rank * self.batch_size
+        epoch, perm, end = None, None, None if self.steps is None else self.steps * per_step
+        while end is None or pos < end:
+            for k in range(self.batch_size):
+                e, i = divmod(pos + k, self.length)
+                if e != epoch:
+                    epoch = e
+                    perm = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed + e))
+                yield int(perm[i])
+            pos += per_step

@@ -1,0 +1,546 @@
+"""The GigaGAN trainer: one process per GPU under torchrun (DistributedDataParallel), or one CPU process.
+
+    gigagan train --preset tiny --steps 600 --out runs/tiny            # one process
+    torchrun --nproc_per_node 8 -m gigagan train --preset small ...    # NCCL on GPUs, gloo on CPU
+
+Each step has two phases, each one forward and one backward per DDP module:
+- D: G (no grad) makes fakes; D scores [real, fake, real, fake] under [c, c, c', c'] in one batch
+  (c' = the captions rolled by one: the matching-aware loss); every r1_interval steps the lazy R1
+  penalty on the real part joins the same backward, scaled by the interval.
+- G: D (frozen) scores G(z, c) under c and c'.
+Then AdamW steps (lr 0.0025, betas (0, 0.99), weight decay 0.01 on attention weights only) and G's EMA.
+
+A step whose loss is NaN/Inf is skipped on every rank, counted and logged; after max_bad_steps in a
+row training stops with a clear message. Checkpoints are written atomically, hold everything needed
+for an exact resume, and are also written when SIGTERM/SIGINT arrive.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import glob
+import json
+import math
+import os
+import random
+import re
+import signal
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from gigagan_kernels import use_impl
+
+from .config import GigaGANConfig, get_preset
+from .data import StepSampler, collate_pairs, fixed_prompts, make_dataset
+from .losses import discriminator_loss, generator_loss, matching_aware_d_loss, matching_aware_g_loss, mismatched
+from .model import GigaGAN
+
+CKPT_PATTERN = re.compile(r"^ckpt-(\d{8})\.pt$")
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "tiny"
+    data: str = "builtin"
+    steps: int = 1000
+    batch_size: int = 4                 # per rank and per step (= grad_accum micro-batches)
+    grad_accum: int = 1
+    lr: float = 0.0025
+    betas: tuple = (0.0, 0.99)
+    attention_weight_decay: float = 0.01
+    r1_gamma: float = 0.2048
+    r1_interval: int = 16
+    matching_aware: bool = True
+    ema_half_life_images: float = 10_000.0
+    ema_rampup: float = 0.05            # StyleGAN2-ADA: half-life <= 5% of the images seen so far
+    impl: str = "auto"
+    out: str = "runs/gigagan"
+    seed: int = 0
+    log_every: int = 10
+    sample_every: int = 200
+    ckpt_every: int = 200
+    keep_checkpoints: int = 3
+    max_bad_steps: int = 20
+    num_workers: int = 0
+    tensorboard: bool = False
+    progress: bool = True
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------------
+# Distributed set-up
+# ------------------------------------------------------------------------------------------------
+def init_distributed():
+    """(rank, world_size, device) from torchrun's environment; a plain process is rank 0 of 1."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        device, backend = torch.device("cuda", local), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return rank, world, device
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints
+# ------------------------------------------------------------------------------------------------
+def atomic_torch_save(obj, path: str) -> None:
+    """Write to a temp file in the same directory, fsync, then os.replace: a crash leaves the old file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pt")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_checkpoint(path: str) -> dict:
+    """Load a checkpoint with weights_only=True; a truncated or corrupt file raises CheckpointError."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:                                   # noqa: BLE001 - any failure means unusable
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})") from e
+    for key in ("step", "config", "model", "g_ema", "opt_g", "opt_d"):
+        if key not in state:
+            raise CheckpointError(f"checkpoint {path} lacks {key!r}; it is not a gigagan training checkpoint")
+    return state
+
+
+def list_checkpoints(directory: str) -> list:
+    """Checkpoint paths in a run directory, newest first."""
+    if not os.path.isdir(directory):
+        return []
+    found = [(int(m.group(1)), os.path.join(directory, n)) for n in os.listdir(directory)
+             if (m := CKPT_PATTERN.match(n))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def load_latest_checkpoint(directory: str, log=print) -> Optional[dict]:
+    """The newest loadable checkpoint in `directory`; a corrupt one is reported and the previous one used."""
+    for path in list_checkpoints(directory):
+        try:
+            state = load_checkpoint(path)
+            state["path"] = path
+            return state
+        except CheckpointError as e:
+            log(f"warning: {e}; falling back to the previous checkpoint")
+    return None
+
+
+def model_from_checkpoint(path: str, map_location="cpu") -> tuple:
+    """(GigaGAN with G replaced by its EMA, checkpoint dict) from a checkpoint file or a run directory."""
+    if os.path.isdir(path):
+        state = load_latest_checkpoint(path)
+        if state is None:
+            raise CheckpointError(f"no loadable checkpoint in {path}")
+    else:
+        state = load_checkpoint(path)
+    model = GigaGAN(GigaGANConfig.from_dict(json.loads(state["config"])), load_clip_weights=False)
+    model.load_state_dict(state["model"])
+    model.generator.load_state_dict(state["g_ema"])
+    return model.to(map_location).eval(), state
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+             "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# ------------------------------------------------------------------------------------------------
+# The trainer
+# ------------------------------------------------------------------------------------------------
+def _param_groups(module: torch.nn.Module, weight_decay: float) -> list:
+    """Weight decay on attention weights only (paper: 0.01); everything else undecayed."""
+    from gigagan_kernels.nn import CrossAttention, L2SelfAttention
+
+    from .text import TextTransformerBlock
+    decay, seen = [], set()
+    for m in module.modules():
+        if isinstance(m, (L2SelfAttention, CrossAttention)):
+            weights = [p for name, p in m.named_parameters() if name.endswith("weight")]
+        elif isinstance(m, TextTransformerBlock):
+            weights = [m.qkv.weight, m.proj.weight]
+        else:
+            continue
+        for p in weights:
+            if p.requires_grad and id(p) not in seen:
+                decay.append(p)
+                seen.add(id(p))
+    rest = [p for p in module.parameters() if p.requires_grad and id(p) not in seen]
+    rest = list({id(p): p for p in rest}.values())
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, model_config: Optional[GigaGANConfig] = None, log=None):
+        self.cfg = cfg
+        self.rank, self.world, self.device = init_distributed()
+        self.is_main = self.rank == 0
+        self._log = log or (lambda msg: print(msg, flush=True))
+        if cfg.batch_size % cfg.grad_accum:
+            raise ValueError(f"batch_size {cfg.batch_size} must be divisible by grad_accum {cfg.grad_accum}")
+        torch.manual_seed(cfg.seed)                       # identical initial weights on every rank
+        random.seed(cfg.seed)
+        self.model_config = model_config or get_preset(cfg.preset)
+        with warnings.catch_warnings():
+            if not self.is_main:
+                warnings.simplefilter("ignore")           # the random-CLIP warning: once, from rank 0
+            self.model = GigaGAN(self.model_config).to(self.device)
+        self.G, self.D = self.model.generator, self.model.discriminator
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.G_ema.text_encoder.clip = self.model.clip    # share the frozen tower instead of a copy
+        self.opt_g = torch.optim.AdamW(_param_groups(self.G, cfg.attention_weight_decay), lr=cfg.lr,
+                                       betas=tuple(cfg.betas), eps=1e-8)
+        self.opt_d = torch.optim.AdamW(_param_groups(self.D, cfg.attention_weight_decay), lr=cfg.lr,
+                                       betas=tuple(cfg.betas), eps=1e-8)
+        self.g_params = [p for group in self.opt_g.param_groups for p in group["params"]]
+        self.d_params = [p for group in self.opt_d.param_groups for p in group["params"]]
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.G_ddp = DDP(self.G, device_ids=ids, broadcast_buffers=False)
+            self.D_ddp = DDP(self.D, device_ids=ids, broadcast_buffers=False)
+        else:
+            self.G_ddp, self.D_ddp = self.G, self.D
+        self.step, self.bad_steps_total, self.bad_steps_in_row, self.skipped_samples = 0, 0, 0, 0
+        self.batches_seen = 0                             # the data position, which a resume continues from
+        self.stop_signal = None
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
+                         else torch.autocast("cpu", enabled=False))
+        self.sample_prompts = fixed_prompts(8)
+        self.sample_z = torch.randn(8, self.G.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
+        self.tb = None
+
+    def log(self, msg: str) -> None:
+        if self.is_main:
+            self._log(msg)
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"step": self.step, "config": self.model_config.to_json(),
+                "train_config": json.dumps(dataclasses.asdict(self.cfg)),
+                "model": self.model.state_dict(), "g_ema": self.G_ema.state_dict(),
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(), "rng": _rng_state(),
+                "counters": {"bad_steps_total": self.bad_steps_total, "skipped_samples": self.skipped_samples,
+                             "batches_seen": self.batches_seen}}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = GigaGANConfig.from_dict(json.loads(state["config"]))
+        if saved != self.model_config:
+            raise CheckpointError(f"checkpoint {state.get('path', '')} was made with preset {saved.name!r} and a "
+                                  f"different model config than this run ({self.model_config.name!r})")
+        self.model.load_state_dict(state["model"])
+        self.G_ema.load_state_dict(state["g_ema"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.step = int(state["step"])
+        self.bad_steps_total = int(state["counters"]["bad_steps_total"])
+        self.skipped_samples = int(state["counters"]["skipped_samples"])
+        self.batches_seen = int(state["counters"]["batches_seen"])
+        _set_rng_state(state["rng"])
+
+    def save_checkpoint(self) -> Optional[str]:
+        if not self.is_main:
+            return None
+        os.makedirs(self.cfg.out, exist_ok=True)
+        path = os.path.join(self.cfg.out, f"ckpt-{self.step:08d}.pt")
+        atomic_torch_save(self.state_dict(), path)
+        for old in list_checkpoints(self.cfg.out)[self.cfg.keep_checkpoints:]:
+            os.unlink(old)
+        return path
+
+    def resume(self) -> bool:
+        """Load the newest good checkpoint of cfg.out (every rank reads the same file)."""
+        state = load_latest_checkpoint(self.cfg.out, log=self.log)
+        if state is None:
+            self.log(f"resume: no checkpoint in {self.cfg.out}; starting from step 0")
+            return False
+        self.load_state_dict(state)
+        self.log(f"resumed from {state['path']} at step {self.step}")
+        return True
+
+    # -- one training step ---------------------------------------------------------------------
+    def _all_finite(self, *losses) -> bool:
+        ok = torch.tensor([float(all(torch.isfinite(l).all() for l in losses))], device=self.device)
+        if self.world > 1:
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)       # every rank skips together
+        return bool(ok.item() > 0)
+
+    def train_step(self, images: torch.Tensor, captions: list) -> dict:
+        cfg, G, D = self.cfg, self.G, self.D
+        images = images.to(self.device, non_blocking=True)
+        do_r1 = cfg.r1_gamma > 0 and cfg.r1_interval > 0 and self.step % cfg.r1_interval == 0
+        stats = {"loss_d": 0.0, "loss_g": 0.0}
+        if do_r1:
+            stats["r1"] = 0.0
+        micro = max(1, min(cfg.grad_accum, images.shape[0]))
+        chunks_img, chunks_cap = images.chunk(micro), []
+        start = 0
+        for c in chunks_img:
+            chunks_cap.append(captions[start:start + c.shape[0]])
+            start += c.shape[0]
+
+        # ---- D phase
+        _set_trainable(self.d_params, True)
+        _set_trainable(self.g_params, False)
+        self.opt_d.zero_grad(set_to_none=True)
+        d_losses = []
+        for k, (real, caps) in enumerate(zip(chunks_img, chunks_cap)):
+            B = real.shape[0]
+            text = self.model.clip.encode(caps)
+            z = torch.randn(B, G.z_dim, device=self.device)
+            with torch.no_grad(), self.autocast:
+                fake = [f.float() for f in G(z, text)]
+            with self._no_sync(self.D_ddp, k < micro - 1), self.autocast:
+                real_in = real.detach().requires_grad_(do_r1)
+                real_pyr = self.D.check_pyramid(real_in)
+                parts = [real_pyr, fake] + ([real_pyr, fake] if cfg.matching_aware else [])
+                texts = [text, text] + ([mismatched(text)] * 2 if cfg.matching_aware else [])
+                pyramid = [torch.cat([p[i] for p in parts]) for i in range(len(real_pyr))]
+                logits = self.D_ddp(pyramid, _cat_text(texts))
+                split = [lg.split(B) for lg in logits]
+                loss = discriminator_loss([s[0] for s in split], [s[1] for s in split])
+                if cfg.matching_aware:
+                    loss = loss + matching_aware_d_loss([s[2] for s in split], [s[3] for s in split])
+                stats["loss_d"] += loss.item() / micro
+                if do_r1:
+                    (grad,) = torch.autograd.grad(sum(s[0].float().sum() for s in split), real_in, create_graph=True)
+                    r1 = 0.5 * cfg.r1_gamma * grad.float().square().sum(dim=(1, 2, 3)).mean()
+                    stats["r1"] += r1.item() / micro
+                    loss = loss + r1 * cfg.r1_interval                # lazy regularisation
+                d_losses.append(loss.detach())
+                (loss / micro).backward()
+        d_ok = self._all_finite(*d_losses)
+
+        # ---- G phase
+        _set_trainable(self.d_params, False)
+        _set_trainable(self.g_params, True)
+        self.opt_g.zero_grad(set_to_none=True)
+        g_losses = []
+        for k, (real, caps) in enumerate(zip(chunks_img, chunks_cap)):
+            B = real.shape[0]
+            text = self.model.clip.encode(caps)
+            z = torch.randn(B, G.z_dim, device=self.device)
+            with self._no_sync(self.G_ddp, k < micro - 1), self.autocast:
+                fake = self.G_ddp(z, text, update_w_avg=True)
+                if cfg.matching_aware:
+                    pyramid = [torch.cat([f, f]).float() for f in fake]
+                    logits = D(pyramid, _cat_text([text, mismatched(text)]))
+                    split = [lg.split(B) for lg in logits]
+                    loss = generator_loss([s[0] for s in split]) + matching_aware_g_loss([s[1] for s in split])
+                else:
+                    loss = generator_loss(D([f.float() for f in fake], text))
+                stats["loss_g"] += loss.item() / micro
+                g_losses.append(loss.detach())
+                (loss / micro).backward()
+        g_ok = self._all_finite(*g_losses) and self._grads_finite()
+        _set_trainable(self.d_params, True)
+
+        if d_ok and g_ok:
+            self.opt_d.step()
+            self.opt_g.step()
+            self._update_ema(images.shape[0] * self.world)
+            self.bad_steps_in_row = 0
+            stats["skipped"] = False
+        else:
+            self.opt_d.zero_grad(set_to_none=True)
+            self.opt_g.zero_grad(set_to_none=True)
+            self.bad_steps_total += 1
+            self.bad_steps_in_row += 1
+            stats["skipped"] = True
+            self.log(f"step {self.step}: non-finite loss (D {stats['loss_d']:.4g}, G {stats['loss_g']:.4g}); "
+                     f"step skipped ({self.bad_steps_in_row} in a row, {self.bad_steps_total} in total)")
+            if self.bad_steps_in_row >= cfg.max_bad_steps:
+                raise TrainingError(f"training stopped: {self.bad_steps_in_row} non-finite steps in a row at step "
+                                    f"{self.step} (max_bad_steps={cfg.max_bad_steps}). Lower the learning rate, "
+                                    "raise r1_gamma, or resume from an earlier checkpoint.")
+        self.step += 1
+        return stats
+
+    def _grads_finite(self) -> bool:
+        ok = all(torch.isfinite(p.grad).all() for opt in (self.opt_g, self.opt_d)
+                 for group in opt.param_groups for p in group["params"] if p.grad is not None)
+        flag = torch.tensor([float(ok)], device=self.device)
+        if self.world > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item() > 0)
+
+    @staticmethod
+    def _no_sync(module, skip: bool):
+        import contextlib
+        return module.no_sync() if skip and hasattr(module, "no_sync") else contextlib.nullcontext()
+
+    @torch.no_grad()
+    def _update_ema(self, images_this_step: int) -> None:
+        half_life = self.cfg.ema_half_life_images
+        if self.cfg.ema_rampup:
+            half_life = min(half_life, (self.step + 1) * images_this_step * self.cfg.ema_rampup)
+        beta = 0.5 ** (images_this_step / max(half_life, 1e-8))
+        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+            if p.requires_grad:
+                p_ema.lerp_(p.detach(), 1.0 - beta)
+        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
+            b_ema.copy_(b)
+
+    # -- outputs -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def write_samples(self, path: str) -> None:
+        from .images import save_grid
+        with use_impl(self.cfg.impl):
+            imgs = self.G_ema(self.sample_z.to(self.device), self.sample_prompts, noise_mode="none")[0]
+        save_grid(imgs, path, captions=self.sample_prompts, columns=4)
+
+    def _write_log(self, record: dict) -> None:
+        with open(os.path.join(self.cfg.out, "log.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def _install_signal_handlers(self):
+        def handler(signum, frame):
+            self.stop_signal = signum
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        return previous
+
+    def _loader(self, dataset):
+        cfg = self.cfg
+        # Its own generator: creating a loader must not draw from the global RNG, or a resumed run's
+        # z and noise would drift from an uninterrupted run's.
+        common = dict(batch_size=cfg.batch_size, collate_fn=collate_pairs, num_workers=cfg.num_workers,
+                      drop_last=True, pin_memory=self.device.type == "cuda",
+                      generator=torch.Generator().manual_seed(cfg.seed + self.rank))
+        if isinstance(dataset, torch.utils.data.IterableDataset):
+            return torch.utils.data.DataLoader(dataset, **common)
+        sampler = StepSampler(len(dataset), cfg.batch_size, self.rank, self.world, cfg.seed, self.batches_seen)
+        return torch.utils.data.DataLoader(dataset, sampler=sampler, **common)
+
+    def fit(self, resume: bool = False) -> dict:
+        cfg = self.cfg
+        if self.is_main:
+            os.makedirs(cfg.out, exist_ok=True)
+            for stale in glob.glob(os.path.join(cfg.out, ".tmp-*")):   # left by a killed writer
+                os.unlink(stale)
+        if resume:
+            self.resume()
+        if cfg.tensorboard and self.is_main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise TrainingError("--tensorboard needs the tensorboard package (pip install tensorboard)") from e
+            self.tb = SummaryWriter(os.path.join(cfg.out, "tb"))
+        dataset = make_dataset(cfg.data, self.G.resolution, seed=cfg.seed)
+        self.log(f"training {self.model_config.name} ({sum(self.model.parameter_counts()[k] for k in ('generator', 'discriminator')) / 1e6:.2f}M "
+                 f"G+D parameters) on {self.device} x{self.world}, impl {cfg.impl}, data {cfg.data}, "
+                 f"steps {self.step}->{cfg.steps}, batch {cfg.batch_size}/rank")
+        previous = self._install_signal_handlers()
+        bar = None
+        if self.is_main and cfg.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=cfg.steps, initial=self.step, desc="train", dynamic_ncols=True, file=sys.stderr)
+        t_last, images_since = time.perf_counter(), 0
+        try:
+            with use_impl(cfg.impl):
+                while self.step < cfg.steps:
+                    for images, captions, dropped in self._loader(dataset):
+                        self.batches_seen += 1
+                        self.skipped_samples += dropped
+                        if images.shape[0] == 0:
+                            continue
+                        stats = self.train_step(images, captions)
+                        images_since += images.shape[0] * self.world
+                        if bar is not None:
+                            bar.update(1)
+                            bar.set_postfix(d=f"{stats['loss_d']:.3f}", g=f"{stats['loss_g']:.3f}")
+                        if self.is_main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+                            now = time.perf_counter()
+                            record = {"step": self.step, **{k: v for k, v in stats.items() if k != "skipped"},
+                                      "images_per_s": images_since / max(now - t_last, 1e-9),
+                                      "bad_steps": self.bad_steps_total, "skipped_samples": self.skipped_samples,
+                                      "time": time.time()}
+                            t_last, images_since = now, 0
+                            self._write_log(record)
+                            if bar is not None:
+                                bar.set_postfix(d=f"{stats['loss_d']:.3f}", g=f"{stats['loss_g']:.3f}",
+                                                img_s=f"{record['images_per_s']:.1f}")
+                        if self.is_main and cfg.sample_every and self.step % cfg.sample_every == 0:
+                            self.write_samples(os.path.join(cfg.out, f"samples-{self.step:08d}.png"))
+                        if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                            self.save_checkpoint()
+                        if self._stop_requested():
+                            path = self.save_checkpoint()
+                            self.log(f"signal {self.stop_signal}: saved {path} at step {self.step}; exiting")
+                            return {"step": self.step, "stopped_by_signal": True}
+                        if self.step >= cfg.steps:
+                            break
+                    if isinstance(dataset, torch.utils.data.IterableDataset):
+                        continue                          # a stream: start another pass
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+            if bar is not None:
+                bar.close()
+            if self.tb is not None:
+                self.tb.close()
+        if self.step % max(cfg.ckpt_every, 1) != 0 or not cfg.ckpt_every:
+            self.save_checkpoint()
+        if self.is_main:
+            self.write_samples(os.path.join(cfg.out, "samples-final.png"))
+        return {"step": self.step, "bad_steps": self.bad_steps_total, "skipped_samples": self.skipped_samples}
+
+    def _stop_requested(self) -> bool:
+        flag = torch.tensor([1.0 if self.stop_signal is not None else 0.0], device=self.device)
+        if self.world > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)   # one rank's signal stops every rank at the same step
+        if flag.item() > 0 and self.stop_signal is None:
+            self.stop_signal = "peer"
+        return flag.item() > 0
+
+
+def _set_trainable(params, flag: bool) -> None:
+    """Toggle the optimised parameters only; frozen ones (the CLIP tower) stay frozen."""
+    for p in params:
+        p.requires_grad_(flag)
+
+
+def _cat_text(texts):
+    from .text import CLIPText
+    return CLIPText(torch.cat([t.features for t in texts]), torch.cat([t.mask for t in texts]),
+                    torch.cat([t.eot for t in texts]))

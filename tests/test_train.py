@@ -1,0 +1,221 @@
+"""Training: losses, NaN handling, checkpoints (atomic, exact resume, corrupt fallback, SIGKILL/SIGTERM),
+torchrun with gloo, and the CLI. CPU, tiny preset, reference ops."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gigagan.losses import (discriminator_loss, generator_loss, matching_aware_d_loss, matching_aware_g_loss,
+                            mismatched, r1_penalty)
+from gigagan.text import CLIPText
+from gigagan.train import (CheckpointError, TrainConfig, Trainer, TrainingError, list_checkpoints,
+                           load_checkpoint, load_latest_checkpoint)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(preset="tiny", steps=4, batch_size=2, out=str(tmp_path / "run"), impl="ref", log_every=1,
+                sample_every=0, ckpt_every=2, progress=False, r1_interval=2, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("TRITON_INTERPRET", None)
+    env["GIGAGAN_KERNELS_IMPL"] = "ref"
+    return env
+
+
+def test_adversarial_and_matching_aware_losses():
+    real, fake = [torch.randn(3, 1, 4, 4), torch.randn(3, 1, 2, 2)], [torch.randn(3, 1, 4, 4), torch.randn(3, 1, 2, 2)]
+    expected_d = sum(F.softplus(-r).mean() + F.softplus(f).mean() for r, f in zip(real, fake))
+    assert torch.allclose(discriminator_loss(real, fake), expected_d)
+    assert torch.allclose(generator_loss(fake), sum(F.softplus(-f).mean() for f in fake))
+    assert torch.allclose(matching_aware_d_loss(real, fake), sum(F.softplus(r).mean() + F.softplus(f).mean()
+                                                                 for r, f in zip(real, fake)))
+    assert torch.allclose(matching_aware_g_loss(fake), sum(F.softplus(f).mean() for f in fake))
+    text = CLIPText(torch.arange(3.0)[:, None, None].expand(3, 2, 1), torch.ones(3, 2, dtype=torch.bool),
+                    torch.tensor([0, 1, 1]))
+    rolled = mismatched(text)
+    assert rolled.features[:, 0, 0].tolist() == [2.0, 0.0, 1.0] and rolled.eot.tolist() == [1, 0, 1]
+
+
+def test_r1_penalty_is_half_gamma_grad_norm():
+    class Quadratic(torch.nn.Module):
+        def forward(self, x, text):
+            return [x.square().sum(dim=(1, 2, 3)).view(-1, 1, 1, 1)]
+    x = torch.randn(2, 3, 4, 4)
+    penalty = r1_penalty(Quadratic(), x, None, gamma=0.5)
+    expected = 0.5 * 0.5 * (2 * x).square().sum(dim=(1, 2, 3)).mean()
+    assert torch.allclose(penalty, expected)
+    assert penalty.requires_grad                               # create_graph: it can be backpropagated
+
+
+def test_train_steps_write_log_checkpoints_and_samples(tmp_path):
+    trainer = Trainer(_cfg(tmp_path, sample_every=2))
+    result = trainer.fit()
+    assert result["step"] == 4 and result["bad_steps"] == 0
+    out = tmp_path / "run"
+    assert [os.path.basename(p) for p in list_checkpoints(str(out))] == ["ckpt-00000004.pt", "ckpt-00000002.pt"]
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert all(torch.isfinite(torch.tensor([r["loss_d"], r["loss_g"], r["images_per_s"]])).all() for r in records)
+    assert "r1" in records[0] and "r1" not in records[1]     # lazy R1 at steps 0, 2 (interval 2)
+    assert (out / "samples-00000002.png").exists() and (out / "samples-final.png").exists()
+    state = torch.load(out / "ckpt-00000004.pt", weights_only=True)   # plain tensors and containers only
+    assert state["step"] == 4
+
+
+def test_weight_decay_only_on_attention_weights(tmp_path):
+    trainer = Trainer(_cfg(tmp_path))
+    decayed = {id(p) for p in trainer.opt_g.param_groups[0]["params"]}
+    names = [n for n, p in trainer.G.named_parameters() if id(p) in decayed]
+    assert names and all(("attn" in n or "qkv" in n or "proj." in n) for n in names), names
+    assert trainer.opt_g.param_groups[0]["weight_decay"] == 0.01 and trainer.opt_g.param_groups[1]["weight_decay"] == 0
+    assert trainer.opt_g.defaults["betas"] == (0.0, 0.99) and trainer.opt_g.defaults["lr"] == 0.0025
+    assert not any(p.requires_grad for p in trainer.model.clip.parameters())
+
+
+def test_resume_is_exact(tmp_path):
+    straight = Trainer(_cfg(tmp_path / "a"))
+    straight.fit()
+    first = Trainer(_cfg(tmp_path / "b", steps=2))
+    first.fit()
+    resumed = Trainer(_cfg(tmp_path / "b", steps=4))
+    resumed.fit(resume=True)
+    assert resumed.step == 4
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    for a, b in zip(straight.G_ema.state_dict().values(), resumed.G_ema.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_nan_loss_is_skipped_counted_and_stops_after_a_run(tmp_path, monkeypatch):
+    trainer = Trainer(_cfg(tmp_path, max_bad_steps=3, steps=10))
+    real_forward = trainer.D.forward
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        out = real_forward(*a, **k)
+        return [o * float("nan") for o in out] if calls["n"] >= 3 else out
+    monkeypatch.setattr(trainer.D, "forward", poisoned)
+    before = {k: v.clone() for k, v in trainer.D.state_dict().items()}
+    with pytest.raises(TrainingError, match="3 non-finite steps in a row"):
+        trainer.fit()
+    assert trainer.bad_steps_total == 3
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert records[-1]["bad_steps"] >= 1
+    # the poisoned steps changed nothing: D's weights are those after the last good step
+    assert any(not torch.equal(before[k], v) for k, v in trainer.D.state_dict().items())
+    assert all(torch.isfinite(v).all() for v in trainer.D.state_dict().values())
+
+
+def test_truncated_checkpoint_errors_and_resume_falls_back(tmp_path):
+    Trainer(_cfg(tmp_path)).fit()
+    out = tmp_path / "run"
+    newest = out / "ckpt-00000004.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(str(newest))
+    messages = []
+    state = load_latest_checkpoint(str(out), log=messages.append)
+    assert state["step"] == 2 and "falling back" in messages[0]
+    resumed = Trainer(_cfg(tmp_path))
+    resumed.fit(resume=True)
+    assert resumed.step == 4
+
+
+def _wait_for(path, proc, timeout=240):
+    t0 = time.time()
+    while not os.path.exists(path):
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited early:\n{proc.stdout.read()}")
+        if time.time() - t0 > timeout:
+            proc.kill()
+            raise AssertionError(f"{path} did not appear in {timeout} s")
+        time.sleep(0.2)
+
+
+def _train_cmd(out, steps, *extra):
+    return [sys.executable, "-m", "gigagan", "train", "--preset", "tiny", "--steps", str(steps), "--batch-size", "2",
+            "--ckpt-every", "2", "--sample-every", "0", "--log-every", "1", "--impl", "ref", "--no-progress",
+            "--out", str(out), *extra]
+
+
+def test_sigkill_mid_run_then_resume(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_train_cmd(out, 1000), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    _wait_for(out / "ckpt-00000004.pt", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    saved = list_checkpoints(str(out))
+    assert saved, "no checkpoint survived"
+    for path in saved:                                       # every checkpoint on disk is whole
+        load_checkpoint(path)
+    last = load_checkpoint(saved[0])["step"]
+    resumed = subprocess.run(_train_cmd(out, last + 4, "--resume"), cwd=ROOT, env=_env(), capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"at step {last}" in resumed.stdout
+    assert load_checkpoint(list_checkpoints(str(out))[0])["step"] == last + 4
+    assert not [n for n in os.listdir(out) if n.startswith(".tmp")]
+
+
+def test_sigterm_saves_before_exit(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_train_cmd(out, 1000, "--ckpt-every", "1000"), cwd=ROOT, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for(out / "log.jsonl", proc)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    assert "saved" in output and "exiting" in output
+    step = load_checkpoint(list_checkpoints(str(out))[0])["step"]
+    assert 1 <= step < 1000
+
+
+def test_torchrun_two_cpu_processes_keep_parameters_identical(tmp_path):
+    result_path = tmp_path / "ranks.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           os.path.join(ROOT, "tests", "ddp_worker.py"), str(tmp_path / "run"), str(result_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(result_path.read_text())
+    assert result["world_size"] == 2 and result["step"] == 3
+    assert result["max_param_diff_across_ranks"] == 0.0
+    assert result["params_changed"]                          # they trained, not just stayed equal at init
+    assert sorted(os.listdir(tmp_path / "run")) == ["ckpt-00000002.pt", "ckpt-00000003.pt", "log.jsonl",
+                                                    "samples-final.png"]   # rank 0 alone writes
+
+
+def test_cli_sampling_commands(tmp_path):
+    from gigagan.__main__ import main
+    Trainer(_cfg(tmp_path, steps=2)).fit()
+    ckpt = str(tmp_path / "run")
+    outputs = {
+        "sample": ["--prompt", "a red circle", "--prompt", "a blue square"],
+        "interpolate": ["--prompt-a", "a red circle", "--prompt-b", "a blue square", "--steps", "3"],
+        "style-mix": ["--prompt", "a red circle", "--seeds-a", "1,2", "--seeds-b", "3"],
+        "prompt-mix": ["--prompt-a", "a red circle", "--prompt-b", "a blue square", "--count", "2"],
+    }
+    from PIL import Image
+    for command, extra in outputs.items():
+        path = str(tmp_path / f"{command}.png")
+        assert main([command, "--ckpt", ckpt, "--impl", "ref", "--out", path] + extra) == 0
+        with Image.open(path) as im:
+            assert im.width >= 128 and im.height >= 128
+    Image.new("RGB", (24, 16), (200, 30, 30)).save(tmp_path / "small.png")
+    assert main(["upsample", "--ckpt", ckpt, "--impl", "ref", "--image", str(tmp_path / "small.png"),
+                 "--prompt", "a red square", "--out", str(tmp_path / "up.png")]) == 0
+    with Image.open(tmp_path / "up.png") as im:
+        assert im.size == (24 * 4, 16 * 4)
