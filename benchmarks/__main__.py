@@ -13,7 +13,8 @@ import torch
 from . import summary
 from .common import DEFAULT_CSV, device_name
 
-BENCHES = {"adaptive_modconv2d": "benchmarks.bench_adaptive_modconv", "attention": "benchmarks.bench_attention"}
+BENCHES = {"adaptive_modconv2d": "benchmarks.bench_adaptive_modconv", "attention": "benchmarks.bench_attention",
+           "e2e": "benchmarks.bench_e2e"}
 
 
 def main(argv=None):

@@ -27,6 +27,8 @@ SHAPES = ("circle", "square", "triangle")
 SIZES = {"small": 0.22, "large": 0.42}                  # radius as a fraction of the image side
 POSITIONS = {"in the top left": (0.3, 0.3), "in the top right": (0.7, 0.3), "in the bottom left": (0.3, 0.7),
              "in the bottom right": (0.7, 0.7), "in the center": (0.5, 0.5)}
+# What a stream yields for an undecodable sample (webdataset drops a None silently, so it could not be counted).
+BAD_SAMPLE = (None, None)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -65,7 +67,8 @@ class ShapesDataset(Dataset):
 
     @staticmethod
     def caption(d: dict) -> str:
-        return f"a {d['size']} {d['colour']} {d['shape']} {d['position']} on a {d['background']} background"
+        article = "an" if d["background"][0] in "aeiou" else "a"
+        return f"a {d['size']} {d['colour']} {d['shape']} {d['position']} on {article} {d['background']} background"
 
     def render(self, d: dict):
         from PIL import Image, ImageDraw
@@ -134,8 +137,8 @@ class CaptionedImageFolder(Dataset):
 def webdataset_pairs(urls: str, resolution: int, shuffle: int = 1000, seed: int = 0):
     """img2dataset-style tar shards ("data/{00000..00009}.tar") as an iterable of (image, caption).
 
-    Shards are split across ranks and dataloader workers; undecodable samples yield None (dropped and
-    counted by collate_pairs), unreadable shards are skipped with a warning."""
+    Shards are split across ranks and dataloader workers; undecodable samples yield BAD_SAMPLE (dropped
+    and counted by collate_pairs), unreadable shards are skipped with a warning."""
     import io
 
     import webdataset as wds
@@ -148,12 +151,12 @@ def webdataset_pairs(urls: str, resolution: int, shuffle: int = 1000, seed: int 
             with Image.open(io.BytesIO(image_bytes)) as image:
                 image.load()
                 tensor = to_tensor(center_crop_resize(image, resolution))
-            return (tensor, caption) if caption else None
+            return (tensor, caption) if caption else BAD_SAMPLE
         except Exception:                                  # noqa: BLE001 - any bad sample is skipped, never fatal
-            return None
+            return BAD_SAMPLE
 
     dataset = wds.WebDataset(urls, nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker,
-                             handler=wds.warn_and_continue, shardshuffle=shuffle > 0, seed=seed, empty_check=False)
+                             handler=wds.warn_and_continue, shardshuffle=shuffle if shuffle > 0 else False, seed=seed, empty_check=False)
     if shuffle > 0:
         dataset = dataset.shuffle(shuffle, rng=random.Random(seed))
     return dataset.map(decode, handler=wds.warn_and_continue)
@@ -161,7 +164,7 @@ def webdataset_pairs(urls: str, resolution: int, shuffle: int = 1000, seed: int 
 
 def collate_pairs(items):
     """Stack the good (image, caption) pairs; report how many items were dropped as bad."""
-    good = [it for it in items if it is not None]
+    good = [it for it in items if it is not None and it[0] is not None]
     if not good:
         return torch.empty(0), [], len(items)
     images = torch.stack([g[0] for g in good])

@@ -1,7 +1,31 @@
 #!/usr/bin/env bash
-# Set everything up and run the main job: the kernel benchmark suite on the available device,
-# appended to benchmarks/results/results.csv, with the markdown summary printed at the end.
+# Set everything up and run the main job:
+#   1. train the tiny GigaGAN on the built-in captioned-shapes dataset (CPU, or a GPU if present);
+#   2. sample a captioned grid and a prompt-interpolation strip from the EMA generator;
+#   3. plot the losses (written by train as loss.png);
+#   4. run the kernel benchmarks and print their summary.
+# Outputs go to $OUT (default runs/main, replaced on each run). STEPS sets the training length.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-exec "${GIGAGAN_VENV:-.venv}/bin/python" -m gigagan bench "$@"
+PY="${GIGAGAN_VENV:-.venv}/bin/python"
+OUT="${OUT:-runs/main}"
+STEPS="${STEPS:-700}"
+
+rm -rf "$OUT"
+"$PY" -m gigagan train --preset tiny --steps "$STEPS" --batch-size 4 --out "$OUT" \
+    --sample-every 100 --ckpt-every 100 --log-every 10
+"$PY" -m gigagan sample --ckpt "$OUT" --out "$OUT/samples.png" --columns 4 \
+    --prompt "a large red circle in the center on a blue background" \
+    --prompt "a large yellow square in the center on a black background" \
+    --prompt "a large white triangle in the center on a green background" \
+    --prompt "a large blue circle in the center on a yellow background" \
+    --prompt "a small green square in the top left on a white background" \
+    --prompt "a small orange circle in the bottom right on a purple background" \
+    --prompt "a large black triangle in the center on an orange background" \
+    --prompt "a small purple square in the top right on a yellow background"
+"$PY" -m gigagan interpolate --ckpt "$OUT" --out "$OUT/interpolation.png" --steps 8 \
+    --prompt-a "a large red circle in the center on a blue background" \
+    --prompt-b "a large yellow square in the center on a black background"
+echo "main job: samples, interpolation strip and loss curve are in $OUT/ (samples.png, interpolation.png, loss.png)"
+exec "$PY" -m gigagan bench "$@"

@@ -4,6 +4,8 @@ import warnings
 import pytest
 import torch
 
+pytest.importorskip("open_clip", reason="the model needs open_clip_torch (requirements.txt)")
+
 from conftest import DEVICE
 from gigagan import GigaGAN, get_preset
 from gigagan.latent import conditional_w_mean, prompt_interpolation, prompt_mix, style_mix, truncate

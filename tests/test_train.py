@@ -9,6 +9,8 @@ import time
 
 import pytest
 import torch
+
+pytest.importorskip("open_clip", reason="the model needs open_clip_torch (requirements.txt)")
 import torch.nn.functional as F
 
 from gigagan.losses import (discriminator_loss, generator_loss, matching_aware_d_loss, matching_aware_g_loss,

@@ -1,0 +1,120 @@
+"""Datasets: the built-in procedural shapes, captioned image folders and webdataset shards, bad-sample
+skipping and counting, and the resumable step sampler."""
+import io
+import itertools
+import re
+import tarfile
+
+import pytest
+import torch
+from PIL import Image
+
+from gigagan.data import (COLOURS, CaptionedImageFolder, ShapesDataset, StepSampler, collate_pairs,
+                          fixed_prompts, make_dataset, webdataset_pairs)
+
+CAPTION_RE = re.compile(r"^a (small|large) (\w+) (circle|square|triangle) in the "
+                        r"(top left|top right|bottom left|bottom right|center) on an? (\w+) background$")
+
+
+def test_shapes_captions_match_pixels_and_are_deterministic():
+    ds = ShapesDataset(32, size=64, seed=5)
+    for i in range(64):
+        image, caption = ds[i]
+        m = CAPTION_RE.match(caption)
+        assert m, caption
+        assert image.shape == (3, 32, 32) and image.min() >= -1 and image.max() <= 1
+        colour, background = m.group(2), m.group(5)
+        assert colour != background and colour in COLOURS and background in COLOURS
+        # the corner pixel is the background colour; the shape's colour is present where the caption says
+        expected_bg = torch.tensor(COLOURS[background], dtype=torch.float32) / 127.5 - 1
+        corner = {"top left": (31, 31), "top right": (31, 0), "bottom left": (0, 31), "bottom right": (0, 0),
+                  "center": (0, 0)}[m.group(4)]
+        assert torch.allclose(image[:, corner[0], corner[1]], expected_bg, atol=0.05)
+        cx, cy = {"top left": (0.3, 0.3), "top right": (0.7, 0.3), "bottom left": (0.3, 0.7),
+                  "bottom right": (0.7, 0.7), "center": (0.5, 0.5)}[m.group(4)]
+        centre_pixel = image[:, int(cy * 32), int(cx * 32)]
+        expected_fg = torch.tensor(COLOURS[colour], dtype=torch.float32) / 127.5 - 1
+        assert torch.allclose(centre_pixel, expected_fg, atol=0.1), (caption, centre_pixel)
+    again = ShapesDataset(32, size=64, seed=5)
+    assert torch.equal(again[7][0], ds[7][0]) and again[7][1] == ds[7][1]
+    other = ShapesDataset(32, size=64, seed=6)
+    assert [other[i][1] for i in range(16)] != [ds[i][1] for i in range(16)]    # the seed matters
+    big = ShapesDataset(128, size=64, seed=5)[7]
+    assert big[0].shape == (3, 128, 128) and big[1] == ds[7][1]          # same scene at any resolution
+    assert len(set(fixed_prompts(8))) == 8
+
+
+def _png(colour, size=(20, 12)):
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_image_folder_skips_and_counts_bad_samples(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.png").write_bytes(_png((255, 0, 0)))
+    (tmp_path / "a.txt").write_text("a red image")
+    (tmp_path / "sub" / "b.png").write_bytes(_png((0, 0, 255)))
+    (tmp_path / "sub" / "b.txt").write_text("a blue image\n")
+    (tmp_path / "nocap.png").write_bytes(_png((0, 255, 0)))                   # no caption: skipped at index time
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")  # corrupt: None at load time
+    (tmp_path / "broken.txt").write_text("broken")
+    with pytest.warns(UserWarning, match="skipped 1 images without a .txt caption"):
+        ds = CaptionedImageFolder(str(tmp_path), 16)
+    assert len(ds) == 3 and ds.missing_captions == 1
+    items = [ds[i] for i in range(len(ds))]
+    images, captions, dropped = collate_pairs(items)
+    assert dropped == 1 and sorted(captions) == ["a blue image", "a red image"]
+    assert images.shape == (2, 3, 16, 16)
+    red = images[captions.index("a red image")]
+    assert torch.allclose(red[:, 8, 8], torch.tensor([1.0, -1.0, -1.0]))
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        CaptionedImageFolder(str(tmp_path / "nope"), 16)
+
+
+def _add(tar, name, data):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def test_webdataset_shards_skip_corrupt_samples(tmp_path):
+    pytest.importorskip("webdataset")
+    for shard in range(2):
+        with tarfile.open(tmp_path / f"{shard:05d}.tar", "w") as tar:
+            for k in range(3):
+                key = f"{shard:05d}{k:04d}"
+                if k == 1 and shard == 0:
+                    _add(tar, f"{key}.jpg", b"garbage bytes")                 # corrupt image
+                else:
+                    _add(tar, f"{key}.png", _png((10 * k, 200, 30)))
+                _add(tar, f"{key}.txt", f"caption {shard} {k}".encode())
+                _add(tar, f"{key}.json", b"{}")
+    ds = webdataset_pairs(str(tmp_path / "{00000..00001}.tar"), 8, shuffle=0)
+    items = list(ds)
+    assert len(items) == 6
+    images, captions, dropped = collate_pairs(items)
+    assert dropped == 1 and len(captions) == 5 and images.shape == (5, 3, 8, 8)
+    assert "caption 0 1" not in captions
+    loader = torch.utils.data.DataLoader(make_dataset(str(tmp_path / "{00000..00001}.tar"), 8), batch_size=3,
+                                         collate_fn=collate_pairs)
+    assert sum(b[2] for b in loader) == 1 and sum(len(b[1]) for b in loader) == 5
+
+
+def test_make_dataset_rejects_unknown_specs(tmp_path):
+    assert isinstance(make_dataset("builtin:10", 16), ShapesDataset) and len(make_dataset("builtin:10", 16)) == 10
+    with pytest.raises(ValueError, match="--data must be"):
+        make_dataset("imagenet", 16)
+    with pytest.raises(FileNotFoundError, match="no shards match"):
+        make_dataset(str(tmp_path / "missing-*.tar"), 16)
+
+
+def test_step_sampler_resumes_and_shards_ranks():
+    full = list(itertools.islice(iter(StepSampler(10, 3, seed=1)), 3 * 7))
+    resumed = list(itertools.islice(iter(StepSampler(10, 3, seed=1, start_step=4)), 3 * 3))
+    assert resumed == full[12:21]
+    assert sorted(full[:10]) == list(range(10)) and sorted(full[10:20]) == list(range(10))   # one permutation per epoch
+    assert full[:10] != full[10:20]
+    r0 = list(itertools.islice(iter(StepSampler(12, 2, rank=0, world_size=2, seed=0)), 6))
+    r1 = list(itertools.islice(iter(StepSampler(12, 2, rank=1, world_size=2, seed=0)), 6))
+    assert not set(r0) & set(r1) and len(set(r0) | set(r1)) == 12                  # disjoint, covering the epoch
