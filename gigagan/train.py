@@ -476,6 +476,7 @@ class Trainer:
             from tqdm import tqdm
             bar = tqdm(total=cfg.steps, initial=self.step, desc="train", dynamic_ncols=True, file=sys.stderr)
         t_last, images_since = time.perf_counter(), 0
+        sums, counts = {}, {}                             # loss means over each log interval
         try:
             with use_impl(cfg.impl):
                 while self.step < cfg.steps:
@@ -486,16 +487,19 @@ class Trainer:
                             continue
                         stats = self.train_step(images, captions)
                         images_since += images.shape[0] * self.world
+                        for k, v in stats.items():
+                            if k != "skipped" and math.isfinite(v):
+                                sums[k], counts[k] = sums.get(k, 0.0) + v, counts.get(k, 0) + 1
                         if bar is not None:
                             bar.update(1)
                             bar.set_postfix(d=f"{stats['loss_d']:.3f}", g=f"{stats['loss_g']:.3f}")
                         if self.is_main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                             now = time.perf_counter()
-                            record = {"step": self.step, **{k: v for k, v in stats.items() if k != "skipped"},
+                            record = {"step": self.step, **{k: sums[k] / counts[k] for k in sums},
                                       "images_per_s": images_since / max(now - t_last, 1e-9),
                                       "bad_steps": self.bad_steps_total, "skipped_samples": self.skipped_samples,
                                       "time": time.time()}
-                            t_last, images_since = now, 0
+                            t_last, images_since, sums, counts = now, 0, {}, {}
                             self._write_log(record)
                             if bar is not None:
                                 bar.set_postfix(d=f"{stats['loss_d']:.3f}", g=f"{stats['loss_g']:.3f}",

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 PY="${GIGAGAN_VENV:-.venv}/bin/python"
 OUT="${OUT:-runs/main}"
-STEPS="${STEPS:-700}"
+STEPS="${STEPS:-600}"
 
 rm -rf "$OUT"
 "$PY" -m gigagan train --preset tiny --steps "$STEPS" --batch-size 4 --out "$OUT" \
