@@ -76,7 +76,7 @@ def plots(rows, out_dir) -> list[str]:
         by_fig[key[:3]].append(key)
     paths = []
     for (device, op, dtype), keys in by_fig.items():
-        modes = sorted({k[4] for k in keys}, key=["fwd", "bwd", "fwd+bwd"].index)
+        modes = sorted({k[4] for k in keys}, key=lambda m: (MODES.index(m) if m in MODES else len(MODES), m))
         fig, axes = plt.subplots(1, len(modes), figsize=(5 * len(modes), 4), squeeze=False)
         for ax, mode in zip(axes[0], modes):
             mk = [k for k in keys if k[4] == mode]

@@ -33,6 +33,13 @@ def upsample2x(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
 
 
+def layer_noise(x: torch.Tensor, noise_mode: str):
+    """The noise argument of a noisy conv layer: None draws fresh noise inside it, zeros turn it off."""
+    if noise_mode == "none":
+        return torch.zeros((x.shape[0], 1, x.shape[2], x.shape[3]), device=x.device, dtype=x.dtype)
+    return None
+
+
 def lrelu(x: torch.Tensor) -> torch.Tensor:
     return F.leaky_relu(x, 0.2) * math.sqrt(2.0)
 
@@ -94,10 +101,7 @@ class SynthesisBlock(nn.Module):
         if not self.first:
             x = upsample2x(x)
         for i, conv in enumerate(self.convs):
-            noise = None
-            if noise_mode == "none":
-                noise = torch.zeros((x.shape[0], 1, x.shape[2], x.shape[3]), device=x.device, dtype=x.dtype)
-            x = conv(x, w, noise)
+            x = conv(x, w, layer_noise(x, noise_mode))
             if self.self_attns:
                 x = self.self_attns[i](x, w)
                 x = self.cross_attns[i](x, t_local, t_mask)

@@ -47,12 +47,18 @@ def matching_aware_g_loss(fake_mismatched_logits) -> torch.Tensor:
     return _sum_logits(fake_mismatched_logits, 1.0)
 
 
+def r1_score(logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """What R1 differentiates: per image, the sum over predictions of each patch map's mean (the same
+    reduction as the losses), summed over the batch so each image's gradient is its own."""
+    return sum(lg.float().mean(dim=(1, 2, 3)).sum() for lg in logits)
+
+
 def r1_penalty(D: Discriminator, reals: torch.Tensor, text, gamma: float) -> torch.Tensor:
-    """gamma/2 * E ||grad_x sum_ij D_ij(x)||^2 on real images, with create_graph so it can be
+    """gamma/2 * E ||grad_x sum_ij mean D_ij(x)||^2 on real images, with create_graph so it can be
     backpropagated into D (double backward through the fused ops)."""
     reals = reals.detach().requires_grad_(True)
     logits = D(reals, text)
-    (grad,) = torch.autograd.grad(sum(lg.float().sum() for lg in logits), reals, create_graph=True)
+    (grad,) = torch.autograd.grad(r1_score(logits), reals, create_graph=True)
     return 0.5 * gamma * grad.float().square().sum(dim=(1, 2, 3)).mean()
 
 

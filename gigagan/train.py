@@ -39,7 +39,8 @@ from gigagan_kernels import use_impl
 
 from .config import GigaGANConfig, get_preset
 from .data import StepSampler, collate_pairs, fixed_prompts, make_dataset
-from .losses import discriminator_loss, generator_loss, matching_aware_d_loss, matching_aware_g_loss, mismatched
+from .losses import (discriminator_loss, generator_loss, matching_aware_d_loss, matching_aware_g_loss, mismatched,
+                     r1_score)
 from .model import GigaGAN
 
 CKPT_PATTERN = re.compile(r"^ckpt-(\d{8})\.pt$")
@@ -340,7 +341,7 @@ class Trainer:
                     loss = loss + matching_aware_d_loss([s[2] for s in split], [s[3] for s in split])
                 stats["loss_d"] += loss.item() / micro
                 if do_r1:
-                    (grad,) = torch.autograd.grad(sum(s[0].float().sum() for s in split), real_in, create_graph=True)
+                    (grad,) = torch.autograd.grad(r1_score([s[0] for s in split]), real_in, create_graph=True)
                     r1 = 0.5 * cfg.r1_gamma * grad.float().square().sum(dim=(1, 2, 3)).mean()
                     stats["r1"] += r1.item() / micro
                     loss = loss + r1 * cfg.r1_interval                # lazy regularisation

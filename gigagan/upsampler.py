@@ -24,7 +24,7 @@ from gigagan_kernels.nn import AdaptiveModConv2d, CrossAttention, EqualizedConv2
 
 from .config import UpsamplerConfig
 from .discriminator import downsample2x
-from .generator import NOISE_MODES, MappingNetwork, upsample2x
+from .generator import NOISE_MODES, MappingNetwork, layer_noise, upsample2x
 from .text import CLIPText, FrozenCLIPText, TextEncoder, TextFeatures
 
 
@@ -43,10 +43,7 @@ class UNetBlock(nn.Module):
 
     def forward(self, x, w, t_local, t_mask, noise_mode):
         for i, conv in enumerate(self.convs):
-            noise = None
-            if noise_mode == "none":
-                noise = torch.zeros((x.shape[0], 1, x.shape[2], x.shape[3]), device=x.device, dtype=x.dtype)
-            x = conv(x, w, noise)
+            x = conv(x, w, layer_noise(x, noise_mode))
             if self.self_attns:
                 x = self.cross_attns[i](self.self_attns[i](x, w), t_local, t_mask)
         return x

@@ -1,6 +1,7 @@
 """Benchmark harness smoke tests on CPU: the providers run, the CSV, summary and plots are written.
 Timing is recorded by pytest-benchmark but never asserted on."""
 import csv
+import os
 
 import pytest
 import torch
@@ -71,3 +72,18 @@ def test_sdpa_bias_baseline_matches_reference(device):
     got = bench_attention.sdpa_with_l2_bias(inp["q"], inp["k"], inp["v"], kind="l2", mask=inp["mask"])
     want = bench_attention.attention_ref(inp["q"], inp["k"], inp["v"], kind="l2", key_padding_mask=inp["mask"])
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_e2e_runner_times_the_tiny_model_and_plots(tmp_path):
+    """The end-to-end benchmark (its "step" mode included) goes through the CSV, summary and plots."""
+    pytest.importorskip("open_clip")
+    from benchmarks import bench_e2e
+    path = tmp_path / "results.csv"
+    bench_e2e.run(torch.device("cpu"), shapes=["G_fwd_b1", "train_step_b4"], providers=("ref",), csv_path=str(path),
+                  quick=True, log=lambda *_: None)
+    rows = [r for r in csv.DictReader(open(path)) if r["metric"] == "median_ms"]
+    assert {(r["shape"], r["mode"]) for r in rows} == {("G_fwd_b1", "fwd"), ("train_step_b4", "step")}
+    assert all(float(r["value"]) > 0 and r["op"] == "e2e" for r in rows)
+    text, plots = summary.write(str(path), str(tmp_path))
+    assert "| train_step_b4 | step |" in text
+    assert plots and all(os.path.exists(p) for p in plots)
