@@ -73,7 +73,10 @@ def _case_fn(name, batch, device, model, trainer):
 
 
 def run(device: torch.device, shapes=None, providers=PROVIDERS, dtype=None, csv_path=None, quick=False, log=print):
-    from gigagan import GigaGAN, get_preset
+    import importlib.util
+    if importlib.util.find_spec("open_clip") is None:         # e.g. a bare GPU box with only torch and triton
+        log(f"  {OP}: skipped (the model needs open_clip_torch; pip install -r requirements.txt)")
+        return csv_path
     from gigagan.train import TrainConfig, Trainer
     from .common import DEFAULT_CSV
     cases = GPU_CASES if device.type == "cuda" else CPU_CASES

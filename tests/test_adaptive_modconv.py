@@ -1,6 +1,5 @@
 """adaptive_modconv2d: every fast path, forward and all gradients, against the float64 reference."""
 import math
-import os
 import random
 
 import pytest
@@ -8,7 +7,6 @@ import torch
 
 import gigagan_kernels as gk
 from gigagan_kernels import adaptive_modconv as amc
-from gigagan_kernels import backend
 from gigagan_kernels.nn import AdaptiveModConv2d
 
 from helpers import assert_close

@@ -9,7 +9,7 @@ import torch
 
 pytest.importorskip("open_clip", reason="the model needs open_clip_torch (requirements.txt)")
 
-from gigagan import (Discriminator, DiscriminatorConfig, FrozenCLIPText, GigaGAN, TextConfig, count_parameters,
+from gigagan import (Discriminator, FrozenCLIPText, GigaGAN, TextConfig, count_parameters,
                      get_preset, image_pyramid, upsample_tiled)
 from gigagan.text import _cached_checkpoint
 from conftest import DEVICE
