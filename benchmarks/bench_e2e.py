@@ -20,7 +20,7 @@ import torch
 
 from gigagan_kernels import backend, use_impl
 
-from .common import ResultWriter, bench_main, peak_memory_mb, time_fn
+from .common import ResultWriter, bench_main, peak_memory_mb, record, time_fn
 
 OP = "e2e"
 PROVIDERS = ("ref", "triton", "cuda")
@@ -111,10 +111,7 @@ def run(device: torch.device, shapes=None, providers=PROVIDERS, dtype=None, csv_
                     torch.cuda.empty_cache()
                     continue
                 params = {"preset": "paper" if name.startswith("paper") else preset, "batch": batch}
-                for metric, value in (("median_ms", t.median_ms), ("p20_ms", t.p20_ms), ("p80_ms", t.p80_ms)):
-                    writer.add(OP, name, params, provider, mode, dtype_name, metric, value, "ms")
-                if mem is not None:
-                    writer.add(OP, name, params, provider, mode, dtype_name, "peak_mem_mb", mem, "MiB")
+                record(writer, OP, name, params, provider, mode, dtype_name, t, mem)
                 log(f"  {OP} {name} {provider}: {mode} {t.median_ms:.2f} ms"
                     + (f" / {mem:.0f} MiB" if mem is not None else ""))
     writer.flush()

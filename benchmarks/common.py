@@ -112,6 +112,14 @@ def read_rows(path: str) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def record(writer: ResultWriter, op, shape_name, params, provider, mode, dtype, t: Timing, mem) -> None:
+    """The rows of one timed case: median, p20, p80 and, on CUDA, peak memory."""
+    for metric, value in (("median_ms", t.median_ms), ("p20_ms", t.p20_ms), ("p80_ms", t.p80_ms)):
+        writer.add(op, shape_name, params, provider, mode, dtype, metric, value, "ms")
+    if mem is not None:
+        writer.add(op, shape_name, params, provider, mode, dtype, "peak_mem_mb", mem, "MiB")
+
+
 def bench_case(op, shape_name, shape, provider, fwd, wrt, device, dtype, modes, writer: ResultWriter, *,
                quick=False):
     """Time fwd / bwd / fwd+bwd of one provider on one shape and record median, p20, p80 and peak memory."""
@@ -130,10 +138,7 @@ def bench_case(op, shape_name, shape, provider, fwd, wrt, device, dtype, modes, 
         with torch.no_grad() if mode == "fwd" else torch.enable_grad():
             t = time_fn(fn, device, **rep)
             mem = peak_memory_mb(fn, device)
-        for metric, value in (("median_ms", t.median_ms), ("p20_ms", t.p20_ms), ("p80_ms", t.p80_ms)):
-            writer.add(op, shape_name, shape, provider, mode, dtype, metric, value, "ms")
-        if mem is not None:
-            writer.add(op, shape_name, shape, provider, mode, dtype, "peak_mem_mb", mem, "MiB")
+        record(writer, op, shape_name, shape, provider, mode, dtype, t, mem)
         out[mode] = (t, mem)
     return out
 

@@ -54,7 +54,6 @@ class ShapesDataset(Dataset):
         if resolution < 4:
             raise ValueError(f"ShapesDataset: resolution must be >= 4, got {resolution}")
         self.resolution, self.size, self.seed = resolution, size, seed
-        self.skipped = 0
 
     def __len__(self):
         return self.size
@@ -113,7 +112,6 @@ class CaptionedImageFolder(Dataset):
             warnings.warn(f"CaptionedImageFolder: skipped {self.missing_captions} images without a .txt caption")
         if not self.items:
             raise ValueError(f"CaptionedImageFolder: no captioned images under {root!r}")
-        self.skipped = self.missing_captions
 
     def __len__(self):
         return len(self.items)

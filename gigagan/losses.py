@@ -53,13 +53,17 @@ def r1_score(logits: Sequence[torch.Tensor]) -> torch.Tensor:
     return sum(lg.float().mean(dim=(1, 2, 3)).sum() for lg in logits)
 
 
-def r1_penalty(D: Discriminator, reals: torch.Tensor, text, gamma: float) -> torch.Tensor:
-    """gamma/2 * E ||grad_x sum_ij mean D_ij(x)||^2 on real images, with create_graph so it can be
-    backpropagated into D (double backward through the fused ops)."""
-    reals = reals.detach().requires_grad_(True)
-    logits = D(reals, text)
-    (grad,) = torch.autograd.grad(r1_score(logits), reals, create_graph=True)
+def r1_from_logits(real_logits: Sequence[torch.Tensor], reals: torch.Tensor, gamma: float) -> torch.Tensor:
+    """gamma/2 * E ||grad_x sum_ij mean D_ij(x)||^2, for logits already computed from `reals` (which
+    must require grad), with create_graph so it backpropagates into D (double backward through the ops)."""
+    (grad,) = torch.autograd.grad(r1_score(real_logits), reals, create_graph=True)
     return 0.5 * gamma * grad.float().square().sum(dim=(1, 2, 3)).mean()
+
+
+def r1_penalty(D: Discriminator, reals: torch.Tensor, text, gamma: float) -> torch.Tensor:
+    """R1 on real images: one D forward, then r1_from_logits."""
+    reals = reals.detach().requires_grad_(True)
+    return r1_from_logits(D(reals, text), reals, gamma)
 
 
 def clip_contrastive_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor,

@@ -42,6 +42,12 @@ class CLIPText:
     def index(self, idx) -> "CLIPText":
         return CLIPText(self.features[idx], self.mask[idx], self.eot[idx])
 
+    @staticmethod
+    def cat(texts: Sequence["CLIPText"]) -> "CLIPText":
+        """Batches stacked along the batch dimension."""
+        return CLIPText(torch.cat([t.features for t in texts]), torch.cat([t.mask for t in texts]),
+                        torch.cat([t.eot for t in texts]))
+
 
 @dataclass
 class TextFeatures:

@@ -40,8 +40,9 @@ from gigagan_kernels import use_impl
 from .config import GigaGANConfig, get_preset
 from .data import StepSampler, collate_pairs, fixed_prompts, make_dataset
 from .losses import (discriminator_loss, generator_loss, matching_aware_d_loss, matching_aware_g_loss, mismatched,
-                     r1_score)
+                     r1_from_logits)
 from .model import GigaGAN
+from .text import CLIPText
 
 CKPT_PATTERN = re.compile(r"^ckpt-(\d{8})\.pt$")
 
@@ -334,15 +335,14 @@ class Trainer:
                 parts = [real_pyr, fake] + ([real_pyr, fake] if cfg.matching_aware else [])
                 texts = [text, text] + ([mismatched(text)] * 2 if cfg.matching_aware else [])
                 pyramid = [torch.cat([p[i] for p in parts]) for i in range(len(real_pyr))]
-                logits = self.D_ddp(pyramid, _cat_text(texts))
+                logits = self.D_ddp(pyramid, CLIPText.cat(texts))
                 split = [lg.split(B) for lg in logits]
                 loss = discriminator_loss([s[0] for s in split], [s[1] for s in split])
                 if cfg.matching_aware:
                     loss = loss + matching_aware_d_loss([s[2] for s in split], [s[3] for s in split])
                 stats["loss_d"] += loss.item() / micro
                 if do_r1:
-                    (grad,) = torch.autograd.grad(r1_score([s[0] for s in split]), real_in, create_graph=True)
-                    r1 = 0.5 * cfg.r1_gamma * grad.float().square().sum(dim=(1, 2, 3)).mean()
+                    r1 = r1_from_logits([s[0] for s in split], real_in, cfg.r1_gamma)
                     stats["r1"] += r1.item() / micro
                     loss = loss + r1 * cfg.r1_interval                # lazy regularisation
                 d_losses.append(loss.detach())
@@ -362,7 +362,7 @@ class Trainer:
                 fake = self.G_ddp(z, text, update_w_avg=True)
                 if cfg.matching_aware:
                     pyramid = [torch.cat([f, f]).float() for f in fake]
-                    logits = D(pyramid, _cat_text([text, mismatched(text)]))
+                    logits = D(pyramid, CLIPText.cat([text, mismatched(text)]))
                     split = [lg.split(B) for lg in logits]
                     loss = generator_loss([s[0] for s in split]) + matching_aware_g_loss([s[1] for s in split])
                 else:
@@ -543,9 +543,3 @@ def _set_trainable(params, flag: bool) -> None:
     """Toggle the optimised parameters only; frozen ones (the CLIP tower) stay frozen."""
     for p in params:
         p.requires_grad_(flag)
-
-
-def _cat_text(texts):
-    from .text import CLIPText
-    return CLIPText(torch.cat([t.features for t in texts]), torch.cat([t.mask for t in texts]),
-                    torch.cat([t.eot for t in texts]))
