@@ -20,6 +20,10 @@ def cuda_extensions():
         if want in ("1", "true", "yes") and not sources:
             raise RuntimeError("GIGAGAN_KERNELS_BUILD_CUDA=1 but csrc/ has no sources")
         return [], {}
+    # torch guesses CUDA_HOME from the nvcc on PATH, which may be a bare symlink outside the toolkit (then the
+    # toolkit headers are missing); the standard install location is the better guess.
+    if "CUDA_HOME" not in os.environ and "CUDA_PATH" not in os.environ and os.path.isfile("/usr/local/cuda/bin/nvcc"):
+        os.environ["CUDA_HOME"] = "/usr/local/cuda"
     try:
         import torch
         from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
@@ -34,15 +38,32 @@ def cuda_extensions():
         return [], {}
     arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     os.environ["TORCH_CUDA_ARCH_LIST"] = arch
-    include_dirs = [os.path.join(HERE, "csrc")]
     # The pip nvidia-* wheels ship the CUDA library headers that torch's headers include (cusparse.h, ...).
-    include_dirs += glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "*", "include"))
+    # -idirafter: searched after the toolkit's own headers, which they must not shadow (crt/host_defines.h).
+    library_headers = sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "*", "include")))
+    cxx_flags = ["-O3", "-std=c++20"] + [flag for d in library_headers for flag in ("-idirafter", d)]
     ext = CUDAExtension(
-        "gigagan_kernels._C", sources, include_dirs=include_dirs,
-        extra_compile_args={"cxx": ["-O3", "-std=c++17"],
+        "gigagan_kernels._C", sources, include_dirs=[os.path.join(HERE, "csrc")],
+        # The .cu files include no torch headers (kernels only), so nvcc stays at C++17 and compiles fast.
+        extra_compile_args={"cxx": cxx_flags,
                             "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo", "-Xptxas=-v"]},
     )
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+    class BuildCudaExtension(BuildExtension):
+        """csrc/<op>.cpp and csrc/<op>.cu share a stem (the StyleGAN ops layout); give the .cu object its own
+        name (<op>.cuda.o, as torch.utils.cpp_extension.load does) so the two do not collide."""
+
+        def build_extensions(self):
+            object_filenames = self.compiler.object_filenames
+
+            def distinct(sources, strip_dir=0, output_dir=""):
+                names = object_filenames(sources, strip_dir, output_dir)
+                return [name[:-2] + ".cuda.o" if src.endswith(".cu") else name for src, name in zip(sources, names)]
+
+            self.compiler.object_filenames = distinct
+            super().build_extensions()
+
+    return [ext], {"build_ext": BuildCudaExtension.with_options(use_ninja=True)}
 
 
 ext_modules, cmdclass = cuda_extensions()
