@@ -7,10 +7,12 @@ For each sample b:
 
 This module holds the public function, input validation, the reference
 composite ("ref", the oracle of every test and the naive baseline of every
-benchmark), and the torch.library registration of the Triton path with its
-autograd. The Triton kernels live beside it in adaptive_modconv_triton.py.
+benchmark), and the torch.library registration of the fused paths with their
+autograd. The Triton kernels live beside it in adaptive_modconv_triton.py; the
+CUDA C++ kernels in csrc/adaptive_modconv.{cu,cpp} (ops gigagan_kernels_cuda::*,
+whose fake kernels and autograd are registered here).
 
-Gradient order: first-order gradients of the Triton path run fused kernels.
+Gradient order: first-order gradients of the fused paths run fused kernels.
 Under create_graph=True (R1) the backward is recomputed through the reference
 composite, so gradients of every order are exact for every impl.
 """
@@ -155,7 +157,8 @@ def _triton_fwd_op(x: torch.Tensor, weight_bank: torch.Tensor, select_logits: to
 
 
 @_triton_fwd_op.register_fake
-def _(x, weight_bank, select_logits, style, bias, noise, demodulate, eps, activation, gain, clamp, save_lin):
+def _forward_fake(x, weight_bank, select_logits, style, bias, noise, demodulate, eps, activation, gain, clamp,
+                  save_lin):
     B, _, H, W = x.shape
     Cout = weight_bank.shape[1]
     y = x.new_empty((B, Cout, H, W))
@@ -171,7 +174,18 @@ def _triton_bwd_op(grad_y: torch.Tensor, x: torch.Tensor, weight_bank: torch.Ten
                                                     torch.Tensor, torch.Tensor]:
     """Returns dx, dbank, dlogits, dstyle, dbias (empty when bias is None), dnoise (ditto)."""
     from . import adaptive_modconv_triton as kernels
-    # Epilogue backward on the activation-sized tensors: recover the pre-activation v from lin.
+    gz, c, dbias, dnoise = _epilogue_backward(grad_y, x, bias, noise, lin, d, demodulate, activation, gain, clamp)
+    a = torch.softmax(select_logits.float(), dim=1)
+    dx, dbank, da, ds = kernels.backward(gz, c, x, weight_bank, a, style, demodulate=demodulate)
+    dlogits = a * (da - (a * da).sum(dim=1, keepdim=True))                     # softmax backward
+    return dx, dbank, dlogits.to(select_logits.dtype), ds.to(style.dtype), dbias, dnoise
+
+
+def _epilogue_backward(grad_y, x, bias, noise, lin, d, demodulate, activation, gain, clamp):
+    """Backward of noise/bias/activation/gain/clamp on the activation-sized tensors, shared by the fused
+    paths. Returns gz = d * dL/dlin (x's dtype), c = d^2 sum_p dL/dlin * lin (fp32; the demodulation term
+    of the bank and style gradients), dbias and dnoise (empty when absent)."""
+    # Recover the pre-activation v from lin (the demodulated conv before the epilogue).
     lin32 = lin.float()
     v = lin32
     if noise is not None:
@@ -194,10 +208,7 @@ def _triton_bwd_op(grad_y: torch.Tensor, x: torch.Tensor, weight_bank: torch.Ten
     else:
         c = d.new_zeros(d.shape)
     gz = (g * d[:, :, None, None]).to(x.dtype)
-    a = torch.softmax(select_logits.float(), dim=1)
-    dx, dbank, da, ds = kernels.backward(gz, c, x, weight_bank, a, style, demodulate=demodulate)
-    dlogits = a * (da - (a * da).sum(dim=1, keepdim=True))                     # softmax backward
-    return dx, dbank, dlogits.to(select_logits.dtype), ds.to(style.dtype), dbias, dnoise
+    return gz, c, dbias, dnoise
 
 
 @_triton_bwd_op.register_fake
@@ -215,17 +226,20 @@ def _setup_context(ctx, inputs, output):
     ctx.options = (demodulate, eps, activation, gain, clamp)
 
 
-def _backward(ctx, grad_y, _grad_lin, _grad_d):
-    x, weight_bank, select_logits, style, bias, noise, lin, d = ctx.saved_tensors
-    demodulate, eps, activation, gain, clamp = ctx.options
-    if torch.is_grad_enabled():
-        # create_graph=True (e.g. R1): differentiate the reference so higher orders stay exact.
-        return (*_ref_vjp(grad_y, x, weight_bank, select_logits, style, bias, noise, demodulate, eps,
-                          activation, gain, clamp), None, None, None, None, None, None)
-    dx, dbank, dlogits, dstyle, dbias, dnoise = _triton_bwd_op(
-        grad_y, x, weight_bank, select_logits, style, bias, noise, lin, d, demodulate, activation, gain, clamp)
-    return (dx, dbank, dlogits, dstyle, dbias if bias is not None else None,
-            dnoise if noise is not None else None, None, None, None, None, None, None)
+def _make_backward(fused_backward):
+    """The autograd backward of a fused forward op, given its first-order backward (same arguments)."""
+    def backward(ctx, grad_y, _grad_lin, _grad_d):
+        x, weight_bank, select_logits, style, bias, noise, lin, d = ctx.saved_tensors
+        demodulate, eps, activation, gain, clamp = ctx.options
+        if torch.is_grad_enabled():
+            # create_graph=True (e.g. R1): differentiate the reference so higher orders stay exact.
+            return (*_ref_vjp(grad_y, x, weight_bank, select_logits, style, bias, noise, demodulate, eps,
+                              activation, gain, clamp), None, None, None, None, None, None)
+        dx, dbank, dlogits, dstyle, dbias, dnoise = fused_backward(
+            grad_y, x, weight_bank, select_logits, style, bias, noise, lin, d, demodulate, activation, gain, clamp)
+        return (dx, dbank, dlogits, dstyle, dbias if bias is not None else None,
+                dnoise if noise is not None else None, None, None, None, None, None, None)
+    return backward
 
 
 def _ref_vjp(grad_y, x, weight_bank, select_logits, style, bias, noise, demodulate, eps, activation, gain, clamp):
@@ -240,7 +254,41 @@ def _ref_vjp(grad_y, x, weight_bank, select_logits, style, bias, noise, demodula
     return tuple(next(grads) if t is not None and t.requires_grad else None for t in inputs)
 
 
-_triton_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+_triton_fwd_op.register_autograd(_make_backward(_triton_bwd_op), setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------
+# CUDA C++ path (csrc/adaptive_modconv.cpp registers the ops; fake kernels and autograd added here).
+# ----------------------------------------------------------------------------------------------
+CUDA_MAX_FILTERS = 32  # kModconvMaxFilters in csrc/adaptive_modconv.h
+_cuda_registered = False
+
+
+def _cuda_backward(grad_y, x, weight_bank, select_logits, style, bias, noise, lin, d, demodulate, activation, gain,
+                   clamp):
+    ops = backend.cuda_extension_ops()
+    gz, c, dbias, dnoise = _epilogue_backward(grad_y, x, bias, noise, lin, d, demodulate, activation, gain, clamp)
+    dx, dbank, dlogits, dstyle = ops.adaptive_modconv2d_backward(gz, c, x, weight_bank, select_logits, style,
+                                                                 demodulate)
+    return dx, dbank, dlogits, dstyle, dbias, dnoise
+
+
+def _cuda_backward_fake(grad_z, c, x, weight_bank, select_logits, style, demodulate):
+    return (torch.empty_like(x), torch.empty_like(weight_bank, memory_format=torch.contiguous_format),
+            torch.empty_like(select_logits), torch.empty_like(style))
+
+
+def cuda_forward_op():
+    """gigagan_kernels_cuda::adaptive_modconv2d_forward with its fake kernel and autograd registered."""
+    global _cuda_registered
+    ops = backend.cuda_extension_ops()
+    if not _cuda_registered:
+        torch.library.register_fake("gigagan_kernels_cuda::adaptive_modconv2d_forward")(_forward_fake)
+        torch.library.register_fake("gigagan_kernels_cuda::adaptive_modconv2d_backward")(_cuda_backward_fake)
+        torch.library.register_autograd("gigagan_kernels_cuda::adaptive_modconv2d_forward",
+                                        _make_backward(_cuda_backward), setup_context=_setup_context)
+        _cuda_registered = True
+    return ops.adaptive_modconv2d_forward
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,13 +326,16 @@ def adaptive_modconv2d(x, weight_bank, select_logits, style, bias=None, *, demod
                                       noise=noise, activation=activation, gain=gain, clamp=clamp)
     if chosen == "triton":
         from . import adaptive_modconv_triton as kernels
-        if weight_bank.shape[0] > kernels.MAX_FILTERS:
-            raise ValueError(f"adaptive_modconv2d(impl='triton'): weight_bank has N={weight_bank.shape[0]} filters; "
-                             f"the Triton kernels support N <= {kernels.MAX_FILTERS}")
-        needs_grad = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (x, weight_bank, select_logits, style, bias, noise))
-        save_lin = needs_grad and _needs_lin(activation, gain, clamp, bias, noise)
-        y, _, _ = _triton_fwd_op(x, weight_bank, select_logits, style, bias, noise, bool(demodulate), float(eps),
-                                 activation or "linear", gain, clamp, save_lin)
-        return y
-    raise backend.BackendUnavailableError(f"adaptive_modconv2d: impl={chosen!r} has no implementation yet")
+        max_filters, fused_op = kernels.MAX_FILTERS, _triton_fwd_op
+    else:
+        max_filters, fused_op = CUDA_MAX_FILTERS, cuda_forward_op()
+    if weight_bank.shape[0] > max_filters:
+        raise ValueError(f"adaptive_modconv2d(impl={chosen!r}): weight_bank has N={weight_bank.shape[0]} filters; "
+                         f"the {chosen} kernels support N <= {max_filters}")
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight_bank, select_logits, style, bias, noise))
+    save_lin = needs_grad and _needs_lin(activation, gain, clamp, bias, noise)
+    y, _, _ = fused_op(x, weight_bank, select_logits, style, bias, noise, bool(demodulate), float(eps),
+                       activation or "linear", gain, clamp, save_lin)
+    return y
+

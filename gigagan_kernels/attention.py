@@ -5,9 +5,11 @@
     out = softmax_j(logits, masked keys -> -inf) @ v;  a row with every key masked returns zeros.
 
 This module holds the public function, validation, the reference ("ref": materialised logits, the
-oracle and the naive baseline) and the torch.library registration of the flash-style Triton path.
+oracle and the naive baseline) and the torch.library registration of the flash-style fused paths: the
+Triton kernels (attention_triton.py) and the CUDA C++ kernels (csrc/attention.{cu,cpp}, ops
+gigagan_kernels_cuda::attention_*, whose fake kernels and autograd are registered here).
 
-Gradient order: first-order backward of the Triton path runs fused kernels; under create_graph=True
+Gradient order: first-order backward of the fused paths runs fused kernels; under create_graph=True
 (R1 through the discriminator) it is recomputed through the reference, so every order is exact.
 """
 from __future__ import annotations
@@ -92,7 +94,7 @@ def _triton_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kind: str,
 
 
 @_triton_fwd_op.register_fake
-def _(q, k, v, kind, scale, key_padding_mask):
+def _forward_fake(q, k, v, kind, scale, key_padding_mask):
     B, H, Lq, _ = q.shape
     return q.new_empty((B, H, Lq, v.shape[-1])), q.new_empty((B, H, Lq), dtype=torch.float32)
 
@@ -106,7 +108,7 @@ def _triton_bwd_op(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
 
 
 @_triton_bwd_op.register_fake
-def _(grad_out, q, k, v, out, lse, kind, scale, key_padding_mask):
+def _backward_fake(grad_out, q, k, v, out, lse, kind, scale, key_padding_mask):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
@@ -117,24 +119,44 @@ def _setup_context(ctx, inputs, output):
     ctx.options = (kind, scale)
 
 
-def _backward(ctx, grad_out, _grad_lse):
-    q, k, v, out, lse, mask = ctx.saved_tensors
-    kind, scale = ctx.options
-    if torch.is_grad_enabled():
-        # create_graph=True: differentiate the reference so that higher orders are exact.
-        with torch.enable_grad():
-            # view_as gives each argument its own graph node, so a tied q is k gets per-argument grads.
-            q_, k_, v_ = (t.view_as(t) if t.requires_grad else t for t in (q, k, v))
-            ref = attention_ref(q_, k_, v_, kind=kind, scale=scale, key_padding_mask=mask)
-            wanted = [t for t in (q_, k_, v_) if t.requires_grad]
-            grads = iter(torch.autograd.grad(ref, wanted, grad_out, create_graph=True))
-        dq, dk, dv = (next(grads) if t.requires_grad else None for t in (q_, k_, v_))
+def _make_backward(fused_backward):
+    """The autograd backward of a fused forward op, given its first-order backward (same arguments)."""
+    def backward(ctx, grad_out, _grad_lse):
+        q, k, v, out, lse, mask = ctx.saved_tensors
+        kind, scale = ctx.options
+        if torch.is_grad_enabled():
+            # create_graph=True: differentiate the reference so that higher orders are exact.
+            with torch.enable_grad():
+                # view_as gives each argument its own graph node, so a tied q is k gets per-argument grads.
+                q_, k_, v_ = (t.view_as(t) if t.requires_grad else t for t in (q, k, v))
+                ref = attention_ref(q_, k_, v_, kind=kind, scale=scale, key_padding_mask=mask)
+                wanted = [t for t in (q_, k_, v_) if t.requires_grad]
+                grads = iter(torch.autograd.grad(ref, wanted, grad_out, create_graph=True))
+            dq, dk, dv = (next(grads) if t.requires_grad else None for t in (q_, k_, v_))
+            return dq, dk, dv, None, None, None
+        dq, dk, dv = fused_backward(grad_out.contiguous(), q, k, v, out, lse, kind, scale, mask)
         return dq, dk, dv, None, None, None
-    dq, dk, dv = _triton_bwd_op(grad_out.contiguous(), q, k, v, out, lse, kind, scale, mask)
-    return dq, dk, dv, None, None, None
+    return backward
 
 
-_triton_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+_triton_fwd_op.register_autograd(_make_backward(_triton_bwd_op), setup_context=_setup_context)
+
+# CUDA C++ path: csrc/attention.cpp registers the ops; fake kernels and autograd are added on first use.
+CUDA_MAX_HEAD_DIM = 128  # kAttentionMaxHeadDim in csrc/attention.h
+_cuda_registered = False
+
+
+def cuda_forward_op():
+    """gigagan_kernels_cuda::attention_forward with its fake kernel and autograd registered."""
+    global _cuda_registered
+    ops = backend.cuda_extension_ops()
+    if not _cuda_registered:
+        torch.library.register_fake("gigagan_kernels_cuda::attention_forward")(_forward_fake)
+        torch.library.register_fake("gigagan_kernels_cuda::attention_backward")(_backward_fake)
+        torch.library.register_autograd("gigagan_kernels_cuda::attention_forward",
+                                        _make_backward(ops.attention_backward), setup_context=_setup_context)
+        _cuda_registered = True
+    return ops.attention_forward
 
 
 def attention(q, k, v, *, kind="l2", scale=None, key_padding_mask=None, impl="auto"):
@@ -158,9 +180,11 @@ def attention(q, k, v, *, kind="l2", scale=None, key_padding_mask=None, impl="au
         return attention_ref(q, k, v, kind=kind, scale=scale, key_padding_mask=key_padding_mask)
     if chosen == "triton":
         from . import attention_triton as kernels
-        for name, dim in (("q", q.shape[-1]), ("v", v.shape[-1])):
-            if dim > kernels.MAX_HEAD_DIM:
-                raise ValueError(f"attention(impl='triton'): {name} head dim {dim} exceeds {kernels.MAX_HEAD_DIM}")
-        out, _ = _triton_fwd_op(q, k, v, kind, scale, key_padding_mask)
-        return out
-    raise backend.BackendUnavailableError(f"attention: impl={chosen!r} has no implementation yet")
+        max_head_dim, fused_op = kernels.MAX_HEAD_DIM, _triton_fwd_op
+    else:
+        max_head_dim, fused_op = CUDA_MAX_HEAD_DIM, cuda_forward_op()
+    for name, dim in (("q", q.shape[-1]), ("v", v.shape[-1])):
+        if dim > max_head_dim:
+            raise ValueError(f"attention(impl={chosen!r}): {name} head dim {dim} exceeds {max_head_dim}")
+    out, _ = fused_op(q, k, v, kind, scale, key_padding_mask)
+    return out

@@ -1,4 +1,5 @@
 """Comparison helpers shared by the op tests."""
+import pytest
 import torch
 
 # Relative-norm tolerances ||out - ref64|| / ||ref64|| per input dtype. fp32 on a GPU runs TF32 dots
@@ -26,3 +27,14 @@ def assert_close(out, ref, dtype, name, factor=1.0, same_precision_ref=None):
     scale = ref.double().abs().max().item() or 1.0
     worst = (out.double() - ref.double()).abs().max().item() / scale
     assert worst <= 50 * tol, f"{name}: worst element off by {worst:.3e} of max|ref| ({dtype})"
+
+
+def _cuda_extension_built() -> bool:
+    from gigagan_kernels import backend
+    return backend.cuda_extension_ops() is not None
+
+
+# The fused backends every op test runs. "cuda" needs a GPU and the built extension (gigagan_kernels._C).
+CUDA_IMPL = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not _cuda_extension_built(), reason="the CUDA extension gigagan_kernels._C is not built")])
+FAST_IMPLS = ["triton", CUDA_IMPL]

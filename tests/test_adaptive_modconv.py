@@ -9,9 +9,8 @@ import gigagan_kernels as gk
 from gigagan_kernels import adaptive_modconv as amc
 from gigagan_kernels.nn import AdaptiveModConv2d
 
-from helpers import assert_close
+from helpers import assert_close, FAST_IMPLS, CUDA_IMPL
 
-FAST_IMPLS = ["triton"]
 INPUT_NAMES = ("x", "weight_bank", "select_logits", "style", "bias", "noise")
 
 
@@ -174,9 +173,10 @@ def test_empty_batch(impl, device):
 SWEEP_CASES = 60
 
 
+@pytest.mark.parametrize("impl", FAST_IMPLS)
 @pytest.mark.parametrize("case", range(SWEEP_CASES))
-def test_random_shape_sweep(case, device, poison_outputs):
-    """Seeded sweep over random shapes and options through the Triton path; every 4th case in fp16."""
+def test_random_shape_sweep(case, impl, device, poison_outputs):
+    """Seeded sweep over random shapes and options through each fused path; every 4th case in fp16."""
     rng = random.Random(1234 + case)
     dtype = torch.float16 if case % 4 == 3 else torch.float32
     B, Cin, Cout = rng.randint(1, 4), rng.randint(1, 40), rng.randint(1, 40)
@@ -185,7 +185,7 @@ def test_random_shape_sweep(case, device, poison_outputs):
                          bias=rng.random() < 0.5, noise=rng.choice([None, "pixel", "full"]))
     options = dict(demodulate=rng.random() < 0.7, activation=rng.choice([None, "lrelu"]),
                    clamp=rng.choice([None, None, 0.8]))
-    check_against_reference(inputs, "triton", dtype, **options)
+    check_against_reference(inputs, impl, dtype, **options)
 
 
 @pytest.mark.parametrize("impl", ["ref"] + FAST_IMPLS)
@@ -228,9 +228,29 @@ def test_opcheck_custom_ops(device):
     torch.library.opcheck(amc._triton_bwd_op, bwd_args)
 
 
-def test_torch_compile_fullgraph(device):
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", [CUDA_IMPL])
+def test_opcheck_cuda_ops(impl):
+    """The CUDA C++ ops with the fake kernels and autograd registered from Python."""
+    inputs = make_inputs(2, 5, 4, 6, 7, 3, 3, dtype=torch.float32, device="cuda", seed=2, bias=True, noise="pixel")
+    x, bank, logits, style, bias, noise = (inputs[k] for k in INPUT_NAMES)
+    op = amc.cuda_forward_op()
+    fwd_args = (x.requires_grad_(), bank.requires_grad_(), logits.requires_grad_(), style.requires_grad_(),
+                bias.requires_grad_(), noise, True, 1e-8, "lrelu", math.sqrt(2), 0.9, True)
+    torch.library.opcheck(op, fwd_args)
+    with torch.no_grad():
+        y, lin, d = op(*fwd_args)
+    gz = torch.randn_like(y)
+    c = torch.randn(d.shape, device="cuda")
+    torch.library.opcheck(torch.ops.gigagan_kernels_cuda.adaptive_modconv2d_backward,
+                          (gz, c, x.detach(), bank.detach(), logits.detach(), style.detach(), True))
+
+
+@pytest.mark.parametrize("impl", ["auto", CUDA_IMPL])
+def test_torch_compile_fullgraph(impl, device):
     torch.manual_seed(0)
-    layer = AdaptiveModConv2d(6, 8, 3, num_filters=3, style_dim=5, activation="lrelu", use_noise=False).to(device)
+    layer = AdaptiveModConv2d(6, 8, 3, num_filters=3, style_dim=5, activation="lrelu", use_noise=False,
+                              impl=impl).to(device)
     x, w = torch.randn(2, 6, 5, 5, device=device, requires_grad=True), torch.randn(2, 5, device=device)
     eager = layer(x, w)
     compiled = torch.compile(layer, fullgraph=True)

@@ -10,9 +10,8 @@ import importlib
 import gigagan_kernels as gk
 from gigagan_kernels.nn import CrossAttention, L2SelfAttention
 
-from helpers import assert_close
+from helpers import assert_close, FAST_IMPLS, CUDA_IMPL
 
-FAST_IMPLS = ["triton"]
 # The package exports the function `attention`, which shadows the submodule of the same name.
 attn_mod = importlib.import_module("gigagan_kernels.attention")
 
@@ -103,8 +102,9 @@ def test_gpu_large_shapes(impl, dtype, kind, shape, poison_outputs):
     check(q, k, v, m, impl, dtype, kind=kind)
 
 
+@pytest.mark.parametrize("impl", FAST_IMPLS)
 @pytest.mark.parametrize("case", range(24))
-def test_random_shape_sweep(case, device, poison_outputs):
+def test_random_shape_sweep(case, impl, device, poison_outputs):
     rng = random.Random(777 + case)
     dtype = torch.float16 if case % 3 == 2 else torch.float32
     B, H = rng.randint(1, 3), rng.randint(1, 3)
@@ -112,7 +112,7 @@ def test_random_shape_sweep(case, device, poison_outputs):
     D, Dv = rng.choice([16, 24, 32, 48, 64]), rng.choice([16, 32, 40, 64])
     q, k, v, m = make_qkv(B, H, Lq, Lk, D, Dv, dtype=dtype, device=device, seed=case,
                           mask=rng.choice([None, "random", "with_empty_row"]))
-    check(q, k, v, m, "triton", dtype, kind=rng.choice(["l2", "dot"]))
+    check(q, k, v, m, impl, dtype, kind=rng.choice(["l2", "dot"]))
 
 
 @pytest.mark.parametrize("impl", ["ref"] + FAST_IMPLS)
@@ -149,21 +149,36 @@ def test_opcheck_custom_ops(device):
                                                      lse, "l2", 0.25, m))
 
 
-def test_torch_compile_fullgraph(device):
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", [CUDA_IMPL])
+def test_opcheck_cuda_ops(impl):
+    q, k, v, m = make_qkv(1, 2, 19, 11, 16, 16, dtype=torch.float32, device="cuda", seed=8, mask="random")
+    op = attn_mod.cuda_forward_op()
+    args = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), "l2", 0.25, m)
+    torch.library.opcheck(op, args)
+    with torch.no_grad():
+        out, lse = op(*args)
+    torch.library.opcheck(torch.ops.gigagan_kernels_cuda.attention_backward,
+                          (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out, lse, "l2", 0.25, m))
+
+
+@pytest.mark.parametrize("impl", ["auto", CUDA_IMPL])
+def test_torch_compile_fullgraph(impl, device):
     torch.manual_seed(0)
-    layer = L2SelfAttention(32, heads=2, style_dim=8).to(device)
+    layer = L2SelfAttention(32, heads=2, style_dim=8, impl=impl).to(device)
     x, w = torch.randn(2, 32, 4, 4, device=device, requires_grad=True), torch.randn(2, 8, device=device)
     eager = layer(x, w)
     out = torch.compile(layer, fullgraph=True)(x, w)
     assert_close(out, eager.detach(), torch.float32, "compiled out")
 
 
-def test_no_quadratic_buffer_saved(device):
-    """The fused path saves q, k, v, out and the row LSE: nothing of size Lq x Lk."""
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+def test_no_quadratic_buffer_saved(impl, device):
+    """The fused paths save q, k, v, out and the row LSE: nothing of size Lq x Lk."""
     q, k, v, _ = make_qkv(1, 1, 64, 96, 16, 16, dtype=torch.float32, device=device, seed=9)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
-        gk.attention(*(t.requires_grad_() for t in (q, k, v)), impl="triton")
+        gk.attention(*(t.requires_grad_() for t in (q, k, v)), impl=impl)
     assert saved and max(saved) < 64 * 96
 
 

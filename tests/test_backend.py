@@ -66,3 +66,49 @@ def test_unavailable_backends_raise(monkeypatch):
 def test_poison_fixture_really_poisons(poison_outputs):
     assert torch.isnan(torch.empty(16)).all()
     assert torch.isnan(torch.empty_like(torch.ones(4, 4))).all()
+
+
+CUDA_OPS = {
+    "adaptive_modconv2d_forward": "(Tensor x, Tensor weight_bank, Tensor select_logits, Tensor style, Tensor? bias, "
+                                  "Tensor? noise, bool demodulate, float eps, str activation, float gain, "
+                                  "float? clamp, bool save_lin) -> (Tensor, Tensor, Tensor)",
+    "adaptive_modconv2d_backward": "(Tensor grad_z, Tensor c, Tensor x, Tensor weight_bank, Tensor select_logits, "
+                                   "Tensor style, bool demodulate) -> (Tensor, Tensor, Tensor, Tensor)",
+    "attention_forward": "(Tensor q, Tensor k, Tensor v, str kind, float scale, Tensor? key_padding_mask) "
+                         "-> (Tensor, Tensor)",
+    "attention_backward": "(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, str kind, "
+                          "float scale, Tensor? key_padding_mask) -> (Tensor, Tensor, Tensor)",
+}
+
+
+def _toolchain_present() -> bool:
+    import os
+    from torch.utils.cpp_extension import CUDA_HOME
+    return torch.version.cuda is not None and (os.path.isfile("/usr/local/cuda/bin/nvcc") or CUDA_HOME is not None)
+
+
+@pytest.mark.skipif(not _toolchain_present(), reason="needs a CUDA build of torch and nvcc to build the extension")
+def test_cuda_extension_builds_and_registers_its_ops():
+    """setup.py built gigagan_kernels._C (CI has nvcc and the CUDA torch); importing it registers every op with
+    the documented schema, and the Python side gives each a fake kernel, so shapes propagate without a GPU."""
+    import importlib
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    ops = backend.cuda_extension_ops()
+    assert ops is not None, "gigagan_kernels._C did not build or import: run `pip install --no-build-isolation -e .`"
+    for name, schema in CUDA_OPS.items():
+        assert str(getattr(ops, name).default._schema) == f"gigagan_kernels_cuda::{name}{schema}"
+    amc = importlib.import_module("gigagan_kernels.adaptive_modconv")
+    attn = importlib.import_module("gigagan_kernels.attention")
+    with FakeTensorMode():
+        x = torch.empty(2, 4, 5, 7, device="cuda", dtype=torch.bfloat16)
+        bank, logits, style = (torch.empty(*s, device="cuda", dtype=torch.bfloat16) for s in ((3, 6, 4, 3, 3), (2, 3), (2, 4)))
+        y, lin, d = amc.cuda_forward_op()(x, bank, logits, style, None, None, True, 1e-8, "lrelu", 1.4, None, True)
+        assert (y.shape, lin.shape, d.shape, d.dtype) == ((2, 6, 5, 7), (2, 6, 5, 7), (2, 6), torch.float32)
+        grads = ops.adaptive_modconv2d_backward(y, d, x, bank, logits, style, True)
+        assert [g.shape for g in grads] == [x.shape, bank.shape, logits.shape, style.shape]
+        q, k, v = (torch.empty(2, 3, L, 16, device="cuda", dtype=torch.float16) for L in (9, 5, 5))
+        out, lse = attn.cuda_forward_op()(q, k, v, "l2", 0.25, None)
+        assert (out.shape, lse.shape, lse.dtype) == ((2, 3, 9, 16), (2, 3, 9), torch.float32)
+        assert [g.shape for g in ops.attention_backward(out, q, k, v, out, lse, "l2", 0.25, None)] == [q.shape,
+                                                                                                      k.shape, v.shape]
