@@ -1,5 +1,7 @@
 """Static kernel report: AOT-compile every Triton config the dispatcher can pick, for sm_80 and sm_90,
-and read registers, shared memory, spills and tensor-core instructions from the cubin. Needs no GPU.
+and read registers, shared memory, spills and tensor-core instructions from the cubin; then read the same
+from every kernel of the built CUDA extension (gigagan_kernels._C, compiled by setup.py for sm_80 and
+sm_90). Needs no GPU.
 
     python -m benchmarks.kernel_report            # print the table
     python -m benchmarks.kernel_report --check    # also exit 1 on a compile error, a spill, or a
@@ -110,7 +112,83 @@ def build_report(jobs: int | None = None):
     # spawn, not fork: forking a process that has torch (and its thread pools) loaded is unsafe.
     with futures.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         rows = list(pool.map(compile_one, work))
-    return rows
+    return rows + cuda_extension_rows()
+
+
+# ----------------------------------------------------------------------------------------------
+# The CUDA extension: every kernel in the built library, per target, read with cuobjdump.
+# ----------------------------------------------------------------------------------------------
+# Kernels whose work is a GEMM and must run on tensor cores; the rest are small elementwise passes.
+_CUDA_GEMM_KERNELS = ("modconv_forward_kernel", "modconv_grad_x_kernel", "modconv_grad_bank_kernel",
+                      "attention_forward_kernel", "attention_grad_kv_kernel", "attention_grad_q_kernel")
+_CUDA_DTYPES = {"float": "fp32", "__half": "fp16", "__nv_bfloat16": "bf16"}
+
+
+def cuda_extension_path() -> str | None:
+    import importlib.util
+    spec = importlib.util.find_spec("gigagan_kernels._C")
+    return spec.origin if spec is not None else None
+
+
+def _demangle(names):
+    try:
+        out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True, check=True).stdout
+        return out.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return list(names)
+
+
+def _describe(demangled: str):
+    """(kernel, config, dtype) from e.g. 'void gigagan::(anonymous namespace)::k<__half, Tile<16, 128>>(...)'."""
+    m = re.search(r"(\w+_kernel)(?:<(.*)>)?\(", demangled)
+    if not m:
+        return demangled[:60], "", ""
+    kernel, args = m.group(1), (m.group(2) or "")
+    parts = [a.strip() for a in re.split(r",\s*(?![^<]*>)", args)] if args else []
+    dtype = _CUDA_DTYPES.get(parts[0], "") if parts else ""
+    config = re.sub(r"gigagan::|\(anonymous namespace\)::|\s", "", ",".join(parts[1:]))
+    return kernel, config, dtype
+
+
+def cuda_extension_rows(path: str | None = None):
+    path = path or cuda_extension_path()
+    if path is None:
+        return []
+    usage = subprocess.run([_tool("cuobjdump"), "-res-usage", path], capture_output=True, text=True).stdout
+    sass = subprocess.run([_tool("cuobjdump"), "-sass", path], capture_output=True, text=True).stdout
+    found, arch, source = [], None, ""
+    for line in usage.splitlines():
+        if m := re.match(r"arch = (sm_\d+)", line.strip()):
+            arch = m.group(1)
+        elif m := re.match(r"identifier = (.*)", line.strip()):
+            source = os.path.basename(m.group(1))
+        elif m := re.match(r"Function (\S+):", line.strip()):
+            found.append(dict(mangled=m.group(1), target=arch, source=source))
+        elif m := re.search(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)", line):
+            regs, stack, shared, local = (int(g) for g in m.groups())
+            found[-1].update(regs=regs, shared=shared, spill=stack + local)
+    # SASS per (target, function): tensor-core and local-memory (spill) instructions.
+    counts, key = {}, None
+    for line in sass.splitlines():
+        if m := re.search(r"code for (sm_\d+)", line):
+            arch = m.group(1)
+        elif m := re.search(r"Function : (\S+)", line):
+            key = (arch, m.group(1))
+            counts[key] = dict(hmma=0, hgmma=0, spill_ops=0)
+        elif key is not None:
+            c = counts[key]
+            c["hmma"] += len(re.findall(r"\bHMMA\b", line))
+            c["hgmma"] += len(re.findall(r"\bHGMMA\b", line))
+            c["spill_ops"] += len(re.findall(r"\b(?:STL|LDL)\b", line))
+    rows = []
+    for f, demangled in zip(found, _demangle([f["mangled"] for f in found])):
+        kernel, config, dtype = _describe(demangled)
+        c = counts.get((f["target"], f["mangled"]), dict(hmma=None, hgmma=None, spill_ops=None))
+        rows.append(dict(op="cuda:" + f["source"].removesuffix(".cu"), kernel=kernel, config=config, dtype=dtype,
+                         target=f["target"], warps="-", stages="-", regs=f.get("regs"), shared=f.get("shared"),
+                         spill=f.get("spill"), spill_ops=c["spill_ops"], hmma=c["hmma"], hgmma=c["hgmma"],
+                         error="" if "regs" in f else "no resource usage", tensor_cores=kernel in _CUDA_GEMM_KERNELS))
+    return sorted(rows, key=lambda r: (r["op"], r["kernel"], r["dtype"], r["config"], r["target"]))
 
 
 def format_table(rows) -> str:
@@ -142,6 +220,8 @@ def main(argv=None) -> int:
     rows = build_report(args.jobs)
     table = format_table(rows)
     print(table)
+    if cuda_extension_path() is None:
+        print("\nCUDA extension gigagan_kernels._C not built: its kernels are not in this report")
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(table + "\n")

@@ -1,4 +1,5 @@
-"""The static kernel report compiles every dispatchable Triton config for sm_80 and sm_90 and passes --check."""
+"""The static kernel report compiles every dispatchable Triton config for sm_80 and sm_90, reads every kernel of
+the built CUDA extension, and passes --check."""
 import os
 import subprocess
 import sys
@@ -17,6 +18,13 @@ def test_kernel_report_check_passes():
                  "_attn_bwd_delta_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel"):
         assert f"| {name}" in proc.stdout
     assert "sm_80" in proc.stdout and "sm_90" in proc.stdout
+    if kernel_report.cuda_extension_path() is not None:
+        for name in ("modconv_forward_kernel", "modconv_grad_x_kernel", "modconv_grad_bank_kernel", "demodulation_kernel",
+                     "attention_forward_kernel", "attention_delta_kernel", "attention_grad_kv_kernel",
+                     "attention_grad_q_kernel"):
+            for target in ("sm_80", "sm_90"):
+                assert any(line.startswith("| cuda:") and f"| {name} " in line and f"| {target} " in line
+                           for line in proc.stdout.splitlines()), (name, target)
 
 
 def test_check_flags_spills_and_missing_tensor_cores():
