@@ -1,6 +1,6 @@
 """The gigagan command line (also `python -m gigagan`).
 
-  train        train G and D (one process, or one per GPU under torchrun)
+  train        train G and D, or (--model upsampler) the upsampler (one process, or one per GPU under torchrun)
   sample       images for prompts from a checkpoint's EMA generator
   interpolate  a prompt-interpolation strip for one z
   style-mix    coarse blocks from seed A, fine blocks from seed B
@@ -29,8 +29,22 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train G and D")
+    t = sub.add_parser("train", help="train G and D (or the upsampler and its D)")
     t.add_argument("--preset", default="tiny", help="tiny, small or paper")
+    t.add_argument("--model", default="base", choices=["base", "upsampler"],
+                   help="base: the generator; upsampler: the text-conditioned upsampler (GAN + perceptual loss)")
+    t.add_argument("--perceptual-weight", type=float, default=10.0, help="upsampler: weight of the perceptual term")
+    t.add_argument("--perceptual-weights", default=None,
+                   help="upsampler: a local torchvision VGG16 state dict (default: torchvision's cache, else random)")
+    t.add_argument("--clip-weight", type=float, default=0.0,
+                   help="CLIP contrastive loss on G (paper eq. 9); needs --guidance-clip-pretrained")
+    t.add_argument("--vision-aided-weight", type=float, default=0.0,
+                   help="vision-aided loss (a head on frozen CLIP features); needs --guidance-clip-pretrained")
+    t.add_argument("--guidance-clip", default="ViT-B-32", help="open_clip architecture for those two losses")
+    t.add_argument("--guidance-clip-pretrained", default=None,
+                   help="a local CLIP checkpoint file, or an open_clip tag already in the cache")
+    t.add_argument("--allow-random-clip", action="store_true",
+                   help="run the CLIP losses with a random CLIP (smoke tests only: the losses are noise)")
     t.add_argument("--data", default="builtin",
                    help="builtin (procedural shapes), a folder of images with .txt captions, or tar shards")
     t.add_argument("--steps", type=int, default=1000)

@@ -11,6 +11,7 @@ Per-resolution settings are tuples indexed by block, lowest resolution first for
 from __future__ import annotations
 
 import dataclasses
+import math
 import json
 from dataclasses import dataclass, field
 from typing import Optional
@@ -172,6 +173,19 @@ def _paper() -> GigaGANConfig:
     # The dataclass defaults. G: 1024 channels and 8-filter banks at 4-16 px hold 494M of its 657M.
     # D: a 1536-wide trunk over 6 scales (381M). Upsampler: 4-filter banks, widest at 8-16 px (363M).
     return GigaGANConfig(name="paper")
+
+
+def upsampler_discriminator_config(cfg: GigaGANConfig) -> DiscriminatorConfig:
+    """The MS-I/O discriminator that trains the upsampler: the base D's design at the upsampler's output
+    resolution, with one more trunk block (of the first block's width) per extra octave."""
+    if cfg.upsampler is None:
+        raise ValueError(f"preset {cfg.name!r} has no upsampler")
+    d, out_res = cfg.discriminator, cfg.upsampler.out_resolution
+    extra = int(math.log2(out_res / d.resolution))
+    if out_res != d.resolution * 2 ** extra or extra < 0:
+        raise ValueError(f"upsampler output {out_res} must be the base discriminator's resolution {d.resolution} "
+                         "times a power of two")
+    return dataclasses.replace(d, resolution=out_res, channels=(d.channels[0],) * extra + tuple(d.channels))
 
 
 PRESETS = {"tiny": _tiny, "small": _small, "paper": _paper}

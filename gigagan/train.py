@@ -10,6 +10,14 @@ Each step has two phases, each one forward and one backward per DDP module:
 - G: D (frozen) scores G(z, c) under c and c'.
 Then AdamW steps (lr 0.0025, betas (0, 0.99), weight decay 0.01 on attention weights only) and G's EMA.
 
+model="upsampler" trains the text-conditioned upsampler the same way: its input is the real image
+downsampled to its input resolution, D is an MS-I/O discriminator at its output resolution, and the G
+loss adds the LPIPS-style perceptual distance to the real image (weight 10, as in the paper).
+
+Optional, with pretrained CLIP weights (gigagan/clip_guidance.py): the CLIP contrastive loss on G
+(clip_weight) and the vision-aided loss (vision_aided_weight: a head on frozen CLIP image features
+joins D's optimiser and is another discriminator for G).
+
 A step whose loss is NaN/Inf is skipped on every rank, counted and logged; after max_bad_steps in a
 row training stops with a clear message. Checkpoints are written atomically, hold everything needed
 for an exact resume, and are also written when SIGTERM/SIGINT arrive.
@@ -34,22 +42,28 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from gigagan_kernels import use_impl
 
-from .config import GigaGANConfig, get_preset
+from .config import GigaGANConfig, get_preset, upsampler_discriminator_config
 from .data import StepSampler, collate_pairs, fixed_prompts, make_dataset
-from .losses import (discriminator_loss, generator_loss, matching_aware_d_loss, matching_aware_g_loss, mismatched,
-                     r1_from_logits)
+from .discriminator import Discriminator
+from .losses import (clip_contrastive_loss, discriminator_loss, generator_loss, matching_aware_d_loss,
+                     matching_aware_g_loss, mismatched, perceptual_loss, r1_from_logits)
 from .model import GigaGAN
 from .text import CLIPText
 
 CKPT_PATTERN = re.compile(r"^ckpt-(\d{8})\.pt$")
 
 
+MODELS = ("base", "upsampler")
+
+
 @dataclass
 class TrainConfig:
     preset: str = "tiny"
+    model: str = "base"                 # "base": the generator; "upsampler": the text-conditioned upsampler
     data: str = "builtin"
     steps: int = 1000
     batch_size: int = 4                 # per rank and per step (= grad_accum micro-batches)
@@ -73,6 +87,13 @@ class TrainConfig:
     num_workers: int = 0
     tensorboard: bool = False
     progress: bool = True
+    perceptual_weight: float = 10.0     # upsampler only (paper: 10)
+    perceptual_weights: Optional[str] = None  # a local torchvision VGG16 state dict (else its cache, else random)
+    clip_weight: float = 0.0            # CLIP contrastive loss on G (paper eq. 9); needs pretrained CLIP
+    vision_aided_weight: float = 0.0    # vision-aided D head on frozen CLIP features; needs pretrained CLIP
+    guidance_clip: str = "ViT-B-32"     # the CLIP both use (the vision-aided paper's choice)
+    guidance_clip_pretrained: Optional[str] = None  # a local checkpoint file, or an open_clip tag in the cache
+    allow_random_clip: bool = False     # run those losses with a random CLIP (smoke tests only: they are noise)
 
 
 class TrainingError(RuntimeError):
@@ -165,7 +186,8 @@ def model_from_checkpoint(path: str, map_location="cpu") -> tuple:
         state = load_checkpoint(path)
     model = GigaGAN(GigaGANConfig.from_dict(json.loads(state["config"])), load_clip_weights=False)
     model.load_state_dict(state["model"])
-    model.generator.load_state_dict(state["g_ema"])
+    trained = json.loads(state.get("train_config", "{}")).get("model", "base")
+    (model.upsampler if trained == "upsampler" else model.generator).load_state_dict(state["g_ema"])
     return model.to(map_location).eval(), state
 
 
@@ -224,13 +246,44 @@ class Trainer:
             if not self.is_main:
                 warnings.simplefilter("ignore")           # the random-CLIP warning: once, from rank 0
             self.model = GigaGAN(self.model_config).to(self.device)
-        self.G, self.D = self.model.generator, self.model.discriminator
+        if cfg.model not in MODELS:
+            raise ValueError(f"TrainConfig.model must be one of {MODELS}, got {cfg.model!r}")
+        self.perceptual = None
+        if cfg.model == "upsampler":
+            if self.model.upsampler is None:
+                raise ValueError(f"preset {self.model_config.name!r} has no upsampler to train")
+            self.G = self.model.upsampler
+            torch.manual_seed(cfg.seed + 1)
+            self.D = Discriminator(upsampler_discriminator_config(self.model_config), self.model.clip).to(self.device)
+            self.resolution = self.G.out_resolution
+            if cfg.perceptual_weight > 0:
+                from .perceptual import PerceptualFeatures
+                with warnings.catch_warnings():
+                    if not self.is_main:
+                        warnings.simplefilter("ignore")
+                    self.perceptual = PerceptualFeatures(cfg.perceptual_weights).to(self.device)
+        else:
+            self.G, self.D = self.model.generator, self.model.discriminator
+            self.resolution = self.G.resolution
+        self.guidance, self.vision_head = None, None
+        if cfg.clip_weight > 0 or cfg.vision_aided_weight > 0:
+            from .clip_guidance import FrozenCLIP, VisionAidedHead
+            self.guidance = FrozenCLIP(cfg.guidance_clip, cfg.guidance_clip_pretrained).to(self.device)
+            if self.guidance.pretrained_from is None and not cfg.allow_random_clip:
+                raise ValueError("clip_weight and vision_aided_weight need pretrained CLIP weights: set "
+                                 "guidance_clip_pretrained (--guidance-clip-pretrained) to a local checkpoint or a "
+                                 "cached open_clip tag. With a random CLIP these losses are noise; "
+                                 "allow_random_clip (--allow-random-clip) overrides, for smoke tests only.")
+            if cfg.vision_aided_weight > 0:
+                self.vision_head = VisionAidedHead(self.guidance.embed_dim).to(self.device)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.G_ema.text_encoder.clip = self.model.clip    # share the frozen tower instead of a copy
         self.opt_g = torch.optim.AdamW(_param_groups(self.G, cfg.attention_weight_decay), lr=cfg.lr,
                                        betas=tuple(cfg.betas), eps=1e-8)
-        self.opt_d = torch.optim.AdamW(_param_groups(self.D, cfg.attention_weight_decay), lr=cfg.lr,
-                                       betas=tuple(cfg.betas), eps=1e-8)
+        d_groups = _param_groups(self.D, cfg.attention_weight_decay)
+        if self.vision_head is not None:
+            d_groups.append({"params": list(self.vision_head.parameters()), "weight_decay": 0.0})
+        self.opt_d = torch.optim.AdamW(d_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8)
         self.g_params = [p for group in self.opt_g.param_groups for p in group["params"]]
         self.d_params = [p for group in self.opt_d.param_groups for p in group["params"]]
         if self.world > 1:
@@ -238,8 +291,10 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.G_ddp = DDP(self.G, device_ids=ids, broadcast_buffers=False)
             self.D_ddp = DDP(self.D, device_ids=ids, broadcast_buffers=False)
+            self.vision_head_ddp = (DDP(self.vision_head, device_ids=ids) if self.vision_head is not None
+                                    else None)
         else:
-            self.G_ddp, self.D_ddp = self.G, self.D
+            self.G_ddp, self.D_ddp, self.vision_head_ddp = self.G, self.D, self.vision_head
         self.step, self.bad_steps_total, self.bad_steps_in_row, self.skipped_samples = 0, 0, 0, 0
         self.batches_seen = 0                             # the data position, which a resume continues from
         self.stop_signal = None
@@ -258,6 +313,8 @@ class Trainer:
         return {"step": self.step, "config": self.model_config.to_json(),
                 "train_config": json.dumps(dataclasses.asdict(self.cfg)),
                 "model": self.model.state_dict(), "g_ema": self.G_ema.state_dict(),
+                "upsampler_discriminator": self.D.state_dict() if self.cfg.model == "upsampler" else {},
+                "vision_aided_head": self.vision_head.state_dict() if self.vision_head is not None else {},
                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(), "rng": _rng_state(),
                 "counters": {"bad_steps_total": self.bad_steps_total, "skipped_samples": self.skipped_samples,
                              "batches_seen": self.batches_seen}}
@@ -267,7 +324,18 @@ class Trainer:
         if saved != self.model_config:
             raise CheckpointError(f"checkpoint {state.get('path', '')} was made with preset {saved.name!r} and a "
                                   f"different model config than this run ({self.model_config.name!r})")
+        trained = json.loads(state.get("train_config", "{}")).get("model", "base")
+        if trained != self.cfg.model:
+            raise CheckpointError(f"checkpoint {state.get('path', '')} trained the {trained} model, not the "
+                                  f"{self.cfg.model}")
         self.model.load_state_dict(state["model"])
+        if self.cfg.model == "upsampler":
+            self.D.load_state_dict(state["upsampler_discriminator"])
+        if self.vision_head is not None:
+            if not state.get("vision_aided_head"):
+                raise CheckpointError(f"checkpoint {state.get('path', '')} has no vision-aided head; this run has "
+                                      "vision_aided_weight > 0")
+            self.vision_head.load_state_dict(state["vision_aided_head"])
         self.G_ema.load_state_dict(state["g_ema"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
@@ -304,6 +372,20 @@ class Trainer:
             dist.all_reduce(ok, op=dist.ReduceOp.MIN)       # every rank skips together
         return bool(ok.item() > 0)
 
+    def _generate(self, G, real: torch.Tensor, text, z: torch.Tensor, update_w_avg: bool = False) -> list:
+        """G's image pyramid (as many levels as D takes): from z, or, for the upsampler, from the real
+        image downsampled to its input resolution."""
+        if self.cfg.model == "upsampler":
+            pyramid = G(self.low_res(real), text, z)
+        else:
+            pyramid = G(z, text, update_w_avg=True) if update_w_avg else G(z, text)
+        return pyramid[:self.D.num_levels]
+
+    def low_res(self, images: torch.Tensor) -> torch.Tensor:
+        R = self.G.in_resolution
+        return torch.nn.functional.interpolate(images, size=(R, R), mode="bilinear", align_corners=False,
+                                               antialias=True)
+
     def train_step(self, images: torch.Tensor, captions: list) -> dict:
         cfg, G, D = self.cfg, self.G, self.D
         images = images.to(self.device, non_blocking=True)
@@ -328,7 +410,7 @@ class Trainer:
             text = self.model.clip.encode(caps)
             z = torch.randn(B, G.z_dim, device=self.device)
             with torch.no_grad(), self.autocast:
-                fake = [f.float() for f in G(z, text)]
+                fake = [f.float() for f in self._generate(G, real, text, z)]
             with self._no_sync(self.D_ddp, k < micro - 1), self.autocast:
                 real_in = real.detach().requires_grad_(do_r1)
                 real_pyr = self.D.check_pyramid(real_in)
@@ -341,6 +423,14 @@ class Trainer:
                 if cfg.matching_aware:
                     loss = loss + matching_aware_d_loss([s[2] for s in split], [s[3] for s in split])
                 stats["loss_d"] += loss.item() / micro
+                if self.vision_head is not None:
+                    with torch.no_grad():                           # frozen CLIP features of real and fake
+                        feats = self.guidance.encode_image(torch.cat([real, fake[0]]))
+                        t_emb = self.guidance.encode_text(caps)
+                    va_real, va_fake = self.vision_head_ddp(feats, torch.cat([t_emb, t_emb])).split(B)
+                    va = F.softplus(-va_real).mean() + F.softplus(va_fake).mean()
+                    stats["vision_aided_d"] = stats.get("vision_aided_d", 0.0) + va.item() / micro
+                    loss = loss + cfg.vision_aided_weight * va
                 if do_r1:
                     r1 = r1_from_logits([s[0] for s in split], real_in, cfg.r1_gamma)
                     stats["r1"] += r1.item() / micro
@@ -359,7 +449,7 @@ class Trainer:
             text = self.model.clip.encode(caps)
             z = torch.randn(B, G.z_dim, device=self.device)
             with self._no_sync(self.G_ddp, k < micro - 1), self.autocast:
-                fake = self.G_ddp(z, text, update_w_avg=True)
+                fake = self._generate(self.G_ddp, real, text, z, update_w_avg=True)
                 if cfg.matching_aware:
                     pyramid = [torch.cat([f, f]).float() for f in fake]
                     logits = D(pyramid, CLIPText.cat([text, mismatched(text)]))
@@ -367,6 +457,21 @@ class Trainer:
                     loss = generator_loss([s[0] for s in split]) + matching_aware_g_loss([s[1] for s in split])
                 else:
                     loss = generator_loss(D([f.float() for f in fake], text))
+                if self.guidance is not None:
+                    t_emb = self.guidance.encode_text(caps)
+                    img_emb = self.guidance.encode_image(fake[0])
+                    if cfg.clip_weight > 0:
+                        clip = clip_contrastive_loss(img_emb, t_emb)
+                        stats["clip"] = stats.get("clip", 0.0) + clip.item() / micro
+                        loss = loss + cfg.clip_weight * clip
+                    if self.vision_head is not None:
+                        va = F.softplus(-self.vision_head(img_emb, t_emb)).mean()
+                        stats["vision_aided_g"] = stats.get("vision_aided_g", 0.0) + va.item() / micro
+                        loss = loss + cfg.vision_aided_weight * va
+                if self.perceptual is not None:
+                    lpips = perceptual_loss(self.perceptual, fake[0].float(), real)
+                    stats["perceptual"] = stats.get("perceptual", 0.0) + lpips.item() / micro
+                    loss = loss + cfg.perceptual_weight * lpips
                 stats["loss_g"] += loss.item() / micro
                 g_losses.append(loss.detach())
                 (loss / micro).backward()
@@ -423,8 +528,17 @@ class Trainer:
     @torch.no_grad()
     def write_samples(self, path: str) -> None:
         from .images import save_grid
+        z = self.sample_z.to(self.device)
         with use_impl(self.cfg.impl):
-            imgs = self.G_ema(self.sample_z.to(self.device), self.sample_prompts, noise_mode="none")[0]
+            if self.cfg.model == "upsampler":
+                # Rows: the low-res input (nearest-neighbour enlarged), the upsampler's output, the real image.
+                real = self.sample_real.to(self.device)
+                low = self.low_res(real)
+                out = self.G_ema(low, self.sample_prompts, z, noise_mode="none")[0].clamp(-1, 1)
+                enlarged = torch.nn.functional.interpolate(low, size=out.shape[-2:], mode="nearest")
+                save_grid(torch.cat([enlarged, out, real]), path, columns=len(real))
+                return
+            imgs = self.G_ema(z, self.sample_prompts, noise_mode="none")[0]
         save_grid(imgs, path, captions=self.sample_prompts, columns=4)
 
     def _write_log(self, record: dict) -> None:
@@ -467,9 +581,19 @@ class Trainer:
             except ImportError as e:
                 raise TrainingError("--tensorboard needs the tensorboard package (pip install tensorboard)") from e
             self.tb = SummaryWriter(os.path.join(cfg.out, "tb"))
-        dataset = make_dataset(cfg.data, self.G.resolution, seed=cfg.seed)
-        self.log(f"training {self.model_config.name} ({sum(self.model.parameter_counts()[k] for k in ('generator', 'discriminator')) / 1e6:.2f}M "
-                 f"G+D parameters) on {self.device} x{self.world}, impl {cfg.impl}, data {cfg.data}, "
+        dataset = make_dataset(cfg.data, self.resolution, seed=cfg.seed)
+        if cfg.model == "upsampler":
+            # Fixed real images for the sample grids: the dataset's first valid samples.
+            pairs = [p for p in (dataset[i] for i in range(min(len(dataset), 16))) if p is not None][:4] \
+                if not isinstance(dataset, torch.utils.data.IterableDataset) else []
+            if not pairs:
+                pairs = [(torch.zeros(3, self.resolution, self.resolution), "")]
+            self.sample_real = torch.stack([p[0] for p in pairs])
+            self.sample_prompts = [p[1] for p in pairs]
+            self.sample_z = self.sample_z[:len(pairs)]
+        n_params = sum(p.numel() for m in (self.G, self.D) for p in m.parameters() if p.requires_grad) / 1e6
+        self.log(f"training {self.model_config.name} {cfg.model} ({n_params:.2f}M trainable G+D parameters) "
+                 f"on {self.device} x{self.world}, impl {cfg.impl}, data {cfg.data}, "
                  f"steps {self.step}->{cfg.steps}, batch {cfg.batch_size}/rank")
         previous = self._install_signal_handlers()
         bar = None

@@ -221,3 +221,95 @@ def test_cli_sampling_commands(tmp_path):
                  "--prompt", "a red square", "--out", str(tmp_path / "up.png")]) == 0
     with Image.open(tmp_path / "up.png") as im:
         assert im.size == (24 * 4, 16 * 4)
+
+
+def test_perceptual_features_and_distance(tmp_path):
+    from torchvision.models import vgg16
+
+    from gigagan.losses import perceptual_loss
+    from gigagan.perceptual import PerceptualFeatures
+    import gigagan.perceptual as perceptual
+    perceptual._warned = False
+    with pytest.warns(UserWarning, match="RANDOM VGG16"):
+        random_net = PerceptualFeatures()
+    x, y = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    feats = random_net(x)
+    assert [f.shape[1] for f in feats] == [64, 128, 256, 512, 512] and feats[-1].shape[-1] == 2
+    assert perceptual_loss(random_net, x, x).item() == 0.0
+    fake = y.clone().requires_grad_()
+    distance = perceptual_loss(random_net, fake, x)
+    distance.backward()
+    assert distance.item() > 0 and fake.grad.abs().sum() > 0
+    assert all(not p.requires_grad for p in random_net.parameters())
+    # A local torchvision state dict is loaded, classifier and all.
+    torch.manual_seed(11)
+    reference = vgg16(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "vgg16.pth")
+    loaded = PerceptualFeatures(str(tmp_path / "vgg16.pth"))
+    assert torch.equal(loaded.stages[0][0].weight, reference.features[0].weight)
+    assert torch.equal(loaded.stages[4][-2].weight, reference.features[28].weight)
+    with pytest.raises(FileNotFoundError, match="weights file"):
+        PerceptualFeatures(str(tmp_path / "missing.pth"))
+
+
+def test_upsampler_training_resumes_exactly_and_feeds_upsample(tmp_path):
+    """--model upsampler: GAN + perceptual loss on (real downsampled -> real); the base G is untouched."""
+    from gigagan.train import model_from_checkpoint
+    kw = dict(model="upsampler", sample_every=2)
+    straight = Trainer(_cfg(tmp_path / "a", **kw))
+    g_before = {k: v.clone() for k, v in straight.model.generator.state_dict().items()}
+    u_before = {k: v.clone() for k, v in straight.model.upsampler.state_dict().items()}
+    assert straight.D.resolution == straight.G.out_resolution == 64 and straight.D.num_levels == 5
+    straight.fit()
+    out = tmp_path / "a" / "run"
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert all(r["perceptual"] > 0 and torch.isfinite(torch.tensor(r["loss_g"])) for r in records)
+    assert (out / "samples-00000002.png").exists()
+    for k, v in straight.model.generator.state_dict().items():
+        assert torch.equal(v, g_before[k]), k
+    assert any(not torch.equal(v, u_before[k]) for k, v in straight.model.upsampler.state_dict().items())
+    first = Trainer(_cfg(tmp_path / "b", steps=2, **kw))
+    first.fit()
+    resumed = Trainer(_cfg(tmp_path / "b", steps=4, **kw))
+    resumed.fit(resume=True)
+    for module in ("model", "D", "G_ema"):
+        for (name, a), b in zip(getattr(straight, module).state_dict().items(),
+                                getattr(resumed, module).state_dict().values()):
+            assert torch.equal(a, b), (module, name)
+    # Resuming a base run's directory as an upsampler run is refused, not silently mixed.
+    with pytest.raises(CheckpointError, match="trained the upsampler model, not the base"):
+        Trainer(_cfg(tmp_path / "b", steps=6)).fit(resume=True)
+    model, _ = model_from_checkpoint(str(out))
+    for k, v in straight.G_ema.state_dict().items():
+        assert torch.equal(model.upsampler.state_dict()[k], v), k
+
+
+def test_clip_contrastive_and_vision_aided_losses(tmp_path):
+    """Both CLIP losses are refused without pretrained weights, and train with a local CLIP checkpoint: the
+    vision-aided head learns with D, is checkpointed, and a resume restores it."""
+    import open_clip
+
+    from gigagan import clip_guidance
+    kw = dict(clip_weight=0.5, vision_aided_weight=0.5, guidance_clip=clip_guidance.TINY_TEST_MODEL)
+    with pytest.raises(ValueError, match="need pretrained CLIP weights"):
+        Trainer(_cfg(tmp_path, **kw))
+    torch.manual_seed(5)
+    torch.save(open_clip.CLIP(**clip_guidance._TINY_TEST_CFG).state_dict(), tmp_path / "clip.pt")
+    kw["guidance_clip_pretrained"] = str(tmp_path / "clip.pt")
+    trainer = Trainer(_cfg(tmp_path, steps=2, **kw))
+    assert trainer.guidance.pretrained_from == str(tmp_path / "clip.pt")
+    head_before = {k: v.clone() for k, v in trainer.vision_head.state_dict().items()}
+    trainer.fit()
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    for key in ("clip", "vision_aided_d", "vision_aided_g"):
+        assert all(key in r and torch.isfinite(torch.tensor(r[key])) for r in records), key
+    assert records[0]["clip"] > 0 and records[0]["vision_aided_d"] > 0 and records[0]["vision_aided_g"] > 0
+    assert any(not torch.equal(v, head_before[k]) for k, v in trainer.vision_head.state_dict().items())
+    assert all(not p.requires_grad for p in trainer.guidance.parameters())
+    resumed = Trainer(_cfg(tmp_path, steps=3, **kw))
+    resumed.resume()
+    for k, v in trainer.vision_head.state_dict().items():
+        assert torch.equal(resumed.vision_head.state_dict()[k], v), k
+    # A missing file is an error, never a silent random CLIP.
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        Trainer(_cfg(tmp_path / "x", **dict(kw, guidance_clip_pretrained=str(tmp_path / "none.pt"))))
