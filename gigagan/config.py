@@ -65,6 +65,7 @@ class DiscriminatorConfig:
     attn_resolutions: tuple = (8, 16, 32)
     attn_dim_head: int = 64
     conv_clamp: Optional[float] = 256.0
+    mbstd_group: int = 4                              # StyleGAN2's minibatch-std group at the last predictor; 0: off
 
     @property
     def num_levels(self) -> int:
@@ -131,6 +132,8 @@ class GigaGANConfig:
                 elif isinstance(v, list):
                     v = tuple(v)
                 kwargs[f.name] = v
+            if kind is DiscriminatorConfig and "mbstd_group" not in value:
+                kwargs["mbstd_group"] = 0                 # configs saved before the minibatch-std layer existed
             unknown = set(value) - {f.name for f in dataclasses.fields(kind)}
             if unknown:
                 raise ValueError(f"{kind.__name__}: unknown config keys {sorted(unknown)}")

@@ -42,6 +42,18 @@ def image_pyramid(images: torch.Tensor, num_levels: int) -> list:
     return levels
 
 
+def minibatch_std(x: torch.Tensor, group_size: int, part: int) -> torch.Tensor:
+    """StyleGAN2's minibatch standard deviation as one more channel: the features' std over groups of
+    consecutive samples, averaged, so D can see a batch's lack of variety (mode collapse). Groups never
+    straddle the `part`-sized chunks the batch is made of ([real, fake, ...] stacked by the trainer)."""
+    N, C, H, W = x.shape
+    G = max(g for g in range(1, min(group_size, part) + 1) if part % g == 0)
+    y = x.float().reshape(N // G, G, C, H, W)
+    y = (y - y.mean(dim=1, keepdim=True)).square().mean(dim=1).add(1e-8).sqrt()     # [N/G, C, H, W]
+    y = y.mean(dim=(1, 2, 3)).repeat_interleave(G).view(N, 1, 1, 1).expand(N, 1, H, W)
+    return torch.cat([x, y.to(x.dtype)], dim=1)
+
+
 class DiscriminatorBlock(nn.Module):
     """conv3x3 -> [L2 self-attention] -> conv3x3 -> avgpool 2x, plus a pooled 1x1 skip, over sqrt(2)."""
 
@@ -91,8 +103,11 @@ class Discriminator(nn.Module):
         self.blocks = nn.ModuleList(DiscriminatorBlock(ch[j], ch[j + 1], res[j] in cfg.attn_resolutions,
                                                        cfg.attn_dim_head, cfg.conv_clamp)
                                     for j in range(self.num_levels))
-        self.predictors = nn.ModuleList(Predictor(ch[j], cfg.t_dim, cfg.conv_clamp)
-                                        for j in range(1, self.num_levels + 1))
+        # The last (coarsest) predictor also sees the minibatch-std channel.
+        self.mbstd_group = cfg.mbstd_group
+        self.predictors = nn.ModuleList(
+            Predictor(ch[j] + (1 if j == self.num_levels and cfg.mbstd_group > 0 else 0), cfg.t_dim, cfg.conv_clamp)
+            for j in range(1, self.num_levels + 1))
         self.prediction_pairs = [(i, j) for j in range(1, self.num_levels + 1) for i in range(j)]
 
     def encode_text(self, text: Union[CLIPText, Sequence[str]]) -> torch.Tensor:
@@ -134,6 +149,7 @@ class Discriminator(nn.Module):
             entering = self.from_rgb[j](pyramid[j])
             h = entering if h is None else torch.cat([h, entering], dim=0)     # levels 0..j, stacked on batch
             h = block(h)
-            logits = self.predictors[j](h, t_d.repeat(j + 1, 1))
+            last = j == self.num_levels - 1 and self.mbstd_group > 0
+            logits = self.predictors[j](minibatch_std(h, self.mbstd_group, B) if last else h, t_d.repeat(j + 1, 1))
             outputs.extend(logits.split(B, dim=0))                             # pairs (0, j+1) .. (j, j+1)
         return outputs

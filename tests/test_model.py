@@ -290,3 +290,17 @@ def test_random_clip_warns_once_and_tags_are_only_read_from_cache(tmp_path, monk
     assert _cached_checkpoint("ViT-B-32", "openai") is None   # not cached: None, never a download
     with pytest.raises(ValueError, match="no tag"):
         _cached_checkpoint("ViT-B-32", "not-a-tag")
+
+
+def test_minibatch_std_groups_stay_inside_each_part():
+    from gigagan.discriminator import minibatch_std
+    same = randn(1, 3, 4, 4).expand(4, 3, 4, 4)          # a collapsed part: four identical samples
+    varied = randn(4, 3, 4, 4)
+    out = minibatch_std(torch.cat([same, varied]), group_size=4, part=4)
+    assert out.shape == (8, 4, 4, 4) and torch.equal(out[:, :3], torch.cat([same, varied]))
+    assert out[:4, 3].abs().max() < 1e-3                    # no variety within the collapsed part
+    expected = varied.double().std(dim=0, unbiased=False).mean()
+    assert torch.allclose(out[4:, 3].double(), expected.expand(4, 4, 4), rtol=1e-4)
+    # A part of 6 with group 4: groups of 3 (the largest divisor), never 4 straddling parts.
+    out = minibatch_std(torch.cat([same[:3].repeat(2, 1, 1, 1), varied[:3].repeat(2, 1, 1, 1)]), 4, part=6)
+    assert out[:6, 3].abs().max() < 1e-3 and out[6:, 3].min() > 0.1
