@@ -77,9 +77,32 @@ struct PixelTileSmem {
     static constexpr int BYTES = OPERAND_BYTES > OUT_BYTES ? OPERAND_BYTES : OUT_BYTES;
 };
 
+// Where a pixel-tiled block works: sample b, pixels [p0, p0 + BM), channels [n0, n0 + BN), and this
+// warp's output tiles. Pixel tiles vary fastest in the grid, then samples, so the blocks that read one
+// channel slice of the bank run together (L2 reuse).
+template <typename Cfg>
+struct PixelTileBlock {
+    int P, p0, n0, m_warp, n_warp;
+    int64_t b;
+    __device__ explicit PixelTileBlock(const ModconvShape& sh) {
+        P = sh.H * sh.W;
+        const int num_p = (P + Cfg::BM - 1) / Cfg::BM;
+        p0 = (blockIdx.x % num_p) * Cfg::BM;
+        b = blockIdx.x / num_p;
+        n0 = blockIdx.y * Cfg::BN;
+        const int warp = threadIdx.x / kWarpSize;
+        m_warp = (warp / Cfg::WARPS_N) * Cfg::FM * 16;
+        n_warp = (warp % Cfg::WARPS_N) * Cfg::FN * 16;
+    }
+    // a[b, :] into shared memory, zero-padded to kModconvMaxFilters.
+    __device__ void load_selection(float* a_s, const float* a, int N) const {
+        for (int n = threadIdx.x; n < kModconvMaxFilters; n += Cfg::THREADS) a_s[n] = n < N ? a[b * N + n] : 0.f;
+    }
+};
+
 // y = epilogue(d * conv(x * s, K[b])): M = pixels of one sample, N = Cout, K = Cin * k * k.
 template <typename T, typename Cfg>
-__global__ void __launch_bounds__(Cfg::THREADS) modconv_forward_kernel(ModconvForwardParams p) {
+__global__ void __launch_bounds__(Cfg::THREADS, 1) modconv_forward_kernel(ModconvForwardParams p) {
     using Smem = PixelTileSmem<T, Cfg>;
     constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK;
     __shared__ __align__(128) unsigned char smem[Smem::BYTES];
@@ -89,21 +112,17 @@ __global__ void __launch_bounds__(Cfg::THREADS) modconv_forward_kernel(ModconvFo
     float* Cs = reinterpret_cast<float*>(smem);            // [BM][LDC]: after the loop
 
     const ModconvShape sh = p.shape;
-    const int P = sh.H * sh.W;
-    const int num_p = (P + BM - 1) / BM;
-    const int p0 = (blockIdx.x % num_p) * BM;
-    const int64_t b = blockIdx.x / num_p;  // samples of one Cout slice run together (L2 reuse of the bank)
-    const int co0 = blockIdx.y * BN;
+    const PixelTileBlock<Cfg> tile(sh);
+    const int P = tile.P, p0 = tile.p0, co0 = tile.n0, m_warp = tile.m_warp, n_warp = tile.n_warp;
+    const int64_t b = tile.b;
     const int KK = sh.ksize * sh.ksize, pad = sh.ksize / 2;
     const int k_total = sh.Cin * KK;
     const int64_t bank_n = (int64_t)sh.Cout * k_total;
-    for (int n = threadIdx.x; n < kModconvMaxFilters; n += Cfg::THREADS) a_s[n] = n < sh.N ? p.a[b * sh.N + n] : 0.f;
+    tile.load_selection(a_s, p.a, sh.N);
 
     const T* x = static_cast<const T*>(p.x) + b * p.stride_x[0];
     const T* style = static_cast<const T*>(p.style) + b * p.stride_style[0];
     const T* bank = static_cast<const T*>(p.weight_bank);
-    const int warp = threadIdx.x / kWarpSize;
-    const int m_warp = (warp / Cfg::WARPS_N) * Cfg::FM * 16, n_warp = (warp % Cfg::WARPS_N) * Cfg::FN * 16;
     AccFrag<T> acc[Cfg::FM][Cfg::FN];
     zero_tiles(acc);
     __syncthreads();
@@ -168,7 +187,7 @@ __global__ void __launch_bounds__(Cfg::THREADS) modconv_forward_kernel(ModconvFo
 // dxs = conv_transpose(gz, K[b]); dx = dxs * s; grad_style[b,i] += sum_p dxs * x.
 // M = pixels, N = Cin, K = (Cout, tap); a tap that reads x at p+off in the forward reads gz at p-off.
 template <typename T, typename Cfg>
-__global__ void __launch_bounds__(Cfg::THREADS) modconv_grad_x_kernel(ModconvBackwardParams p) {
+__global__ void __launch_bounds__(Cfg::THREADS, 1) modconv_grad_x_kernel(ModconvBackwardParams p) {
     using Smem = PixelTileSmem<T, Cfg>;
     constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK;
     __shared__ __align__(128) unsigned char smem[Smem::BYTES];
@@ -178,21 +197,17 @@ __global__ void __launch_bounds__(Cfg::THREADS) modconv_grad_x_kernel(ModconvBac
     float* Cs = reinterpret_cast<float*>(smem);
 
     const ModconvShape sh = p.shape;
-    const int P = sh.H * sh.W;
-    const int num_p = (P + BM - 1) / BM;
-    const int p0 = (blockIdx.x % num_p) * BM;
-    const int64_t b = blockIdx.x / num_p;
-    const int ci0 = blockIdx.y * BN;
+    const PixelTileBlock<Cfg> tile(sh);
+    const int P = tile.P, p0 = tile.p0, ci0 = tile.n0, m_warp = tile.m_warp, n_warp = tile.n_warp;
+    const int64_t b = tile.b;
     const int KK = sh.ksize * sh.ksize, pad = sh.ksize / 2;
     const int k_total = sh.Cout * KK;
     const int64_t bank_row = (int64_t)sh.Cin * KK;
     const int64_t bank_n = (int64_t)sh.Cout * bank_row;
-    for (int n = threadIdx.x; n < kModconvMaxFilters; n += Cfg::THREADS) a_s[n] = n < sh.N ? p.a[b * sh.N + n] : 0.f;
+    tile.load_selection(a_s, p.a, sh.N);
 
     const T* gz = static_cast<const T*>(p.grad_z) + b * sh.Cout * (int64_t)P;
     const T* bank = static_cast<const T*>(p.weight_bank);
-    const int warp = threadIdx.x / kWarpSize;
-    const int m_warp = (warp / Cfg::WARPS_N) * Cfg::FM * 16, n_warp = (warp % Cfg::WARPS_N) * Cfg::FN * 16;
     AccFrag<T> acc[Cfg::FM][Cfg::FN];
     zero_tiles(acc);
     __syncthreads();
@@ -277,7 +292,7 @@ using BankN32 = BankTile<32, 16, 16, 64, 1, 1, 4>;
 //   G[b,o,i]   = sum_p gz[b,o,p] xs[b,i,p+off]  -  c[b,o] s[b,i]^2 K[b,o,i]   (second term: demodulation)
 //   dW[n]     += a[b,n] G[b]        da[b,n] += <W[n], G[b]>        ds[b,i] += -s[b,i] sum_o c[b,o] K[b,o,i]^2
 template <typename T, typename Cfg>
-__global__ void __launch_bounds__(Cfg::THREADS) modconv_grad_bank_kernel(ModconvBackwardParams p) {
+__global__ void __launch_bounds__(Cfg::THREADS, 1) modconv_grad_bank_kernel(ModconvBackwardParams p) {
     constexpr int BCO = Cfg::BCO, BCI = Cfg::BCI, BP = Cfg::BP, NPAD = Cfg::NPAD, EPT = Cfg::EPT;
     constexpr int LDA = padded<T>(BP), LDB = padded<T>(BCI), LDC = padded<float>(BCI);
     constexpr int A_BYTES = smem_round(BCO * LDA * sizeof(T)), B_BYTES = smem_round(BP * LDB * sizeof(T));

@@ -47,6 +47,21 @@ __device__ __forceinline__ void key_bias(float* bias, const T* Ks, int ld, const
     }
 }
 
+// This block's (b, h) slices of q, k, v and dO, and where its rows start in lse and delta.
+template <typename T>
+struct HeadSlice {
+    int b, h;
+    int64_t row_base;
+    const T *q, *k, *v, *grad_out;
+    __device__ explicit HeadSlice(const AttentionParams& p)
+        : b(blockIdx.y / p.H), h(blockIdx.y % p.H), row_base(((int64_t)b * p.H + h) * p.Lq),
+          q(static_cast<const T*>(p.q) + b * p.stride_q[0] + h * p.stride_q[1]),
+          k(static_cast<const T*>(p.k) + b * p.stride_k[0] + h * p.stride_k[1]),
+          v(static_cast<const T*>(p.v) + b * p.stride_v[0] + h * p.stride_v[1]),
+          grad_out(p.grad_out ? static_cast<const T*>(p.grad_out) + b * p.stride_grad_out[0] +
+                                    h * p.stride_grad_out[1] : nullptr) {}
+};
+
 template <typename T, int HD>
 struct FwdSmem {
     static constexpr int LDH = padded<T>(HD), LDS = padded<float>(kFwdBN), LDP = padded<T>(kFwdBN),
@@ -77,12 +92,10 @@ __global__ void __launch_bounds__(kThreads, 1) attention_forward_kernel(Attentio
     float* l_s = alpha_s + BM;
     float* bias_s = reinterpret_cast<float*>(smem + L::BIAS);
 
-    const int b = blockIdx.y / p.H, h = blockIdx.y % p.H;
+    const HeadSlice<T> at(p);
+    const int b = at.b, h = at.h;
     const int m0 = blockIdx.x * BM;
-    const T* q = static_cast<const T*>(p.q) + b * p.stride_q[0] + h * p.stride_q[1];
-    const T* k = static_cast<const T*>(p.k) + b * p.stride_k[0] + h * p.stride_k[1];
-    const T* v = static_cast<const T*>(p.v) + b * p.stride_v[0] + h * p.stride_v[1];
-    load_rows<T, BM, HD>(Qs, L::LDH, q, p.stride_q[2], p.stride_q[3], m0, p.Lq, p.D);
+    load_rows<T, BM, HD>(Qs, L::LDH, at.q, p.stride_q[2], p.stride_q[3], m0, p.Lq, p.D);
     for (int idx = threadIdx.x; idx < BM * L::LDO; idx += kThreads) Os[idx] = 0.f;
 
     const int warp = threadIdx.x / kWarpSize;
@@ -91,8 +104,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_forward_kernel(Attentio
     float m_i = -1.0e30f;  // finite, so that a fully masked row never computes (-inf) - (-inf)
     float l_i = 0.f;
     for (int n0 = 0; n0 < p.Lk; n0 += BN) {
-        load_rows<T, BN, HD>(Ks, L::LDH, k, p.stride_k[2], p.stride_k[3], n0, p.Lk, p.D);
-        load_rows<T, BN, HD>(Vs, L::LDH, v, p.stride_v[2], p.stride_v[3], n0, p.Lk, p.DV);
+        load_rows<T, BN, HD>(Ks, L::LDH, at.k, p.stride_k[2], p.stride_k[3], n0, p.Lk, p.D);
+        load_rows<T, BN, HD>(Vs, L::LDH, at.v, p.stride_v[2], p.stride_v[3], n0, p.Lk, p.DV);
         __syncthreads();
         key_bias<T, BN, HD>(bias_s, Ks, L::LDH, p, b, n0);
         {
@@ -185,6 +198,23 @@ struct BwdSmem {
     static constexpr int DQ_BYTES = 4 * ROWS_T + 2 * SCORES + PROBS + ACC + 3 * VEC;
 };
 
+// Rows [m0, m0 + BM) of the saved LSE and of delta; padding rows get LSE +inf, so their P is 0.
+template <int BM>
+__device__ __forceinline__ void load_row_stats(float* lse_s, float* delta_s, const AttentionParams& p,
+                                               int64_t row_base, int m0) {
+    for (int r = threadIdx.x; r < BM; r += kThreads) {
+        lse_s[r] = m0 + r < p.Lq ? p.lse[row_base + m0 + r] : INFINITY;
+        delta_s[r] = m0 + r < p.Lq ? p.delta[row_base + m0 + r] : 0.f;
+    }
+}
+
+// P and dS = P * (dP - delta) of one score entry, from the raw Q.K^T, the key's bias and the row's stats.
+__device__ __forceinline__ float2 prob_and_grad(float score, float bias, float lse, float dp, float delta,
+                                                const AttentionParams& p) {
+    const float prob = exp2f(score * p.qk_scale + bias - lse);
+    return make_float2(prob, prob * (dp - delta));
+}
+
 // S = Q K^T and dP = dO V^T for a [32 x 32] step: the four 16x16 tiles of each, one per warp.
 template <typename T, int HD>
 __device__ __forceinline__ void scores_and_dp(const T* Qs, const T* dOs, const T* Ks, const T* Vs, float* Ss,
@@ -238,46 +268,36 @@ __global__ void __launch_bounds__(kThreads, 1) attention_grad_kv_kernel(Attentio
     float* delta_s = reinterpret_cast<float*>(carve(L::VEC));
     float* colsum_s = reinterpret_cast<float*>(carve(L::VEC));
 
-    const int b = blockIdx.y / p.H, h = blockIdx.y % p.H;
+    const HeadSlice<T> at(p);
     const int n0 = blockIdx.x * BN;
-    const int64_t row_base = ((int64_t)b * p.H + h) * p.Lq;
-    const T* q = static_cast<const T*>(p.q) + b * p.stride_q[0] + h * p.stride_q[1];
-    const T* k = static_cast<const T*>(p.k) + b * p.stride_k[0] + h * p.stride_k[1];
-    const T* v = static_cast<const T*>(p.v) + b * p.stride_v[0] + h * p.stride_v[1];
-    const T* g = static_cast<const T*>(p.grad_out) + b * p.stride_grad_out[0] + h * p.stride_grad_out[1];
-    load_rows<T, BN, HD>(Ks, L::LDH, k, p.stride_k[2], p.stride_k[3], n0, p.Lk, p.D);
-    load_rows<T, BN, HD>(Vs, L::LDH, v, p.stride_v[2], p.stride_v[3], n0, p.Lk, p.DV);
+    load_rows<T, BN, HD>(Ks, L::LDH, at.k, p.stride_k[2], p.stride_k[3], n0, p.Lk, p.D);
+    load_rows<T, BN, HD>(Vs, L::LDH, at.v, p.stride_v[2], p.stride_v[3], n0, p.Lk, p.DV);
     for (int idx = threadIdx.x; idx < BN * L::LDO; idx += kThreads) dKs[idx] = dVs[idx] = 0.f;
     for (int j = threadIdx.x; j < BN; j += kThreads) colsum_s[j] = 0.f;
     __syncthreads();
-    key_bias<T, BN, HD>(bias_s, Ks, L::LDH, p, b, n0);
+    key_bias<T, BN, HD>(bias_s, Ks, L::LDH, p, at.b, n0);
 
     for (int m0 = 0; m0 < p.Lq; m0 += BM) {
-        load_rows<T, BM, HD>(Qs, L::LDH, q, p.stride_q[2], p.stride_q[3], m0, p.Lq, p.D);
-        load_rows<T, BM, HD>(dOs, L::LDH, g, p.stride_grad_out[2], p.stride_grad_out[3], m0, p.Lq, p.DV);
-        for (int r = threadIdx.x; r < BM; r += kThreads) {
-            lse_s[r] = m0 + r < p.Lq ? p.lse[row_base + m0 + r] : INFINITY;
-            delta_s[r] = m0 + r < p.Lq ? p.delta[row_base + m0 + r] : 0.f;
-        }
+        load_rows<T, BM, HD>(Qs, L::LDH, at.q, p.stride_q[2], p.stride_q[3], m0, p.Lq, p.D);
+        load_rows<T, BM, HD>(dOs, L::LDH, at.grad_out, p.stride_grad_out[2], p.stride_grad_out[3], m0, p.Lq, p.DV);
+        load_row_stats<BM>(lse_s, delta_s, p, at.row_base, m0);
         __syncthreads();
         scores_and_dp<T, HD>(Qs, dOs, Ks, Vs, Ss, dPs);
         __syncthreads();
         for (int idx = threadIdx.x; idx < BM * BN; idx += kThreads) {
             const int r = idx / BN, j = idx % BN;
-            const float s = Ss[r * L::LDS + j] * p.qk_scale + bias_s[j];
-            const float prob = exp2f(s - lse_s[r]);
-            const float ds = prob * (dPs[r * L::LDS + j] - delta_s[r]);
-            Ps[r * L::LDP + j] = from_float<T>(prob);
-            dSs[r * L::LDP + j] = from_float<T>(ds);
-            if (p.l2 && ds != 0.f) atomicAdd(&colsum_s[j], ds);
+            const float2 pd = prob_and_grad(Ss[r * L::LDS + j], bias_s[j], lse_s[r], dPs[r * L::LDS + j], delta_s[r], p);
+            Ps[r * L::LDP + j] = from_float<T>(pd.x);
+            dSs[r * L::LDP + j] = from_float<T>(pd.y);
+            if (p.l2 && pd.y != 0.f) atomicAdd(&colsum_s[j], pd.y);
         }
         __syncthreads();
         accumulate_rows<T, HD, true>(dVs, Ps, dOs);   // dV += P^T dO
         accumulate_rows<T, HD, true>(dKs, dSs, Qs);   // dK += dS^T Q
         __syncthreads();
     }
-    T* grad_k = static_cast<T*>(p.grad_k) + b * p.stride_grad_k[0] + h * p.stride_grad_k[1];
-    T* grad_v = static_cast<T*>(p.grad_v) + b * p.stride_grad_v[0] + h * p.stride_grad_v[1];
+    T* grad_k = static_cast<T*>(p.grad_k) + at.b * p.stride_grad_k[0] + at.h * p.stride_grad_k[1];
+    T* grad_v = static_cast<T*>(p.grad_v) + at.b * p.stride_grad_v[0] + at.h * p.stride_grad_v[1];
     for (int idx = threadIdx.x; idx < BN * HD; idx += kThreads) {
         const int j = idx / HD, c = idx % HD;
         if (n0 + j >= p.Lk) continue;
@@ -310,39 +330,30 @@ __global__ void __launch_bounds__(kThreads, 1) attention_grad_q_kernel(Attention
     float* lse_s = reinterpret_cast<float*>(carve(L::VEC));
     float* delta_s = reinterpret_cast<float*>(carve(L::VEC));
 
-    const int b = blockIdx.y / p.H, h = blockIdx.y % p.H;
+    const HeadSlice<T> at(p);
     const int m0 = blockIdx.x * BM;
-    const int64_t row_base = ((int64_t)b * p.H + h) * p.Lq;
-    const T* q = static_cast<const T*>(p.q) + b * p.stride_q[0] + h * p.stride_q[1];
-    const T* k = static_cast<const T*>(p.k) + b * p.stride_k[0] + h * p.stride_k[1];
-    const T* v = static_cast<const T*>(p.v) + b * p.stride_v[0] + h * p.stride_v[1];
-    const T* g = static_cast<const T*>(p.grad_out) + b * p.stride_grad_out[0] + h * p.stride_grad_out[1];
-    load_rows<T, BM, HD>(Qs, L::LDH, q, p.stride_q[2], p.stride_q[3], m0, p.Lq, p.D);
-    load_rows<T, BM, HD>(dOs, L::LDH, g, p.stride_grad_out[2], p.stride_grad_out[3], m0, p.Lq, p.DV);
-    for (int r = threadIdx.x; r < BM; r += kThreads) {
-        lse_s[r] = m0 + r < p.Lq ? p.lse[row_base + m0 + r] : INFINITY;
-        delta_s[r] = m0 + r < p.Lq ? p.delta[row_base + m0 + r] : 0.f;
-    }
+    load_rows<T, BM, HD>(Qs, L::LDH, at.q, p.stride_q[2], p.stride_q[3], m0, p.Lq, p.D);
+    load_rows<T, BM, HD>(dOs, L::LDH, at.grad_out, p.stride_grad_out[2], p.stride_grad_out[3], m0, p.Lq, p.DV);
+    load_row_stats<BM>(lse_s, delta_s, p, at.row_base, m0);
     for (int idx = threadIdx.x; idx < BM * L::LDO; idx += kThreads) dQs[idx] = 0.f;
 
     for (int n0 = 0; n0 < p.Lk; n0 += BN) {
-        load_rows<T, BN, HD>(Ks, L::LDH, k, p.stride_k[2], p.stride_k[3], n0, p.Lk, p.D);
-        load_rows<T, BN, HD>(Vs, L::LDH, v, p.stride_v[2], p.stride_v[3], n0, p.Lk, p.DV);
+        load_rows<T, BN, HD>(Ks, L::LDH, at.k, p.stride_k[2], p.stride_k[3], n0, p.Lk, p.D);
+        load_rows<T, BN, HD>(Vs, L::LDH, at.v, p.stride_v[2], p.stride_v[3], n0, p.Lk, p.DV);
         __syncthreads();
-        key_bias<T, BN, HD>(bias_s, Ks, L::LDH, p, b, n0);
+        key_bias<T, BN, HD>(bias_s, Ks, L::LDH, p, at.b, n0);
         scores_and_dp<T, HD>(Qs, dOs, Ks, Vs, Ss, dPs);
         __syncthreads();
         for (int idx = threadIdx.x; idx < BM * BN; idx += kThreads) {
             const int r = idx / BN, j = idx % BN;
-            const float s = Ss[r * L::LDS + j] * p.qk_scale + bias_s[j];
-            const float prob = exp2f(s - lse_s[r]);
-            dSs[r * L::LDP + j] = from_float<T>(prob * (dPs[r * L::LDS + j] - delta_s[r]));
+            dSs[r * L::LDP + j] = from_float<T>(
+                prob_and_grad(Ss[r * L::LDS + j], bias_s[j], lse_s[r], dPs[r * L::LDS + j], delta_s[r], p).y);
         }
         __syncthreads();
         accumulate_rows<T, HD, false>(dQs, dSs, Ks);   // dQ += dS K
         __syncthreads();
     }
-    T* grad_q = static_cast<T*>(p.grad_q) + b * p.stride_grad_q[0] + h * p.stride_grad_q[1];
+    T* grad_q = static_cast<T*>(p.grad_q) + at.b * p.stride_grad_q[0] + at.h * p.stride_grad_q[1];
     for (int idx = threadIdx.x; idx < BM * HD; idx += kThreads) {
         const int r = idx / HD, c = idx % HD;
         if (m0 + r >= p.Lq || c >= p.D) continue;

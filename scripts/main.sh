@@ -7,6 +7,11 @@
 # Outputs go to $OUT (default runs/main, replaced on each run). STEPS sets the training length.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Without a GPU the CUDA extension cannot run, so the main job skips its build (1.5 min on 2 cores);
+# the test command builds it. GIGAGAN_KERNELS_BUILD_CUDA set by the caller wins.
+if ! { command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; }; then
+  export GIGAGAN_KERNELS_BUILD_CUDA=${GIGAGAN_KERNELS_BUILD_CUDA:-0}
+fi
 bash scripts/setup_env.sh
 PY="${GIGAGAN_VENV:-.venv}/bin/python"
 OUT="${OUT:-runs/main}"
