@@ -25,16 +25,6 @@ _TINY_TEST_CFG = dict(embed_dim=32, vision_cfg=dict(image_size=32, layers=1, wid
                       text_cfg=dict(context_length=32, vocab_size=49408, width=64, heads=2, layers=1))
 
 
-def _load_state(path: str) -> dict:
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
 class FrozenCLIP(nn.Module):
     """open_clip's CLIP, frozen. encode_image takes images in [-1, 1] at any size."""
 
@@ -56,7 +46,8 @@ class FrozenCLIP(nn.Module):
                 if path is None:
                     raise FileNotFoundError(f"FrozenCLIP: {pretrained!r} is neither a file nor an open_clip tag "
                                             f"of {model!r} in the local cache (nothing is downloaded)")
-            self.clip.load_state_dict(_load_state(path))
+            from .text import read_state_dict
+            self.clip.load_state_dict(read_state_dict(path))
             self.pretrained_from = path
         self.context_length = self.clip.context_length
         size = self.clip.visual.image_size

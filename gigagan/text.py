@@ -109,16 +109,22 @@ def _cached_checkpoint(model: str, tag: str) -> Optional[str]:
     return None
 
 
-def _load_text_state(path: str) -> dict:
+def read_state_dict(path: str) -> dict:
+    """A checkpoint file's tensors (safetensors or torch, weights_only), unwrapped from a "state_dict" key
+    and from DDP's "module." prefix."""
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
         state = load_file(path)
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state) if isinstance(state, dict) else state
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _load_text_state(path: str) -> dict:
     out = {}
-    for key, value in state.items():
-        key = key.removeprefix("module.").removeprefix("text.")
+    for key, value in read_state_dict(path).items():
+        key = key.removeprefix("text.")
         if key.startswith(_TEXT_PREFIXES):
             out[key] = value
     if not out:

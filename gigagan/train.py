@@ -399,15 +399,18 @@ class Trainer:
         for c in chunks_img:
             chunks_cap.append(captions[start:start + c.shape[0]])
             start += c.shape[0]
+        # The frozen text towers run once per micro-batch; both phases reuse their outputs.
+        chunks_text = [self.model.clip.encode(caps) for caps in chunks_cap]
+        chunks_emb = ([self.guidance.encode_text(caps) for caps in chunks_cap] if self.guidance is not None
+                      else [None] * len(chunks_cap))
 
         # ---- D phase
         _set_trainable(self.d_params, True)
         _set_trainable(self.g_params, False)
         self.opt_d.zero_grad(set_to_none=True)
         d_losses = []
-        for k, (real, caps) in enumerate(zip(chunks_img, chunks_cap)):
+        for k, (real, text, t_emb) in enumerate(zip(chunks_img, chunks_text, chunks_emb)):
             B = real.shape[0]
-            text = self.model.clip.encode(caps)
             z = torch.randn(B, G.z_dim, device=self.device)
             with torch.no_grad(), self.autocast:
                 fake = [f.float() for f in self._generate(G, real, text, z)]
@@ -426,7 +429,6 @@ class Trainer:
                 if self.vision_head is not None:
                     with torch.no_grad():                           # frozen CLIP features of real and fake
                         feats = self.guidance.encode_image(torch.cat([real, fake[0]]))
-                        t_emb = self.guidance.encode_text(caps)
                     va_real, va_fake = self.vision_head_ddp(feats, torch.cat([t_emb, t_emb])).split(B)
                     va = F.softplus(-va_real).mean() + F.softplus(va_fake).mean()
                     stats["vision_aided_d"] = stats.get("vision_aided_d", 0.0) + va.item() / micro
@@ -444,9 +446,8 @@ class Trainer:
         _set_trainable(self.g_params, True)
         self.opt_g.zero_grad(set_to_none=True)
         g_losses = []
-        for k, (real, caps) in enumerate(zip(chunks_img, chunks_cap)):
+        for k, (real, text, t_emb) in enumerate(zip(chunks_img, chunks_text, chunks_emb)):
             B = real.shape[0]
-            text = self.model.clip.encode(caps)
             z = torch.randn(B, G.z_dim, device=self.device)
             with self._no_sync(self.G_ddp, k < micro - 1), self.autocast:
                 fake = self._generate(self.G_ddp, real, text, z, update_w_avg=True)
@@ -458,7 +459,6 @@ class Trainer:
                 else:
                     loss = generator_loss(D([f.float() for f in fake], text))
                 if self.guidance is not None:
-                    t_emb = self.guidance.encode_text(caps)
                     img_emb = self.guidance.encode_image(fake[0])
                     if cfg.clip_weight > 0:
                         clip = clip_contrastive_loss(img_emb, t_emb)

@@ -261,7 +261,6 @@ _triton_fwd_op.register_autograd(_make_backward(_triton_bwd_op), setup_context=_
 # CUDA C++ path (csrc/adaptive_modconv.cpp registers the ops; fake kernels and autograd added here).
 # ----------------------------------------------------------------------------------------------
 CUDA_MAX_FILTERS = 32  # kModconvMaxFilters in csrc/adaptive_modconv.h
-_cuda_registered = False
 
 
 def _cuda_backward(grad_y, x, weight_bank, select_logits, style, bias, noise, lin, d, demodulate, activation, gain,
@@ -279,16 +278,9 @@ def _cuda_backward_fake(grad_z, c, x, weight_bank, select_logits, style, demodul
 
 
 def cuda_forward_op():
-    """gigagan_kernels_cuda::adaptive_modconv2d_forward with its fake kernel and autograd registered."""
-    global _cuda_registered
-    ops = backend.cuda_extension_ops()
-    if not _cuda_registered:
-        torch.library.register_fake("gigagan_kernels_cuda::adaptive_modconv2d_forward")(_forward_fake)
-        torch.library.register_fake("gigagan_kernels_cuda::adaptive_modconv2d_backward")(_cuda_backward_fake)
-        torch.library.register_autograd("gigagan_kernels_cuda::adaptive_modconv2d_forward",
-                                        _make_backward(_cuda_backward), setup_context=_setup_context)
-        _cuda_registered = True
-    return ops.adaptive_modconv2d_forward
+    """gigagan_kernels_cuda::adaptive_modconv2d_forward with its fake kernels and autograd registered."""
+    return backend.cuda_forward_op(OP_NAME, _forward_fake, _cuda_backward_fake, _make_backward(_cuda_backward),
+                                   _setup_context)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -143,20 +143,16 @@ _triton_fwd_op.register_autograd(_make_backward(_triton_bwd_op), setup_context=_
 
 # CUDA C++ path: csrc/attention.cpp registers the ops; fake kernels and autograd are added on first use.
 CUDA_MAX_HEAD_DIM = 128  # kAttentionMaxHeadDim in csrc/attention.h
-_cuda_registered = False
+
+
+def _cuda_backward(*args):
+    return backend.cuda_extension_ops().attention_backward(*args)
 
 
 def cuda_forward_op():
-    """gigagan_kernels_cuda::attention_forward with its fake kernel and autograd registered."""
-    global _cuda_registered
-    ops = backend.cuda_extension_ops()
-    if not _cuda_registered:
-        torch.library.register_fake("gigagan_kernels_cuda::attention_forward")(_forward_fake)
-        torch.library.register_fake("gigagan_kernels_cuda::attention_backward")(_backward_fake)
-        torch.library.register_autograd("gigagan_kernels_cuda::attention_forward",
-                                        _make_backward(ops.attention_backward), setup_context=_setup_context)
-        _cuda_registered = True
-    return ops.attention_forward
+    """gigagan_kernels_cuda::attention_forward with its fake kernels and autograd registered."""
+    return backend.cuda_forward_op(OP_NAME, _forward_fake, _backward_fake, _make_backward(_cuda_backward),
+                                   _setup_context)
 
 
 def attention(q, k, v, *, kind="l2", scale=None, key_padding_mask=None, impl="auto"):

@@ -45,6 +45,22 @@ def cuda_extension_ops():
     return torch.ops.gigagan_kernels_cuda
 
 
+_cuda_registered: set = set()
+
+
+def cuda_forward_op(op: str, forward_fake, backward_fake, autograd_backward, setup_context):
+    """gigagan_kernels_cuda::<op>_forward, with the fake kernels of <op>_forward and <op>_backward and the
+    forward's autograd registered from Python on first use (the C++ side registers only CUDA kernels)."""
+    ops = cuda_extension_ops()
+    if op not in _cuda_registered:
+        torch.library.register_fake(f"gigagan_kernels_cuda::{op}_forward")(forward_fake)
+        torch.library.register_fake(f"gigagan_kernels_cuda::{op}_backward")(backward_fake)
+        torch.library.register_autograd(f"gigagan_kernels_cuda::{op}_forward", autograd_backward,
+                                        setup_context=setup_context)
+        _cuda_registered.add(op)
+    return getattr(ops, f"{op}_forward")
+
+
 @contextlib.contextmanager
 def use_impl(impl: str):
     """Force the backend that impl="auto" resolves to, e.g. for an A/B run of a whole model."""
