@@ -33,8 +33,9 @@ GPU_SHAPES = {
 CPU_SHAPES = {
     "cpu_16x16": dict(B=4, Cin=32, Cout=32, H=16, W=16, N=4, k=3),
     "cpu_torgb": dict(B=4, Cin=32, Cout=3, H=32, W=32, N=1, k=1),
+    "cpu_d_predictor_4x4": dict(B=64, Cin=64, Cout=64, H=4, W=4, N=1, k=3),   # the tiny D's psi at batch 16
 }
-PROVIDERS = ("ref", "peer", "triton", "cuda", "floor")
+PROVIDERS = ("ref", "peer", "torch", "triton", "cuda", "floor")
 
 
 def peer_modconv2d(x, weight_bank, select_logits, style, bias, *, noise, eps=1e-8):
@@ -78,7 +79,7 @@ def forward_fn(provider: str, inp: dict):
 
 def available(provider: str, device: torch.device) -> str | None:
     """None when the provider can be timed on this device, else why not."""
-    if provider in ("ref", "peer", "floor"):
+    if provider in ("ref", "peer", "floor", "torch"):
         return None
     if provider == "triton" and device.type == "cpu":
         return "the Triton interpreter is a correctness tool, not timed"

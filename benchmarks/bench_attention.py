@@ -34,7 +34,7 @@ CPU_SHAPES = {
     "cpu_self_256": dict(B=2, H=4, Lq=256, Lk=256, D=32, kind="l2", masked=False),
     "cpu_cross_256x77": dict(B=2, H=4, Lq=256, Lk=77, D=32, kind="dot", masked=True),
 }
-PROVIDERS = ("ref", "sdpa_bias", "triton", "cuda", "floor")
+PROVIDERS = ("ref", "sdpa_bias", "torch", "triton", "cuda", "floor")
 
 
 def make_inputs(shape, device, dtype, seed=0):
@@ -74,7 +74,7 @@ def forward_fn(provider, inp, shape):
 
 
 def available(provider, device):
-    if provider in ("ref", "sdpa_bias", "floor"):
+    if provider in ("ref", "sdpa_bias", "floor", "torch"):
         return None
     if provider == "triton" and device.type == "cpu":
         return "the Triton interpreter is a correctness tool, not timed"

@@ -23,7 +23,7 @@ from gigagan_kernels import backend, use_impl
 from .common import ResultWriter, bench_main, peak_memory_mb, record, time_fn
 
 OP = "e2e"
-PROVIDERS = ("ref", "triton", "cuda")
+PROVIDERS = ("ref", "torch", "triton", "cuda")
 GPU_CASES = {"G_fwd_b1": 1, "G_fwd_b32": 32, "D_fwdbwd_b32": 32, "train_step_b32": 32, "upsampler_b1": 1,
              "paper_G_fwd_b1": 1}
 CPU_CASES = {"G_fwd_b1": 1, "G_fwd_b4": 4, "D_fwdbwd_b4": 4, "train_step_b4": 4, "upsampler_b1": 1}
@@ -31,7 +31,7 @@ CAPTION = "a small red circle in the top left on a blue background"
 
 
 def available(provider, device):
-    if provider == "ref":
+    if provider in ("ref", "torch"):
         return None
     if provider == "triton" and device.type == "cpu":
         return "the Triton interpreter is a correctness tool, not timed"

@@ -19,7 +19,7 @@ def _add_sampling_args(p, prompts: bool = True):
     p.add_argument("--ckpt", required=True, help="a checkpoint file, or a run directory (its newest checkpoint)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--truncation", type=float, default=1.0, help="text-conditioned truncation psi (1 = off)")
-    p.add_argument("--impl", default="auto", choices=["auto", "ref", "triton", "cuda"])
+    p.add_argument("--impl", default="auto", choices=["auto", "ref", "torch", "triton", "cuda"])
     p.add_argument("--device", default=None)
     p.add_argument("--out", required=True, help="output PNG")
 
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--r1-gamma", type=float, default=0.2048)
     t.add_argument("--r1-interval", type=int, default=16)
     t.add_argument("--no-matching-aware", action="store_true")
-    t.add_argument("--impl", default="auto", choices=["auto", "ref", "triton", "cuda"])
+    t.add_argument("--impl", default="auto", choices=["auto", "ref", "torch", "triton", "cuda"])
     t.add_argument("--out", default="runs/gigagan")
     t.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
     t.add_argument("--seed", type=int, default=0)

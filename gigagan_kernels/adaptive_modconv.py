@@ -7,7 +7,8 @@ For each sample b:
 
 This module holds the public function, input validation, the reference
 composite ("ref", the oracle of every test and the naive baseline of every
-benchmark), and the torch.library registration of the fused paths with their
+benchmark), the "torch" composite that modulates activations instead (the CPU
+default), and the torch.library registration of the fused paths with their
 autograd. The Triton kernels live beside it in adaptive_modconv_triton.py; the
 CUDA C++ kernels in csrc/adaptive_modconv.{cu,cpp} (ops gigagan_kernels_cuda::*,
 whose fake kernels and autograd are registered here).
@@ -134,6 +135,42 @@ def adaptive_modconv2d_ref(x, weight_bank, select_logits, style, bias=None, *, d
         weight = weight * torch.rsqrt(weight.square().sum(dim=(2, 3, 4), keepdim=True) + eps)
     y = F.conv2d(x.reshape(1, B * Cin, H, W), weight.reshape(B * Cout, Cin, k, k), padding=k // 2, groups=B)
     return _epilogue_ref(y.reshape(B, Cout, H, W), bias, noise, activation, gain, clamp)
+
+
+# ----------------------------------------------------------------------------------------------
+# "torch" composite: the CPU default. Modulates activations instead of weights (StyleGAN2's
+# fused_modconv=False), so nothing of size B x Cout x Cin x k x k is ever built.
+# ----------------------------------------------------------------------------------------------
+def adaptive_modconv2d_torch(x, weight_bank, select_logits, style, bias=None, *, demodulate=True, eps=1e-8,
+                             noise=None, activation=None, gain=None, clamp=None):
+    """conv(x * s, W[n]) for all n as one shared-weight convolution, mixed with a[b, n], scaled by d[b, o].
+
+    d[b,o]^2 = sum_i s[b,i]^2 sum_{kh,kw} K[b,o,i]^2. With N = 1 that is s^2 against the bank's
+    per-(o, i) sums of squares, so nothing per-sample is built. With N > 1 the unmodulated mix K[b]
+    is formed for the norm only (forming it first keeps d as well conditioned as the reference;
+    Gram cross terms would cancel where the mixed filter is small).
+    Costs N dense convolutions in place of one grouped one: a win where per-sample weights outweigh
+    the activations (low resolutions, large batches, N = 1). Plain torch ops: any order of gradient.
+    """
+    B, Cin, H, W = x.shape
+    N, Cout, _, k, _ = weight_bank.shape
+    if demodulate and Cin * k * k == 1:
+        # Each filter is one scalar that demodulation divides by itself: y cannot see its scale, and
+        # here dbank would be a difference of two large terms. Per-sample weights are only B x Cout.
+        return adaptive_modconv2d_ref(x, weight_bank, select_logits, style, bias, demodulate=True, eps=eps,
+                                      noise=noise, activation=activation, gain=gain, clamp=clamp)
+    gain = _default_gain(activation) if gain is None else float(gain)
+    a = torch.softmax(select_logits, dim=1)
+    y = F.conv2d(x * style[:, :, None, None], weight_bank.reshape(N * Cout, Cin, k, k), padding=k // 2)
+    y = torch.einsum("bn,bnohw->bohw", a, y.view(B, N, Cout, H, W))     # N = 1 too: select_logits gets its (zero) grad
+    if demodulate:
+        if N == 1:
+            sq = weight_bank.square().sum(dim=(3, 4))                        # [1, Cout, Cin]
+        else:
+            sq = (a @ weight_bank.reshape(N, -1)).view(B, Cout, Cin, k * k).square().sum(-1)   # [B, Cout, Cin]
+        norm2 = (sq * style.square()[:, None, :]).sum(-1)
+        y = y * torch.rsqrt(norm2 + eps)[:, :, None, None]
+    return _epilogue_ref(y, bias, noise, activation, gain, clamp)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -302,7 +339,7 @@ def adaptive_modconv2d(x, weight_bank, select_logits, style, bias=None, *, demod
         activation: None / "linear" or "lrelu" (slope 0.2).
         gain: output gain, default sqrt(2) for "lrelu" and 1 otherwise (StyleGAN2 bias_act).
         clamp: clamp the output to [-clamp, clamp] after the gain.
-        impl: "auto", "ref", "triton" or "cuda" (see gigagan_kernels.backend).
+        impl: "auto", "ref", "torch", "triton" or "cuda" (see gigagan_kernels.backend).
 
     All tensors share one device and dtype (fp32, fp16 or bf16); accumulation is fp32.
     Supports gradients of every order for every impl: first-order backward of the fused
@@ -313,9 +350,12 @@ def adaptive_modconv2d(x, weight_bank, select_logits, style, bias=None, *, demod
     gain = _default_gain(activation) if gain is None else float(gain)
     clamp = None if clamp is None else float(clamp)
     chosen = backend.resolve_impl(impl, x.device, OP_NAME)
-    if chosen == "ref" or x.shape[0] == 0:
+    if chosen == "ref" or x.shape[0] == 0:      # an empty batch: the ref keeps y attached to every input
         return adaptive_modconv2d_ref(x, weight_bank, select_logits, style, bias, demodulate=demodulate, eps=eps,
                                       noise=noise, activation=activation, gain=gain, clamp=clamp)
+    if chosen == "torch":
+        return adaptive_modconv2d_torch(x, weight_bank, select_logits, style, bias, demodulate=demodulate, eps=eps,
+                                        noise=noise, activation=activation, gain=gain, clamp=clamp)
     if chosen == "triton":
         from . import adaptive_modconv_triton as kernels
         max_filters, fused_op = kernels.MAX_FILTERS, _triton_fwd_op

@@ -5,7 +5,7 @@
     out = softmax_j(logits, masked keys -> -inf) @ v;  a row with every key masked returns zeros.
 
 This module holds the public function, validation, the reference ("ref": materialised logits, the
-oracle and the naive baseline) and the torch.library registration of the flash-style fused paths: the
+oracle and the naive baseline), a leaner plain-torch composite ("torch", the CPU default) and the torch.library registration of the flash-style fused paths: the
 Triton kernels (attention_triton.py) and the CUDA C++ kernels (csrc/attention.{cu,cpp}, ops
 gigagan_kernels_cuda::attention_*, whose fake kernels and autograd are registered here).
 
@@ -77,6 +77,30 @@ def attention_ref(q, k, v, *, kind="l2", scale=None, key_padding_mask=None):
     else:
         probs = torch.softmax(logits, dim=-1)
     return probs @ v
+
+
+def attention_torch(q, k, v, *, kind="l2", scale=None, key_padding_mask=None):
+    """The CPU default: L2 logits as dot logits at 2*scale plus a per-key bias -scale*||k||^2 (the
+    row term cancels in the softmax, SPEC §3), in one baddbmm, with masking folded into the same bias.
+    Still materialises Lq x Lk; plain torch ops, so differentiable to any order."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    B, H, Lq, D = q.shape
+    Lk = k.shape[2]
+    if kind == "l2":
+        bias, alpha = -scale * k.square().sum(-1), 2.0 * scale                     # [B, H, Lk]
+    else:
+        bias, alpha = q.new_zeros((B, H, Lk)), scale
+    if key_padding_mask is not None:
+        bias = bias.masked_fill(~key_padding_mask[:, None, :], float("-inf"))
+    logits = torch.baddbmm(bias.reshape(B * H, 1, Lk), q.reshape(B * H, Lq, D), k.reshape(B * H, Lk, D).transpose(1, 2),
+                           alpha=alpha)
+    if key_padding_mask is not None:
+        row_has_keys = key_padding_mask.any(dim=-1)                                 # [B]
+        logits = logits.masked_fill(~row_has_keys.repeat_interleave(H)[:, None, None], 0.0)
+        probs = torch.softmax(logits, dim=-1) * row_has_keys.repeat_interleave(H)[:, None, None]
+    else:
+        probs = torch.softmax(logits, dim=-1)
+    return torch.bmm(probs, v.reshape(B * H, Lk, v.shape[3])).view(B, H, Lq, v.shape[3])
 
 
 _KIND_CODES = {"dot": 0, "l2": 1}
@@ -164,7 +188,7 @@ def attention(q, k, v, *, kind="l2", scale=None, key_padding_mask=None, impl="au
         kind: "l2" (logit = -scale ||q_i - k_j||^2) or "dot" (logit = scale <q_i, k_j>).
         scale: default 1/sqrt(D).
         key_padding_mask: [B, Lk] bool, True = attend. A row with every key masked returns zeros.
-        impl: "auto", "ref", "triton" or "cuda" (see gigagan_kernels.backend).
+        impl: "auto", "ref", "torch", "triton" or "cuda" (see gigagan_kernels.backend).
 
     Accumulation is fp32; the fused path keeps O(L) memory (only the row log-sum-exp is saved).
     Gradients of every order are supported for every impl.
@@ -174,6 +198,8 @@ def attention(q, k, v, *, kind="l2", scale=None, key_padding_mask=None, impl="au
     chosen = backend.resolve_impl(impl, q.device, OP_NAME)
     if chosen == "ref" or q.numel() == 0 or k.shape[2] == 0:
         return attention_ref(q, k, v, kind=kind, scale=scale, key_padding_mask=key_padding_mask)
+    if chosen == "torch":
+        return attention_torch(q, k, v, kind=kind, scale=scale, key_padding_mask=key_padding_mask)
     if chosen == "triton":
         from . import attention_triton as kernels
         max_head_dim, fused_op = kernels.MAX_HEAD_DIM, _triton_fwd_op

@@ -1,8 +1,9 @@
 """The one place that decides which backend runs an op.
 
-impl is "ref", "triton", "cuda" or "auto". "auto" consults, in order, the
-`use_impl` context manager, the GIGAGAN_KERNELS_IMPL environment variable and
-finally the per-device preference below. Asking for a backend that cannot run
+impl is "ref", "torch", "triton", "cuda" or "auto". "ref" is each op's readable oracle; "torch" is
+its leaner plain-torch composite (any device, the CPU default); "triton" and "cuda" are the fused
+kernels. "auto" consults, in order, the `use_impl` context manager, the GIGAGAN_KERNELS_IMPL
+environment variable and finally the per-device preference below. Asking for a backend that cannot run
 on the given tensors raises; nothing falls back silently.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 
 import torch
 
-IMPLS = ("ref", "triton", "cuda")
+IMPLS = ("ref", "torch", "triton", "cuda")
 ENV_VAR = "GIGAGAN_KERNELS_IMPL"
 
 _override: contextvars.ContextVar[str | None] = contextvars.ContextVar("gigagan_kernels_impl", default=None)
@@ -80,7 +81,7 @@ def _check_name(impl, *, allow_auto: bool, source: str) -> None:
 
 def unavailable_reason(impl: str, device: torch.device, op: str) -> str | None:
     """Why `impl` cannot run `op` on `device`, or None when it can."""
-    if impl == "ref":
+    if impl in ("ref", "torch"):
         return None
     if impl == "triton":
         if not triton_installed():
@@ -104,7 +105,7 @@ def unavailable_reason(impl: str, device: torch.device, op: str) -> str | None:
 
 # Order in which "auto" tries backends on CUDA. Triton first until the CUDA
 # kernels are measured faster on the benchmark shapes.
-_AUTO_CUDA_ORDER = ("triton", "cuda", "ref")
+_AUTO_CUDA_ORDER = ("triton", "cuda", "torch")
 
 
 def resolve_impl(impl: str, device: torch.device, op: str) -> str:
@@ -127,4 +128,4 @@ def resolve_impl(impl: str, device: torch.device, op: str) -> str:
                 return cand
     if device.type == "cpu" and triton_interpret() and triton_installed():
         return "triton"
-    return "ref"
+    return "torch"

@@ -34,7 +34,8 @@ def _cuda_extension_built() -> bool:
     return backend.cuda_extension_ops() is not None
 
 
-# The fused backends every op test runs. "cuda" needs a GPU and the built extension (gigagan_kernels._C).
+# The fast paths every op test runs: the plain-torch composite and the fused kernels. "cuda" needs a GPU and the built extension (gigagan_kernels._C).
 CUDA_IMPL = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
     not _cuda_extension_built(), reason="the CUDA extension gigagan_kernels._C is not built")])
-FAST_IMPLS = ["triton", CUDA_IMPL]
+FUSED_IMPLS = ["triton", CUDA_IMPL]
+FAST_IMPLS = ["torch"] + FUSED_IMPLS

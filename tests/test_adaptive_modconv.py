@@ -188,6 +188,24 @@ def test_random_shape_sweep(case, impl, device, poison_outputs):
     check_against_reference(inputs, impl, dtype, **options)
 
 
+def test_torch_composite_never_builds_per_sample_weights():
+    """N = 1 (D's predictors, to-RGB): the "torch" path keeps nothing of size B x Cout x Cin x k x k,
+    forward or saved for backward; the ref keeps several such tensors."""
+    B, Cin, Cout, k = 16, 24, 20, 3
+    inputs = make_inputs(B, Cin, Cout, 4, 4, 1, k, dtype=torch.float32, device="cpu", seed=3, bias=True)
+    per_sample = B * Cout * Cin * k * k
+
+    def saved_sizes(impl):
+        sizes = []
+        leaves = [inputs[n].clone().requires_grad_() for n in ("x", "weight_bank", "select_logits", "style", "bias")]
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+            gk.adaptive_modconv2d(*leaves, activation="lrelu", impl=impl)
+        return sizes
+
+    assert max(saved_sizes("ref")) >= per_sample          # the check can see the naive path's weights
+    assert max(saved_sizes("torch")) < per_sample
+
+
 @pytest.mark.parametrize("impl", ["ref"] + FAST_IMPLS)
 def test_second_order_gradients_r1(impl, device):
     """R1: gradient of D's output wrt the input, squared, backpropagated into every parameter."""

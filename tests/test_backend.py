@@ -17,7 +17,8 @@ def test_auto_on_cpu_follows_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert backend.resolve_impl("auto", torch.device("cpu"), "adaptive_modconv2d") == "triton"
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    assert backend.resolve_impl("auto", torch.device("cpu"), "adaptive_modconv2d") == "ref"
+    for op in ("adaptive_modconv2d", "attention"):
+        assert backend.resolve_impl("auto", torch.device("cpu"), op) == "torch"
 
 
 def test_env_var_and_context_manager_override_auto(monkeypatch):
