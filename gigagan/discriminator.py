@@ -13,7 +13,8 @@ scale j a prediction is made from each level i < j:
 
 psi_j is a two-layer modulated-conv predictor conditioned on t_D, D's own text descriptor (CLIP
 plus D's learned transformer). The trunk runs each block once on the levels that reached it,
-stacked along the batch, rather than once per level.
+stacked along the batch, rather than once per level, and once for all the captions an image is
+scored under (captions_per_image: the matching-aware loss scores each image twice).
 """
 from __future__ import annotations
 
@@ -132,17 +133,29 @@ class Discriminator(nn.Module):
         return images
 
     def forward(self, images: Union[torch.Tensor, Sequence[torch.Tensor]],
-                text: Union[CLIPText, TextFeatures, Sequence[str], torch.Tensor]) -> list:
+                text: Union[CLIPText, TextFeatures, Sequence[str], torch.Tensor], captions_per_image: int = 1,
+                parts: int = 1) -> list:
         """images: a pyramid (level 0 first) or one full-resolution batch, pooled here into a pyramid.
-        text: captions, their CLIP features, or t_D itself [B, t_dim]. Returns one logit map per pair (i, j)."""
+        text: captions, their CLIP features, or t_D itself [B, t_dim]. Returns one logit map per pair (i, j).
+
+        captions_per_image m > 1 scores each of the B images under m captions: text then has m * B rows
+        (caption set 0 for every image, then set 1, ...) and each map has m * B rows in that order, as if
+        the images had been repeated m times. The trunk, which does not read the text, runs once.
+        parts: the image batch is that many equal chunks (e.g. real, then fake) that minibatch-std groups
+        never straddle."""
         pyramid = self.check_pyramid(images)
         B = pyramid[0].shape[0]
+        m = int(captions_per_image)
+        if m < 1:
+            raise ValueError(f"Discriminator: captions_per_image must be >= 1, got {captions_per_image}")
+        if parts < 1 or B % parts:
+            raise ValueError(f"Discriminator: parts must divide the batch of {B} images, got {parts}")
         if isinstance(text, str):
             raise TypeError("Discriminator: text must be a list of captions (one per sample), not a single str")
         t_d = text if isinstance(text, torch.Tensor) else self.encode_text(text)
-        if t_d.shape[0] != B:
-            raise ValueError(f"Discriminator: got {t_d.shape[0]} captions for a batch of {B} images; "
-                             "pass one caption per sample")
+        if t_d.shape[0] != m * B:
+            raise ValueError(f"Discriminator: got {t_d.shape[0]} captions for a batch of {B} images scored under "
+                             f"{m} caption(s) each; pass {m * B}")
         t_d = t_d.to(pyramid[0].dtype)
         outputs, h = [], None
         for j, block in enumerate(self.blocks):
@@ -150,6 +163,9 @@ class Discriminator(nn.Module):
             h = entering if h is None else torch.cat([h, entering], dim=0)     # levels 0..j, stacked on batch
             h = block(h)
             last = j == self.num_levels - 1 and self.mbstd_group > 0
-            logits = self.predictors[j](minibatch_std(h, self.mbstd_group, B) if last else h, t_d.repeat(j + 1, 1))
-            outputs.extend(logits.split(B, dim=0))                             # pairs (0, j+1) .. (j, j+1)
+            feats = minibatch_std(h, self.mbstd_group, B // parts) if last else h
+            if m > 1:                                                          # [level, image] -> [level, caption set, image]
+                feats = feats.unflatten(0, (j + 1, 1, B)).expand(-1, m, -1, -1, -1, -1).flatten(0, 2)
+            logits = self.predictors[j](feats, t_d.repeat(j + 1, 1))
+            outputs.extend(logits.split(m * B, dim=0))                         # pairs (0, j+1) .. (j, j+1)
         return outputs

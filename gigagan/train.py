@@ -417,10 +417,11 @@ class Trainer:
             with self._no_sync(self.D_ddp, k < micro - 1), self.autocast:
                 real_in = real.detach().requires_grad_(do_r1)
                 real_pyr = self.D.check_pyramid(real_in)
-                parts = [real_pyr, fake] + ([real_pyr, fake] if cfg.matching_aware else [])
+                # [real, fake] under the true captions, then (matching-aware) under mismatched ones;
+                # D's trunk runs once on the images.
+                pyramid = [torch.cat([r, f]) for r, f in zip(real_pyr, fake)]
                 texts = [text, text] + ([mismatched(text)] * 2 if cfg.matching_aware else [])
-                pyramid = [torch.cat([p[i] for p in parts]) for i in range(len(real_pyr))]
-                logits = self.D_ddp(pyramid, CLIPText.cat(texts))
+                logits = self.D_ddp(pyramid, CLIPText.cat(texts), captions_per_image=len(texts) // 2, parts=2)
                 split = [lg.split(B) for lg in logits]
                 loss = discriminator_loss([s[0] for s in split], [s[1] for s in split])
                 if cfg.matching_aware:
@@ -452,8 +453,7 @@ class Trainer:
             with self._no_sync(self.G_ddp, k < micro - 1), self.autocast:
                 fake = self._generate(self.G_ddp, real, text, z, update_w_avg=True)
                 if cfg.matching_aware:
-                    pyramid = [torch.cat([f, f]).float() for f in fake]
-                    logits = D(pyramid, CLIPText.cat([text, mismatched(text)]))
+                    logits = D([f.float() for f in fake], CLIPText.cat([text, mismatched(text)]), captions_per_image=2)
                     split = [lg.split(B) for lg in logits]
                     loss = generator_loss([s[0] for s in split]) + matching_aware_g_loss([s[1] for s in split])
                 else:

@@ -292,6 +292,29 @@ def test_random_clip_warns_once_and_tags_are_only_read_from_cache(tmp_path, monk
         _cached_checkpoint("ViT-B-32", "not-a-tag")
 
 
+def test_d_scores_each_image_under_several_captions_with_one_trunk_pass(tiny):
+    """captions_per_image=2 equals scoring the images repeated twice, and runs the trunk once."""
+    D = tiny.discriminator
+    x = randn(4, 3, 32, 32)
+    captions = (CAPTIONS * 3)[:4]
+    text = tiny.clip.encode(captions + captions[::-1])
+    repeated = D(torch.cat([x, x]), text)
+    calls = []
+    hook = D.blocks[0].register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape[0]))
+    try:
+        once = D(x, text, captions_per_image=2)
+    finally:
+        hook.remove()
+    assert calls == [4]
+    assert len(once) == len(repeated)
+    for a, b in zip(once, repeated):
+        assert a.shape == b.shape and torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="scored under 2 caption"):
+        D(x, tiny.clip.encode(captions), captions_per_image=2)
+    with pytest.raises(ValueError, match="parts must divide"):
+        D(x, tiny.clip.encode(captions), parts=3)
+
+
 def test_minibatch_std_groups_stay_inside_each_part():
     from gigagan.discriminator import minibatch_std
     same = randn(1, 3, 4, 4).expand(4, 3, 4, 4)          # a collapsed part: four identical samples
