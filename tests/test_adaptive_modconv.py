@@ -188,8 +188,24 @@ def test_random_shape_sweep(case, impl, device, poison_outputs):
     check_against_reference(inputs, impl, dtype, **options)
 
 
+@pytest.mark.parametrize("formulation", ["activations", "weights"])
+@pytest.mark.parametrize("case", range(0, SWEEP_CASES, 3))
+def test_torch_composite_both_formulations(case, formulation, monkeypatch):
+    """impl="torch" picks a formulation per call by cost; force each one over the sweep's shapes."""
+    monkeypatch.setattr(amc, "modulates_activations", lambda *shapes: formulation == "activations")
+    test_random_shape_sweep(case, "torch", "cpu", None)
+
+
+def test_torch_composite_cost_model():
+    """Activations for D's 4x4 predictors and G's 4x4 layer; the grouped conv for to-RGB and 16x16+."""
+    assert amc.modulates_activations((64, 64, 4, 4), (1, 64, 64, 3, 3))
+    assert amc.modulates_activations((16, 64, 4, 4), (4, 64, 64, 3, 3))
+    assert not amc.modulates_activations((4, 32, 32, 32), (1, 3, 32, 1, 1))
+    assert not amc.modulates_activations((4, 32, 16, 16), (4, 32, 32, 3, 3))
+
+
 def test_torch_composite_never_builds_per_sample_weights():
-    """N = 1 (D's predictors, to-RGB): the "torch" path keeps nothing of size B x Cout x Cin x k x k,
+    """N = 1 at 4x4 (D's predictors): the "torch" path keeps nothing of size B x Cout x Cin x k x k,
     forward or saved for backward; the ref keeps several such tensors."""
     B, Cin, Cout, k = 16, 24, 20, 3
     inputs = make_inputs(B, Cin, Cout, 4, 4, 1, k, dtype=torch.float32, device="cpu", seed=3, bias=True)
