@@ -1,12 +1,13 @@
-"""Does a trained base checkpoint follow its captions? Two numbers, for the CPU training demo (NOTES.md).
+"""Does a trained base checkpoint follow its captions? Three numbers, for the CPU training demo (NOTES.md).
 
-    python scripts/caption_score.py runs/main
+    python scripts/caption_score.py runs/main [more checkpoints or run directories]
 
-1. Background score: for 24 prompts "a large {A} {shape} in the center on a {B} background" (A != B), is
-   the generated image's border colour (EMA G, noise off) closest to B among the dataset's 8 colours?
-   Chance is 3/24.
-2. Does D read captions: on 64 real images of the built-in dataset, the fraction whose summed mean logit
-   is higher under their own caption than under a mismatched one (the batch rolled by one).
+1. Background: for all 56 ordered colour pairs (A, B), twice each with different z, the prompt
+   "a large {A} {shape} in the center on a {B} background": is the generated image's border colour
+   (EMA G, noise off) nearest to B among the dataset's 8 colours? Chance is 1/8 (14 of 112).
+2. Shape colour: is the centre 4x4 patch's colour nearest to A? Chance is 1/8.
+3. Does D read captions: on 64 real images of the built-in dataset, the fraction whose summed mean
+   logit is higher under their own caption than under a mismatched one (the batch rolled by one).
 """
 import itertools
 import random
@@ -33,18 +34,24 @@ def main(path: str) -> None:
     names = list(COLOURS)
     palette = torch.tensor([COLOURS[n] for n in names], dtype=torch.float32) / 127.5 - 1
     rng = random.Random(0)
-    pairs = list(itertools.permutations(names, 2))
-    rng.shuffle(pairs)
-    pairs = pairs[:24]
+    pairs = list(itertools.permutations(names, 2)) * 2
     prompts = [f"a large {a} {rng.choice(['circle', 'square', 'triangle'])} in the center on "
                f"{'an' if b == 'orange' else 'a'} {b} background" for a, b in pairs]
     z = torch.randn(len(prompts), G.z_dim, generator=torch.Generator().manual_seed(1))
     img = G(z, prompts, noise_mode="none")[0].clamp(-1, 1)
+    c = img.shape[-1] // 2
     border = torch.cat([img[:, :, :2].flatten(2), img[:, :, -2:].flatten(2), img[:, :, :, :2].flatten(2),
                         img[:, :, :, -2:].flatten(2)], dim=2).mean(2)
-    hits = sum(names[(palette - border[k]).norm(dim=1).argmin()] == b for k, (_, b) in enumerate(pairs))
-    print(f"step {state['step']}: background colour nearest to the caption's on {hits}/{len(pairs)} prompts "
-          f"(chance {len(pairs) / len(names):.0f})")
+    centre = img[:, :, c - 2:c + 2, c - 2:c + 2].flatten(2).mean(2)
+
+    def nearest(colours):
+        return [names[i] for i in torch.cdist(colours, palette).argmin(dim=1)]
+
+    bg = sum(got == b for got, (_, b) in zip(nearest(border), pairs))
+    fg = sum(got == a for got, (a, _) in zip(nearest(centre), pairs))
+    n = len(pairs)
+    print(f"{path} (step {state['step']}): background colour right on {bg}/{n}, shape colour right on {fg}/{n} "
+          f"(chance {n // len(names)} each)")
     data = ShapesDataset(G.resolution, seed=123)
     images, captions = zip(*[data[i] for i in range(64)])
     text = model.clip.encode(list(captions))
@@ -55,4 +62,5 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "runs/main")
+    for arg in sys.argv[1:] or ["runs/main"]:
+        main(arg)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set everything up and run the main job:
-#   1. train the tiny GigaGAN on the built-in captioned-shapes dataset (CPU, or a GPU if present);
+#   1. train the tiny GigaGAN on the built-in captioned-shapes dataset (a GPU if present, else one
+#      process per CPU core under torchrun);
 #   2. sample a captioned grid and a prompt-interpolation strip from the EMA generator;
 #   3. plot the losses (written by train as loss.png);
 #   4. run the kernel benchmarks and print their summary.
@@ -15,11 +16,20 @@ fi
 bash scripts/setup_env.sh
 PY="${GIGAGAN_VENV:-.venv}/bin/python"
 OUT="${OUT:-runs/main}"
-STEPS="${STEPS:-600}"
+STEPS="${STEPS:-900}"
 
 rm -rf "$OUT"
-"$PY" -m gigagan train --preset tiny --steps "$STEPS" --batch-size 4 --out "$OUT" \
-    --sample-every 100 --ckpt-every 100 --log-every 10
+TRAIN=(-m gigagan train --preset tiny --steps "$STEPS" --out "$OUT" --sample-every 200 --ckpt-every 200 --log-every 20)
+if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  "$PY" "${TRAIN[@]}" --batch-size 16
+else
+  # On CPU, single-threaded DDP processes (gloo) outrun one multi-threaded process: 39 against
+  # 32 images/s on a 2-core machine (benchmarks/NOTES.md). The global batch stays 16.
+  NPROC="${NPROC:-$(nproc)}"
+  for n in 16 8 4 2 1; do if [ "$NPROC" -ge "$n" ]; then NPROC=$n; break; fi; done
+  OMP_NUM_THREADS=1 "${PY%/python}/torchrun" --standalone --nproc_per_node "$NPROC" "${TRAIN[@]}" \
+      --batch-size $((16 / NPROC))
+fi
 "$PY" -m gigagan sample --ckpt "$OUT" --out "$OUT/samples.png" --columns 4 \
     --prompt "a large red circle in the center on a blue background" \
     --prompt "a large yellow square in the center on a black background" \
@@ -32,5 +42,6 @@ rm -rf "$OUT"
 "$PY" -m gigagan interpolate --ckpt "$OUT" --out "$OUT/interpolation.png" --steps 8 \
     --prompt-a "a large red circle in the center on a blue background" \
     --prompt-b "a large yellow square in the center on a black background"
+"$PY" scripts/caption_score.py "$OUT"           # do the samples follow their captions? (chance 14/112)
 echo "main job: samples, interpolation strip and loss curve are in $OUT/ (samples.png, interpolation.png, loss.png)"
 exec "$PY" -m gigagan bench "$@"
