@@ -138,13 +138,13 @@ def adaptive_modconv2d_ref(x, weight_bank, select_logits, style, bias=None, *, d
 
 
 # ----------------------------------------------------------------------------------------------
-# "torch" composite: the CPU default. Modulates activations instead of weights (StyleGAN2's
-# fused_modconv=False), so nothing of size B x Cout x Cin x k x k is ever built.
+# "torch" composite: the CPU default. Where per-sample weights would dominate, it modulates
+# activations instead (StyleGAN2's fused_modconv=False); elsewhere it is the reference.
 # ----------------------------------------------------------------------------------------------
 def modulates_activations(x_shape, bank_shape) -> bool:
     """The "torch" composite's cost model: modulate activations where per-sample weights would outweigh
     the N-fold convolution's activations, i.e. Cout*Cin*k^2 > N*(Cin+Cout)*H*W. On this project's CPU
-    that picks D's 4x4 predictors (5-17x faster than per-sample weights) and leaves to-RGB and the
+    that picks D's 4x4 predictors (11-16x faster than per-sample weights) and leaves to-RGB and the
     16x16+ layers to the grouped convolution, which is faster there (benchmarks/NOTES.md)."""
     _, Cin, H, W = x_shape
     N, Cout, _, k, _ = bank_shape
@@ -152,26 +152,20 @@ def modulates_activations(x_shape, bank_shape) -> bool:
 
 
 def adaptive_modconv2d_torch(x, weight_bank, select_logits, style, bias=None, *, demodulate=True, eps=1e-8,
-                             noise=None, activation=None, gain=None, clamp=None, modulate="auto"):
-    """The plain-torch composite: per call, the cheaper of two exact formulations.
+                             noise=None, activation=None, gain=None, clamp=None):
+    """The plain-torch composite: per call, the cheaper of two exact formulations (modulates_activations).
 
-    modulate="weights": the reference's per-sample weights and one grouped convolution.
-    modulate="activations": conv(x * s, W[n]) for all n as one shared-weight convolution, mixed with
+    Weights: the reference's per-sample weights and one grouped convolution.
+    Activations: conv(x * s, W[n]) for all n as one shared-weight convolution, mixed with
     a[b, n] and scaled by d[b, o] (StyleGAN2's fused_modconv=False, generalised to N filters).
     d[b,o]^2 = sum_i s[b,i]^2 sum_{kh,kw} K[b,o,i]^2: with N = 1 that is s^2 against the bank's
     per-(o, i) sums of squares, so nothing per-sample is built; with N > 1 the unmodulated mix K[b] is
     formed for the norm only (mixing first keeps d as well conditioned as the reference; Gram cross
-    terms would cancel where the mixed filter is small).
-    modulate="auto": modulates_activations() decides. Plain torch ops: any order of gradient.
+    terms would cancel where the mixed filter is small). Plain torch ops: any order of gradient.
     """
-    if modulate not in ("auto", "activations", "weights"):
-        raise ValueError(f"adaptive_modconv2d_torch: modulate must be 'auto', 'activations' or 'weights', "
-                         f"got {modulate!r}")
-    if modulate == "auto":
-        modulate = "activations" if modulates_activations(x.shape, weight_bank.shape) else "weights"
     B, Cin, H, W = x.shape
     N, Cout, _, k, _ = weight_bank.shape
-    if modulate == "weights" or (demodulate and Cin * k * k == 1):
+    if not modulates_activations(x.shape, weight_bank.shape) or (demodulate and Cin * k * k == 1):
         # (Cin*k*k = 1: each filter is one scalar that demodulation divides by itself, so y cannot see
         # its scale and the activation form's dbank would be a difference of two large terms.)
         return adaptive_modconv2d_ref(x, weight_bank, select_logits, style, bias, demodulate=demodulate, eps=eps,

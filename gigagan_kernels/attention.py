@@ -5,8 +5,8 @@
     out = softmax_j(logits, masked keys -> -inf) @ v;  a row with every key masked returns zeros.
 
 This module holds the public function, validation, the reference ("ref": materialised logits, the
-oracle and the naive baseline), a leaner plain-torch composite ("torch", the CPU default) and the torch.library registration of the flash-style fused paths: the
-Triton kernels (attention_triton.py) and the CUDA C++ kernels (csrc/attention.{cu,cpp}, ops
+oracle and the naive baseline), a leaner plain-torch composite ("torch", the CPU default) and the
+torch.library registration of the flash-style fused paths: the Triton kernels (attention_triton.py) and the CUDA C++ kernels (csrc/attention.{cu,cpp}, ops
 gigagan_kernels_cuda::attention_*, whose fake kernels and autograd are registered here).
 
 Gradient order: first-order backward of the fused paths runs fused kernels; under create_graph=True
@@ -95,9 +95,9 @@ def attention_torch(q, k, v, *, kind="l2", scale=None, key_padding_mask=None):
     logits = torch.baddbmm(bias.reshape(B * H, 1, Lk), q.reshape(B * H, Lq, D), k.reshape(B * H, Lk, D).transpose(1, 2),
                            alpha=alpha)
     if key_padding_mask is not None:
-        row_has_keys = key_padding_mask.any(dim=-1)                                 # [B]
-        logits = logits.masked_fill(~row_has_keys.repeat_interleave(H)[:, None, None], 0.0)
-        probs = torch.softmax(logits, dim=-1) * row_has_keys.repeat_interleave(H)[:, None, None]
+        row_has_keys = key_padding_mask.any(dim=-1).repeat_interleave(H)[:, None, None]   # [B*H, 1, 1]
+        logits = logits.masked_fill(~row_has_keys, 0.0)
+        probs = torch.softmax(logits, dim=-1) * row_has_keys
     else:
         probs = torch.softmax(logits, dim=-1)
     return torch.bmm(probs, v.reshape(B * H, Lk, v.shape[3])).view(B, H, Lq, v.shape[3])

@@ -23,7 +23,7 @@ TRAIN=(-m gigagan train --preset tiny --steps "$STEPS" --out "$OUT" --sample-eve
 if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   "$PY" "${TRAIN[@]}" --batch-size 16
 else
-  # On CPU, single-threaded DDP processes (gloo) outrun one multi-threaded process: 39 against
+  # On CPU, single-threaded DDP processes (gloo) outrun one multi-threaded process: 34-36 against
   # 32 images/s on a 2-core machine (benchmarks/NOTES.md). The global batch stays 16.
   NPROC="${NPROC:-$(nproc)}"
   for n in 16 8 4 2 1; do if [ "$NPROC" -ge "$n" ]; then NPROC=$n; break; fi; done
