@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--log-every", type=int, default=10)
     t.add_argument("--sample-every", type=int, default=200)
     t.add_argument("--ckpt-every", type=int, default=200)
+    t.add_argument("--keep-checkpoints", type=int, default=3, help="how many of the newest checkpoints to keep")
     t.add_argument("--max-bad-steps", type=int, default=20)
     t.add_argument("--workers", type=int, default=0, help="dataloader worker processes")
     t.add_argument("--tensorboard", action="store_true")

@@ -38,6 +38,7 @@ def cmd_train(args) -> int:
                       grad_accum=args.grad_accum, lr=args.lr, r1_gamma=args.r1_gamma, r1_interval=args.r1_interval,
                       matching_aware=not args.no_matching_aware, impl=args.impl, out=args.out, seed=args.seed,
                       log_every=args.log_every, sample_every=args.sample_every, ckpt_every=args.ckpt_every,
+                      keep_checkpoints=args.keep_checkpoints,
                       max_bad_steps=args.max_bad_steps, num_workers=args.workers, tensorboard=args.tensorboard,
                       progress=not args.no_progress)
     trainer = Trainer(cfg)

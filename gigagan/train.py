@@ -237,6 +237,8 @@ class Trainer:
         self.rank, self.world, self.device = init_distributed()
         self.is_main = self.rank == 0
         self._log = log or (lambda msg: print(msg, flush=True))
+        if cfg.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1 (resume needs one), got {cfg.keep_checkpoints}")
         if cfg.batch_size % cfg.grad_accum:
             raise ValueError(f"batch_size {cfg.batch_size} must be divisible by grad_accum {cfg.grad_accum}")
         torch.manual_seed(cfg.seed)                       # identical initial weights on every rank

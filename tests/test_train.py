@@ -76,6 +76,13 @@ def test_train_steps_write_log_checkpoints_and_samples(tmp_path):
     assert state["step"] == 4
 
 
+def test_keep_checkpoints_sets_how_many_stay(tmp_path):
+    Trainer(_cfg(tmp_path, steps=3, ckpt_every=1, keep_checkpoints=1)).fit()
+    assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path / "run"))] == ["ckpt-00000003.pt"]
+    with pytest.raises(ValueError, match="keep_checkpoints must be >= 1"):
+        Trainer(_cfg(tmp_path, keep_checkpoints=0))
+
+
 def test_weight_decay_only_on_attention_weights(tmp_path):
     trainer = Trainer(_cfg(tmp_path))
     decayed = {id(p) for p in trainer.opt_g.param_groups[0]["params"]}
