@@ -142,13 +142,15 @@ def adaptive_modconv2d_ref(x, weight_bank, select_logits, style, bias=None, *, d
 # activations instead (StyleGAN2's fused_modconv=False); elsewhere it is the reference.
 # ----------------------------------------------------------------------------------------------
 def modulates_activations(x_shape, bank_shape) -> bool:
-    """The "torch" composite's cost model: modulate activations where per-sample weights would outweigh
-    the N-fold convolution's activations, i.e. Cout*Cin*k^2 > N*(Cin+Cout)*H*W. On this project's CPU
-    that picks D's 4x4 predictors (11-16x faster than per-sample weights) and leaves to-RGB and the
-    16x16+ layers to the grouped convolution, which is faster there (benchmarks/NOTES.md)."""
+    """The "torch" composite's cost model: modulate activations where per-sample weights, counted twice
+    because a B-group convolution runs about half as fast per FLOP as a batched one on CPU, would
+    outweigh the N-fold convolution's activations: 2*Cout*Cin*k^2 > N*(Cin+Cout)*H*W. On this project's
+    CPU that picks D's 8x8 and 16x16 layers (1.3-4.8x faster forward+backward than per-sample weights)
+    and leaves to-RGB, G's layers and the 32x32 layers to the grouped convolution, which is as fast or
+    faster there (benchmarks/NOTES.md)."""
     _, Cin, H, W = x_shape
     N, Cout, _, k, _ = bank_shape
-    return Cout * Cin * k * k > N * (Cin + Cout) * H * W
+    return 2 * Cout * Cin * k * k > N * (Cin + Cout) * H * W
 
 
 def adaptive_modconv2d_torch(x, weight_bank, select_logits, style, bias=None, *, demodulate=True, eps=1e-8,
