@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", default="builtin",
                    help="builtin (procedural shapes), a folder of images with .txt captions, or tar shards")
     t.add_argument("--steps", type=int, default=1000)
+    t.add_argument("--max-minutes", type=float, default=None,
+                   help="also stop after this many minutes of training (checkpoint and final samples are written)")
     t.add_argument("--batch-size", type=int, default=4, help="per process")
     t.add_argument("--grad-accum", type=int, default=1)
     t.add_argument("--lr", type=float, default=0.0025)

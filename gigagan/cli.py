@@ -34,7 +34,7 @@ def cmd_train(args) -> int:
                       perceptual_weights=args.perceptual_weights, clip_weight=args.clip_weight,
                       vision_aided_weight=args.vision_aided_weight, guidance_clip=args.guidance_clip,
                       guidance_clip_pretrained=args.guidance_clip_pretrained, allow_random_clip=args.allow_random_clip,
-                      data=args.data, steps=args.steps, batch_size=args.batch_size,
+                      data=args.data, steps=args.steps, max_minutes=args.max_minutes, batch_size=args.batch_size,
                       grad_accum=args.grad_accum, lr=args.lr, r1_gamma=args.r1_gamma, r1_interval=args.r1_interval,
                       matching_aware=not args.no_matching_aware, impl=args.impl, out=args.out, seed=args.seed,
                       log_every=args.log_every, sample_every=args.sample_every, ckpt_every=args.ckpt_every,

@@ -66,6 +66,7 @@ class TrainConfig:
     model: str = "base"                 # "base": the generator; "upsampler": the text-conditioned upsampler
     data: str = "builtin"
     steps: int = 1000
+    max_minutes: Optional[float] = None # also stop (checkpoint, final samples) after this much training time
     batch_size: int = 4                 # per rank and per step (= grad_accum micro-batches)
     grad_accum: int = 1
     lr: float = 0.0025
@@ -237,6 +238,8 @@ class Trainer:
         self.rank, self.world, self.device = init_distributed()
         self.is_main = self.rank == 0
         self._log = log or (lambda msg: print(msg, flush=True))
+        if cfg.max_minutes is not None and not cfg.max_minutes > 0:
+            raise ValueError(f"max_minutes must be > 0 (or None for no time limit), got {cfg.max_minutes}")
         if cfg.keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be >= 1 (resume needs one), got {cfg.keep_checkpoints}")
         if cfg.batch_size % cfg.grad_accum:
@@ -603,7 +606,9 @@ class Trainer:
             from tqdm import tqdm
             bar = tqdm(total=cfg.steps, initial=self.step, desc="train", dynamic_ncols=True, file=sys.stderr)
         t_last, images_since = time.perf_counter(), 0
+        deadline = None if cfg.max_minutes is None else t_last + 60.0 * cfg.max_minutes
         sums, counts = {}, {}                             # loss means over each log interval
+        out_of_time = False
         try:
             with use_impl(cfg.impl):
                 while self.step < cfg.steps:
@@ -635,12 +640,16 @@ class Trainer:
                             self.write_samples(os.path.join(cfg.out, f"samples-{self.step:08d}.png"))
                         if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
                             self.save_checkpoint()
-                        if self._stop_requested():
+                        signalled, out_of_time = self._stop_requested(deadline)
+                        if signalled:
                             path = self.save_checkpoint()
                             self.log(f"signal {self.stop_signal}: saved {path} at step {self.step}; exiting")
                             return {"step": self.step, "stopped_by_signal": True}
-                        if self.step >= cfg.steps:
+                        if self.step >= cfg.steps or out_of_time:
                             break
+                    if out_of_time:
+                        self.log(f"max_minutes={cfg.max_minutes:g} reached at step {self.step}; stopping")
+                        break
                     if isinstance(dataset, torch.utils.data.IterableDataset):
                         continue                          # a stream: start another pass
         finally:
@@ -654,15 +663,19 @@ class Trainer:
             self.save_checkpoint()
         if self.is_main:
             self.write_samples(os.path.join(cfg.out, "samples-final.png"))
-        return {"step": self.step, "bad_steps": self.bad_steps_total, "skipped_samples": self.skipped_samples}
+        return {"step": self.step, "bad_steps": self.bad_steps_total, "skipped_samples": self.skipped_samples,
+                "out_of_time": out_of_time}
 
-    def _stop_requested(self) -> bool:
-        flag = torch.tensor([1.0 if self.stop_signal is not None else 0.0], device=self.device)
+    def _stop_requested(self, deadline: Optional[float] = None) -> tuple:
+        """(a stop signal arrived, the time budget is spent), on any rank: every rank stops at the same step."""
+        flags = torch.tensor([1.0 if self.stop_signal is not None else 0.0,
+                              1.0 if deadline is not None and time.perf_counter() >= deadline else 0.0],
+                             device=self.device)
         if self.world > 1:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)   # one rank's signal stops every rank at the same step
-        if flag.item() > 0 and self.stop_signal is None:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        if flags[0].item() > 0 and self.stop_signal is None:
             self.stop_signal = "peer"
-        return flag.item() > 0
+        return flags[0].item() > 0, flags[1].item() > 0
 
 
 def _set_trainable(params, flag: bool) -> None:

@@ -68,8 +68,9 @@ def main(path: str) -> None:
     z = torch.randn(len(prompts), G.z_dim, generator=torch.Generator().manual_seed(1))
     img = G(z, prompts, noise_mode="none")[0].clamp(-1, 1)
     c = img.shape[-1] // 2
-    border = torch.cat([img[:, :, :2].flatten(2), img[:, :, -2:].flatten(2), img[:, :, :, :2].flatten(2),
-                        img[:, :, :, -2:].flatten(2)], dim=2).mean(2)
+    e = max(1, img.shape[-1] // 16)                    # a border strip the large centred shape never reaches
+    border = torch.cat([img[:, :, :e].flatten(2), img[:, :, -e:].flatten(2), img[:, :, :, :e].flatten(2),
+                        img[:, :, :, -e:].flatten(2)], dim=2).mean(2)
     centre = img[:, :, c - 2:c + 2, c - 2:c + 2].flatten(2).mean(2)
 
     def nearest(colours):

@@ -76,6 +76,17 @@ def test_train_steps_write_log_checkpoints_and_samples(tmp_path):
     assert state["step"] == 4
 
 
+def test_max_minutes_stops_training_with_a_checkpoint_and_samples(tmp_path):
+    result = Trainer(_cfg(tmp_path, steps=1000, max_minutes=1e-4, ckpt_every=1000)).fit()
+    assert result["out_of_time"] and result["step"] == 1    # the budget is checked after every step
+    out = tmp_path / "run"
+    assert load_checkpoint(list_checkpoints(str(out))[0])["step"] == 1
+    assert (out / "samples-final.png").exists()
+    assert not Trainer(_cfg(tmp_path / "b")).fit()["out_of_time"]
+    with pytest.raises(ValueError, match="max_minutes must be > 0"):
+        Trainer(_cfg(tmp_path, max_minutes=0))
+
+
 def test_keep_checkpoints_sets_how_many_stay(tmp_path):
     Trainer(_cfg(tmp_path, steps=3, ckpt_every=1, keep_checkpoints=1)).fit()
     assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path / "run"))] == ["ckpt-00000003.pt"]
@@ -203,6 +214,7 @@ def test_torchrun_two_cpu_processes_keep_parameters_identical(tmp_path):
     assert result["world_size"] == 2 and result["step"] == 3
     assert result["max_param_diff_across_ranks"] == 0.0
     assert result["params_changed"]                          # they trained, not just stayed equal at init
+    assert result["timed_out"] and result["timed_steps"] == [4, 4]   # rank 1's budget stopped both after one step
     assert sorted(os.listdir(tmp_path / "run")) == ["ckpt-00000002.pt", "ckpt-00000003.pt", "log.jsonl",
                                                     "samples-final.png"]   # rank 0 alone writes
 
