@@ -599,12 +599,16 @@ class Trainer:
         n_params = sum(p.numel() for m in (self.G, self.D) for p in m.parameters() if p.requires_grad) / 1e6
         self.log(f"training {self.model_config.name} {cfg.model} ({n_params:.2f}M trainable G+D parameters) "
                  f"on {self.device} x{self.world}, impl {cfg.impl}, data {cfg.data}, "
-                 f"steps {self.step}->{cfg.steps}, batch {cfg.batch_size}/rank")
+                 f"steps {self.step}->{cfg.steps}"
+                 + (f" or {cfg.max_minutes:g} minutes" if cfg.max_minutes is not None else "")
+                 + f", batch {cfg.batch_size}/rank")
         previous = self._install_signal_handlers()
         bar = None
         if self.is_main and cfg.progress:
             from tqdm import tqdm
-            bar = tqdm(total=cfg.steps, initial=self.step, desc="train", dynamic_ncols=True, file=sys.stderr)
+            # With a time budget the step count reached is unknown: the bar counts steps without a total.
+            bar = tqdm(total=cfg.steps if cfg.max_minutes is None else None, initial=self.step, desc="train",
+                       dynamic_ncols=True, file=sys.stderr)
         t_last, images_since = time.perf_counter(), 0
         deadline = None if cfg.max_minutes is None else t_last + 60.0 * cfg.max_minutes
         sums, counts = {}, {}                             # loss means over each log interval
