@@ -294,8 +294,14 @@ class Trainer:
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.G_ddp = DDP(self.G, device_ids=ids, broadcast_buffers=False)
-            self.D_ddp = DDP(self.D, device_ids=ids, broadcast_buffers=False)
+            # No buffer sync in forward (G's w_avg is each rank's own running mean). torch >= 2.14 renames
+            # broadcast_buffers to forward_sync_buffers (which also syncs once at init: the same here,
+            # as every rank starts from the same seed); older torch, as on the GPU machine, lacks it.
+            import inspect
+            no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                       else {"broadcast_buffers": False})
+            self.G_ddp = DDP(self.G, device_ids=ids, **no_sync)
+            self.D_ddp = DDP(self.D, device_ids=ids, **no_sync)
             self.vision_head_ddp = (DDP(self.vision_head, device_ids=ids) if self.vision_head is not None
                                     else None)
         else:

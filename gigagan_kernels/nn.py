@@ -13,6 +13,17 @@ from torch import nn
 from .adaptive_modconv import adaptive_modconv2d
 
 
+def _keep_grad_strides(param: nn.Parameter) -> nn.Parameter:
+    """Give param's gradient param's own strides. Where a size-1 dimension meets a matmul or conv
+    backward (a 1-output layer's bank [1, 1, Cin, 1, 1]), autograd returns other strides for the same
+    elements, and DDP warns that they do not match its gradient buckets' strides. (A hook belongs to
+    this Parameter: a deepcopy's parameters train correctly but without it.)"""
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        return grad if grad.stride() == param.stride() else grad.new_empty(param.shape).copy_(grad)
+    param.register_hook(hook)
+    return param
+
+
 class EqualizedLinear(nn.Module):
     """y = x @ (W * lr_mul / sqrt(in))^T + b * lr_mul, with W ~ N(0, 1/lr_mul^2)."""
 
@@ -54,7 +65,8 @@ class AdaptiveModConv2d(nn.Module):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.num_filters = kernel_size, num_filters
         self.demodulate, self.activation, self.gain, self.clamp, self.impl = demodulate, activation, gain, clamp, impl
-        self.weight_bank = nn.Parameter(torch.randn(num_filters, out_channels, in_channels, kernel_size, kernel_size))
+        self.weight_bank = _keep_grad_strides(
+            nn.Parameter(torch.randn(num_filters, out_channels, in_channels, kernel_size, kernel_size)))
         # With one filter the softmax is constant, so a selection layer would never learn: leave it out.
         self.select = EqualizedLinear(style_dim, num_filters, bias_init=0.0) if num_filters > 1 else None
         self.affine = EqualizedLinear(style_dim, in_channels, bias_init=1.0)
@@ -172,7 +184,7 @@ class EqualizedConv2d(nn.Module):
             raise ValueError(f"EqualizedConv2d: kernel_size must be odd, got {kernel_size}")
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
         self.activation, self.gain, self.clamp, self.impl = activation, gain, clamp, impl
-        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.weight = _keep_grad_strides(nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size)))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
 

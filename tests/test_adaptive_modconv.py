@@ -7,7 +7,7 @@ import torch
 
 import gigagan_kernels as gk
 from gigagan_kernels import adaptive_modconv as amc
-from gigagan_kernels.nn import AdaptiveModConv2d
+from gigagan_kernels.nn import AdaptiveModConv2d, EqualizedConv2d
 
 from helpers import assert_close, FAST_IMPLS, CUDA_IMPL
 
@@ -318,6 +318,20 @@ def test_module_matches_functional_and_trains(impl, device):
     y.square().mean().backward()
     for name, p in layer.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("impl", ["ref"] + FAST_IMPLS)
+def test_one_output_layers_get_grads_with_their_parameters_strides(impl, device):
+    """A [1, 1, Cin, 1, 1] bank's grad comes back from autograd with other strides; DDP's gradient
+    buckets warn about that, so the modules give each grad its parameter's strides."""
+    bank_layer = AdaptiveModConv2d(65, 1, 1, 1, 8, demodulate=False, activation=None, impl=impl).to(device)
+    conv = EqualizedConv2d(65, 1, 1, impl=impl).to(device)
+    x, w = torch.randn(4, 65, 4, 4, device=device), torch.randn(4, 8, device=device)
+    (bank_layer(x, w).sum() + conv(x).sum()).backward()
+    for p in (bank_layer.weight_bank, conv.weight):
+        assert p.grad.stride() == p.stride()
+    expected = x.sum(dim=(0, 2, 3)) / math.sqrt(65)           # d sum(conv(x)) / dW = sum of x, equalised
+    assert_close(conv.weight.grad.flatten(), expected.double(), torch.float32, "conv dW")
 
 
 # ----------------------------------------------------------------------------------------------
