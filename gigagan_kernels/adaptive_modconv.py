@@ -142,15 +142,16 @@ def adaptive_modconv2d_ref(x, weight_bank, select_logits, style, bias=None, *, d
 # activations instead (StyleGAN2's fused_modconv=False); elsewhere it is the reference.
 # ----------------------------------------------------------------------------------------------
 def modulates_activations(x_shape, bank_shape) -> bool:
-    """The "torch" composite's cost model: modulate activations where per-sample weights, counted twice
-    because a B-group convolution runs about half as fast per FLOP as a batched one on CPU, would
-    outweigh the N-fold convolution's activations: 2*Cout*Cin*k^2 > N*(Cin+Cout)*H*W. On this project's
-    CPU that picks D's 8x8 and 16x16 layers (1.3-4.8x faster forward+backward than per-sample weights)
-    and leaves to-RGB, G's layers and the 32x32 layers to the grouped convolution, which is as fast or
-    faster there (benchmarks/NOTES.md)."""
+    """The "torch" composite's cost model: modulate activations for 1x1 filters (one matmul, where
+    per-sample weights are B tiny convolutions that CPU torch runs one by one), and where per-sample
+    weights, counted twice because a B-group convolution runs about half as fast per FLOP as a batched
+    one on CPU, would outweigh the N-fold convolution's activations: 2*Cout*Cin*k^2 > N*(Cin+Cout)*H*W.
+    On this project's CPU that picks D's 8x8 and 16x16 layers (1.3-4.8x faster forward+backward than
+    per-sample weights) and its 1-output heads, and leaves G's 3x3 layers and the 32x32 layers to the
+    grouped convolution, which is as fast or faster there (benchmarks/NOTES.md)."""
     _, Cin, H, W = x_shape
     N, Cout, _, k, _ = bank_shape
-    return 2 * Cout * Cin * k * k > N * (Cin + Cout) * H * W
+    return k == 1 or 2 * Cout * Cin * k * k > N * (Cin + Cout) * H * W
 
 
 def adaptive_modconv2d_torch(x, weight_bank, select_logits, style, bias=None, *, demodulate=True, eps=1e-8,

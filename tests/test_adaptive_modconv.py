@@ -197,14 +197,15 @@ def test_torch_composite_both_formulations(case, formulation, monkeypatch):
 
 
 def test_torch_composite_cost_model():
-    """Activations for D's 4x4 predictors and 16x16 layers and G's 4x4 layer; the grouped conv for to-RGB,
-    G's multi-filter 16x16 layer and 32x32 layers."""
+    """Activations for D's 4x4 predictors and 16x16 layers, G's 4x4 layer and every 1x1 filter (to-RGB,
+    D's 1-output heads); the grouped conv for G's multi-filter 16x16 layer and 3x3 layers at 32x32."""
     assert amc.modulates_activations((64, 64, 4, 4), (1, 64, 64, 3, 3))
     assert amc.modulates_activations((16, 64, 4, 4), (4, 64, 64, 3, 3))
     assert amc.modulates_activations((32, 48, 16, 16), (1, 48, 48, 3, 3))
     assert not amc.modulates_activations((8, 64, 16, 16), (2, 48, 64, 3, 3))
     assert not amc.modulates_activations((16, 32, 32, 32), (1, 48, 32, 3, 3))
-    assert not amc.modulates_activations((4, 32, 32, 32), (1, 3, 32, 1, 1))
+    assert amc.modulates_activations((4, 32, 32, 32), (1, 3, 32, 1, 1))
+    assert amc.modulates_activations((128, 65, 2, 2), (1, 1, 65, 1, 1))
     assert not amc.modulates_activations((4, 32, 16, 16), (4, 32, 32, 3, 3))
 
 
