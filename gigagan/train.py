@@ -66,7 +66,8 @@ class TrainConfig:
     model: str = "base"                 # "base": the generator; "upsampler": the text-conditioned upsampler
     data: str = "builtin"
     steps: int = 1000
-    max_minutes: Optional[float] = None # also stop (checkpoint, final samples) after this much training time
+    max_minutes: Optional[float] = None # also stop (checkpoint, final samples) after this much training time,
+                                        # counted from this invocation's first step (a resume gets a fresh budget)
     batch_size: int = 4                 # per rank and per step (= grad_accum micro-batches)
     grad_accum: int = 1
     lr: float = 0.0025
