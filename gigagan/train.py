@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import glob
+import inspect
 import json
 import math
 import os
@@ -298,7 +299,6 @@ class Trainer:
             # No buffer sync in forward (G's w_avg is each rank's own running mean). torch >= 2.14 renames
             # broadcast_buffers to forward_sync_buffers (which also syncs once at init: the same here,
             # as every rank starts from the same seed); older torch, as on the GPU machine, lacks it.
-            import inspect
             no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
                        else {"broadcast_buffers": False})
             self.G_ddp = DDP(self.G, device_ids=ids, **no_sync)

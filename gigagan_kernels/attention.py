@@ -6,8 +6,9 @@
 
 This module holds the public function, validation, the reference ("ref": materialised logits, the
 oracle and the naive baseline), a leaner plain-torch composite ("torch", the CPU default) and the
-torch.library registration of the flash-style fused paths: the Triton kernels (attention_triton.py) and the CUDA C++ kernels (csrc/attention.{cu,cpp}, ops
-gigagan_kernels_cuda::attention_*, whose fake kernels and autograd are registered here).
+torch.library registration of the flash-style fused paths: the Triton kernels (attention_triton.py)
+and the CUDA C++ kernels (csrc/attention.{cu,cpp}, ops gigagan_kernels_cuda::attention_*, whose fake
+kernels and autograd are registered here).
 
 Gradient order: first-order backward of the fused paths runs fused kernels; under create_graph=True
 (R1 through the discriminator) it is recomputed through the reference, so every order is exact.

@@ -20,7 +20,7 @@ import warnings
 
 import torch
 
-from gigagan.data import COLOURS, SHAPES, ShapesDataset
+from gigagan.data import COLOURS, SHAPES, ShapesDataset, to_tensor
 from gigagan.losses import mismatched
 from gigagan.train import model_from_checkpoint
 
@@ -28,12 +28,8 @@ from gigagan.train import model_from_checkpoint
 def shape_masks(resolution: int) -> torch.Tensor:
     """[3, R, R] boolean masks of the dataset's large centred circle, square and triangle."""
     data = ShapesDataset(resolution)
-    masks = []
-    for shape in SHAPES:
-        d = dict(shape=shape, colour="white", background="black", size="large", position="in the center")
-        masks.append(data.render(d).convert("L"))
-    import numpy as np
-    return torch.from_numpy(np.stack([np.asarray(m) for m in masks])) > 127
+    return torch.stack([to_tensor(data.render(dict(shape=shape, colour="white", background="black", size="large",
+                                                   position="in the center")))[0] > 0 for shape in SHAPES])
 
 
 def shape_right(images: torch.Tensor, prompts: list, palette: dict) -> list:
@@ -62,8 +58,8 @@ def main(path: str) -> None:
     palette = torch.tensor([COLOURS[n] for n in names], dtype=torch.float32) / 127.5 - 1
     rng = random.Random(0)
     pairs = list(itertools.permutations(names, 2)) * 2
-    triples = [(a, b, rng.choice(['circle', 'square', 'triangle'])) for a, b in pairs]
-    prompts = [f"a large {a} {s} in the center on {'an' if b == 'orange' else 'a'} {b} background"
+    triples = [(a, b, rng.choice(SHAPES)) for a, b in pairs]
+    prompts = [ShapesDataset.caption(dict(size="large", colour=a, shape=s, position="in the center", background=b))
                for a, b, s in triples]
     z = torch.randn(len(prompts), G.z_dim, generator=torch.Generator().manual_seed(1))
     img = G(z, prompts, noise_mode="none")[0].clamp(-1, 1)
