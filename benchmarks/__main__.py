@@ -1,6 +1,6 @@
 """Run the benchmark suite on the available device, append to the CSV, print the summary.
 
-    python -m benchmarks [--quick] [--ops adaptive_modconv2d] [--csv PATH] [--no-plots]
+    python -m benchmarks [--quick] [--ops adaptive_modconv2d] [--providers ref,triton] [--csv PATH] [--no-plots]
 """
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--ops", default=None, help="comma-separated subset of " + ", ".join(BENCHES))
+    parser.add_argument("--providers", default=None, help="comma-separated subset of each op's providers "
+                        "(ref, triton, cuda, ...); a name an op does not have is ignored for that op")
     parser.add_argument("--csv", default=DEFAULT_CSV)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--no-plots", action="store_true")
@@ -28,6 +30,12 @@ def main(argv=None):
     device = torch.device(args.device)
     print(f"benchmarks on {device_name(device)}; results appended to {args.csv}")
     ops = args.ops.split(",") if args.ops else list(BENCHES)
+    if unknown := set(ops) - set(BENCHES):
+        parser.error(f"--ops: unknown {sorted(unknown)}; choose from {list(BENCHES)}")
+    if args.providers:
+        known = {p for op in ops for p in importlib.import_module(BENCHES[op]).PROVIDERS}
+        if unknown := set(args.providers.split(",")) - known:
+            parser.error(f"--providers: unknown {sorted(unknown)}; choose from {sorted(known)}")
     for op in ops:
         try:
             module = importlib.import_module(BENCHES[op])
@@ -36,7 +44,10 @@ def main(argv=None):
                 continue  # that op's benchmark is not written yet
             raise
         print(f"{op}:")
-        module.run(device, csv_path=args.csv, quick=args.quick)
+        providers = module.PROVIDERS
+        if args.providers:
+            providers = tuple(p for p in module.PROVIDERS if p in args.providers.split(","))
+        module.run(device, csv_path=args.csv, quick=args.quick, providers=providers)
     text, paths = summary.write(args.csv, os.path.dirname(os.path.abspath(args.csv)), not args.no_plots)
     print("\n" + text)
     for p in paths:

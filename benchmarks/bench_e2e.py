@@ -112,6 +112,7 @@ def run(device: torch.device, shapes=None, providers=PROVIDERS, dtype=None, csv_
                     continue
                 params = {"preset": "paper" if name.startswith("paper") else preset, "batch": batch}
                 record(writer, OP, name, params, provider, mode, dtype_name, t, mem)
+                writer.flush()
                 log(f"  {OP} {name} {provider}: {mode} {t.median_ms:.2f} ms"
                     + (f" / {mem:.0f} MiB" if mem is not None else ""))
     writer.flush()

@@ -165,6 +165,7 @@ def run_suite(op, device, *, gpu_shapes, cpu_shapes, providers, setup, available
                 log(f"  {op} {shape_name} {provider}: out of memory")
                 torch.cuda.empty_cache()
                 continue
+            writer.flush()  # each case lands at once, so a suite stopped midway keeps what it measured
             log(f"  {op} {shape_name} {provider}: " + ", ".join(
                 f"{m} {t.median_ms:.3f} ms" + (f" / {mem:.0f} MiB" if mem is not None else "")
                 for m, (t, mem) in res.items()))
