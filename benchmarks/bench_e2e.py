@@ -87,7 +87,7 @@ def run(device: torch.device, shapes=None, providers=PROVIDERS, dtype=None, csv_
     with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
         warnings.simplefilter("ignore")                    # random CLIP tower: fine for timing
         torch.manual_seed(0)
-        trainer = Trainer(TrainConfig(preset=preset, out=tmp, progress=False))
+        trainer = Trainer(TrainConfig(preset=preset, device=device.type, out=tmp, progress=False))
         model = trainer.model
         for name in shapes or list(cases):
             batch = cases[name]

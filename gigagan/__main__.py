@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--r1-interval", type=int, default=16)
     t.add_argument("--no-matching-aware", action="store_true")
     t.add_argument("--impl", default="auto", choices=["auto", "ref", "torch", "triton", "cuda"])
+    t.add_argument("--device", default=None, choices=["cuda", "cpu"], help="default: CUDA when available")
     t.add_argument("--out", default="runs/gigagan")
     t.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
     t.add_argument("--seed", type=int, default=0)

@@ -36,8 +36,8 @@ def cmd_train(args) -> int:
                       guidance_clip_pretrained=args.guidance_clip_pretrained, allow_random_clip=args.allow_random_clip,
                       data=args.data, steps=args.steps, max_minutes=args.max_minutes, batch_size=args.batch_size,
                       grad_accum=args.grad_accum, lr=args.lr, r1_gamma=args.r1_gamma, r1_interval=args.r1_interval,
-                      matching_aware=not args.no_matching_aware, impl=args.impl, out=args.out, seed=args.seed,
-                      log_every=args.log_every, sample_every=args.sample_every, ckpt_every=args.ckpt_every,
+                      matching_aware=not args.no_matching_aware, impl=args.impl, device=args.device, out=args.out,
+                      seed=args.seed, log_every=args.log_every, sample_every=args.sample_every, ckpt_every=args.ckpt_every,
                       keep_checkpoints=args.keep_checkpoints,
                       max_bad_steps=args.max_bad_steps, num_workers=args.workers, tensorboard=args.tensorboard,
                       progress=not args.no_progress)

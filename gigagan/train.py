@@ -80,6 +80,7 @@ class TrainConfig:
     ema_half_life_images: float = 10_000.0
     ema_rampup: float = 0.05            # StyleGAN2-ADA: half-life <= 5% of the images seen so far
     impl: str = "auto"
+    device: Optional[str] = None        # "cuda" or "cpu"; None: CUDA when available
     out: str = "runs/gigagan"
     seed: int = 0
     log_every: int = 10
@@ -110,12 +111,18 @@ class CheckpointError(RuntimeError):
 # ------------------------------------------------------------------------------------------------
 # Distributed set-up
 # ------------------------------------------------------------------------------------------------
-def init_distributed():
-    """(rank, world_size, device) from torchrun's environment; a plain process is rank 0 of 1."""
+def init_distributed(device_type: Optional[str] = None):
+    """(rank, world_size, device) from torchrun's environment; a plain process is rank 0 of 1.
+    device_type: "cuda", "cpu", or None for CUDA when available. CPU ranks use gloo, CUDA ranks NCCL."""
+    if device_type not in (None, "cuda", "cpu"):
+        raise ValueError(f"TrainConfig.device must be 'cuda', 'cpu' or None, got {device_type!r}")
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("TrainConfig.device='cuda' but torch sees no CUDA device")
+    use_cuda = torch.cuda.is_available() if device_type is None else device_type == "cuda"
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return 0, 1, torch.device("cuda" if use_cuda else "cpu")
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if torch.cuda.is_available():
+    if use_cuda:
         local = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local)
         device, backend = torch.device("cuda", local), "nccl"
@@ -237,7 +244,7 @@ def _param_groups(module: torch.nn.Module, weight_decay: float) -> list:
 class Trainer:
     def __init__(self, cfg: TrainConfig, model_config: Optional[GigaGANConfig] = None, log=None):
         self.cfg = cfg
-        self.rank, self.world, self.device = init_distributed()
+        self.rank, self.world, self.device = init_distributed(cfg.device)
         self.is_main = self.rank == 0
         self._log = log or (lambda msg: print(msg, flush=True))
         if cfg.max_minutes is not None and not cfg.max_minutes > 0:

@@ -9,16 +9,23 @@ on the given tensors raises; nothing falls back silently.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import importlib.util
 import os
+import threading
 
 import torch
 
 IMPLS = ("ref", "torch", "triton", "cuda")
 ENV_VAR = "GIGAGAN_KERNELS_IMPL"
 
-_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("gigagan_kernels_impl", default=None)
+# use_impl's choice, per thread. A thread-local rather than a ContextVar: torch 2.11's dynamo cannot trace
+# ContextVar.get, which broke torch.compile(fullgraph=True) of impl="auto" there; it traces this and
+# guards on it, so a different use_impl recompiles.
+_override = threading.local()
+
+
+def _forced_impl() -> str | None:
+    return getattr(_override, "impl", None)
 
 
 class BackendUnavailableError(RuntimeError):
@@ -46,6 +53,17 @@ def cuda_extension_ops():
     return torch.ops.gigagan_kernels_cuda
 
 
+def cuda_extension_has(op: str) -> bool:
+    """Whether the built extension registers <op>_forward and <op>_backward (the names cuda_forward_op uses)."""
+    ops = cuda_extension_ops()
+    if ops is None:
+        return False
+    try:
+        return all(getattr(ops, f"{op}_{part}") is not None for part in ("forward", "backward"))
+    except (AttributeError, RuntimeError):
+        return False
+
+
 _cuda_registered: set = set()
 
 
@@ -66,11 +84,12 @@ def cuda_forward_op(op: str, forward_fake, backward_fake, autograd_backward, set
 def use_impl(impl: str):
     """Force the backend that impl="auto" resolves to, e.g. for an A/B run of a whole model."""
     _check_name(impl, allow_auto=True, source="use_impl(impl)")
-    token = _override.set(impl)
+    previous = _forced_impl()
+    _override.impl = impl
     try:
         yield
     finally:
-        _override.reset(token)
+        _override.impl = previous
 
 
 def _check_name(impl, *, allow_auto: bool, source: str) -> None:
@@ -97,23 +116,25 @@ def unavailable_reason(impl: str, device: torch.device, op: str) -> str | None:
         ops = cuda_extension_ops()
         if ops is None:
             return "the CUDA extension gigagan_kernels._C is not built (see README: building the CUDA extension)"
-        if not hasattr(ops, op):
-            return f"the CUDA extension has no op {op!r}"
+        if not cuda_extension_has(op):
+            return f"the CUDA extension has no ops {op}_forward / {op}_backward"
         return None
     raise AssertionError(impl)
 
 
-# Order in which "auto" tries backends on CUDA. Triton first until the CUDA
-# kernels are measured faster on the benchmark shapes.
-_AUTO_CUDA_ORDER = ("triton", "cuda", "torch")
+# Order in which "auto" tries backends on CUDA, fastest first as measured at GigaGAN's shapes
+# (benchmarks/NOTES.md, H200, bf16, forward + backward). adaptive_modconv2d: the torch composite beat the
+# Triton kernels at every shape (lowres 8x8: 7.5 against 25.9 ms). attention: Triton beat the composite
+# 2.4x at 1024 tokens and 2.4x at 4096.
+_AUTO_CUDA_ORDER = {"adaptive_modconv2d": ("torch", "triton", "cuda"), "attention": ("triton", "cuda", "torch")}
 
 
 def resolve_impl(impl: str, device: torch.device, op: str) -> str:
     """Turn the user's impl argument into a backend that can run, or raise."""
     _check_name(impl, allow_auto=True, source=f"{op}(impl=...)")
     if impl == "auto":
-        forced = _override.get() or os.environ.get(ENV_VAR, "").strip() or "auto"
-        source = "use_impl()" if _override.get() else ENV_VAR
+        forced = _forced_impl() or os.environ.get(ENV_VAR, "").strip() or "auto"
+        source = "use_impl()" if _forced_impl() else ENV_VAR
         if forced != "auto":
             _check_name(forced, allow_auto=False, source=source)
             impl = forced
@@ -123,7 +144,7 @@ def resolve_impl(impl: str, device: torch.device, op: str) -> str:
             raise BackendUnavailableError(f"{op}: impl={impl!r} is unavailable: {reason}")
         return impl
     if device.type == "cuda":
-        for cand in _AUTO_CUDA_ORDER:
+        for cand in _AUTO_CUDA_ORDER.get(op, ("triton", "cuda", "torch")):
             if unavailable_reason(cand, device, op) is None:
                 return cand
     if device.type == "cpu" and triton_interpret() and triton_installed():

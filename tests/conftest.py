@@ -10,6 +10,14 @@ if not torch.cuda.is_available():
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
+# fp32 means fp32 in the tests: cuDNN's TF32 default would make results depend on the batch's algorithm
+# (1e-4 apart) and Triton's fp32 dots follow it. Tests of the TF32 paths switch it on themselves.
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
+# The same fp32 math run on batches of other shapes: bitwise equal on CPU, but on a GPU cuDNN picks its
+# algorithm per shape, and the summation order differs.
+SAME_MATH_ATOL = 1e-6 if DEVICE == "cpu" else 1e-4
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA device (bf16, large shapes); skipped without one")

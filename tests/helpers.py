@@ -2,9 +2,24 @@
 import pytest
 import torch
 
-# Relative-norm tolerances ||out - ref64|| / ||ref64|| per input dtype. fp32 on a GPU runs TF32 dots
-# (torch's cuDNN default); the interpreter computes fp32 dots exactly.
+# Relative-norm tolerances ||out - ref64|| / ||ref64|| per input dtype. fp32 on a GPU may run TF32 dots (the
+# CUDA extension always does; Triton with torch.backends.cudnn.allow_tf32); the interpreter computes fp32 exactly.
 RTOL = {torch.float32: 2e-3 if torch.cuda.is_available() else 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+
+
+def uses_tf32(impl: str, x: torch.Tensor) -> bool:
+    """Whether impl's fp32 dots on x run in TF32: the CUDA extension's always do; Triton's follow
+    torch.backends.cudnn.allow_tf32, which conftest turns off for the tests."""
+    return x.is_cuda and x.dtype == torch.float32 and (impl == "cuda" or (impl == "triton"
+                                                                         and torch.backends.cudnn.allow_tf32))
+
+
+def round_to_tf32(t):
+    """t (float64 or None) rounded to TF32's 10-bit mantissa, nearest, as the tensor cores see fp32 inputs."""
+    if t is None:
+        return None
+    bits = t.float().view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32).double()
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -21,6 +21,27 @@ def test_auto_on_cpu_follows_interpreter(monkeypatch):
         assert backend.resolve_impl("auto", torch.device("cpu"), op) == "torch"
 
 
+def test_auto_on_cuda_picks_the_measured_fastest(monkeypatch):
+    """The order is a pure function of the device type, so it is checked without a GPU."""
+    monkeypatch.delenv(backend.ENV_VAR, raising=False)
+    cuda = torch.device("cuda")
+    assert backend.resolve_impl("auto", cuda, "adaptive_modconv2d") == "torch"
+    assert backend.resolve_impl("auto", cuda, "attention") == "triton"
+
+
+def test_use_impl_is_per_thread(monkeypatch):
+    import threading
+    monkeypatch.delenv(backend.ENV_VAR, raising=False)
+    seen = []
+    with gk.use_impl("ref"):
+        worker = threading.Thread(target=lambda: seen.append(backend.resolve_impl("auto", torch.device("cuda"),
+                                                                                  "adaptive_modconv2d")))
+        worker.start()
+        worker.join()
+        assert backend.resolve_impl("auto", torch.device("cuda"), "adaptive_modconv2d") == "ref"
+    assert seen == ["torch"]
+
+
 def test_env_var_and_context_manager_override_auto(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.setenv(backend.ENV_VAR, "ref")
@@ -99,6 +120,10 @@ def test_cuda_extension_builds_and_registers_its_ops():
     assert ops is not None, "gigagan_kernels._C did not build or import: run `pip install --no-build-isolation -e .`"
     for name, schema in CUDA_OPS.items():
         assert str(getattr(ops, name).default._schema) == f"gigagan_kernels_cuda::{name}{schema}"
+    # What the dispatcher asks before it runs impl="cuda" (only the device's type matters, so no GPU is needed).
+    for op in ("adaptive_modconv2d", "attention"):
+        assert backend.cuda_extension_has(op) and backend.unavailable_reason("cuda", torch.device("cuda"), op) is None
+    assert not backend.cuda_extension_has("no_such_op")
     amc = importlib.import_module("gigagan_kernels.adaptive_modconv")
     attn = importlib.import_module("gigagan_kernels.attention")
     with FakeTensorMode():
