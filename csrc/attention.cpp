@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <array>
 #include <cmath>
 
 #include "attention.h"
@@ -113,7 +114,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad_o
     AttentionParams p = check_common(q, k, v, kind, scale, key_padding_mask, mask_bytes);
     check_like(grad_out, "grad_out", q);
     check_like(out, "out", q);
-    const at::IntArrayRef out_shape({p.B, p.H, p.Lq, p.DV});
+    // Owned storage: an IntArrayRef built from a braced list points at a temporary that dies with the statement
+    // (stack-use-after-scope; the first H200 run segfaulted in this function).
+    const std::array<int64_t, 4> out_dims{p.B, p.H, p.Lq, p.DV};
+    const at::IntArrayRef out_shape(out_dims);
     TORCH_CHECK(grad_out.sizes() == out_shape, kOp, "grad_out must have shape ", out_shape, ", got ", grad_out.sizes());
     TORCH_CHECK(out.sizes() == out_shape, kOp, "out must have shape ", out_shape, ", got ", out.sizes());
     TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.is_cuda() &&

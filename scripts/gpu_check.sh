@@ -28,6 +28,10 @@ cap() { local l; l=$(left); l=$(( l - $2 )); [ "$l" -gt "$1" ] && l=$1; [ "$l" -
 want() { [[ "$PHASES" == *",$1,"* ]]; }
 LOG="$OUT_DIR/gpu_check.log"
 say() { echo "[gpu_check +$((SECONDS - START))s] $*" | tee -a "$LOG"; }
+# Per-test verdicts from pytest -v (xdist prints one line per test as it ends), so a phase cut by its time
+# limit, or a worker that crashed, still says which tests passed and failed.
+verdicts() { for v in PASSED FAILED ERROR SKIPPED; do printf '%s %s  ' "$(grep -c " $v " "$1")" "$v"; done
+             echo "(crashed workers: $(grep -c 'node down' "$1"))"; }
 build_rc=0 model_rc=0 ops_rc=0 bench_rc=0 train_rc=0
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee -a "$LOG"
@@ -45,9 +49,9 @@ if want build; then
 fi
 if want model; then
   timeout "$(cap 150 $(( BUDGET / 2 )))" "$PY" -m pytest tests/test_model.py tests/test_latent.py tests/test_benchmarks.py \
-    -q -rfE -p no:cacheprovider -n 6 > "$WORK/model_tests.log" 2>&1
+    -v -rfE -p no:cacheprovider -n 6 > "$WORK/model_tests.log" 2>&1
   model_rc=$?
-  say "model tests rc=$model_rc: $(tail -1 "$WORK/model_tests.log")"
+  say "model tests rc=$model_rc: $(verdicts "$WORK/model_tests.log")"
 fi
 if want build; then
   wait $build_pid
@@ -58,9 +62,9 @@ fi
 
 if want ops; then
   timeout "$(cap 200 $(( BUDGET * 2 / 5 )))" "$PY" -m pytest tests/test_adaptive_modconv.py tests/test_attention.py \
-    tests/test_backend.py -q -rfE -p no:cacheprovider -n 12 > "$WORK/op_tests.log" 2>&1
+    tests/test_backend.py -v -rfE -p no:cacheprovider -n 12 > "$WORK/op_tests.log" 2>&1
   ops_rc=$?
-  say "op tests rc=$ops_rc: $(tail -1 "$WORK/op_tests.log")"
+  say "op tests rc=$ops_rc: $(verdicts "$WORK/op_tests.log")"
 fi
 cat "$WORK"/model_tests.log "$WORK"/op_tests.log > "$OUT_DIR/tests.log" 2>/dev/null
 
