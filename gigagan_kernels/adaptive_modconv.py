@@ -141,17 +141,31 @@ def adaptive_modconv2d_ref(x, weight_bank, select_logits, style, bias=None, *, d
 # "torch" composite: the CPU default. Where per-sample weights would dominate, it modulates
 # activations instead (StyleGAN2's fused_modconv=False); elsewhere it is the reference.
 # ----------------------------------------------------------------------------------------------
-def modulates_activations(x_shape, bank_shape) -> bool:
-    """The "torch" composite's cost model: modulate activations for 1x1 filters (one matmul, where
-    per-sample weights are B tiny convolutions that CPU torch runs one by one), and where per-sample
-    weights, counted twice because a B-group convolution runs about half as fast per FLOP as a batched
-    one on CPU, would outweigh the N-fold convolution's activations: 2*Cout*Cin*k^2 > N*(Cin+Cout)*H*W.
-    On this project's CPU that picks D's 8x8 and 16x16 layers (1.3-4.8x faster forward+backward than
-    per-sample weights) and its 1-output heads, and leaves G's 3x3 layers and the 32x32 layers to the
-    grouped convolution, which is as fast or faster there (benchmarks/NOTES.md)."""
+def modulates_activations(x_shape, bank_shape, device_type: str = "cpu") -> bool:
+    """The "torch" composite's cost model: modulate the activations (N shared-weight convolutions) or build
+    per-sample weights (one B-group convolution)?
+
+    CPU: activations for 1x1 filters (one matmul, where per-sample weights are B tiny convolutions that CPU
+    torch runs one by one), and where per-sample weights, counted twice because a B-group convolution runs
+    about half as fast per FLOP as a batched one on CPU, would outweigh the N-fold convolution's
+    activations: 2*Cout*Cin*k^2 > N*(Cin+Cout)*H*W. On this project's CPU that picks D's 8x8 and 16x16
+    layers (1.3-4.8x faster forward+backward than per-sample weights) and its 1-output heads, and leaves
+    G's 3x3 layers and the 32x32 layers to the grouped convolution (benchmarks/NOTES.md).
+
+    CUDA: both forms are FLOP-bound except the per-sample weights, which cost ~13 ps per element to
+    build (mix, modulate, demodulate, in bf16). Per weight element, activations cost N*2HW FLOPs at ~110
+    TFLOP/s and the grouped convolution 2HW FLOPs at ~100 TFLOP/s, so activations win when
+    2HW(N/110 - 1/100) < 13 (TFLOP/s and ps). The constants are fit to the H200's forward times at the
+    benchmark shapes: activations win at 8x8, N=8 (3.4 against 4.3 ms) and weights at 16x16, N=8 (4.9
+    against 10.1 ms); at 64x64, N=4 weights took 0.71 ms, where the 4-fold activation form would need
+    ~300 GFLOP (not timed). N = 1 needs no mix, so activations are one dense convolution."""
     _, Cin, H, W = x_shape
     N, Cout, _, k, _ = bank_shape
-    return k == 1 or 2 * Cout * Cin * k * k > N * (Cin + Cout) * H * W
+    if k == 1:
+        return True
+    if device_type == "cuda":
+        return 2 * H * W * (N / 110 - 1 / 100) < 13
+    return 2 * Cout * Cin * k * k > N * (Cin + Cout) * H * W
 
 
 def adaptive_modconv2d_torch(x, weight_bank, select_logits, style, bias=None, *, demodulate=True, eps=1e-8,
@@ -168,7 +182,7 @@ def adaptive_modconv2d_torch(x, weight_bank, select_logits, style, bias=None, *,
     """
     B, Cin, H, W = x.shape
     N, Cout, _, k, _ = weight_bank.shape
-    if not modulates_activations(x.shape, weight_bank.shape) or (demodulate and Cin * k * k == 1):
+    if not modulates_activations(x.shape, weight_bank.shape, x.device.type) or (demodulate and Cin * k * k == 1):
         # (Cin*k*k = 1: each filter is one scalar that demodulation divides by itself, so y cannot see
         # its scale and the activation form's dbank would be a difference of two large terms.)
         return adaptive_modconv2d_ref(x, weight_bank, select_logits, style, bias, demodulate=demodulate, eps=eps,

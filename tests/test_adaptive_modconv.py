@@ -198,7 +198,7 @@ def test_random_shape_sweep(case, impl, device, poison_outputs):
 @pytest.mark.parametrize("case", range(0, SWEEP_CASES, 3))
 def test_torch_composite_both_formulations(case, formulation, monkeypatch):
     """impl="torch" picks a formulation per call by cost; force each one over the sweep's shapes."""
-    monkeypatch.setattr(amc, "modulates_activations", lambda *shapes: formulation == "activations")
+    monkeypatch.setattr(amc, "modulates_activations", lambda *args: formulation == "activations")
     test_random_shape_sweep(case, "torch", "cpu", None)
 
 
@@ -213,6 +213,17 @@ def test_torch_composite_cost_model():
     assert amc.modulates_activations((4, 32, 32, 32), (1, 3, 32, 1, 1))
     assert amc.modulates_activations((128, 65, 2, 2), (1, 1, 65, 1, 1))
     assert not amc.modulates_activations((4, 32, 16, 16), (4, 32, 32, 3, 3))
+
+
+def test_torch_composite_cost_model_on_cuda():
+    """On CUDA the model picks the form that measured faster on the H200 (benchmarks/results/
+    nvidia_h200_2026-11-26.csv, forward): activations at lowres 8x8, per-sample weights at lowres 16x16;
+    weights at highres 64x64 (N=4), and activations for 1x1 filters and N = 1."""
+    assert amc.modulates_activations((32, 1024, 8, 8), (8, 1024, 1024, 3, 3), "cuda")
+    assert not amc.modulates_activations((32, 1024, 16, 16), (8, 1024, 1024, 3, 3), "cuda")
+    assert not amc.modulates_activations((16, 256, 64, 64), (4, 256, 256, 3, 3), "cuda")
+    assert amc.modulates_activations((16, 256, 64, 64), (1, 256, 256, 3, 3), "cuda")
+    assert amc.modulates_activations((16, 256, 64, 64), (4, 3, 256, 1, 1), "cuda")
 
 
 def test_torch_composite_never_builds_per_sample_weights():
