@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _cfg(tmp_path, **kw):
     base = dict(preset="tiny", steps=4, batch_size=2, out=str(tmp_path / "run"), impl="ref", log_every=1,
-                sample_every=0, ckpt_every=2, progress=False, r1_interval=2, seed=3)
+                sample_every=0, ckpt_every=2, progress=False, r1_interval=2, seed=3, device="cpu")
     base.update(kw)
     return TrainConfig(**base)
 
@@ -34,6 +34,15 @@ def _env():
     env.pop("TRITON_INTERPRET", None)
     env["GIGAGAN_KERNELS_IMPL"] = "ref"
     return env
+
+
+def test_device_is_validated_and_cpu_can_be_forced(tmp_path):
+    with pytest.raises(ValueError, match="TrainConfig.device"):
+        Trainer(_cfg(tmp_path, device="tpu"))
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainingError, match="no CUDA device"):
+            Trainer(_cfg(tmp_path, device="cuda"))
+    assert Trainer(_cfg(tmp_path, device="cpu")).device == torch.device("cpu")
 
 
 def test_adversarial_and_matching_aware_losses():
