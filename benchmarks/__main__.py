@@ -32,21 +32,15 @@ def main(argv=None):
     ops = args.ops.split(",") if args.ops else list(BENCHES)
     if unknown := set(ops) - set(BENCHES):
         parser.error(f"--ops: unknown {sorted(unknown)}; choose from {list(BENCHES)}")
-    if args.providers:
-        known = {p for op in ops for p in importlib.import_module(BENCHES[op]).PROVIDERS}
-        if unknown := set(args.providers.split(",")) - known:
+    modules = {op: importlib.import_module(BENCHES[op]) for op in ops}
+    wanted = args.providers.split(",") if args.providers else None
+    if wanted:
+        known = {p for module in modules.values() for p in module.PROVIDERS}
+        if unknown := set(wanted) - known:
             parser.error(f"--providers: unknown {sorted(unknown)}; choose from {sorted(known)}")
-    for op in ops:
-        try:
-            module = importlib.import_module(BENCHES[op])
-        except ModuleNotFoundError as e:
-            if e.name == BENCHES[op]:
-                continue  # that op's benchmark is not written yet
-            raise
+    for op, module in modules.items():
         print(f"{op}:")
-        providers = module.PROVIDERS
-        if args.providers:
-            providers = tuple(p for p in module.PROVIDERS if p in args.providers.split(","))
+        providers = tuple(p for p in module.PROVIDERS if p in wanted) if wanted else module.PROVIDERS
         module.run(device, csv_path=args.csv, quick=args.quick, providers=providers)
     text, paths = summary.write(args.csv, os.path.dirname(os.path.abspath(args.csv)), not args.no_plots)
     print("\n" + text)

@@ -58,10 +58,7 @@ def cuda_extension_has(op: str) -> bool:
     ops = cuda_extension_ops()
     if ops is None:
         return False
-    try:
-        return all(getattr(ops, f"{op}_{part}") is not None for part in ("forward", "backward"))
-    except (AttributeError, RuntimeError):
-        return False
+    return all(hasattr(ops, f"{op}_{part}") for part in ("forward", "backward"))
 
 
 _cuda_registered: set = set()
@@ -133,8 +130,9 @@ def resolve_impl(impl: str, device: torch.device, op: str) -> str:
     """Turn the user's impl argument into a backend that can run, or raise."""
     _check_name(impl, allow_auto=True, source=f"{op}(impl=...)")
     if impl == "auto":
-        forced = _forced_impl() or os.environ.get(ENV_VAR, "").strip() or "auto"
-        source = "use_impl()" if _forced_impl() else ENV_VAR
+        chosen = _forced_impl()
+        forced = chosen or os.environ.get(ENV_VAR, "").strip() or "auto"
+        source = "use_impl()" if chosen else ENV_VAR
         if forced != "auto":
             _check_name(forced, allow_auto=False, source=source)
             impl = forced
@@ -144,7 +142,7 @@ def resolve_impl(impl: str, device: torch.device, op: str) -> str:
             raise BackendUnavailableError(f"{op}: impl={impl!r} is unavailable: {reason}")
         return impl
     if device.type == "cuda":
-        for cand in _AUTO_CUDA_ORDER.get(op, ("triton", "cuda", "torch")):
+        for cand in _AUTO_CUDA_ORDER[op]:
             if unavailable_reason(cand, device, op) is None:
                 return cand
     if device.type == "cpu" and triton_interpret() and triton_installed():
