@@ -121,8 +121,8 @@ def unavailable_reason(impl: str, device: torch.device, op: str) -> str | None:
 
 # Order in which "auto" tries backends on CUDA, fastest first as measured at GigaGAN's shapes
 # (benchmarks/NOTES.md, H200, bf16, forward + backward). adaptive_modconv2d: the torch composite beat the
-# Triton kernels at every shape (lowres 8x8: 7.5 against 25.9 ms). attention: Triton beat the composite
-# 2.4x at 1024 tokens and 2.4x at 4096.
+# Triton kernels at every shape (lowres 8x8: 7.6 against 26.2 ms). attention: Triton beat the composite
+# 1.5x at 1024 tokens (1.18 against 1.80 ms) and 2.4x at 4096 (11.5 against 27.1 ms).
 _AUTO_CUDA_ORDER = {"adaptive_modconv2d": ("torch", "triton", "cuda"), "attention": ("triton", "cuda", "torch")}
 
 
