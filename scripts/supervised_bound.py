@@ -1,0 +1,79 @@
+"""A diagnostic, not a training method: how well can the tiny G follow captions after N images at all?
+
+    python scripts/supervised_bound.py --images 16000 --out runs/bound
+    python scripts/caption_score.py runs/bound
+
+The built-in caption fixes its image, so G alone can be regressed onto each caption's own render (MSE
+on every pyramid level, z random, the trainer's optimiser and EMA). No adversarial signal can tell G
+more per image than that target does, so this bounds what the GAN reaches on the same number of
+images (benchmarks/NOTES.md, "fifth" session of 2026-11-26). The checkpoint is the trainer's, so
+caption_score.py and `gigagan sample` read it.
+
+--fast PREFIXES --fast-multiplier M gives G's parameters whose names start with one of the
+comma-separated PREFIXES (e.g. text_encoder,mapping) M times the learning rate.
+"""
+import argparse
+import random
+import sys
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from gigagan.data import ShapesDataset
+from gigagan.train import TrainConfig, Trainer
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=16_000, help="training images (default: the CPU main job's)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=0.0025)
+    ap.add_argument("--fast", default="", help="comma-separated G parameter-name prefixes")
+    ap.add_argument("--fast-multiplier", type=float, default=4.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    if args.images < args.batch_size:
+        ap.error(f"--images {args.images} must be at least --batch-size {args.batch_size}")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                  # the random-CLIP-tower warning
+        tr = Trainer(TrainConfig(preset="tiny", out=args.out, device="cpu", lr=args.lr, seed=args.seed,
+                                 progress=False))
+    G = tr.G
+    if args.fast:
+        prefixes = tuple(args.fast.split(","))
+        fast = {id(p) for n, p in G.named_parameters() if n.startswith(prefixes)}
+        if not fast:
+            ap.error(f"--fast {args.fast!r} matches no parameter of G")
+        for group in list(tr.opt_g.param_groups):    # split each group; the fast part keeps its weight decay
+            moved = [p for p in group["params"] if id(p) in fast]
+            group["params"] = [p for p in group["params"] if id(p) not in fast]
+            if moved:
+                tr.opt_g.add_param_group({"params": moved, "lr": args.lr * args.fast_multiplier,
+                                          "weight_decay": group["weight_decay"]})
+    data = ShapesDataset(G.resolution, seed=args.seed)
+    rng = random.Random(args.seed)
+    steps = args.images // args.batch_size
+    for step in range(steps):
+        items = [data[rng.randrange(len(data))] for _ in range(args.batch_size)]
+        images = torch.stack([x for x, _ in items])
+        pyramid = G(torch.randn(args.batch_size, G.z_dim), tr.model.clip.encode([c for _, c in items]),
+                    update_w_avg=True)
+        loss = sum(F.mse_loss(level, F.interpolate(images, size=level.shape[-1], mode="area")) for level in pyramid)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"non-finite loss at step {step}")
+        tr.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        tr.opt_g.step()
+        tr.step += 1
+        tr._update_ema(args.batch_size)
+        if (step + 1) % 100 == 0 or step + 1 == steps:
+            print(f"step {step + 1}/{steps}: loss {loss.item():.4f}", flush=True)
+    print("saved", tr.save_checkpoint())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
