@@ -4,8 +4,8 @@
     python scripts/caption_score.py runs/bound
 
 The built-in caption fixes its image, so G alone can be regressed onto each caption's own render (MSE
-on every pyramid level, z random, the trainer's optimiser and EMA). No adversarial signal can tell G
-more per image than that target does, so this bounds what the GAN reaches on the same number of
+on every pyramid level, z random, the trainer's optimiser and EMA). A per-pixel target tells G more
+per image than D's verdicts can, so this estimates the most the GAN can reach on the same number of
 images (benchmarks/NOTES.md, "fifth" session of 2026-11-26). The checkpoint is the trainer's, so
 caption_score.py and `gigagan sample` read it.
 

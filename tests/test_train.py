@@ -358,8 +358,8 @@ def test_supervised_bound_script_trains_g_and_writes_a_loadable_checkpoint(tmp_p
     model, state = model_from_checkpoint(str(out), map_location="cpu")
     assert state["step"] == 3
     init = Trainer(_cfg(tmp_path / "init", seed=0))    # the script's seed-0 starting point
-    moved = [n for n, p in init.G.named_parameters() if p.requires_grad
-             and not torch.equal(p, dict(model.generator.named_parameters())[n])]
+    trained = dict(model.generator.named_parameters())
+    moved = [n for n, p in init.G.named_parameters() if p.requires_grad and not torch.equal(p, trained[n])]
     assert any(n.startswith("text_encoder") for n in moved) and any(n.startswith("synthesis") for n in moved)
     lrs = sorted({g["lr"] for g in state["opt_g"]["param_groups"]})
     assert lrs == [0.01, 0.03]
