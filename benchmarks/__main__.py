@@ -1,6 +1,7 @@
 """Run the benchmark suite on the available device, append to the CSV, print the summary.
 
-    python -m benchmarks [--quick] [--ops adaptive_modconv2d] [--providers ref,triton] [--csv PATH] [--no-plots]
+    python -m benchmarks [--quick] [--ops adaptive_modconv2d] [--providers ref,triton] [--dtypes bfloat16,float16]
+                         [--csv PATH] [--no-plots]
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import os
 import torch
 
 from . import summary
-from .common import DEFAULT_CSV, device_name
+from .common import DEFAULT_CSV, DTYPES, device_name, parse_dtypes
 
 BENCHES = {"adaptive_modconv2d": "benchmarks.bench_adaptive_modconv", "attention": "benchmarks.bench_attention",
            "e2e": "benchmarks.bench_e2e"}
@@ -23,11 +24,17 @@ def main(argv=None):
     parser.add_argument("--ops", default=None, help="comma-separated subset of " + ", ".join(BENCHES))
     parser.add_argument("--providers", default=None, help="comma-separated subset of each op's providers "
                         "(ref, triton, cuda, ...); a name an op does not have is ignored for that op")
+    parser.add_argument("--dtypes", default=None, help="comma-separated subset of " + ", ".join(DTYPES)
+                        + " for the op benchmarks (default: bfloat16 on CUDA, float32 on CPU)")
     parser.add_argument("--csv", default=DEFAULT_CSV)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    try:
+        dtypes = parse_dtypes(args.dtypes)
+    except ValueError as e:
+        parser.error(str(e))
     print(f"benchmarks on {device_name(device)}; results appended to {args.csv}")
     ops = args.ops.split(",") if args.ops else list(BENCHES)
     if unknown := set(ops) - set(BENCHES):
@@ -41,7 +48,7 @@ def main(argv=None):
     for op, module in modules.items():
         print(f"{op}:")
         providers = tuple(p for p in module.PROVIDERS if p in wanted) if wanted else module.PROVIDERS
-        module.run(device, csv_path=args.csv, quick=args.quick, providers=providers)
+        module.run(device, csv_path=args.csv, quick=args.quick, providers=providers, dtypes=dtypes)
     text, paths = summary.write(args.csv, os.path.dirname(os.path.abspath(args.csv)), not args.no_plots)
     print("\n" + text)
     for p in paths:

@@ -1,15 +1,23 @@
 """Benchmark adaptive_modconv2d: forward, backward, forward+backward and peak memory.
 
 Providers:
-  ref     the naive composite every test uses as oracle (per-sample weights + grouped conv)
-  peer    the formulation of lucidrains/gigagan-pytorch, written by us from its description:
-          broadcast the bank against the softmax weights to [B,N,Cout,Cin,k,k], sum over N,
-          modulate and demodulate in separate passes, then the grouped conv
-  triton  the fused kernels
-  cuda    the CUDA C++ extension, when built
-  floor   a dense F.conv2d (cuDNN) of the same shape with one shared weight: the lower bound
+  ref             the naive composite every test uses as oracle (per-sample weights + grouped conv)
+  ref_cl          the same on channels_last activations (what cuDNN's NHWC kernels get)
+  peer            lucidrains/gigagan-pytorch's own AdaptiveConv2DMod (gigagan-pytorch 0.3.0, style = mod + 1),
+                  with the epilogue its blocks apply after it (noise, bias, leaky ReLU * sqrt 2)
+  torch           the plain-torch composite (its cheapest form per call)
+  triton          the Triton kernels, strategy picked per shape; triton_weights / triton_fused force one
+  auto            what a user gets by default (impl="auto")
+  cuda            the CUDA C++ extension, when built
+  floor           a dense F.conv2d (cuDNN) of the same shape with one shared weight: the lower bound
+  floor_cl        the same on channels_last tensors
+  floor_weights   bmm on tap-major im2col with precomputed per-sample weights: the most the "weights"
+                  strategy can reach (its GEMMs alone)
 
-    python -m benchmarks.bench_adaptive_modconv [--shapes lowres_8x8,...] [--providers ...]
+cuDNN picks its algorithms by timing (torch.backends.cudnn.benchmark) for every provider; the timer's
+warm-up runs that search.
+
+    python -m benchmarks.bench_adaptive_modconv [--shapes lowres_8x8,...] [--providers ...] [--dtypes ...]
 """
 from __future__ import annotations
 
@@ -18,7 +26,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from gigagan_kernels import adaptive_modconv2d, adaptive_modconv2d_ref
+from gigagan_kernels import adaptive_modconv, adaptive_modconv2d, adaptive_modconv2d_ref
 from gigagan_kernels import backend
 
 from .common import bench_main, run_suite
@@ -35,20 +43,42 @@ CPU_SHAPES = {
     "cpu_torgb": dict(B=4, Cin=32, Cout=3, H=32, W=32, N=1, k=1),
     "cpu_d_predictor_4x4": dict(B=64, Cin=64, Cout=64, H=4, W=4, N=1, k=3),   # the tiny D's psi at batch 16
 }
-PROVIDERS = ("ref", "peer", "torch", "triton", "cuda", "floor")
+PROVIDERS = ("ref", "ref_cl", "peer", "torch", "triton", "triton_weights", "triton_fused", "auto", "cuda", "floor",
+             "floor_cl", "floor_weights")
+PEER_PACKAGE = "gigagan-pytorch==0.3.0"
 
 
-def peer_modconv2d(x, weight_bank, select_logits, style, bias, *, noise, eps=1e-8):
-    """lucidrains/gigagan-pytorch's way: [B,N,...] broadcast, then separate modulate / demodulate passes."""
-    B, Cin, H, W = x.shape
-    N, Cout, _, k, _ = weight_bank.shape
-    attn = select_logits.softmax(dim=-1)
-    weights = (weight_bank[None] * attn[:, :, None, None, None, None]).sum(dim=1)     # [B,Cout,Cin,k,k]
-    weights = weights * style[:, None, :, None, None]
-    weights = weights * torch.rsqrt(weights.pow(2).sum(dim=(2, 3, 4), keepdim=True).clamp(min=eps))
-    y = F.conv2d(x.reshape(1, B * Cin, H, W), weights.reshape(B * Cout, Cin, k, k), padding=k // 2, groups=B)
-    y = y.reshape(B, Cout, H, W) + noise + bias[None, :, None, None]
+def peer_layer(weight_bank):
+    """lucidrains' AdaptiveConv2DMod holding weight_bank as its weights."""
+    from gigagan_pytorch import AdaptiveConv2DMod
+    N, Cout, Cin, k, _ = weight_bank.shape
+    layer = AdaptiveConv2DMod(Cin, Cout, k, demod=True, num_conv_kernels=N)
+    layer.weights = torch.nn.Parameter(weight_bank.detach().clone(), requires_grad=weight_bank.requires_grad)
+    return layer.to(weight_bank.device)
+
+
+def peer_modconv2d(layer, x, select_logits, style, bias, *, noise):
+    """The peer's layer, then the epilogue its generator blocks apply: + noise, + bias, lrelu * sqrt(2)."""
+    y = layer(x, style - 1, select_logits)       # it modulates with (mod + 1)
+    y = y + noise + bias[None, :, None, None]
     return F.leaky_relu(y, 0.2) * math.sqrt(2)
+
+
+def floor_weights_inputs(inp):
+    """Per-sample weights built once outside the timed region, tap-major as the "weights" strategy builds them."""
+    w = inp["weight_bank"].detach()
+    N, Cout, Cin, k, _ = w.shape
+    a = torch.softmax(inp["select_logits"].detach().float(), dim=1).to(w.dtype)
+    mixed = (a @ w.reshape(N, -1)).view(-1, Cout, Cin, k * k) * inp["style"].detach()[:, None, :, None]
+    return mixed.transpose(2, 3).reshape(-1, Cout, k * k * Cin).contiguous().requires_grad_()
+
+
+def floor_weights_conv(x, weights, k):
+    """y = bmm(weights, tap-major im2col(x)): the weights strategy's forward GEMM, in plain torch."""
+    B, Cin, H, W = x.shape
+    cols = F.pad(x, (k // 2,) * 4).unfold(2, k, 1).unfold(3, k, 1)           # [B, Cin, H, W, k, k]
+    cols = cols.permute(0, 4, 5, 1, 2, 3).reshape(B, k * k * Cin, H * W)
+    return torch.bmm(weights, cols).view(B, -1, H, W)
 
 
 def make_inputs(shape: dict, device, dtype, seed=0):
@@ -66,24 +96,49 @@ def make_inputs(shape: dict, device, dtype, seed=0):
 
 def forward_fn(provider: str, inp: dict):
     """A closure computing the provider's output, and the tensors to differentiate."""
+    if provider.endswith("_cl"):
+        inp = dict(inp, x=inp["x"].detach().to(memory_format=torch.channels_last).requires_grad_())
+        provider = provider[:-3]
     params = [inp[n] for n in ("x", "weight_bank", "select_logits", "style", "bias")]
     if provider == "floor":
         w = inp["dense_weight"]
+        if not inp["x"].is_contiguous():
+            w = w.detach().to(memory_format=torch.channels_last).requires_grad_()
         return (lambda: F.conv2d(inp["x"], w, inp["bias"], padding=w.shape[-1] // 2)), [inp["x"], w, inp["bias"]]
+    if provider == "floor_weights":
+        weights = floor_weights_inputs(inp)
+        k = inp["weight_bank"].shape[-1]
+        return (lambda: floor_weights_conv(inp["x"], weights, k)), [inp["x"], weights]
     if provider == "peer":
-        return (lambda: peer_modconv2d(*params, noise=inp["noise"])), params
+        layer = peer_layer(inp["weight_bank"])
+        return (lambda: peer_modconv2d(layer, inp["x"], inp["select_logits"], inp["style"], inp["bias"],
+                                       noise=inp["noise"])), [inp["x"], layer.weights] + params[2:]
     if provider == "ref":
         return (lambda: adaptive_modconv2d_ref(*params, noise=inp["noise"], activation="lrelu")), params
+    if provider.startswith("triton_"):
+        strategy = provider.split("_", 1)[1]
+
+        def run_strategy():
+            with adaptive_modconv.use_strategy(strategy):
+                return adaptive_modconv2d(*params, noise=inp["noise"], activation="lrelu", impl="triton")
+        return run_strategy, params
     return (lambda: adaptive_modconv2d(*params, noise=inp["noise"], activation="lrelu", impl=provider)), params
 
 
 def available(provider: str, device: torch.device) -> str | None:
     """None when the provider can be timed on this device, else why not."""
-    if provider in ("ref", "peer", "floor", "torch"):
+    if provider in ("ref", "ref_cl", "floor", "floor_cl", "floor_weights", "torch", "auto"):
         return None
-    if provider == "triton" and device.type == "cpu":
+    if provider == "peer":
+        try:
+            import gigagan_pytorch  # noqa: F401
+        except ImportError as e:
+            return f"{PEER_PACKAGE} is not importable ({e}); pip install --no-deps {PEER_PACKAGE} and its light deps"
+        return None
+    backend_name = "triton" if provider.startswith("triton") else provider
+    if backend_name == "triton" and device.type == "cpu":
         return "the Triton interpreter is a correctness tool, not timed"
-    return backend.unavailable_reason(provider, device, OP)
+    return backend.unavailable_reason(backend_name, device, OP)
 
 
 def setup(provider, shape, device, dtype):

@@ -1,4 +1,5 @@
-"""End-to-end benchmark: the whole model with every layer on one impl (ref vs triton vs cuda).
+"""End-to-end benchmark: the whole model with every layer on one impl (ref, torch, triton, cuda, and auto:
+what a user gets by default).
 
 Cases (preset "small" on a GPU under bf16 autocast, "tiny" on CPU in fp32):
   G_fwd_b1, G_fwd_b32 (b4 on CPU)   generator forward latency, text encoding included
@@ -23,7 +24,7 @@ from gigagan_kernels import backend, use_impl
 from .common import ResultWriter, bench_main, peak_memory_mb, record, time_fn
 
 OP = "e2e"
-PROVIDERS = ("ref", "torch", "triton", "cuda")
+PROVIDERS = ("ref", "torch", "triton", "cuda", "auto")
 GPU_CASES = {"G_fwd_b1": 1, "G_fwd_b32": 32, "D_fwdbwd_b32": 32, "train_step_b32": 32, "upsampler_b1": 1,
              "paper_G_fwd_b1": 1}
 CPU_CASES = {"G_fwd_b1": 1, "G_fwd_b4": 4, "D_fwdbwd_b4": 4, "train_step_b4": 4, "upsampler_b1": 1}
@@ -31,7 +32,7 @@ CAPTION = "a small red circle in the top left on a blue background"
 
 
 def available(provider, device):
-    if provider in ("ref", "torch"):
+    if provider in ("ref", "torch", "auto"):
         return None
     if provider == "triton" and device.type == "cpu":
         return "the Triton interpreter is a correctness tool, not timed"
@@ -72,7 +73,8 @@ def _case_fn(name, batch, device, model, trainer):
     raise KeyError(name)
 
 
-def run(device: torch.device, shapes=None, providers=PROVIDERS, dtype=None, csv_path=None, quick=False, log=print):
+def run(device: torch.device, shapes=None, providers=PROVIDERS, dtypes=None, csv_path=None, quick=False, log=print):
+    """dtypes is ignored: the model runs under bf16 autocast on a GPU and in fp32 on a CPU."""
     import importlib.util
     if importlib.util.find_spec("open_clip") is None:         # e.g. a bare GPU box with only torch and triton
         log(f"  {OP}: skipped (the model needs open_clip_torch; pip install -r requirements.txt)")

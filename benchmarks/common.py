@@ -26,11 +26,28 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} threads)"
 
 
-def git_sha() -> str:
+def _git(*args, cwd, env=None) -> str:
+    out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=20, env=env, cwd=cwd)
+    if out.returncode:
+        raise OSError(out.stderr.strip())
+    return out.stdout.strip()
+
+
+def git_sha(repo: str | None = None) -> str:
+    """The tree that runs: HEAD's short hash when the working tree matches it, else HEAD plus the working
+    tree's own git tree hash ("2a1348e+tree.1f0c9e2d4b"), which `git log --format='%h %T'` maps to the commit
+    that later holds it. (A lent GPU machine gets a copy of the working tree, whose HEAD may be older.)"""
+    import tempfile
+    repo = repo or os.path.dirname(os.path.abspath(__file__))
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10)
-        return out.stdout.strip() or "unknown"
+        head = _git("rev-parse", "--short", "HEAD", cwd=repo)
+        top = _git("rev-parse", "--show-toplevel", cwd=repo)
+        with tempfile.TemporaryDirectory() as tmp:
+            env = dict(os.environ, GIT_INDEX_FILE=os.path.join(tmp, "index"))
+            _git("read-tree", "HEAD", cwd=top, env=env)
+            _git("add", "-A", ".", cwd=top, env=env)
+            tree = _git("write-tree", cwd=top, env=env)
+        return head if tree == _git("rev-parse", "HEAD^{tree}", cwd=top) else f"{head}+tree.{tree[:10]}"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -144,33 +161,53 @@ def bench_case(op, shape_name, shape, provider, fwd, wrt, device, dtype, modes, 
 
 
 def run_suite(op, device, *, gpu_shapes, cpu_shapes, providers, setup, available, shapes=None, modes=MODES,
-              dtype=None, csv_path=DEFAULT_CSV, quick=False, log=print):
-    """Run every (shape, provider) of one op. setup(provider, shape, device, dtype) -> (fwd closure, tensors
-    to differentiate); available(provider, device) -> None or why the provider cannot run here."""
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+              dtype=None, dtypes=None, csv_path=DEFAULT_CSV, quick=False, log=print):
+    """Run every (dtype, shape, provider) of one op. setup(provider, shape, device, dtype) -> (fwd closure,
+    tensors to differentiate); available(provider, device) -> None or why the provider cannot run here.
+    cuDNN chooses its algorithms by timing them (cudnn.benchmark) for every provider, in the warm-up."""
+    dtypes = dtypes or [dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)]
     table = gpu_shapes if device.type == "cuda" else cpu_shapes
     writer = ResultWriter(csv_path, device)
-    for shape_name in shapes or list(table):
-        shape = {**gpu_shapes, **cpu_shapes}[shape_name]
-        for provider in providers:
-            why = available(provider, device)
-            if why:
-                log(f"  {op} {shape_name} {provider}: skipped ({why})")
-                continue
-            try:
-                fwd, wrt = setup(provider, shape, device, dtype)
-                res = bench_case(op, shape_name, shape, provider, fwd, wrt, device, dtype, modes, writer,
-                                 quick=quick)
-            except torch.OutOfMemoryError:
-                log(f"  {op} {shape_name} {provider}: out of memory")
-                torch.cuda.empty_cache()
-                continue
-            writer.flush()  # each case lands at once, so a suite stopped midway keeps what it measured
-            log(f"  {op} {shape_name} {provider}: " + ", ".join(
-                f"{m} {t.median_ms:.3f} ms" + (f" / {mem:.0f} MiB" if mem is not None else "")
-                for m, (t, mem) in res.items()))
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        for dtype in dtypes:
+            for shape_name in shapes or list(table):
+                shape = {**gpu_shapes, **cpu_shapes}[shape_name]
+                for provider in providers:
+                    why = available(provider, device)
+                    if why:
+                        log(f"  {op} {shape_name} {provider}: skipped ({why})")
+                        continue
+                    try:
+                        fwd, wrt = setup(provider, shape, device, dtype)
+                        res = bench_case(op, shape_name, shape, provider, fwd, wrt, device, dtype, modes, writer,
+                                         quick=quick)
+                    except torch.OutOfMemoryError:
+                        log(f"  {op} {shape_name} {provider}: out of memory")
+                        torch.cuda.empty_cache()
+                        continue
+                    writer.flush()  # each case lands at once, so a suite stopped midway keeps what it measured
+                    log(f"  {op} {shape_name} {provider} {str(dtype).replace('torch.', '')}: " + ", ".join(
+                        f"{m} {t.median_ms:.3f} ms" + (f" / {mem:.0f} MiB" if mem is not None else "")
+                        for m, (t, mem) in res.items()))
+    finally:
+        torch.backends.cudnn.benchmark = previous
     writer.flush()
     return csv_path
+
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def parse_dtypes(text: str | None):
+    """'bfloat16,float16' -> [torch.bfloat16, torch.float16]; None -> None (each suite's default)."""
+    if not text:
+        return None
+    names = text.split(",")
+    if unknown := [n for n in names if n not in DTYPES]:
+        raise ValueError(f"--dtypes: unknown {unknown}; choose from {list(DTYPES)}")
+    return [DTYPES[n] for n in names]
 
 
 def bench_main(run, providers, argv=None, doc=None):
@@ -180,10 +217,13 @@ def bench_main(run, providers, argv=None, doc=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--shapes", default=None, help="comma-separated shape names")
     parser.add_argument("--providers", default=",".join(providers))
-    parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--dtypes", default=None, help="comma-separated: " + ", ".join(DTYPES))
     parser.add_argument("--csv", default=DEFAULT_CSV)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
+    try:
+        dtypes = parse_dtypes(args.dtypes)
+    except ValueError as e:
+        parser.error(str(e))
     run(torch.device(args.device), shapes=args.shapes.split(",") if args.shapes else None,
-        providers=args.providers.split(","), dtype=getattr(torch, args.dtype) if args.dtype else None,
-        csv_path=args.csv, quick=args.quick)
+        providers=args.providers.split(","), dtypes=dtypes, csv_path=args.csv, quick=args.quick)

@@ -7,11 +7,13 @@ For each sample b:
 
 This module holds the public function, input validation, the reference
 composite ("ref", the oracle of every test and the naive baseline of every
-benchmark), the "torch" composite that modulates activations instead (the CPU
-default), and the torch.library registration of the fused paths with their
-autograd. The Triton kernels live beside it in adaptive_modconv_triton.py; the
-CUDA C++ kernels in csrc/adaptive_modconv.{cu,cpp} (ops gigagan_kernels_cuda::*,
-whose fake kernels and autograd are registered here).
+benchmark), the "torch" composite (the CPU default: the cheapest of three exact
+forms per call), the choice of Triton strategy, and the torch.library
+registration of the fused paths with their autograd. The Triton kernels live
+beside it in adaptive_modconv_triton.py; the CUDA C++ kernels in
+csrc/adaptive_modconv.{cu,cpp} (ops gigagan_kernels_cuda::*, whose fake kernels
+and autograd are registered here); the cost model that picks among them in
+cost_model.py.
 
 Gradient order: first-order gradients of the fused paths run fused kernels.
 Under create_graph=True (R1) the backward is recomputed through the reference
@@ -19,7 +21,10 @@ composite, so gradients of every order are exact for every impl.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import threading
 from typing import Optional
 
 import torch
@@ -138,66 +143,83 @@ def adaptive_modconv2d_ref(x, weight_bank, select_logits, style, bias=None, *, d
 
 
 # ----------------------------------------------------------------------------------------------
-# "torch" composite: the CPU default. Where per-sample weights would dominate, it modulates
-# activations instead (StyleGAN2's fused_modconv=False); elsewhere it is the reference.
+# "torch" composite: the CPU default, and what every create_graph=True backward differentiates on the
+# fast paths' behalf is the reference; this one is for users of plain torch. Per call it runs the
+# cheapest of three exact forms.
 # ----------------------------------------------------------------------------------------------
-def modulates_activations(x_shape, bank_shape, device_type: str = "cpu") -> bool:
-    """The "torch" composite's cost model: modulate the activations (N shared-weight convolutions) or build
-    per-sample weights (one B-group convolution)?
+TORCH_FORMS = ("activations", "bmm", "grouped")
 
-    CPU: activations for 1x1 filters (one matmul, where per-sample weights are B tiny convolutions that CPU
-    torch runs one by one), and where per-sample weights, counted twice because a B-group convolution runs
-    about half as fast per FLOP as a batched one on CPU, would outweigh the N-fold convolution's
-    activations: 2*Cout*Cin*k^2 > N*(Cin+Cout)*H*W. On this project's CPU that picks D's 8x8 and 16x16
-    layers (1.3-4.8x faster forward+backward than per-sample weights) and its 1-output heads, and leaves
-    G's 3x3 layers and the 32x32 layers to the grouped convolution (benchmarks/NOTES.md).
 
-    CUDA: both forms are FLOP-bound except the per-sample weights, which cost ~13 ps per element to
-    build (mix, modulate, demodulate, in bf16). Per weight element, activations cost N*2HW FLOPs at ~110
-    TFLOP/s and the grouped convolution 2HW FLOPs at ~100 TFLOP/s, so activations win when
-    2HW(N/110 - 1/100) < 13 (TFLOP/s and ps). The constants are fit to the H200's forward times at the
-    benchmark shapes: activations win at 8x8, N=8 (3.4 against 4.3 ms) and weights at 16x16, N=8 (4.9
-    against 10.1 ms); at 64x64, N=4 weights took 0.71 ms, where the 4-fold activation form would need
-    ~300 GFLOP (not timed). N = 1 needs no mix, so activations are one dense convolution."""
+def torch_form(x_shape, bank_shape, device_type: str = "cpu") -> str:
+    """The "torch" composite's form for a call:
+      "activations": conv(x * s, all N filters) as one shared-weight convolution, mixed with a and scaled by
+                     d (StyleGAN2's fused_modconv=False, generalised to N filters);
+      "bmm":         per-sample weights mixed by one matmul, the convolution as a batched matmul on
+                     unfold(x * s), d as an output scale;
+      "grouped":     the reference's per-sample weights and one B-group convolution.
+
+    CUDA: the cost model (gigagan_kernels/cost_model.py) picks between activations and bmm (cuDNN's grouped
+    convolution took ~0.2 ms per group in its backward on an H200, so it is never the fastest there).
+    CPU (measured on this project's 2-core x86 build machine, benchmarks/NOTES.md): activations for 1x1
+    filters (one matmul) and where per-sample weights, counted twice because a B-group convolution runs
+    about half as fast per FLOP as a batched one, outweigh the N-fold convolution's activations:
+    2*Cout*Cin*k^2 > N*(Cin+Cout)*H*W. Otherwise bmm up to 64 pixels (0.4-0.7x the grouped convolution's
+    forward + backward at 4x4 and 8x8) and grouped above (bmm took 1.2-3x at 16x16 and 32x32)."""
     _, Cin, H, W = x_shape
     N, Cout, _, k, _ = bank_shape
     if k == 1:
-        return True
+        return "activations"
     if device_type == "cuda":
-        return 2 * H * W * (N / 110 - 1 / 100) < 13
-    return 2 * Cout * Cin * k * k > N * (Cin + Cout) * H * W
+        from . import cost_model
+        return cost_model.fastest(("torch_activations", "torch_weights"), x_shape, bank_shape).replace(
+            "torch_weights", "bmm").replace("torch_", "")
+    if 2 * Cout * Cin * k * k > N * (Cin + Cout) * H * W:
+        return "activations"
+    return "bmm" if H * W <= 64 else "grouped"
 
 
 def adaptive_modconv2d_torch(x, weight_bank, select_logits, style, bias=None, *, demodulate=True, eps=1e-8,
                              noise=None, activation=None, gain=None, clamp=None):
-    """The plain-torch composite: per call, the cheaper of two exact formulations (modulates_activations).
+    """The plain-torch composite: per call, the cheapest of three exact forms (torch_form). Plain torch ops,
+    so gradients of every order.
 
-    Weights: the reference's per-sample weights and one grouped convolution.
-    Activations: conv(x * s, W[n]) for all n as one shared-weight convolution, mixed with
-    a[b, n] and scaled by d[b, o] (StyleGAN2's fused_modconv=False, generalised to N filters).
-    d[b,o]^2 = sum_i s[b,i]^2 sum_{kh,kw} K[b,o,i]^2: with N = 1 that is s^2 against the bank's
-    per-(o, i) sums of squares, so nothing per-sample is built; with N > 1 the unmodulated mix K[b] is
-    formed for the norm only (mixing first keeps d as well conditioned as the reference; Gram cross
-    terms would cancel where the mixed filter is small). Plain torch ops: any order of gradient.
+    d[b,o]^2 = sum_i s[b,i]^2 sum_{kh,kw} K[b,o,i]^2, with K[b] = sum_n a[b,n] W[n] mixed first (mixing keeps d
+    as well conditioned as the reference's; Gram cross terms would cancel where the mixed filter is small).
+    With N = 1 the activation form needs only the bank's per-(o, i) sums of squares.
     """
     B, Cin, H, W = x.shape
     N, Cout, _, k, _ = weight_bank.shape
-    if not modulates_activations(x.shape, weight_bank.shape, x.device.type) or (demodulate and Cin * k * k == 1):
-        # (Cin*k*k = 1: each filter is one scalar that demodulation divides by itself, so y cannot see
-        # its scale and the activation form's dbank would be a difference of two large terms.)
+    form = torch_form(x.shape, weight_bank.shape, x.device.type)
+    if form == "activations" and demodulate and Cin * k * k == 1:
+        # Each filter is one scalar that demodulation divides by itself, so y cannot see its scale and the
+        # activation form's dbank would be a difference of two large terms.
+        form = "bmm"
+    if form == "grouped":
         return adaptive_modconv2d_ref(x, weight_bank, select_logits, style, bias, demodulate=demodulate, eps=eps,
                                       noise=noise, activation=activation, gain=gain, clamp=clamp)
     gain = _default_gain(activation) if gain is None else float(gain)
     a = torch.softmax(select_logits, dim=1)
-    y = F.conv2d(x * style[:, :, None, None], weight_bank.reshape(N * Cout, Cin, k, k), padding=k // 2)
-    y = torch.einsum("bn,bnohw->bohw", a, y.view(B, N, Cout, H, W))     # N = 1 too: select_logits gets its (zero) grad
+    xs = x * style[:, :, None, None]
+    mixed = None
+    if form == "activations":
+        filters = weight_bank.reshape(N * Cout, Cin, k, k)
+        if x.is_cuda:       # cuDNN's NHWC kernels are the fast ones for 16-bit convolutions
+            xs = xs.contiguous(memory_format=torch.channels_last)
+            filters = filters.contiguous(memory_format=torch.channels_last)
+        y = F.conv2d(xs, filters, padding=k // 2)
+        y = torch.einsum("bn,bnohw->bohw", a, y.view(B, N, Cout, H, W))   # N = 1 too: select_logits gets its (zero) grad
+    else:
+        mixed = (a @ weight_bank.reshape(N, -1)).view(B, Cout, Cin * k * k)            # one matmul
+        y = torch.bmm(mixed, F.unfold(xs, k, padding=k // 2)).view(B, Cout, H, W)
     if demodulate:
-        if N == 1:
-            sq = weight_bank.square().sum(dim=(3, 4))                        # [1, Cout, Cin]
+        if mixed is None and N == 1:
+            sq = weight_bank.square().sum(dim=(3, 4)).expand(B, Cout, Cin)
         else:
-            sq = (a @ weight_bank.reshape(N, -1)).view(B, Cout, Cin, k * k).square().sum(-1)   # [B, Cout, Cin]
-        norm2 = (sq * style.square()[:, None, :]).sum(-1)
-        y = y * torch.rsqrt(norm2 + eps)[:, :, None, None]
+            if mixed is None:
+                mixed = a @ weight_bank.reshape(N, -1)
+            sq = mixed.view(B, Cout, Cin, k * k).square().sum(-1)                          # [B, Cout, Cin]
+        norm2 = torch.bmm(sq, style.square()[:, :, None])                                # [B, Cout, 1]
+        y = y * torch.rsqrt(norm2 + eps)[..., None]
     return _epilogue_ref(y, bias, noise, activation, gain, clamp)
 
 
@@ -209,19 +231,96 @@ def _needs_lin(activation, gain, clamp, bias, noise) -> bool:
     return activation == "lrelu" or gain != 1.0 or clamp is not None or bias is not None or noise is not None
 
 
+STRATEGIES = ("weights", "fused")
+STRATEGY_ENV = "GIGAGAN_KERNELS_MODCONV_STRATEGY"
+_strategy_override = threading.local()
+
+
+@contextlib.contextmanager
+def use_strategy(strategy: str):
+    """Force the Triton strategy that impl="triton" runs ("weights" or "fused"), e.g. for benchmarks.
+    GIGAGAN_KERNELS_MODCONV_STRATEGY does the same for a whole process; "auto" (the default) picks per shape."""
+    _check_strategy(strategy, "use_strategy(strategy)")
+    previous = getattr(_strategy_override, "strategy", None)
+    _strategy_override.strategy = strategy
+    try:
+        yield
+    finally:
+        _strategy_override.strategy = previous
+
+
+def _check_strategy(strategy, source):
+    if strategy not in STRATEGIES + ("auto",):
+        raise ValueError(f"{source}: expected one of {STRATEGIES + ('auto',)}, got {strategy!r}")
+
+
+def triton_strategy(x_shape, bank_shape) -> str:
+    """The Triton strategy for a call: the forced one (use_strategy, then the environment variable), else the
+    one the cost model predicts faster for a forward + backward (gigagan_kernels/cost_model.py) among those
+    that can take the shape."""
+    from . import adaptive_modconv_triton as kernels
+    forced = getattr(_strategy_override, "strategy", None) or os.environ.get(STRATEGY_ENV, "").strip() or "auto"
+    _check_strategy(forced, STRATEGY_ENV)
+    why_not = kernels.weights_unsupported(bank_shape)
+    if forced == "weights" and why_not:
+        raise ValueError(f"adaptive_modconv2d: strategy 'weights' cannot run weight_bank {tuple(bank_shape)}: "
+                         f"{why_not}")
+    if forced != "auto":
+        return forced
+    if why_not:
+        return "fused"
+    from . import cost_model
+    return cost_model.fastest([f"triton_{st}" for st in STRATEGIES], x_shape, bank_shape).replace("triton_", "")
+
+
+def auto_cuda_order(x_shape, bank_shape) -> tuple:
+    """impl="auto"'s order of preference on CUDA for one call, fastest first: Triton (its faster strategy) or
+    the torch composite (its faster form), as the cost model predicts forward + backward; the CUDA extension
+    last (opt-in: it measured slower than Triton, benchmarks/NOTES.md)."""
+    if not backend.triton_installed():
+        return ("torch", "cuda")
+    from . import cost_model
+    form = torch_form(x_shape, bank_shape, "cuda")
+    torch_cost = cost_model.modconv_seconds("torch_weights" if form == "bmm" else "torch_activations", x_shape,
+                                            bank_shape)
+    triton_cost = min(cost_model.modconv_seconds(f"triton_{st}", x_shape, bank_shape) for st in STRATEGIES)
+    return ("triton", "torch", "cuda") if triton_cost <= torch_cost else ("torch", "triton", "cuda")
+
+
+def _wt_shape(x, weight_bank):
+    return (x.shape[0], weight_bank.shape[1], weight_bank.shape[2] * weight_bank.shape[3] * weight_bank.shape[4])
+
+
 @torch.library.custom_op("gigagan_kernels::adaptive_modconv2d_triton", mutates_args=())
 def _triton_fwd_op(x: torch.Tensor, weight_bank: torch.Tensor, select_logits: torch.Tensor, style: torch.Tensor,
                    bias: Optional[torch.Tensor], noise: Optional[torch.Tensor], demodulate: bool, eps: float,
-                   activation: str, gain: float, clamp: Optional[float],
-                   save_lin: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   activation: str, gain: float, clamp: Optional[float], save_lin: bool, strategy: str,
+                   keep_weights: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns y, lin (d * conv before the epilogue; empty unless save_lin), d [B, Cout] fp32, and the
+    per-sample weights of strategy "weights" when keep_weights (else empty)."""
     from . import adaptive_modconv_triton as kernels
     a = torch.softmax(select_logits.float(), dim=1)
-    return kernels.forward(x, weight_bank, a, style, bias, noise, demodulate=demodulate, eps=eps,
-                           activation_code=kernels.ACT_LRELU if activation == "lrelu" else kernels.ACT_LINEAR, gain=gain, clamp=clamp,
-                           save_lin=save_lin)
+    options = dict(demodulate=demodulate, eps=eps, activation_code=_activation_code(activation), gain=gain,
+                   clamp=clamp, save_lin=save_lin)
+    if strategy == "weights":
+        return kernels.weights_forward(x, weight_bank, a, style, bias, noise, keep_weights=keep_weights, **options)
+    y, lin, d = kernels.fused_forward(x, weight_bank, a, style, bias, noise, **options)
+    return y, lin, d, x.new_empty((0,))
+
+
+def _activation_code(activation):
+    from . import adaptive_modconv_triton as kernels
+    return kernels.ACT_LRELU if activation == "lrelu" else kernels.ACT_LINEAR
 
 
 @_triton_fwd_op.register_fake
+def _(x, weight_bank, select_logits, style, bias, noise, demodulate, eps, activation, gain, clamp, save_lin,
+      strategy, keep_weights):
+    y, lin, d = _forward_fake(x, weight_bank, select_logits, style, bias, noise, demodulate, eps, activation, gain,
+                              clamp, save_lin)
+    return y, lin, d, x.new_empty(_wt_shape(x, weight_bank) if strategy == "weights" and keep_weights else (0,))
+
+
 def _forward_fake(x, weight_bank, select_logits, style, bias, noise, demodulate, eps, activation, gain, clamp,
                   save_lin):
     B, _, H, W = x.shape
@@ -234,22 +333,30 @@ def _forward_fake(x, weight_bank, select_logits, style, bias, noise, demodulate,
 @torch.library.custom_op("gigagan_kernels::adaptive_modconv2d_triton_backward", mutates_args=())
 def _triton_bwd_op(grad_y: torch.Tensor, x: torch.Tensor, weight_bank: torch.Tensor, select_logits: torch.Tensor,
                    style: torch.Tensor, bias: Optional[torch.Tensor], noise: Optional[torch.Tensor],
-                   lin: torch.Tensor, d: torch.Tensor, demodulate: bool, activation: str, gain: float,
-                   clamp: Optional[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                                    torch.Tensor, torch.Tensor]:
+                   lin: torch.Tensor, d: torch.Tensor, kept_weights: torch.Tensor, demodulate: bool, activation: str,
+                   gain: float, clamp: Optional[float], strategy: str) -> tuple[torch.Tensor, torch.Tensor,
+                                                                             torch.Tensor, torch.Tensor,
+                                                                             torch.Tensor, torch.Tensor]:
     """Returns dx, dbank, dlogits, dstyle, dbias (empty when bias is None), dnoise (ditto)."""
     from . import adaptive_modconv_triton as kernels
-    gz, c, dbias, dnoise = _epilogue_backward(grad_y, x, bias, noise, lin, d, demodulate, activation, gain, clamp)
     a = torch.softmax(select_logits.float(), dim=1)
-    dx, dbank, da, ds = kernels.backward(gz, c, x, weight_bank, a, style, demodulate=demodulate)
+    options = dict(demodulate=demodulate, activation_code=_activation_code(activation), gain=gain, clamp=clamp)
+    if strategy == "weights":
+        dx, dbank, da, ds, dbias, dnoise = kernels.weights_backward(grad_y, x, weight_bank, a, style, bias, noise, lin,
+                                                                    d, kept_weights, **options)
+    else:
+        gz, c, dbias, dnoise = kernels.epilogue_backward(grad_y, lin, d, bias, noise, **options)
+        dx, dbank, da, ds = kernels.fused_backward(gz.view(grad_y.shape), c, x, weight_bank, a, style,
+                                                   demodulate=demodulate)
     dlogits = a * (da - (a * da).sum(dim=1, keepdim=True))                     # softmax backward
     return dx, dbank, dlogits.to(select_logits.dtype), ds.to(style.dtype), dbias, dnoise
 
 
 def _epilogue_backward(grad_y, x, bias, noise, lin, d, demodulate, activation, gain, clamp):
-    """Backward of noise/bias/activation/gain/clamp on the activation-sized tensors, shared by the fused
-    paths. Returns gz = d * dL/dlin (x's dtype), c = d^2 sum_p dL/dlin * lin (fp32; the demodulation term
-    of the bank and style gradients), dbias and dnoise (empty when absent)."""
+    """Backward of noise/bias/activation/gain/clamp on the activation-sized tensors, in torch ops (the CUDA
+    extension's path; the Triton path runs this as one kernel). Returns gz = d * dL/dlin (x's dtype),
+    c = d^2 sum_p dL/dlin * lin (fp32; the demodulation term of the bank and style gradients), dbias and
+    dnoise (empty when absent)."""
     # Recover the pre-activation v from lin (the demodulated conv before the epilogue).
     lin32 = lin.float()
     v = lin32
@@ -277,7 +384,8 @@ def _epilogue_backward(grad_y, x, bias, noise, lin, d, demodulate, activation, g
 
 
 @_triton_bwd_op.register_fake
-def _(grad_y, x, weight_bank, select_logits, style, bias, noise, lin, d, demodulate, activation, gain, clamp):
+def _(grad_y, x, weight_bank, select_logits, style, bias, noise, lin, d, kept_weights, demodulate, activation, gain,
+      clamp, strategy):
     empty = grad_y.new_empty((0,))
     return (torch.empty_like(x), torch.empty_like(weight_bank), torch.empty_like(select_logits),
             torch.empty_like(style), torch.empty_like(bias) if bias is not None else empty,
@@ -285,25 +393,32 @@ def _(grad_y, x, weight_bank, select_logits, style, bias, noise, lin, d, demodul
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight_bank, select_logits, style, bias, noise, demodulate, eps, activation, gain, clamp, save_lin = inputs
-    y, lin, d = output
-    ctx.save_for_backward(x, weight_bank, select_logits, style, bias, noise, lin if save_lin else y, d)
+    """Shared by the Triton op (extra inputs: strategy, keep_weights; extra output: the kept weights) and the
+    CUDA op (neither)."""
+    x, weight_bank, select_logits, style, bias, noise, demodulate, eps, activation, gain, clamp, save_lin = inputs[:12]
+    y, lin, d = output[:3]
+    ctx.save_for_backward(x, weight_bank, select_logits, style, bias, noise, lin if save_lin else y, d, *output[3:])
     ctx.options = (demodulate, eps, activation, gain, clamp)
+    ctx.backend_options = tuple(inputs[12:13])          # the Triton strategy
+    ctx.non_tensor_inputs = len(inputs) - 6
 
 
 def _make_backward(fused_backward):
-    """The autograd backward of a fused forward op, given its first-order backward (same arguments)."""
-    def backward(ctx, grad_y, _grad_lin, _grad_d):
-        x, weight_bank, select_logits, style, bias, noise, lin, d = ctx.saved_tensors
+    """The autograd backward of a fused forward op, given its first-order backward op."""
+    def backward(ctx, grad_y, *_unused_output_grads):
+        x, weight_bank, select_logits, style, bias, noise, lin, d, *kept = ctx.saved_tensors
         demodulate, eps, activation, gain, clamp = ctx.options
         if torch.is_grad_enabled():
             # create_graph=True (e.g. R1): differentiate the reference so higher orders stay exact.
-            return (*_ref_vjp(grad_y, x, weight_bank, select_logits, style, bias, noise, demodulate, eps,
-                              activation, gain, clamp), None, None, None, None, None, None)
-        dx, dbank, dlogits, dstyle, dbias, dnoise = fused_backward(
-            grad_y, x, weight_bank, select_logits, style, bias, noise, lin, d, demodulate, activation, gain, clamp)
-        return (dx, dbank, dlogits, dstyle, dbias if bias is not None else None,
-                dnoise if noise is not None else None, None, None, None, None, None, None)
+            grads = _ref_vjp(grad_y, x, weight_bank, select_logits, style, bias, noise, demodulate, eps, activation,
+                             gain, clamp)
+        else:
+            dx, dbank, dlogits, dstyle, dbias, dnoise = fused_backward(
+                grad_y, x, weight_bank, select_logits, style, bias, noise, lin, d, *kept, demodulate, activation,
+                gain, clamp, *ctx.backend_options)
+            grads = (dx, dbank, dlogits, dstyle, dbias if bias is not None else None,
+                     dnoise if noise is not None else None)
+        return grads + (None,) * ctx.non_tensor_inputs
     return backward
 
 
@@ -377,7 +492,8 @@ def adaptive_modconv2d(x, weight_bank, select_logits, style, bias=None, *, demod
     activation = None if activation == "linear" else activation
     gain = _default_gain(activation) if gain is None else float(gain)
     clamp = None if clamp is None else float(clamp)
-    chosen = backend.resolve_impl(impl, x.device, OP_NAME)
+    chosen = backend.resolve_impl(impl, x.device, OP_NAME, x.dtype,
+                                  auto_cuda_order(x.shape, weight_bank.shape) if x.is_cuda else None)
     if chosen == "ref" or x.shape[0] == 0:      # an empty batch: the ref keeps y attached to every input
         return adaptive_modconv2d_ref(x, weight_bank, select_logits, style, bias, demodulate=demodulate, eps=eps,
                                       noise=noise, activation=activation, gain=gain, clamp=clamp)
@@ -386,16 +502,20 @@ def adaptive_modconv2d(x, weight_bank, select_logits, style, bias=None, *, demod
                                         noise=noise, activation=activation, gain=gain, clamp=clamp)
     if chosen == "triton":
         from . import adaptive_modconv_triton as kernels
-        max_filters, fused_op = kernels.MAX_FILTERS, _triton_fwd_op
+        max_filters = kernels.MAX_FILTERS
     else:
-        max_filters, fused_op = CUDA_MAX_FILTERS, cuda_forward_op()
+        max_filters = CUDA_MAX_FILTERS
     if weight_bank.shape[0] > max_filters:
         raise ValueError(f"adaptive_modconv2d(impl={chosen!r}): weight_bank has N={weight_bank.shape[0]} filters; "
                          f"the {chosen} kernels support N <= {max_filters}")
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight_bank, select_logits, style, bias, noise))
     save_lin = needs_grad and _needs_lin(activation, gain, clamp, bias, noise)
-    y, _, _ = fused_op(x, weight_bank, select_logits, style, bias, noise, bool(demodulate), float(eps),
-                       activation or "linear", gain, clamp, save_lin)
-    return y
-
+    args = (x, weight_bank, select_logits, style, bias, noise, bool(demodulate), float(eps), activation or "linear",
+            gain, clamp, save_lin)
+    if chosen == "cuda":
+        return cuda_forward_op()(*args)[0]
+    strategy = triton_strategy(x.shape, weight_bank.shape)
+    keep = strategy == "weights" and kernels.plan_weights(x.shape, weight_bank.shape, x.element_size(),
+                                                          needs_grad=needs_grad).keep
+    return _triton_fwd_op(*args, strategy, keep)[0]

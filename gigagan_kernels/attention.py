@@ -196,7 +196,7 @@ def attention(q, k, v, *, kind="l2", scale=None, key_padding_mask=None, impl="au
     """
     validate(q, k, v, kind, scale, key_padding_mask)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    chosen = backend.resolve_impl(impl, q.device, OP_NAME)
+    chosen = backend.resolve_impl(impl, q.device, OP_NAME, q.dtype)
     if chosen == "ref" or q.numel() == 0 or k.shape[2] == 0:
         return attention_ref(q, k, v, kind=kind, scale=scale, key_padding_mask=key_padding_mask)
     if chosen == "torch":

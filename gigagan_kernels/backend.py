@@ -95,10 +95,17 @@ def _check_name(impl, *, allow_auto: bool, source: str) -> None:
         raise ValueError(f"{source}: expected one of {allowed}, got {impl!r}")
 
 
-def unavailable_reason(impl: str, device: torch.device, op: str) -> str | None:
-    """Why `impl` cannot run `op` on `device`, or None when it can."""
+# What the fused kernels take; "ref" and "torch" take any floating dtype (float64 included: the tests' oracle).
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def unavailable_reason(impl: str, device: torch.device, op: str, dtype: torch.dtype | None = None) -> str | None:
+    """Why `impl` cannot run `op` on `device` (and inputs of `dtype`, when given), or None when it can."""
     if impl in ("ref", "torch"):
         return None
+    if dtype is not None and dtype not in KERNEL_DTYPES:
+        names = ", ".join(str(d).replace("torch.", "") for d in KERNEL_DTYPES)
+        return f"the {impl} kernels take {names} inputs, not {str(dtype).replace('torch.', '')}"
     if impl == "triton":
         if not triton_installed():
             return "triton is not installed"
@@ -119,15 +126,17 @@ def unavailable_reason(impl: str, device: torch.device, op: str) -> str | None:
     raise AssertionError(impl)
 
 
-# Order in which "auto" tries backends on CUDA, fastest first as measured at GigaGAN's shapes
-# (benchmarks/NOTES.md, H200, bf16, forward + backward). adaptive_modconv2d: the torch composite beat the
-# Triton kernels at every shape (lowres 8x8: 7.6 against 26.2 ms). attention: Triton beat the composite
-# 1.5x at 1024 tokens (1.18 against 1.80 ms) and 2.4x at 4096 (11.5 against 27.1 ms).
-_AUTO_CUDA_ORDER = {"adaptive_modconv2d": ("torch", "triton", "cuda"), "attention": ("triton", "cuda", "torch")}
+# Order in which "auto" tries backends on CUDA when the op gives none, fastest first as measured at GigaGAN's
+# shapes (benchmarks/NOTES.md, H200, bf16, forward + backward). attention: Triton beat the composite 1.5x at
+# 1024 tokens (1.18 against 1.80 ms) and 2.4x at 4096 (11.5 against 27.1 ms). adaptive_modconv2d passes its
+# own per-shape order from the cost model; this one is its fallback.
+_AUTO_CUDA_ORDER = {"adaptive_modconv2d": ("triton", "torch", "cuda"), "attention": ("triton", "cuda", "torch")}
 
 
-def resolve_impl(impl: str, device: torch.device, op: str) -> str:
-    """Turn the user's impl argument into a backend that can run, or raise."""
+def resolve_impl(impl: str, device: torch.device, op: str, dtype: torch.dtype | None = None,
+                 cuda_order: tuple | None = None) -> str:
+    """Turn the user's impl argument into a backend that can run, or raise. cuda_order: the op's own order of
+    preference on CUDA for this call (fastest first), else the table above."""
     _check_name(impl, allow_auto=True, source=f"{op}(impl=...)")
     if impl == "auto":
         chosen = _forced_impl()
@@ -137,14 +146,14 @@ def resolve_impl(impl: str, device: torch.device, op: str) -> str:
             _check_name(forced, allow_auto=False, source=source)
             impl = forced
     if impl != "auto":
-        reason = unavailable_reason(impl, device, op)
+        reason = unavailable_reason(impl, device, op, dtype)
         if reason is not None:
             raise BackendUnavailableError(f"{op}: impl={impl!r} is unavailable: {reason}")
         return impl
     if device.type == "cuda":
-        for cand in _AUTO_CUDA_ORDER[op]:
-            if unavailable_reason(cand, device, op) is None:
+        for cand in cuda_order or _AUTO_CUDA_ORDER[op]:
+            if unavailable_reason(cand, device, op, dtype) is None:
                 return cand
-    if device.type == "cpu" and triton_interpret() and triton_installed():
+    if device.type == "cpu" and triton_interpret() and unavailable_reason("triton", device, op, dtype) is None:
         return "triton"
     return "torch"

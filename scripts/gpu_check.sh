@@ -4,12 +4,19 @@
 #   build  the CUDA extension against this machine's torch (sm_90 unless TORCH_CUDA_ARCH_LIST says otherwise),
 #   model  meanwhile, the model tests on the GPU (ref, torch and Triton; not the extension);
 #   ops    the op tests on CUDA tensors: bf16 / fp16 / fp32, large shapes, impl="cuda", against float64;
-#   bench  the benchmark suite at GigaGAN shapes (CSV, SUMMARY.md, plots); BENCH_ARGS narrows it;
+#   bench  the benchmarks at GigaGAN shapes: adaptive_modconv2d in bf16 and fp16 first (every provider: ref, peer,
+#          torch, triton and its two strategies, auto, cuda, the floors), then the end-to-end cases (the training
+#          step with auto among them), then attention; CSV, SUMMARY.md, plots. BENCH_ARGS replaces that plan with
+#          one `python -m benchmarks` call;
 #   train  the README's main job on this GPU with what time is left: train the tiny preset, sample, score.
 # GPU_CHECK_PHASES picks some (default: all); GPU_CHECK_SECONDS is the whole script's wall clock.
-# Missing Python packages (open_clip_torch, webdataset: the box has no index) install from .whl/ if present:
+# Missing Python packages (open_clip_torch, webdataset, the peer gigagan-pytorch and what it imports: the box has
+# no index) install from .whl/ if present:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
-#       --platform any -d .whl open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 webdataset==1.0.2 braceexpand==0.1.7
+#       --platform manylinux_2_28_x86_64 --platform any -d .whl open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 \
+#       webdataset==1.0.2 braceexpand==0.1.7 gigagan-pytorch==0.3.0 beartype==0.23.1 einops==0.8.2 kornia==0.9.0 \
+#       kornia-rs==0.2.0 ema-pytorch==0.8.3 numerize==0.12 accelerate==1.15.0 huggingface-hub==2.4.0
+# A package that still cannot import leaves its provider out of the benchmarks, with the reason in bench.log.
 # Outputs go to $OUT (at most 8 files; the plots, summary and samples in one archive) or benchmarks/results.
 # The trainer tests (test_train, test_data) are CPU tests (torchrun with gloo) and the static kernel report
 # needs CI's triton; both are CI's job.
@@ -19,7 +26,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 OUT_DIR=$(mkdir -p "${OUT:-benchmarks/results}" && cd "${OUT:-benchmarks/results}" && pwd)
 WORK=$(mktemp -d)
-BUDGET=${GPU_CHECK_SECONDS:-560}
+BUDGET=${GPU_CHECK_SECONDS:-470}      # under 8 minutes, building included
 PHASES=",${GPU_CHECK_PHASES:-build,model,ops,bench,train},"
 START=$SECONDS
 left() { echo $(( BUDGET - (SECONDS - START) )); }
@@ -48,7 +55,7 @@ if want build; then
   build_pid=$!
 fi
 if want model; then
-  timeout "$(cap 150 $(( BUDGET / 2 )))" "$PY" -m pytest tests/test_model.py tests/test_latent.py tests/test_benchmarks.py \
+  timeout "$(cap 120 $(( BUDGET * 3 / 5 )))" "$PY" -m pytest tests/test_model.py tests/test_latent.py tests/test_benchmarks.py \
     -v -rfE -p no:cacheprovider -n 6 > "$WORK/model_tests.log" 2>&1
   model_rc=$?
   say "model tests rc=$model_rc: $(verdicts "$WORK/model_tests.log")"
@@ -61,7 +68,7 @@ if want build; then
 fi
 
 if want ops; then
-  timeout "$(cap 200 $(( BUDGET * 2 / 5 )))" "$PY" -m pytest tests/test_adaptive_modconv.py tests/test_attention.py \
+  timeout "$(cap 150 $(( BUDGET * 2 / 5 )))" "$PY" -m pytest tests/test_adaptive_modconv.py tests/test_attention.py \
     tests/test_backend.py -v -rfE -p no:cacheprovider -n 12 > "$WORK/op_tests.log" 2>&1
   ops_rc=$?
   say "op tests rc=$ops_rc: $(verdicts "$WORK/op_tests.log")"
@@ -69,19 +76,29 @@ fi
 cat "$WORK"/model_tests.log "$WORK"/op_tests.log > "$OUT_DIR/tests.log" 2>/dev/null
 
 if want bench; then
-  read -r -a bench_args <<< "${BENCH_ARGS:-}"
   # A CUDA kernel that faults poisons the process's context: then time the others and leave cuda out.
+  no_cuda=()
   if [ "$build_rc" -ne 0 ] || grep -q "illegal memory access\|CUDA error\|unspecified launch failure" "$WORK/op_tests.log" 2>/dev/null; then
-    bench_args=(--providers ref,peer,torch,triton,floor,sdpa_bias)
+    no_cuda=(--providers ref,ref_cl,peer,torch,triton,triton_weights,triton_fused,auto,floor,floor_cl,floor_weights,sdpa_bias)
     say "cuda left out of the benchmarks (build rc=$build_rc, or a CUDA fault in the op tests)"
   fi
-  timeout "$(cap 220 $(( BUDGET / 8 )))" "$PY" -m benchmarks --csv "$WORK/results/results.csv" "${bench_args[@]}" \
-    > "$OUT_DIR/bench.log" 2>&1
-  bench_rc=$?
+  bench() {  # bench SECONDS ARGS...: one benchmarks run into the shared CSV, under its own time limit
+    local limit=$1; shift
+    timeout "$limit" "$PY" -m benchmarks --csv "$WORK/results/results.csv" --no-plots "$@" >> "$OUT_DIR/bench.log" 2>&1
+  }
+  if [ -n "${BENCH_ARGS:-}" ]; then
+    read -r -a bench_args <<< "$BENCH_ARGS"
+    bench "$(cap 220 $(( BUDGET / 8 )))" "${bench_args[@]}" "${no_cuda[@]}"; bench_rc=$?
+  else
+    bench "$(cap 120 110)" --ops adaptive_modconv2d --dtypes bfloat16,float16 "${no_cuda[@]}"; bench_rc=$?
+    bench "$(cap 60 50)" --ops e2e "${no_cuda[@]}" || bench_rc=$?
+    bench "$(cap 45 10)" --ops attention "${no_cuda[@]}" || bench_rc=$?
+  fi
   say "benchmarks rc=$bench_rc"
   cp "$WORK/results/results.csv" "$OUT_DIR/" 2>/dev/null
-  [ "$bench_rc" -ne 0 ] && "$PY" -c "import sys; from benchmarks import summary; print(summary.write(sys.argv[1], sys.argv[2], True)[0])" \
+  "$PY" -c "import sys; from benchmarks import summary; print(summary.write(sys.argv[1], sys.argv[2], True)[0])" \
     "$WORK/results/results.csv" "$WORK/results" >> "$OUT_DIR/bench.log" 2>&1
+  "$PY" -m benchmarks.cost_model --csv "$WORK/results/results.csv" > "$OUT_DIR/cost_model.md" 2>&1
 fi
 
 if want train; then

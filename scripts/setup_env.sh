@@ -11,6 +11,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -r requirements.txt
+"$VENV/bin/python" -m pip install -q --no-deps -r benchmarks/requirements-peer.txt
 # --no-build-isolation: setup.py needs the venv's torch to decide whether to build the CUDA extension.
 # The editable install rebuilds the extension every time (1.5 min on 2 cores), so it is skipped when
 # nothing it depends on changed: csrc/, setup.py, torch and the build switch.

@@ -21,12 +21,26 @@ def test_auto_on_cpu_follows_interpreter(monkeypatch):
         assert backend.resolve_impl("auto", torch.device("cpu"), op) == "torch"
 
 
-def test_auto_on_cuda_picks_the_measured_fastest(monkeypatch):
-    """The order is a pure function of the device type, so it is checked without a GPU."""
+def test_auto_on_cuda_picks_the_fastest(monkeypatch):
+    """The order is a pure function of the device type (and, for the modconv, of the cost model's per-call
+    order), so it is checked without a GPU."""
     monkeypatch.delenv(backend.ENV_VAR, raising=False)
     cuda = torch.device("cuda")
-    assert backend.resolve_impl("auto", cuda, "adaptive_modconv2d") == "torch"
+    assert backend.resolve_impl("auto", cuda, "adaptive_modconv2d") == "triton"
+    assert backend.resolve_impl("auto", cuda, "adaptive_modconv2d", cuda_order=("torch", "triton")) == "torch"
     assert backend.resolve_impl("auto", cuda, "attention") == "triton"
+
+
+def test_kernel_dtypes(monkeypatch):
+    """float64 never reaches a kernel: auto falls back to the torch composite, an explicit fused impl raises."""
+    monkeypatch.delenv(backend.ENV_VAR, raising=False)
+    for device in (torch.device("cuda"), torch.device("cpu")):
+        assert backend.resolve_impl("auto", device, "attention", torch.float64) == "torch"
+        assert backend.resolve_impl("auto", device, "adaptive_modconv2d", torch.float64) == "torch"
+    assert "not float64" in backend.unavailable_reason("triton", torch.device("cuda"), "attention", torch.float64)
+    assert backend.unavailable_reason("triton", torch.device("cuda"), "attention", torch.bfloat16) is None
+    with pytest.raises(gk.BackendUnavailableError, match="impl='triton' is unavailable: the triton kernels take"):
+        backend.resolve_impl("triton", torch.device("cuda"), "attention", torch.float64)
 
 
 def test_use_impl_is_per_thread(monkeypatch):
@@ -39,7 +53,7 @@ def test_use_impl_is_per_thread(monkeypatch):
         worker.start()
         worker.join()
         assert backend.resolve_impl("auto", torch.device("cuda"), "adaptive_modconv2d") == "ref"
-    assert seen == ["torch"]
+    assert seen == ["triton"]
 
 
 def test_env_var_and_context_manager_override_auto(monkeypatch):

@@ -13,9 +13,9 @@ from benchmarks import common, summary
 TINY = dict(B=2, Cin=8, Cout=8, H=8, W=8, N=3, k=3)
 
 
-@pytest.mark.parametrize("provider", ["ref", "peer", "floor", "triton"])
+@pytest.mark.parametrize("provider", [p for p in bench.PROVIDERS if p != "cuda"])
 def test_provider_smoke(benchmark, provider, device):
-    if provider == "triton" and bench.backend.unavailable_reason("triton", torch.device(device), bench.OP):
+    if provider.startswith("triton") and bench.backend.unavailable_reason("triton", torch.device(device), bench.OP):
         pytest.skip("triton unavailable here")
     inp = bench.make_inputs(TINY, device, torch.float32)
     fwd, wrt = bench.forward_fn(provider, inp)
@@ -25,12 +25,37 @@ def test_provider_smoke(benchmark, provider, device):
     assert all(torch.isfinite(g).all() for g in grads)
 
 
-def test_peer_formulation_matches_reference(device):
-    """The peer baseline computes the same function as ref (eps placement aside)."""
+@pytest.mark.parametrize("provider", ["peer", "floor_weights", "ref_cl", "torch", "auto"])
+def test_providers_compute_the_reference(provider, device):
+    """Every modconv provider but the shared-weight floor computes ref's function: lucidrains' own layer
+    (installed from the package index) with style = mod + 1, eps placement aside; the weights floor's GEMM
+    before its epilogue (it times the GEMMs alone)."""
     inp = bench.make_inputs(TINY, device, torch.float64)
-    peer, _ = bench.forward_fn("peer", inp)
-    ref, _ = bench.forward_fn("ref", inp)
-    torch.testing.assert_close(peer(), ref(), rtol=1e-6, atol=1e-6)
+    got, wrt = bench.forward_fn(provider, inp)
+    want, _ = bench.forward_fn("ref", inp)
+    if provider == "floor_weights":
+        x, w, s, a = inp["x"], inp["weight_bank"], inp["style"], torch.softmax(inp["select_logits"], 1)
+        mixed = torch.einsum("bn,noihw->boihw", a, w) * s[:, None, :, None, None]
+        want = lambda: torch.nn.functional.conv2d(x.reshape(1, -1, 8, 8), mixed.reshape(-1, 8, 3, 3), padding=1,  # noqa: E731
+                                                  groups=2).view(2, 8, 8, 8)
+    torch.testing.assert_close(got(), want(), rtol=1e-6, atol=1e-6)
+    assert all(t.requires_grad for t in wrt)
+
+
+def test_git_sha_names_the_tree(tmp_path):
+    """A clean tree is named by its commit; a changed one by its commit and its own tree hash."""
+    import subprocess
+    run = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True, text=True)  # noqa: E731
+    run("init", "-q")
+    (tmp_path / "a.txt").write_text("one")
+    run("add", "a.txt")
+    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one")
+    head = run("rev-parse", "--short", "HEAD").stdout.strip()
+    assert common.git_sha(str(tmp_path)) == head
+    (tmp_path / "a.txt").write_text("two")
+    changed = common.git_sha(str(tmp_path))
+    run("add", "a.txt")
+    assert changed == f"{head}+tree.{run('write-tree').stdout.strip()[:10]}"
 
 
 def test_runner_writes_csv_summary_and_plots(tmp_path):
