@@ -22,6 +22,7 @@ composite, so gradients of every order are exact for every impl.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import threading
@@ -170,9 +171,7 @@ def torch_form(x_shape, bank_shape, device_type: str = "cpu") -> str:
     if k == 1:
         return "activations"
     if device_type == "cuda":
-        from . import cost_model
-        return cost_model.fastest(("torch_activations", "torch_weights"), x_shape, bank_shape).replace(
-            "torch_weights", "bmm").replace("torch_", "")
+        return _cuda_choices(tuple(x_shape), tuple(bank_shape), _workspace())[0]
     if 2 * Cout * Cin * k * k > N * (Cin + Cout) * H * W:
         return "activations"
     return "bmm" if H * W <= 64 else "grouped"
@@ -269,8 +268,7 @@ def triton_strategy(x_shape, bank_shape) -> str:
         return forced
     if why_not:
         return "fused"
-    from . import cost_model
-    return cost_model.fastest([f"triton_{st}" for st in STRATEGIES], x_shape, bank_shape).replace("triton_", "")
+    return _cuda_choices(tuple(x_shape), tuple(bank_shape), _workspace())[1]
 
 
 def auto_cuda_order(x_shape, bank_shape) -> tuple:
@@ -279,12 +277,30 @@ def auto_cuda_order(x_shape, bank_shape) -> tuple:
     last (opt-in: it measured slower than Triton, benchmarks/NOTES.md)."""
     if not backend.triton_installed():
         return ("torch", "cuda")
+    return _cuda_choices(tuple(x_shape), tuple(bank_shape), _workspace())[2]
+
+
+def _workspace():
+    from .adaptive_modconv_triton import workspace_bytes
+    return workspace_bytes() if backend.triton_installed() else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _cuda_choices(x_shape, bank_shape, workspace):
+    """The cost model's picks for one shape, computed once per shape (and workspace, which decides whether the
+    "weights" strategy rebuilds its weights): (torch form, Triton strategy, auto's order)."""
     from . import cost_model
-    form = torch_form(x_shape, bank_shape, "cuda")
+    k = bank_shape[-1]
+    form = "activations" if k == 1 else {"torch_activations": "activations", "torch_weights": "bmm"}[
+        cost_model.fastest(("torch_activations", "torch_weights"), x_shape, bank_shape)]
+    if workspace is None:
+        return form, "fused", ("torch", "cuda")
     torch_cost = cost_model.modconv_seconds("torch_weights" if form == "bmm" else "torch_activations", x_shape,
                                             bank_shape)
-    triton_cost = min(cost_model.modconv_seconds(f"triton_{st}", x_shape, bank_shape) for st in STRATEGIES)
-    return ("triton", "torch", "cuda") if triton_cost <= torch_cost else ("torch", "triton", "cuda")
+    triton_costs = {st: cost_model.modconv_seconds(f"triton_{st}", x_shape, bank_shape) for st in STRATEGIES}
+    strategy = min(triton_costs, key=triton_costs.get)
+    order = ("triton", "torch", "cuda") if triton_costs[strategy] <= torch_cost else ("torch", "triton", "cuda")
+    return form, strategy, order
 
 
 def _wt_shape(x, weight_bank):
