@@ -22,7 +22,6 @@ composite, so gradients of every order are exact for every impl.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 import threading
@@ -285,10 +284,20 @@ def _workspace():
     return workspace_bytes() if backend.triton_installed() else None
 
 
-@functools.lru_cache(maxsize=4096)
+_CUDA_CHOICES: dict = {}
+
+
 def _cuda_choices(x_shape, bank_shape, workspace):
     """The cost model's picks for one shape, computed once per shape (and workspace, which decides whether the
-    "weights" strategy rebuilds its weights): (torch form, Triton strategy, auto's order)."""
+    "weights" strategy rebuilds its weights): (torch form, Triton strategy, auto's order). A plain dict rather
+    than functools.lru_cache, which torch.compile warns it cannot honour."""
+    key = (x_shape, bank_shape, workspace)
+    if key not in _CUDA_CHOICES:
+        _CUDA_CHOICES[key] = _cost_model_choices(x_shape, bank_shape, workspace)
+    return _CUDA_CHOICES[key]
+
+
+def _cost_model_choices(x_shape, bank_shape, workspace):
     from . import cost_model
     k = bank_shape[-1]
     form = "activations" if k == 1 else {"torch_activations": "activations", "torch_weights": "bmm"}[
