@@ -161,6 +161,14 @@ def test_kernel_sizes_and_bank_sizes(impl, k, N, device, poison_outputs):
 
 
 @pytest.mark.parametrize("impl", FAST_IMPLS)
+def test_one_sample_one_pixel(impl, device, poison_outputs):
+    """B = 1 and a 1x1 image, where every tap but the centre falls outside: the columns, the implicit GEMMs'
+    border masks and the reduction at their extreme."""
+    inputs = make_inputs(1, 5, 6, 1, 1, 3, 3, dtype=torch.float32, device=device, seed=21, bias=True, noise="pixel")
+    check_against_reference(inputs, impl, torch.float32, activation="lrelu")
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_dtypes(impl, dtype, device, poison_outputs):
     inputs = make_inputs(2, 24, 20, 8, 8, 4, 3, dtype=dtype, device=device, seed=7, bias=True, noise="pixel")
