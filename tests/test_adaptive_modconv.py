@@ -315,6 +315,16 @@ def test_second_order_gradients_r1(impl, device):
         assert_close(got[name], want[name], torch.float32, f"R1 d{name}", factor=4.0)
 
 
+@pytest.mark.parametrize("form", amc.TORCH_FORMS)
+def test_torch_composite_double_backward_gradgradcheck(form, device, monkeypatch):
+    """Every form of the composite differentiates to second order exactly (R1 of a plain-torch model)."""
+    monkeypatch.setattr(amc, "torch_form", lambda *args: form)
+    inputs = make_inputs(2, 3, 2, 4, 4, 2, 3, dtype=torch.float64, device=device, seed=9, bias=True)
+    args = [inputs[k].requires_grad_() for k in ("x", "weight_bank", "select_logits", "style", "bias")]
+    fn = lambda *a: gk.adaptive_modconv2d(*a, activation="lrelu", impl="torch")  # noqa: E731
+    assert torch.autograd.gradgradcheck(fn, args)
+
+
 def test_reference_double_backward_gradgradcheck(device):
     inputs = make_inputs(2, 3, 2, 4, 4, 2, 3, dtype=torch.float64, device=device, seed=9, bias=True)
     args = [inputs[k].requires_grad_() for k in ("x", "weight_bank", "select_logits", "style", "bias")]
