@@ -186,7 +186,7 @@ def _torch_weights(card, s: Shape):
     epi_f, epi_b = _epilogue_torch(card, s, e)
     fwd = [
         _stage(card, "mix: a @ bank", hbm_bytes=(s.bank + s.wts) * e),
-        _stage(card, "d: squared, summed", hbm_bytes=3 * s.wts * e, launches=2),
+        _stage(card, "d: norms of the mixed filters", hbm_bytes=s.wts * e),
         _stage(card, "x * style, unfold", hbm_bytes=(3 * s.x + s.cols) * e, launches=2),
         _stage(card, "bmm", flops=s.flops, rate=card.bmm, hbm_bytes=(s.wts + s.cols + s.y) * e),
         _stage(card, "y * d", hbm_bytes=2 * s.y * e),
