@@ -59,7 +59,8 @@ def peer_layer(weight_bank):
 
 def peer_modconv2d(layer, x, select_logits, style, bias, *, noise):
     """The peer's layer, then the epilogue its generator blocks apply: + noise, + bias, lrelu * sqrt(2)."""
-    y = layer(x, style - 1, select_logits)       # it modulates with (mod + 1)
+    # It modulates with (mod + 1); a bank of one filter takes no selection logits.
+    y = layer(x, style - 1, select_logits if layer.adaptive else None)
     y = y + noise + bias[None, :, None, None]
     return F.leaky_relu(y, 0.2) * math.sqrt(2)
 
@@ -111,8 +112,9 @@ def forward_fn(provider: str, inp: dict):
         return (lambda: floor_weights_conv(inp["x"], weights, k)), [inp["x"], weights]
     if provider == "peer":
         layer = peer_layer(inp["weight_bank"])
+        wrt = [inp["x"], layer.weights] + params[2 if layer.adaptive else 3:]
         return (lambda: peer_modconv2d(layer, inp["x"], inp["select_logits"], inp["style"], inp["bias"],
-                                       noise=inp["noise"])), [inp["x"], layer.weights] + params[2:]
+                                       noise=inp["noise"])), wrt
     if provider == "ref":
         return (lambda: adaptive_modconv2d_ref(*params, noise=inp["noise"], activation="lrelu")), params
     if provider.startswith("triton_"):
