@@ -59,13 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--impl", default="auto", choices=["auto", "ref", "torch", "triton", "cuda"])
     t.add_argument("--device", default=None, choices=["cuda", "cpu"], help="default: CUDA when available")
     t.add_argument("--out", default="runs/gigagan")
-    t.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from the newest whole checkpoint in --out (an error when there is none)")
+    t.add_argument("--resume-or-start", action="store_true",
+                   help="continue from the newest whole checkpoint, or start from step 0 when there is none "
+                        "(for a scheduler that reruns one command)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --out that holds another run; its files move to previous-runs/")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--log-every", type=int, default=10)
     t.add_argument("--sample-every", type=int, default=200)
     t.add_argument("--ckpt-every", type=int, default=200)
     t.add_argument("--keep-checkpoints", type=int, default=3, help="how many of the newest checkpoints to keep")
-    t.add_argument("--max-bad-steps", type=int, default=20)
+    t.add_argument("--max-bad-steps", type=int, default=20, help="non-finite steps in a row before stopping")
+    t.add_argument("--max-bad-batches", type=int, default=50,
+                   help="batches in a row without a usable sample before stopping")
     t.add_argument("--workers", type=int, default=0, help="dataloader worker processes")
     t.add_argument("--tensorboard", action="store_true")
     t.add_argument("--no-progress", action="store_true")
@@ -115,7 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from . import cli
-    return getattr(cli, "cmd_" + args.command.replace("-", "_"))(args) or 0
+    from .rundir import RunDirError
+    from .train import CheckpointError, TrainingError
+    try:
+        return getattr(cli, "cmd_" + args.command.replace("-", "_"))(args) or 0
+    except cli.UsageError as e:
+        print(f"gigagan {args.command}: {e}", file=sys.stderr)
+        return 2
+    except RunDirError as e:                       # a directory held by another trainer or another run
+        print(f"gigagan {args.command}: --out {args.out}: {e}", file=sys.stderr)
+        return 2
+    except (CheckpointError, TrainingError) as e:
+        flag = "--ckpt" if getattr(args, "ckpt", None) else "--out"
+        print(f"gigagan {args.command}: {flag} {getattr(args, flag[2:])}: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,7 +1,16 @@
-"""The subcommands behind `gigagan` (argument parsing lives in __main__.py)."""
+"""The subcommands behind `gigagan` (argument parsing lives in __main__.py).
+
+Errors reach the user as one line that names the flag (and file): a UsageError (a flag's value, a checkpoint
+of the wrong kind, an output that cannot be written) exits with 2; a failure while running (a corrupt
+checkpoint, a training error) with 1. A training stopped by SIGTERM or SIGINT exits with 128 + the signal's
+number (143, 130) after saving a checkpoint, so a scheduler can tell a preempted run from a finished one.
+"""
 from __future__ import annotations
 
+import json
+import math
 import os
+import signal
 import sys
 import warnings
 
@@ -10,17 +19,55 @@ import torch
 from gigagan_kernels import use_impl
 
 
+class UsageError(ValueError):
+    """A command-line mistake: the message names the flag; the command exits with status 2."""
+
+
 def _device(args) -> torch.device:
     return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def _load(args):
+def _require(ok: bool, flag: str, what: str, value) -> None:
+    if not ok:
+        raise UsageError(f"{flag} must be {what}, got {value!r}")
+
+
+def _writable_output(path: str, flag: str = "--out") -> None:
+    """Fail before any work when the output file cannot be written."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise UsageError(f"{flag} {path}: the directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise UsageError(f"{flag} {path}: the directory {directory} is not writable")
+
+
+def _check_sampling(args) -> None:
+    _require(math.isfinite(args.truncation), "--truncation", "a finite number", args.truncation)
+    _writable_output(args.out)
+
+
+def _load(args, need: str = "base"):
+    """The EMA model of --ckpt, which must hold a `need` run ("base" or "upsampler")."""
     from .train import model_from_checkpoint
+    _check_sampling(args)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")               # the checkpoint carries the CLIP tower's weights
         model, state = model_from_checkpoint(args.ckpt, map_location=_device(args))
+    trained = json.loads(state.get("train_config", "{}")).get("model", "base")
+    if trained != need:
+        how = "gigagan train --model upsampler" if need == "upsampler" else "gigagan train (--model base)"
+        raise UsageError(f"--ckpt {state.get('path', args.ckpt)} holds a {trained} run; gigagan {args.command} "
+                         f"needs a {need} run (from {how}); its {need} network was never trained")
     print(f"loaded {state.get('path', args.ckpt)} (step {state['step']}, preset {model.config.name!r})")
     return model
+
+
+# TrainConfig fields whose flag is not "--" + the field's name with dashes.
+_FLAGS = {"num_workers": "--workers", "progress": "--no-progress", "matching_aware": "--no-matching-aware"}
+
+
+def _flag(field: str) -> str:
+    return _FLAGS.get(field, "--" + field.replace("_", "-"))
 
 
 def _z(G, seed: int, count: int, device) -> torch.Tensor:
@@ -28,8 +75,11 @@ def _z(G, seed: int, count: int, device) -> torch.Tensor:
 
 
 def cmd_train(args) -> int:
+    from .data import data_spec_problem
     from .images import plot_losses
-    from .train import TrainConfig, Trainer, TrainingError
+    from .train import ConfigError, TrainConfig, Trainer
+    if args.overwrite and (args.resume or args.resume_or_start):
+        raise UsageError("--overwrite starts a new run; it cannot be combined with --resume or --resume-or-start")
     cfg = TrainConfig(preset=args.preset, model=args.model, perceptual_weight=args.perceptual_weight,
                       perceptual_weights=args.perceptual_weights, clip_weight=args.clip_weight,
                       vision_aided_weight=args.vision_aided_weight, guidance_clip=args.guidance_clip,
@@ -38,28 +88,43 @@ def cmd_train(args) -> int:
                       grad_accum=args.grad_accum, lr=args.lr, r1_gamma=args.r1_gamma, r1_interval=args.r1_interval,
                       matching_aware=not args.no_matching_aware, impl=args.impl, device=args.device, out=args.out,
                       seed=args.seed, log_every=args.log_every, sample_every=args.sample_every, ckpt_every=args.ckpt_every,
-                      keep_checkpoints=args.keep_checkpoints,
-                      max_bad_steps=args.max_bad_steps, num_workers=args.workers, tensorboard=args.tensorboard,
+                      keep_checkpoints=args.keep_checkpoints, max_bad_steps=args.max_bad_steps,
+                      max_bad_batches=args.max_bad_batches, num_workers=args.workers, tensorboard=args.tensorboard,
                       progress=not args.no_progress)
-    trainer = Trainer(cfg)
     try:
-        result = trainer.fit(resume=args.resume)
-    except TrainingError as e:
-        print(f"gigagan train: {e}", file=sys.stderr)
-        return 1
+        cfg.validate()
+    except ConfigError as e:
+        raise UsageError(f"{_flag(e.field)} {e.message}") from None
+    if problem := data_spec_problem(cfg.data):
+        raise UsageError(f"--data {cfg.data}: {problem}")
+    trainer = Trainer(cfg)
+    result = trainer.fit(resume=args.resume or args.resume_or_start, overwrite=args.overwrite,
+                         fresh_if_none=args.resume_or_start)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    if result.get("stopped_by_signal"):
+        signum = result["signal"] if isinstance(result["signal"], int) else signal.SIGTERM
+        if trainer.is_main:
+            saved = "no checkpoint of this step (a second signal)" if result.get("forced") else \
+                f"saved {result.get('checkpoint')}"
+            print(f"gigagan train: preempted by {signal.Signals(signum).name} at step {result['step']}; {saved}; "
+                  f"continue with --resume (exit code {128 + signum})", file=sys.stderr)
+        return 128 + signum
     if trainer.is_main:
         log = os.path.join(cfg.out, "log.jsonl")
         if os.path.exists(log):
-            plot_losses(log, os.path.join(cfg.out, "loss.png"))
+            try:
+                plot_losses(log, os.path.join(cfg.out, "loss.png"))
+            except (ImportError, ValueError, OSError) as e:     # an optional output never fails a finished run
+                print(f"gigagan train: warning: no loss plot ({type(e).__name__}: {e})", file=sys.stderr)
         print(f"done: step {result['step']}, {result.get('bad_steps', 0)} skipped non-finite steps, "
               f"{result.get('skipped_samples', 0)} bad samples skipped; outputs in {cfg.out}")
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
     return 0
 
 
 def cmd_sample(args) -> int:
     from .images import save_grid
+    _require(args.columns >= 1, "--columns", "an integer >= 1", args.columns)
     model = _load(args)
     G, dev = model.generator, _device(args)
     with torch.no_grad(), use_impl(args.impl):
@@ -73,6 +138,7 @@ def cmd_sample(args) -> int:
 def cmd_interpolate(args) -> int:
     from .images import save_strip
     from .latent import prompt_interpolation
+    _require(args.steps >= 2, "--steps", "an integer >= 2", args.steps)
     model = _load(args)
     G = model.generator
     with use_impl(args.impl):
@@ -85,18 +151,22 @@ def cmd_interpolate(args) -> int:
 
 def _seeds(text: str) -> list:
     try:
-        return [int(s) for s in text.split(",") if s.strip()]
+        seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise SystemExit(f"gigagan: seeds must be comma-separated integers, got {text!r}") from None
+        seeds = []
+    if not seeds:
+        raise UsageError(f"--seeds-a / --seeds-b must be comma-separated integers, got {text!r}")
+    return seeds
 
 
 def cmd_style_mix(args) -> int:
     """Grid: row r = seed A_r; columns = A alone, B_c alone, then each A_r x B_c mix."""
     from .images import save_grid
     from .latent import style_mix
+    _require(args.crossover >= 0, "--crossover", "an integer >= 0", args.crossover)
+    seeds_a, seeds_b = _seeds(args.seeds_a), _seeds(args.seeds_b)
     model = _load(args)
     G, dev = model.generator, _device(args)
-    seeds_a, seeds_b = _seeds(args.seeds_a), _seeds(args.seeds_b)
     za = torch.cat([_z(G, s, 1, dev) for s in seeds_a])
     zb = torch.cat([_z(G, s, 1, dev) for s in seeds_b])
     tiles, captions = [], []
@@ -116,6 +186,8 @@ def cmd_style_mix(args) -> int:
 def cmd_prompt_mix(args) -> int:
     from .images import save_grid
     from .latent import prompt_mix
+    _require(args.crossover >= 0, "--crossover", "an integer >= 0", args.crossover)
+    _require(args.count >= 1, "--count", "an integer >= 1", args.count)
     model = _load(args)
     G, dev = model.generator, _device(args)
     z = _z(G, args.seed, args.count, dev)
@@ -136,12 +208,16 @@ def cmd_upsample(args) -> int:
     from .data import to_tensor
     from .images import to_pil
     from .upsampler import upsample_tiled
-    model = _load(args)
+    _require(args.overlap is None or args.overlap >= 0, "--overlap", "an integer >= 0", args.overlap)
+    if not os.path.isfile(args.image):
+        raise UsageError(f"--image {args.image}: no such file")
+    model = _load(args, need="upsampler")
     U, dev = model.upsampler, _device(args)
-    if U is None:
-        raise SystemExit("gigagan upsample: this checkpoint's config has no upsampler")
-    with Image.open(args.image) as image:
-        x = to_tensor(image)[None].to(dev)
+    try:
+        with Image.open(args.image) as image:
+            x = to_tensor(image)[None].to(dev)
+    except OSError as e:
+        raise UsageError(f"--image {args.image}: not a readable image ({type(e).__name__}: {e})") from None
     with use_impl(args.impl):
         out = upsample_tiled(U, x, [args.prompt], z=_z(U, args.seed, 1, dev), overlap=args.overlap,
                              noise_mode="none")

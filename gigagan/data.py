@@ -7,10 +7,16 @@
 - ``webdataset_pairs``: tar shards as img2dataset writes them (``key.jpg`` + ``key.txt``).
 
 Bad samples never crash training: a missing caption is skipped when the folder is indexed, and a
-corrupt image makes ``__getitem__`` return None, which ``collate_pairs`` drops and counts.
+corrupt image or an empty caption makes ``__getitem__`` return a ``BadSample`` saying why, which
+``collate_pairs`` drops and counts by reason.
+
+Images of every PIL mode become RGB: 16-bit and 32-bit integer images are scaled by their range (not
+clipped at 255), palette images go through their palette, and transparent images (LA, RGBA, PA, a palette
+with transparency) are composited on white.
 """
 from __future__ import annotations
 
+import collections
 import glob
 import math
 import os
@@ -27,20 +33,55 @@ SHAPES = ("circle", "square", "triangle")
 SIZES = {"small": 0.22, "large": 0.42}                  # radius as a fraction of the image side
 POSITIONS = {"in the top left": (0.3, 0.3), "in the top right": (0.7, 0.3), "in the bottom left": (0.3, 0.7),
              "in the bottom right": (0.7, 0.7), "in the center": (0.5, 0.5)}
-# What a stream yields for an undecodable sample (webdataset drops a None silently, so it could not be counted).
-BAD_SAMPLE = (None, None)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+BACKGROUND = (255, 255, 255)        # what transparent pixels are composited on
+
+
+class BadSample(tuple):
+    """A sample that could not be used, as (None, reason); a tuple so that a stream passes it on (webdataset
+    drops a bare None silently, which could not be counted)."""
+
+    def __new__(cls, reason: str):
+        return super().__new__(cls, (None, reason))
+
+    @property
+    def reason(self) -> str:
+        return self[1]
+
+
+def to_rgb(image):
+    """Any PIL image -> an 8-bit RGB image with the same content: 16/32-bit integer and float images scaled by
+    their range, transparency composited on BACKGROUND."""
+    import numpy as np
+    from PIL import Image
+    mode = image.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        array = np.asarray(image).astype(np.float64)
+        if mode == "F":
+            scale = 1.0 if array.size and array.max() <= 1.0 else 255.0
+        elif mode == "I" and array.size and array.max() > 65535:
+            scale = float(2 ** 32 - 1)
+        else:
+            scale = 65535.0 if mode.startswith("I;16") or (array.size and array.max() > 255) else 255.0
+        gray = np.clip(np.rint(array / scale * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if mode in ("LA", "RGBA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def to_tensor(image) -> torch.Tensor:
-    """A PIL image -> [3, H, W] float in [-1, 1]."""
+    """A PIL image of any mode -> [3, H, W] float in [-1, 1]."""
     import numpy as np
-    array = np.asarray(image.convert("RGB"), dtype=np.float32)
+    array = np.asarray(to_rgb(image), dtype=np.float32)
     return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
 
 
 def center_crop_resize(image, resolution: int):
     from PIL import Image
+    image = to_rgb(image)
     w, h = image.size
     side = min(w, h)
     image = image.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
@@ -122,20 +163,23 @@ class CaptionedImageFolder(Dataset):
         try:
             with open(caption_path, encoding="utf-8") as f:
                 caption = f.read().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            return BadSample(f"unreadable caption ({type(e).__name__})")
+        try:
             with Image.open(image_path) as image:
                 image.load()
                 tensor = to_tensor(center_crop_resize(image, self.resolution))
-        except (OSError, UnidentifiedImageError, UnicodeDecodeError, ValueError):
-            return None                                   # corrupt: dropped and counted by collate_pairs
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            return BadSample(f"unreadable image ({type(e).__name__})")   # dropped and counted by collate_pairs
         if not caption:
-            return None
+            return BadSample("empty caption")
         return tensor, caption
 
 
 def webdataset_pairs(urls: str, resolution: int, shuffle: int = 1000, seed: int = 0):
     """img2dataset-style tar shards ("data/{00000..00009}.tar") as an iterable of (image, caption).
 
-    Shards are split across ranks and dataloader workers; undecodable samples yield BAD_SAMPLE (dropped
+    Shards are split across ranks and dataloader workers; undecodable samples yield a BadSample (dropped
     and counted by collate_pairs), unreadable shards are skipped with a warning."""
     import io
 
@@ -149,9 +193,13 @@ def webdataset_pairs(urls: str, resolution: int, shuffle: int = 1000, seed: int 
             with Image.open(io.BytesIO(image_bytes)) as image:
                 image.load()
                 tensor = to_tensor(center_crop_resize(image, resolution))
-            return (tensor, caption) if caption else BAD_SAMPLE
-        except Exception:                                  # noqa: BLE001 - any bad sample is skipped, never fatal
-            return BAD_SAMPLE
+            return (tensor, caption) if caption else BadSample("empty caption")
+        except StopIteration:
+            return BadSample("no image in the sample")
+        except KeyError:
+            return BadSample("no caption in the sample")
+        except Exception as e:                             # noqa: BLE001 - any bad sample is skipped, never fatal
+            return BadSample(f"undecodable sample ({type(e).__name__})")
 
     dataset = wds.WebDataset(urls, nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker,
                              handler=wds.warn_and_continue, shardshuffle=shuffle if shuffle > 0 else False, seed=seed, empty_check=False)
@@ -161,12 +209,29 @@ def webdataset_pairs(urls: str, resolution: int, shuffle: int = 1000, seed: int 
 
 
 def collate_pairs(items):
-    """Stack the good (image, caption) pairs; report how many items were dropped as bad."""
+    """Stack the good (image, caption) pairs; the dropped ones come back as a Counter of their reasons."""
     good = [it for it in items if it is not None and it[0] is not None]
+    dropped = collections.Counter(it[1] if isinstance(it, BadSample) else "unusable sample"
+                                  for it in items if it is None or it[0] is None)
     if not good:
-        return torch.empty(0), [], len(items)
+        return torch.empty(0), [], dropped
     images = torch.stack([g[0] for g in good])
-    return images, [g[1] for g in good], len(items) - len(good)
+    return images, [g[1] for g in good], dropped
+
+
+def data_spec_problem(spec: str) -> Optional[str]:
+    """What is wrong with a --data value, checked without reading the data (None when it looks usable)."""
+    if spec == "builtin" or spec.startswith("builtin:"):
+        size = spec.split(":", 1)[1] if ":" in spec else "1"
+        return None if size.isdigit() and int(size) > 0 else f"builtin:N needs a positive item count, got {size!r}"
+    if os.path.isdir(spec):
+        return None
+    if ".tar" in spec:
+        return None if "{" in spec or glob.glob(spec) else "no tar shards match it"
+    if os.path.exists(spec):
+        return "is a file, not a folder of captioned images or a tar shard pattern"
+    return ("no such folder; --data takes 'builtin', a folder of images with .txt captions, or tar shards "
+            "('data/{00000..00009}.tar')")
 
 
 def make_dataset(spec: str, resolution: int, seed: int = 0):

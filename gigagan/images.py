@@ -80,7 +80,10 @@ def plot_losses(log_path: str, out_path: str) -> None:
         for line in f:
             line = line.strip()
             if line:
-                records.append(json.loads(line))
+                try:
+                    records.append(json.loads(line))
+                except ValueError:               # a line torn by a kill mid-write: skipped
+                    continue
     if not records:
         raise ValueError(f"plot_losses: {log_path} has no records")
     fig, ax = plt.subplots(figsize=(7, 4))

@@ -24,18 +24,17 @@ for an exact resume, and are also written when SIGTERM/SIGINT arrive.
 """
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
-import glob
 import inspect
 import json
 import math
 import os
+import pickle
 import random
-import re
 import signal
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -53,9 +52,8 @@ from .discriminator import Discriminator
 from .losses import (clip_contrastive_loss, discriminator_loss, generator_loss, matching_aware_d_loss,
                      matching_aware_g_loss, mismatched, perceptual_loss, r1_from_logits)
 from .model import GigaGAN
+from .rundir import RunDirectory, RunDirError, checkpoint_name
 from .text import CLIPText
-
-CKPT_PATTERN = re.compile(r"^ckpt-(\d{8})\.pt$")
 
 
 MODELS = ("base", "upsampler")
@@ -88,6 +86,7 @@ class TrainConfig:
     ckpt_every: int = 200
     keep_checkpoints: int = 3
     max_bad_steps: int = 20
+    max_bad_batches: int = 50           # stop when this many batches in a row hold no usable sample
     num_workers: int = 0
     tensorboard: bool = False
     progress: bool = True
@@ -100,8 +99,58 @@ class TrainConfig:
     allow_random_clip: bool = False     # run those losses with a random CLIP (smoke tests only: they are noise)
 
 
+    def validate(self) -> None:
+        """Every field's range, checked before any work; a ConfigError names the field."""
+        def need(ok, field, what):
+            if not ok:
+                raise ConfigError(field, f"must be {what}, got {getattr(self, field)!r}")
+        finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)  # noqa: E731
+        for field in ("steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints", "max_bad_steps",
+                      "max_bad_batches"):
+            need(isinstance(getattr(self, field), int) and getattr(self, field) >= 1, field, "an integer >= 1")
+        for field in ("r1_interval", "sample_every", "ckpt_every", "num_workers"):
+            need(isinstance(getattr(self, field), int) and getattr(self, field) >= 0, field, "an integer >= 0")
+        need(finite(self.lr) and self.lr > 0, "lr", "a finite number > 0")
+        for field in ("r1_gamma", "attention_weight_decay", "perceptual_weight", "clip_weight", "vision_aided_weight",
+                      "ema_rampup"):
+            need(finite(getattr(self, field)) and getattr(self, field) >= 0, field, "a finite number >= 0")
+        need(finite(self.ema_half_life_images) and self.ema_half_life_images > 0, "ema_half_life_images",
+             "a finite number > 0")
+        need(self.max_minutes is None or (finite(self.max_minutes) and self.max_minutes > 0), "max_minutes",
+             "a finite number > 0, or None for no time limit")
+        need(len(self.betas) == 2 and all(finite(b) and 0 <= b < 1 for b in self.betas), "betas",
+             "two numbers in [0, 1)")
+        need(self.model in MODELS, "model", f"one of {MODELS}")
+        need(self.device in (None, "cuda", "cpu"), "device", "'cuda', 'cpu' or None")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError("grad_accum", f"must divide batch_size ({self.batch_size}), got {self.grad_accum}")
+
+
+class ConfigError(ValueError):
+    """A TrainConfig field out of range; .field names it (the CLI turns it into the flag's name)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"TrainConfig.{field} {message}")
+        self.field, self.message = field, message
+
+
 class TrainingError(RuntimeError):
     pass
+
+
+class Preempted(Exception):
+    """A second stop signal arrived: training stops at once (after a checkpoint write already in flight)."""
+
+    def __init__(self, signum):
+        super().__init__(f"stopped by a second {_signal_name(signum)}")
+        self.signum = signum
+
+
+def _signal_name(signum) -> str:
+    try:
+        return signal.Signals(signum).name
+    except (ValueError, TypeError):
+        return str(signum)
 
 
 class CheckpointError(RuntimeError):
@@ -136,27 +185,19 @@ def init_distributed(device_type: Optional[str] = None):
 # ------------------------------------------------------------------------------------------------
 # Checkpoints
 # ------------------------------------------------------------------------------------------------
-def atomic_torch_save(obj, path: str) -> None:
-    """Write to a temp file in the same directory, fsync, then os.replace: a crash leaves the old file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def load_checkpoint(path: str) -> dict:
     """Load a checkpoint with weights_only=True; a truncated or corrupt file raises CheckpointError."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" not in str(e) and "Weights only" not in str(e):
+            raise CheckpointError(f"checkpoint {path} is truncated or corrupt (UnpicklingError: {e})") from e
+        # torch's message suggests weights_only=False, which would run whatever code the file holds.
+        raise CheckpointError(f"checkpoint {path} holds objects other than tensors and plain containers, which "
+                              "gigagan checkpoints never do; refusing to unpickle it (that could run arbitrary "
+                              "code). It was not written by gigagan train.") from None
     except Exception as e:                                   # noqa: BLE001 - any failure means unusable
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})") from e
     for key in ("step", "config", "model", "g_ema", "opt_g", "opt_d"):
@@ -166,17 +207,14 @@ def load_checkpoint(path: str) -> dict:
 
 
 def list_checkpoints(directory: str) -> list:
-    """Checkpoint paths in a run directory, newest first."""
-    if not os.path.isdir(directory):
-        return []
-    found = [(int(m.group(1)), os.path.join(directory, n)) for n in os.listdir(directory)
-             if (m := CKPT_PATTERN.match(n))]
-    return [p for _, p in sorted(found, reverse=True)]
+    """Whole checkpoint paths in a run directory, newest first (read only: nothing is moved)."""
+    return RunDirectory(directory).checkpoints(check_untracked=False)
 
 
 def load_latest_checkpoint(directory: str, log=print) -> Optional[dict]:
-    """The newest loadable checkpoint in `directory`; a corrupt one is reported and the previous one used."""
-    for path in list_checkpoints(directory):
+    """The newest loadable checkpoint in `directory`, read only: a bad one is reported and the previous one
+    used (a training resume moves bad ones aside instead, Trainer.resume)."""
+    for path in RunDirectory(directory, log=log).checkpoints(check_untracked=False):
         try:
             state = load_checkpoint(path)
             state["path"] = path
@@ -244,15 +282,10 @@ def _param_groups(module: torch.nn.Module, weight_decay: float) -> list:
 class Trainer:
     def __init__(self, cfg: TrainConfig, model_config: Optional[GigaGANConfig] = None, log=None):
         self.cfg = cfg
+        cfg.validate()
         self.rank, self.world, self.device = init_distributed(cfg.device)
         self.is_main = self.rank == 0
         self._log = log or (lambda msg: print(msg, flush=True))
-        if cfg.max_minutes is not None and not cfg.max_minutes > 0:
-            raise ValueError(f"max_minutes must be > 0 (or None for no time limit), got {cfg.max_minutes}")
-        if cfg.keep_checkpoints < 1:
-            raise ValueError(f"keep_checkpoints must be >= 1 (resume needs one), got {cfg.keep_checkpoints}")
-        if cfg.batch_size % cfg.grad_accum:
-            raise ValueError(f"batch_size {cfg.batch_size} must be divisible by grad_accum {cfg.grad_accum}")
         torch.manual_seed(cfg.seed)                       # identical initial weights on every rank
         random.seed(cfg.seed)
         self.model_config = model_config or get_preset(cfg.preset)
@@ -260,8 +293,6 @@ class Trainer:
             if not self.is_main:
                 warnings.simplefilter("ignore")           # the random-CLIP warning: once, from rank 0
             self.model = GigaGAN(self.model_config).to(self.device)
-        if cfg.model not in MODELS:
-            raise ValueError(f"TrainConfig.model must be one of {MODELS}, got {cfg.model!r}")
         self.perceptual = None
         if cfg.model == "upsampler":
             if self.model.upsampler is None:
@@ -317,6 +348,12 @@ class Trainer:
         self.step, self.bad_steps_total, self.bad_steps_in_row, self.skipped_samples = 0, 0, 0, 0
         self.batches_seen = 0                             # the data position, which a resume continues from
         self.stop_signal = None
+        self._writing, self._pending_preempt = False, None  # a second signal waits for a checkpoint write
+        # Recent distinct captions: the matching-aware loss's mismatched captions where rolling the batch
+        # would pair a caption with itself (a batch of one, or repeated captions).
+        self.caption_pool = collections.deque(maxlen=256)
+        self._warned_no_mismatch = False
+        self._run_dir = None
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
                          else torch.autocast("cpu", enabled=False))
         self.sample_prompts = fixed_prompts(8)
@@ -336,7 +373,8 @@ class Trainer:
                 "vision_aided_head": self.vision_head.state_dict() if self.vision_head is not None else {},
                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(), "rng": _rng_state(),
                 "counters": {"bad_steps_total": self.bad_steps_total, "skipped_samples": self.skipped_samples,
-                             "batches_seen": self.batches_seen}}
+                             "batches_seen": self.batches_seen},
+                "caption_pool": list(self.caption_pool)}
 
     def load_state_dict(self, state: dict) -> None:
         saved = GigaGANConfig.from_dict(json.loads(state["config"]))
@@ -362,26 +400,53 @@ class Trainer:
         self.bad_steps_total = int(state["counters"]["bad_steps_total"])
         self.skipped_samples = int(state["counters"]["skipped_samples"])
         self.batches_seen = int(state["counters"]["batches_seen"])
+        self.caption_pool.clear()
+        self.caption_pool.extend(state.get("caption_pool", []))
         _set_rng_state(state["rng"])
 
+    @property
+    def run_dir(self) -> RunDirectory:
+        if self._run_dir is None or self._run_dir.path != self.cfg.out:
+            self._run_dir = RunDirectory(self.cfg.out, log=self.log)
+        return self._run_dir
+
     def save_checkpoint(self) -> Optional[str]:
+        """Rank 0 writes ckpt-<step>.pt (atomic, checked whole, retention over whole checkpoints only)."""
         if not self.is_main:
             return None
         os.makedirs(self.cfg.out, exist_ok=True)
-        path = os.path.join(self.cfg.out, f"ckpt-{self.step:08d}.pt")
-        atomic_torch_save(self.state_dict(), path)
-        for old in list_checkpoints(self.cfg.out)[self.cfg.keep_checkpoints:]:
-            os.unlink(old)
+        self._writing = True
+        try:
+            path = self.run_dir.save(self.state_dict(), self.step, self.cfg.keep_checkpoints)
+        finally:
+            self._writing = False
+        if self._pending_preempt is not None:
+            raise Preempted(self._pending_preempt)
         return path
 
-    def resume(self) -> bool:
-        """Load the newest good checkpoint of cfg.out (every rank reads the same file)."""
-        state = load_latest_checkpoint(self.cfg.out, log=self.log)
-        if state is None:
+    def resume(self, fresh_if_none: bool = False) -> bool:
+        """Load the newest whole checkpoint of cfg.out: rank 0 finds it (moving bad files aside), every rank
+        loads that file. None there is an error unless fresh_if_none."""
+        path, state = None, None
+        if self.is_main:
+            state = self.run_dir.load_latest(load_checkpoint, (CheckpointError,))
+            path = state["path"] if state is not None else None
+        if self.world > 1:
+            box = [path]
+            dist.broadcast_object_list(box, src=0)
+            path = box[0]
+            if not self.is_main and path is not None:
+                state = load_checkpoint(path)
+                state["path"] = path
+        if path is None:
+            if not fresh_if_none:
+                raise CheckpointError(f"resume: no loadable checkpoint in {self.cfg.out} (bad ones are moved to "
+                                      f"{os.path.join(self.cfg.out, 'corrupt')}); resume-or-start "
+                                      "(--resume-or-start) starts from step 0 when there is none")
             self.log(f"resume: no checkpoint in {self.cfg.out}; starting from step 0")
             return False
         self.load_state_dict(state)
-        self.log(f"resumed from {state['path']} at step {self.step}")
+        self.log(f"resumed from {path} at step {self.step}")
         return True
 
     # -- one training step ---------------------------------------------------------------------
@@ -399,6 +464,33 @@ class Trainer:
         else:
             pyramid = G(z, text, update_w_avg=True) if update_w_avg else G(z, text)
         return pyramid[:self.D.num_levels]
+
+    def _mismatched(self, text: CLIPText, captions: list) -> Optional[CLIPText]:
+        """Each sample's text under another sample's caption: the batch rolled by one where that gives every
+        sample a different caption, else, for the samples it does not, a different caption from the recent
+        pool. None when there is none yet (the matching-aware terms are then left out of this step)."""
+        rolled = captions[-1:] + captions[:-1]
+        if all(r != c for r, c in zip(rolled, captions)):
+            return mismatched(text)
+        picks = []
+        for own, other in zip(captions, rolled):
+            if other == own:
+                candidates = [p for p in self.caption_pool if p != own]
+                if not candidates:
+                    if not self._warned_no_mismatch:
+                        self.log("warning: no caption different from the batch's own yet (a batch of one, or one "
+                                 "caption repeated); the matching-aware terms wait for one")
+                        self._warned_no_mismatch = True
+                    return None
+                other = random.choice(candidates)
+            picks.append(other)
+        return self.model.clip.encode(picks)
+
+    def _remember_captions(self, captions: list) -> None:
+        for caption in captions:
+            if caption in self.caption_pool:
+                self.caption_pool.remove(caption)
+            self.caption_pool.append(caption)
 
     def low_res(self, images: torch.Tensor) -> torch.Tensor:
         R = self.G.in_resolution
@@ -420,6 +512,8 @@ class Trainer:
             start += c.shape[0]
         # The frozen text towers run once per micro-batch; both phases reuse their outputs.
         chunks_text = [self.model.clip.encode(caps) for caps in chunks_cap]
+        chunks_wrong = ([self._mismatched(text, caps) for text, caps in zip(chunks_text, chunks_cap)]
+                        if cfg.matching_aware else [None] * len(chunks_cap))
         chunks_emb = ([self.guidance.encode_text(caps) for caps in chunks_cap] if self.guidance is not None
                       else [None] * len(chunks_cap))
 
@@ -428,7 +522,7 @@ class Trainer:
         _set_trainable(self.g_params, False)
         self.opt_d.zero_grad(set_to_none=True)
         d_losses = []
-        for k, (real, text, t_emb) in enumerate(zip(chunks_img, chunks_text, chunks_emb)):
+        for k, (real, text, wrong, t_emb) in enumerate(zip(chunks_img, chunks_text, chunks_wrong, chunks_emb)):
             B = real.shape[0]
             z = torch.randn(B, G.z_dim, device=self.device)
             with torch.no_grad(), self.autocast:
@@ -439,11 +533,11 @@ class Trainer:
                 # [real, fake] under the true captions, then (matching-aware) under mismatched ones;
                 # D's trunk runs once on the images.
                 pyramid = [torch.cat([r, f]) for r, f in zip(real_pyr, fake)]
-                texts = [text, text] + ([mismatched(text)] * 2 if cfg.matching_aware else [])
+                texts = [text, text] + ([wrong] * 2 if wrong is not None else [])
                 logits = self.D_ddp(pyramid, CLIPText.cat(texts), captions_per_image=len(texts) // 2, parts=2)
                 split = [lg.split(B) for lg in logits]
                 loss = discriminator_loss([s[0] for s in split], [s[1] for s in split])
-                if cfg.matching_aware:
+                if wrong is not None:
                     loss = loss + matching_aware_d_loss([s[2] for s in split], [s[3] for s in split])
                 stats["loss_d"] += loss.item() / micro
                 if self.vision_head is not None:
@@ -466,13 +560,13 @@ class Trainer:
         _set_trainable(self.g_params, True)
         self.opt_g.zero_grad(set_to_none=True)
         g_losses = []
-        for k, (real, text, t_emb) in enumerate(zip(chunks_img, chunks_text, chunks_emb)):
+        for k, (real, text, wrong, t_emb) in enumerate(zip(chunks_img, chunks_text, chunks_wrong, chunks_emb)):
             B = real.shape[0]
             z = torch.randn(B, G.z_dim, device=self.device)
             with self._no_sync(self.G_ddp, k < micro - 1), self.autocast:
                 fake = self._generate(self.G_ddp, real, text, z, update_w_avg=True)
-                if cfg.matching_aware:
-                    logits = D([f.float() for f in fake], CLIPText.cat([text, mismatched(text)]), captions_per_image=2)
+                if wrong is not None:
+                    logits = D([f.float() for f in fake], CLIPText.cat([text, wrong]), captions_per_image=2)
                     split = [lg.split(B) for lg in logits]
                     loss = generator_loss([s[0] for s in split]) + matching_aware_g_loss([s[1] for s in split])
                 else:
@@ -515,6 +609,7 @@ class Trainer:
                 raise TrainingError(f"training stopped: {self.bad_steps_in_row} non-finite steps in a row at step "
                                     f"{self.step} (max_bad_steps={cfg.max_bad_steps}). Lower the learning rate, "
                                     "raise r1_gamma, or resume from an earlier checkpoint.")
+        self._remember_captions(captions)
         self.step += 1
         return stats
 
@@ -569,8 +664,15 @@ class Trainer:
                     self.tb.add_scalar(k, v, record["step"])
 
     def _install_signal_handlers(self):
+        """SIGTERM / SIGINT: the first asks for a checkpoint and a stop at the next step; a second stops at once,
+        after the checkpoint write in flight if there is one."""
         def handler(signum, frame):
-            self.stop_signal = signum
+            if self.stop_signal is None:
+                self.stop_signal = signum
+            elif self._writing:
+                self._pending_preempt = signum
+            else:
+                raise Preempted(signum)
         previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
         return previous
 
@@ -586,14 +688,72 @@ class Trainer:
         sampler = StepSampler(len(dataset), cfg.batch_size, self.rank, self.world, cfg.seed, self.batches_seen)
         return torch.utils.data.DataLoader(dataset, sampler=sampler, **common)
 
-    def fit(self, resume: bool = False) -> dict:
-        cfg = self.cfg
+    def _batches(self, dataset):
+        """This rank's batches, pass after pass (a finite stream starts over); None forever when a fresh pass
+        yields nothing at all (e.g. more ranks than shards)."""
+        while True:
+            empty_pass = True
+            for batch in self._loader(dataset):
+                empty_pass = False
+                yield batch
+            if empty_pass:
+                while True:
+                    yield None
+
+    def _setup_on_rank0(self, setup) -> None:
+        """Run rank 0's set-up of the run directory; every rank learns whether it failed, so none waits on a
+        collective that rank 0 will never reach."""
+        error = None
         if self.is_main:
-            os.makedirs(cfg.out, exist_ok=True)
-            for stale in glob.glob(os.path.join(cfg.out, ".tmp-*")):   # left by a killed writer
-                os.unlink(stale)
-        if resume:
-            self.resume()
+            try:
+                setup()
+            except (RunDirError, OSError) as e:
+                error = e
+        if self.world > 1:
+            flag = torch.tensor([1.0 if error is not None else 0.0], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item() > 0 and error is None:
+                raise TrainingError(f"rank 0 could not set up {self.cfg.out}; its log says why")
+        if error is not None:
+            raise error
+
+    def _claim_run_dir(self, resume: bool, overwrite: bool) -> None:
+        run_dir = self.run_dir
+        run_dir.lock()
+        if not resume and run_dir.holds_run():
+            if not overwrite:
+                newest = (run_dir.checkpoints(check_untracked=False) or ["a checkpoint"])[0]
+                raise RunDirError(f"{self.cfg.out} holds another run ({newest}): pass --resume to continue it, "
+                                  "--overwrite to start a new run there (the old run's files move to "
+                                  f"{os.path.join(self.cfg.out, 'previous-runs')}), or choose another --out")
+            self.log(f"overwrite: moved the previous run's files to {run_dir.archive_run()}")
+
+    def fit(self, resume: bool = False, overwrite: bool = False, fresh_if_none: bool = False) -> dict:
+        """Train until cfg.steps or cfg.max_minutes. resume: continue from the newest whole checkpoint in cfg.out
+        (an error when there is none, unless fresh_if_none). Without resume, a directory that holds another
+        run's checkpoints is refused unless overwrite, which moves that run's files aside."""
+        self._setup_on_rank0(lambda: self._claim_run_dir(resume, overwrite))
+        try:
+            return self._fit(resume, fresh_if_none)
+        except Preempted as e:
+            self.log(f"{_signal_name(e.signum)} again: stopped at step {self.step}")
+            return {"step": self.step, "stopped_by_signal": True, "signal": e.signum, "forced": True}
+        finally:
+            if self.is_main:
+                self.run_dir.release()
+
+    def _fit(self, resume: bool, fresh_if_none: bool) -> dict:
+        previous = self._install_signal_handlers()
+        try:
+            if resume:
+                self.resume(fresh_if_none)
+            return self._train_loop()
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _train_loop(self) -> dict:
+        cfg = self.cfg
         if cfg.tensorboard and self.is_main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -603,7 +763,7 @@ class Trainer:
         dataset = make_dataset(cfg.data, self.resolution, seed=cfg.seed)
         if cfg.model == "upsampler":
             # Fixed real images for the sample grids: the dataset's first valid samples.
-            pairs = [p for p in (dataset[i] for i in range(min(len(dataset), 16))) if p is not None][:4] \
+            pairs = [p for p in (dataset[i] for i in range(min(len(dataset), 16))) if p[0] is not None][:4] \
                 if not isinstance(dataset, torch.utils.data.IterableDataset) else []
             if not pairs:
                 pairs = [(torch.zeros(3, self.resolution, self.resolution), "")]
@@ -616,7 +776,6 @@ class Trainer:
                  f"steps {self.step}->{cfg.steps}"
                  + (f" or {cfg.max_minutes:g} minutes" if cfg.max_minutes is not None else "")
                  + f", batch {cfg.batch_size}/rank")
-        previous = self._install_signal_handlers()
         bar = None
         if self.is_main and cfg.progress:
             from tqdm import tqdm
@@ -627,52 +786,71 @@ class Trainer:
         deadline = None if cfg.max_minutes is None else t_last + 60.0 * cfg.max_minutes
         sums, counts = {}, {}                             # loss means over each log interval
         out_of_time = False
+        bad_batches, tried, why = 0, 0, collections.Counter()    # batches in a row with no usable sample
+        first_step = self.step
         try:
             with use_impl(cfg.impl):
+                batches = self._batches(dataset)
                 while self.step < cfg.steps:
-                    for images, captions, dropped in self._loader(dataset):
-                        self.batches_seen += 1
-                        self.skipped_samples += dropped
-                        if images.shape[0] == 0:
-                            continue
-                        stats = self.train_step(images, captions)
-                        images_since += images.shape[0] * self.world
-                        for k, v in stats.items():
-                            if k != "skipped" and math.isfinite(v):
-                                sums[k], counts[k] = sums.get(k, 0.0) + v, counts.get(k, 0) + 1
-                        if bar is not None:
-                            bar.update(1)
-                            bar.set_postfix(d=f"{stats['loss_d']:.3f}", g=f"{stats['loss_g']:.3f}")
-                        if self.is_main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
-                            now = time.perf_counter()
-                            record = {"step": self.step, **{k: sums[k] / counts[k] for k in sums},
-                                      "images_per_s": images_since / max(now - t_last, 1e-9),
-                                      "bad_steps": self.bad_steps_total, "skipped_samples": self.skipped_samples,
-                                      "time": time.time()}
-                            t_last, images_since, sums, counts = now, 0, {}, {}
-                            self._write_log(record)
-                            if bar is not None:
-                                bar.set_postfix(d=f"{stats['loss_d']:.3f}", g=f"{stats['loss_g']:.3f}",
-                                                img_s=f"{record['images_per_s']:.1f}")
-                        if self.is_main and cfg.sample_every and self.step % cfg.sample_every == 0:
-                            self.write_samples(os.path.join(cfg.out, f"samples-{self.step:08d}.png"))
-                        if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
-                            self.save_checkpoint()
-                        signalled, out_of_time = self._stop_requested(deadline)
-                        if signalled:
-                            path = self.save_checkpoint()
-                            self.log(f"signal {self.stop_signal}: saved {path} at step {self.step}; exiting")
-                            return {"step": self.step, "stopped_by_signal": True}
-                        if self.step >= cfg.steps or out_of_time:
-                            break
+                    batch = next(batches)
+                    usable = batch is not None and batch[0].shape[0] > 0
+                    # Every rank takes the same branch: all skip a batch that one rank lacks, all stop together.
+                    # The time budget is checked after each step (this invocation always makes one).
+                    missing, no_data, signalled, out_of_time = self._agree(
+                        not usable, batch is None, deadline if self.step > first_step else None)
+                    if signalled:
+                        path = self.save_checkpoint()
+                        self.log(f"signal {_signal_name(self.stop_signal)}: saved {path} at step {self.step}; exiting")
+                        return {"step": self.step, "stopped_by_signal": True, "signal": self.stop_signal,
+                                "checkpoint": path}
+                    if no_data:
+                        raise TrainingError(f"a rank received no data at all from --data {cfg.data} (rank "
+                                            f"{self.rank}: {'none' if batch is None else 'some'}); a shard pattern "
+                                            f"needs at least one shard per rank ({self.world} ranks)")
                     if out_of_time:
                         self.log(f"max_minutes={cfg.max_minutes:g} reached at step {self.step}; stopping")
                         break
-                    if isinstance(dataset, torch.utils.data.IterableDataset):
-                        continue                          # a stream: start another pass
+                    # The batch is used (trained on or skipped) only now: a stop above leaves it to a resume.
+                    self.batches_seen += 1
+                    self.skipped_samples += sum(batch[2].values())
+                    tried += cfg.batch_size
+                    why.update(batch[2])
+                    if missing:
+                        bad_batches += 1
+                        if bad_batches >= cfg.max_bad_batches:
+                            reasons = ", ".join(f"{n} {r}" for r, n in why.most_common()) or "none counted here"
+                            raise TrainingError(
+                                f"no usable sample in {bad_batches} batches in a row from --data {cfg.data} "
+                                f"({tried} samples tried on rank {self.rank}; dropped: {reasons}). Check the data; "
+                                f"max_bad_batches (--max-bad-batches) sets the limit")
+                        continue
+                    bad_batches, tried = 0, 0
+                    why.clear()
+                    images, captions, _ = batch
+                    stats = self.train_step(images, captions)
+                    images_since += images.shape[0] * self.world
+                    for k, v in stats.items():
+                        if k != "skipped" and math.isfinite(v):
+                            sums[k], counts[k] = sums.get(k, 0.0) + v, counts.get(k, 0) + 1
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(d=f"{stats['loss_d']:.3f}", g=f"{stats['loss_g']:.3f}")
+                    if self.is_main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+                        now = time.perf_counter()
+                        record = {"step": self.step, **{k: sums[k] / counts[k] for k in sums},
+                                  "images_per_s": images_since / max(now - t_last, 1e-9),
+                                  "bad_steps": self.bad_steps_total, "skipped_samples": self.skipped_samples,
+                                  "time": time.time()}
+                        t_last, images_since, sums, counts = now, 0, {}, {}
+                        self._write_log(record)
+                        if bar is not None:
+                            bar.set_postfix(d=f"{stats['loss_d']:.3f}", g=f"{stats['loss_g']:.3f}",
+                                            img_s=f"{record['images_per_s']:.1f}")
+                    if self.is_main and cfg.sample_every and self.step % cfg.sample_every == 0:
+                        self.write_samples(os.path.join(cfg.out, f"samples-{self.step:08d}.png"))
+                    if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                        self.save_checkpoint()
         finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
             if bar is not None:
                 bar.close()
             if self.tb is not None:
@@ -684,16 +862,17 @@ class Trainer:
         return {"step": self.step, "bad_steps": self.bad_steps_total, "skipped_samples": self.skipped_samples,
                 "out_of_time": out_of_time}
 
-    def _stop_requested(self, deadline: Optional[float] = None) -> tuple:
-        """(a stop signal arrived, the time budget is spent), on any rank: every rank stops at the same step."""
-        flags = torch.tensor([1.0 if self.stop_signal is not None else 0.0,
+    def _agree(self, missing: bool, no_data: bool, deadline: Optional[float] = None) -> tuple:
+        """(a rank lacks a usable batch, a rank has no data at all, a stop signal arrived, the time budget is
+        spent), agreed by every rank, so that all take the same branch at the same step."""
+        flags = torch.tensor([float(missing), float(no_data), 1.0 if self.stop_signal is not None else 0.0,
                               1.0 if deadline is not None and time.perf_counter() >= deadline else 0.0],
                              device=self.device)
         if self.world > 1:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        if flags[0].item() > 0 and self.stop_signal is None:
+        if flags[2].item() > 0 and self.stop_signal is None:
             self.stop_signal = "peer"
-        return flags[0].item() > 0, flags[1].item() > 0
+        return tuple(bool(f > 0) for f in flags.tolist())
 
 
 def _set_trainable(params, flag: bool) -> None:

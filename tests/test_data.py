@@ -57,14 +57,15 @@ def test_image_folder_skips_and_counts_bad_samples(tmp_path):
     (tmp_path / "sub" / "b.png").write_bytes(_png((0, 0, 255)))
     (tmp_path / "sub" / "b.txt").write_text("a blue image\n")
     (tmp_path / "nocap.png").write_bytes(_png((0, 255, 0)))                   # no caption: skipped at index time
-    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")  # corrupt: None at load time
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")  # corrupt: a BadSample at load time
     (tmp_path / "broken.txt").write_text("broken")
     with pytest.warns(UserWarning, match="skipped 1 images without a .txt caption"):
         ds = CaptionedImageFolder(str(tmp_path), 16)
     assert len(ds) == 3 and ds.missing_captions == 1
     items = [ds[i] for i in range(len(ds))]
     images, captions, dropped = collate_pairs(items)
-    assert dropped == 1 and sorted(captions) == ["a blue image", "a red image"]
+    assert dropped == {"unreadable image (OSError)": 1}
+    assert sorted(captions) == ["a blue image", "a red image"]
     assert images.shape == (2, 3, 16, 16)
     red = images[captions.index("a red image")]
     assert torch.allclose(red[:, 8, 8], torch.tensor([1.0, -1.0, -1.0]))
@@ -94,11 +95,12 @@ def test_webdataset_shards_skip_corrupt_samples(tmp_path):
     items = list(ds)
     assert len(items) == 6
     images, captions, dropped = collate_pairs(items)
-    assert dropped == 1 and len(captions) == 5 and images.shape == (5, 3, 8, 8)
+    assert sum(dropped.values()) == 1 and len(captions) == 5 and images.shape == (5, 3, 8, 8)
+    assert list(dropped) == ["undecodable sample (UnidentifiedImageError)"]
     assert "caption 0 1" not in captions
     loader = torch.utils.data.DataLoader(make_dataset(str(tmp_path / "{00000..00001}.tar"), 8), batch_size=3,
                                          collate_fn=collate_pairs)
-    assert sum(b[2] for b in loader) == 1 and sum(len(b[1]) for b in loader) == 5
+    assert sum(sum(b[2].values()) for b in loader) == 1 and sum(len(b[1]) for b in loader) == 5
 
 
 def test_make_dataset_rejects_unknown_specs(tmp_path):

@@ -92,14 +92,14 @@ def test_max_minutes_stops_training_with_a_checkpoint_and_samples(tmp_path):
     assert load_checkpoint(list_checkpoints(str(out))[0])["step"] == 1
     assert (out / "samples-final.png").exists()
     assert not Trainer(_cfg(tmp_path / "b")).fit()["out_of_time"]
-    with pytest.raises(ValueError, match="max_minutes must be > 0"):
+    with pytest.raises(ValueError, match="max_minutes must be a finite number > 0"):
         Trainer(_cfg(tmp_path, max_minutes=0))
 
 
 def test_keep_checkpoints_sets_how_many_stay(tmp_path):
     Trainer(_cfg(tmp_path, steps=3, ckpt_every=1, keep_checkpoints=1)).fit()
     assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path / "run"))] == ["ckpt-00000003.pt"]
-    with pytest.raises(ValueError, match="keep_checkpoints must be >= 1"):
+    with pytest.raises(ValueError, match="keep_checkpoints must be an integer >= 1"):
         Trainer(_cfg(tmp_path, keep_checkpoints=0))
 
 
@@ -156,11 +156,12 @@ def test_truncated_checkpoint_errors_and_resume_falls_back(tmp_path):
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         load_checkpoint(str(newest))
     messages = []
-    state = load_latest_checkpoint(str(out), log=messages.append)
-    assert state["step"] == 2 and "falling back" in messages[0]
+    state = load_latest_checkpoint(str(out), log=messages.append)               # read only: skipped, not moved
+    assert state["step"] == 2 and "not a whole checkpoint" in messages[0] and newest.exists()
     resumed = Trainer(_cfg(tmp_path))
-    resumed.fit(resume=True)
-    assert resumed.step == 4
+    resumed.fit(resume=True)                                                     # moved aside, never counted
+    assert resumed.step == 4 and (out / "corrupt" / "ckpt-00000004.pt").exists()
+    assert [os.path.basename(p) for p in list_checkpoints(str(out))] == ["ckpt-00000004.pt", "ckpt-00000002.pt"]
 
 
 def _wait_for(path, proc, timeout=240):
@@ -207,8 +208,8 @@ def test_sigterm_saves_before_exit(tmp_path):
     _wait_for(out / "log.jsonl", proc)
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, output
-    assert "saved" in output and "exiting" in output
+    assert proc.returncode == 128 + signal.SIGTERM, output                    # 143: preempted, not finished
+    assert "saved" in output and "preempted by SIGTERM" in output
     step = load_checkpoint(list_checkpoints(str(out))[0])["step"]
     assert 1 <= step < 1000
 
@@ -224,8 +225,8 @@ def test_torchrun_two_cpu_processes_keep_parameters_identical(tmp_path):
     assert result["max_param_diff_across_ranks"] == 0.0
     assert result["params_changed"]                          # they trained, not just stayed equal at init
     assert result["timed_out"] and result["timed_steps"] == [4, 4]   # rank 1's budget stopped both after one step
-    assert sorted(os.listdir(tmp_path / "run")) == ["ckpt-00000002.pt", "ckpt-00000003.pt", "log.jsonl",
-                                                    "samples-final.png"]   # rank 0 alone writes
+    assert sorted(os.listdir(tmp_path / "run")) == ["checkpoints.json", "ckpt-00000002.pt", "ckpt-00000003.pt",
+                                                    "log.jsonl", "samples-final.png"]   # rank 0 alone writes
 
 
 def test_cli_sampling_commands(tmp_path):
@@ -245,10 +246,10 @@ def test_cli_sampling_commands(tmp_path):
         with Image.open(path) as im:
             assert im.width >= 128 and im.height >= 128
     Image.new("RGB", (24, 16), (200, 30, 30)).save(tmp_path / "small.png")
+    # A base run's upsampler was never trained: upsample refuses it (the upsampler test runs it for real).
     assert main(["upsample", "--ckpt", ckpt, "--impl", "ref", "--image", str(tmp_path / "small.png"),
-                 "--prompt", "a red square", "--out", str(tmp_path / "up.png")]) == 0
-    with Image.open(tmp_path / "up.png") as im:
-        assert im.size == (24 * 4, 16 * 4)
+                 "--prompt", "a red square", "--out", str(tmp_path / "up.png")]) == 2
+    assert not (tmp_path / "up.png").exists()
 
 
 def test_perceptual_features_and_distance(tmp_path):
@@ -310,6 +311,17 @@ def test_upsampler_training_resumes_exactly_and_feeds_upsample(tmp_path):
     model, _ = model_from_checkpoint(str(out))
     for k, v in straight.G_ema.state_dict().items():
         assert torch.equal(model.upsampler.state_dict()[k], v), k
+    from PIL import Image
+
+    from gigagan.__main__ import main
+    Image.new("RGB", (24, 16), (200, 30, 30)).save(tmp_path / "small.png")
+    assert main(["upsample", "--ckpt", str(out), "--impl", "ref", "--image", str(tmp_path / "small.png"),
+                 "--prompt", "a red square", "--out", str(tmp_path / "up.png")]) == 0
+    with Image.open(tmp_path / "up.png") as im:
+        assert im.size == (24 * 4, 16 * 4)
+    # ...and sampling the base generator of an upsampler run is refused.
+    assert main(["sample", "--ckpt", str(out), "--impl", "ref", "--prompt", "a red square",
+                 "--out", str(tmp_path / "s.png")]) == 2
 
 
 def test_clip_contrastive_and_vision_aided_losses(tmp_path):
