@@ -52,7 +52,7 @@ from .discriminator import Discriminator
 from .losses import (clip_contrastive_loss, discriminator_loss, generator_loss, matching_aware_d_loss,
                      matching_aware_g_loss, mismatched, perceptual_loss, r1_from_logits)
 from .model import GigaGAN
-from .rundir import RunDirectory, RunDirError, checkpoint_name
+from .rundir import RunDirectory, RunDirError, whole_archive
 from .text import CLIPText
 
 
@@ -189,6 +189,8 @@ def load_checkpoint(path: str) -> dict:
     """Load a checkpoint with weights_only=True; a truncated or corrupt file raises CheckpointError."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if why := whole_archive(path):
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt (not a whole torch.save archive: {why})")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -720,13 +722,17 @@ class Trainer:
     def _claim_run_dir(self, resume: bool, overwrite: bool) -> None:
         run_dir = self.run_dir
         run_dir.lock()
-        if not resume and run_dir.holds_run():
-            if not overwrite:
-                newest = (run_dir.checkpoints(check_untracked=False) or ["a checkpoint"])[0]
-                raise RunDirError(f"{self.cfg.out} holds another run ({newest}): pass --resume to continue it, "
-                                  "--overwrite to start a new run there (the old run's files move to "
-                                  f"{os.path.join(self.cfg.out, 'previous-runs')}), or choose another --out")
-            self.log(f"overwrite: moved the previous run's files to {run_dir.archive_run()}")
+        try:
+            if not resume and run_dir.holds_run():
+                if not overwrite:
+                    newest = (run_dir.checkpoints(check_untracked=False) or ["a checkpoint"])[0]
+                    raise RunDirError(f"{self.cfg.out} holds another run ({newest}): pass --resume to continue it, "
+                                      "--overwrite to start a new run there (the old run's files move to "
+                                      f"{os.path.join(self.cfg.out, 'previous-runs')}), or choose another --out")
+                self.log(f"overwrite: moved the previous run's files to {run_dir.archive_run()}")
+        except BaseException:
+            run_dir.release()
+            raise
 
     def fit(self, resume: bool = False, overwrite: bool = False, fresh_if_none: bool = False) -> dict:
         """Train until cfg.steps or cfg.max_minutes. resume: continue from the newest whole checkpoint in cfg.out
