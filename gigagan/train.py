@@ -469,15 +469,16 @@ class Trainer:
 
     def _mismatched(self, text: CLIPText, captions: list) -> Optional[CLIPText]:
         """Each sample's text under another sample's caption: the batch rolled by one where that gives every
-        sample a different caption, else, for the samples it does not, a different caption from the recent
-        pool. None when there is none yet (the matching-aware terms are then left out of this step)."""
+        sample a different caption, else, for the samples it does not, a different caption from the batch or
+        the recent pool. None when there is none yet (the matching-aware terms are then left out of this
+        step)."""
         rolled = captions[-1:] + captions[:-1]
         if all(r != c for r, c in zip(rolled, captions)):
             return mismatched(text)
         picks = []
         for own, other in zip(captions, rolled):
             if other == own:
-                candidates = [p for p in self.caption_pool if p != own]
+                candidates = [p for p in dict.fromkeys(list(captions) + list(self.caption_pool)) if p != own]
                 if not candidates:
                     if not self._warned_no_mismatch:
                         self.log("warning: no caption different from the batch's own yet (a batch of one, or one "
