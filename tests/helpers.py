@@ -1,6 +1,11 @@
-"""Comparison helpers shared by the op tests."""
+"""Helpers shared by the tests: comparisons for the op tests, command lines for the training tests."""
+import os
+import sys
+
 import pytest
 import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Relative-norm tolerances ||out - ref64|| / ||ref64|| per input dtype. fp32 on a GPU may run TF32 dots (the
 # CUDA extension always does; Triton with torch.backends.cudnn.allow_tf32); the interpreter computes fp32 exactly.
@@ -54,3 +59,18 @@ CUDA_IMPL = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
     not _cuda_extension_built(), reason="the CUDA extension gigagan_kernels._C is not built")])
 FUSED_IMPLS = ["triton", CUDA_IMPL]
 FAST_IMPLS = ["torch"] + FUSED_IMPLS
+
+
+def train_env():
+    """The environment of a `gigagan train` subprocess: this checkout importable, reference ops, no interpreter."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("TRITON_INTERPRET", None)
+    env["GIGAGAN_KERNELS_IMPL"] = "ref"
+    return env
+
+
+def train_cmd(out, steps, *extra):
+    """`python -m gigagan train` on the tiny preset, CPU, checkpoints every 2 steps."""
+    return [sys.executable, "-m", "gigagan", "train", "--preset", "tiny", "--steps", str(steps), "--batch-size", "2",
+            "--ckpt-every", "2", "--sample-every", "0", "--log-every", "1", "--impl", "ref", "--no-progress",
+            "--device", "cpu", "--out", str(out), *extra]

@@ -18,8 +18,7 @@ from gigagan.losses import (discriminator_loss, generator_loss, matching_aware_d
 from gigagan.text import CLIPText
 from gigagan.train import (CheckpointError, TrainConfig, Trainer, TrainingError, list_checkpoints,
                            load_checkpoint, load_latest_checkpoint)
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT, train_cmd, train_env
 
 
 def _cfg(tmp_path, **kw):
@@ -27,13 +26,6 @@ def _cfg(tmp_path, **kw):
                 sample_every=0, ckpt_every=2, progress=False, r1_interval=2, seed=3, device="cpu")
     base.update(kw)
     return TrainConfig(**base)
-
-
-def _env():
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.pop("TRITON_INTERPRET", None)
-    env["GIGAGAN_KERNELS_IMPL"] = "ref"
-    return env
 
 
 def test_device_is_validated_and_cpu_can_be_forced(tmp_path):
@@ -175,15 +167,9 @@ def _wait_for(path, proc, timeout=240):
         time.sleep(0.2)
 
 
-def _train_cmd(out, steps, *extra):
-    return [sys.executable, "-m", "gigagan", "train", "--preset", "tiny", "--steps", str(steps), "--batch-size", "2",
-            "--ckpt-every", "2", "--sample-every", "0", "--log-every", "1", "--impl", "ref", "--no-progress",
-            "--out", str(out), *extra]
-
-
 def test_sigkill_mid_run_then_resume(tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen(_train_cmd(out, 1000), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(train_cmd(out, 1000), cwd=ROOT, env=train_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     _wait_for(out / "ckpt-00000004.pt", proc)
     proc.send_signal(signal.SIGKILL)
@@ -193,7 +179,7 @@ def test_sigkill_mid_run_then_resume(tmp_path):
     for path in saved:                                       # every checkpoint on disk is whole
         load_checkpoint(path)
     last = load_checkpoint(saved[0])["step"]
-    resumed = subprocess.run(_train_cmd(out, last + 4, "--resume"), cwd=ROOT, env=_env(), capture_output=True,
+    resumed = subprocess.run(train_cmd(out, last + 4, "--resume"), cwd=ROOT, env=train_env(), capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"at step {last}" in resumed.stdout
@@ -203,7 +189,7 @@ def test_sigkill_mid_run_then_resume(tmp_path):
 
 def test_sigterm_saves_before_exit(tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen(_train_cmd(out, 1000, "--ckpt-every", "1000"), cwd=ROOT, env=_env(),
+    proc = subprocess.Popen(train_cmd(out, 1000, "--ckpt-every", "1000"), cwd=ROOT, env=train_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_for(out / "log.jsonl", proc)
     proc.send_signal(signal.SIGTERM)
@@ -218,7 +204,7 @@ def test_torchrun_two_cpu_processes_keep_parameters_identical(tmp_path):
     result_path = tmp_path / "ranks.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
            os.path.join(ROOT, "tests", "ddp_worker.py"), str(tmp_path / "run"), str(result_path)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(result_path.read_text())
     assert result["world_size"] == 2 and result["step"] == 3
@@ -363,7 +349,7 @@ def test_supervised_bound_script_trains_g_and_writes_a_loadable_checkpoint(tmp_p
     out = tmp_path / "bound"
     cmd = [sys.executable, script, "--images", "48", "--batch-size", "16", "--lr", "0.01", "--out", str(out),
            "--fast", "text_encoder,mapping", "--fast-multiplier", "3"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     losses = [float(line.split("loss ")[1]) for line in proc.stdout.splitlines() if line.startswith("step ")]
     assert len(losses) == 1 and losses[0] > 0      # one report, at the last of the 3 steps
@@ -375,6 +361,6 @@ def test_supervised_bound_script_trains_g_and_writes_a_loadable_checkpoint(tmp_p
     assert any(n.startswith("text_encoder") for n in moved) and any(n.startswith("synthesis") for n in moved)
     lrs = sorted({g["lr"] for g in state["opt_g"]["param_groups"]})
     assert lrs == [0.01, 0.03]
-    bad = subprocess.run(cmd[:-4] + ["--fast", "no_such_module"], cwd=ROOT, env=_env(), capture_output=True,
+    bad = subprocess.run(cmd[:-4] + ["--fast", "no_such_module"], cwd=ROOT, env=train_env(), capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode == 2 and "matches no parameter of G" in bad.stderr
