@@ -201,18 +201,14 @@ def _torch_weights(card, s: Shape):
     return fwd, bwd
 
 
-def _group(B):
-    return min(64, max(16, 1 << max(0, math.ceil(math.log2(max(B, 1))))))
-
-
 def _triton_weights(card, s: Shape):
     """The "weights" strategy (gigagan_kernels/adaptive_modconv_triton.py): build the per-sample weights once
     (mix on tensor cores, style, sum of squares), then tensor-core GEMMs, fused epilogues and one reduction.
     Its plan (GEMM form, whether the backward rebuilds the weights) is the launcher's own."""
-    from .adaptive_modconv_triton import plan_weights
+    from .adaptive_modconv_triton import group_size, plan_weights
     e = s.element_size
     plan = plan_weights((s.B, s.Cin, s.H, s.W), (s.N, s.Cout, s.Cin, s.k, s.k), e, needs_grad=True)
-    bank_reads = -(-s.B // _group(s.B))
+    bank_reads = -(-s.B // group_size(s.B))
     build = _stage(card, "build weights", hbm_bytes=(bank_reads * s.bank + s.wts) * e)
     bmm = plan.gemm == "bmm"
     fwd = [build]
