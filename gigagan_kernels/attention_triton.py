@@ -2,15 +2,18 @@
 
 L2 logits use  -s||q_i - k_j||^2 = 2s<q_i, k_j> - s||k_j||^2 - s||q_i||^2.  The last term is constant
 along a row and cancels in the softmax, so the kernels run dot-product attention at scale 2s with a
-per-key bias -s||k_j||^2, computed from the key tile already in registers. Softmax runs in base 2
-(exp2) with fp32 statistics; only the per-row log-sum-exp is saved for the backward.
+per-key bias -s||k_j||^2. A first small kernel writes that bias once per call, in fp32, with the key
+padding mask folded in as -inf: the attention kernels then read one fp32 number per key instead of
+re-reducing each key tile (which on sm_90 would pull K out of shared memory into registers beside the
+wgmma). Softmax runs in base 2 (exp2) with fp32 statistics; only the per-row log-sum-exp is saved.
 
-Backward (softmax gradient dS = P * (dP - delta), delta = rowsum(dO * O)):
+Backward (softmax gradient dS = P * (dP - delta), delta = rowsum(dO * O)), in one pass over the keys:
   dot: dQ = s dS K,        dK = s dS^T Q
   l2:  dQ = 2s dS K        (the -2s q_i rowsum(dS) term vanishes: rows of dS sum to 0)
        dK = 2s (dS^T Q - k_j colsum(dS)_j)
-Kernels, in order: forward, delta preprocess, dK/dV (one program per key block), dQ (one per query
-block). No Lq x Lk tensor reaches global memory.
+One program per key block keeps K, V and its dK, dV on chip and walks the query blocks, so S and dP
+are computed once (5 matmuls, FlashAttention-2's count); each step's dQ contribution is added into an
+fp32 buffer with relaxed atomics (no fence per call). No Lq x Lk tensor reaches global memory.
 """
 from __future__ import annotations
 
@@ -24,20 +27,6 @@ KIND_L2 = 1
 
 
 @triton.jit
-def _logits_base2(q, k, k_sqnorm_scaled, offs_n, Lk, Mask_row_ptr, qk_scale,
-                  KIND: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Logits of one [BLOCK_M, BLOCK_N] tile in base 2 (already times log2(e)); masked keys are -inf."""
-    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-    if KIND == 1:
-        s = s - k_sqnorm_scaled[None, :]
-    valid = offs_n < Lk
-    if HAS_MASK:
-        keep = tl.load(Mask_row_ptr + offs_n, mask=valid, other=0)
-        valid = valid & (keep != 0)
-    return tl.where(valid[None, :], s, float("-inf"))
-
-
-@triton.jit
 def _tile(base, L, DIM, stride_l, stride_d, start, BLOCK_L: tl.constexpr, BLOCK_DIM: tl.constexpr):
     """Block pointer to rows [start, start+BLOCK_L) of an [L, DIM] matrix. Block pointers keep one base
     address per tile instead of a 64-bit address per element (per-element pointers spilled here)."""
@@ -46,22 +35,53 @@ def _tile(base, L, DIM, stride_l, stride_d, start, BLOCK_L: tl.constexpr, BLOCK_
 
 
 @triton.jit
+def _key_bias_kernel(
+    K_ptr, Mask_ptr, Bias_ptr, H, Lk, D, bias_scale,
+    stride_kb, stride_kh, stride_kn, stride_kd, stride_maskb,
+    KIND: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """bias[bh, j] = -bias_scale * ||k_j||^2 (l2) or 0 (dot), and -inf where the mask drops key j."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    bias = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    if KIND == 1:
+        k = tl.load(_tile(K_ptr + b * stride_kb + h * stride_kh, Lk, D, stride_kn, stride_kd, pid_n * BLOCK_N,
+                          BLOCK_N, BLOCK_D), boundary_check=(0, 1), padding_option="zero").to(tl.float32)
+        bias = -bias_scale * tl.sum(k * k, axis=1)
+    if HAS_MASK:
+        keep = tl.load(Mask_ptr + b * stride_maskb + offs_n, mask=offs_n < Lk, other=0)
+        bias = tl.where(keep != 0, bias, float("-inf"))
+    tl.store(Bias_ptr + pid_bh.to(tl.int64) * Lk + offs_n, bias, mask=offs_n < Lk)
+
+
+@triton.jit
+def _logits_base2(q, k, Bias_row_ptr, offs_n, Lk, qk_scale, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Logits of one [BLOCK_M, BLOCK_N] tile in base 2 (already times log2(e)); masked and padded keys are -inf."""
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    if HAS_BIAS:
+        return s + tl.load(Bias_row_ptr + offs_n, mask=offs_n < Lk, other=float("-inf"))[None, :]
+    return tl.where((offs_n < Lk)[None, :], s, float("-inf"))
+
+
+@triton.jit
 def _attn_fwd_kernel(
-    Q_ptr, K_ptr, V_ptr, Mask_ptr, O_ptr, LSE_ptr,
-    H, Lq, Lk, D, DV, qk_scale, bias_scale,
+    Q_ptr, K_ptr, V_ptr, Bias_ptr, O_ptr, LSE_ptr,
+    H, Lq, Lk, D, DV, qk_scale,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
-    stride_maskb,
     stride_ob, stride_oh, stride_om, stride_od,
-    KIND: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
-    mask_row = Mask_ptr + b * stride_maskb
+    bias_row = Bias_ptr + pid_bh.to(tl.int64) * Lk
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     q = tl.load(_tile(Q_ptr + b * stride_qb + h * stride_qh, Lq, D, stride_qm, stride_qd, pid_m * BLOCK_M,
                       BLOCK_M, BLOCK_D), boundary_check=(0, 1), padding_option="zero")
@@ -75,8 +95,7 @@ def _attn_fwd_kernel(
     for n0 in range(0, Lk, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         k = tl.load(k_tile, boundary_check=(0, 1), padding_option="zero")
-        k_sq = tl.sum(k.to(tl.float32) * k.to(tl.float32), axis=1) * bias_scale
-        s = _logits_base2(q, k, k_sq, offs_n, Lk, mask_row, qk_scale, KIND, HAS_MASK, DOT_PRECISION)
+        s = _logits_base2(q, k, bias_row, offs_n, Lk, qk_scale, HAS_BIAS, DOT_PRECISION)
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
@@ -117,143 +136,107 @@ def _attn_bwd_delta_kernel(
 
 
 @triton.jit
-def _attn_bwd_dkdv_kernel(
-    Q_ptr, K_ptr, V_ptr, Mask_ptr, DO_ptr, LSE_ptr, Delta_ptr, DK_ptr, DV_ptr,
-    H, Lq, Lk, D, DV, qk_scale, bias_scale, grad_scale,
+def _attn_bwd_kernel(
+    Q_ptr, K_ptr, V_ptr, Bias_ptr, DO_ptr, LSE_ptr, Delta_ptr, DQacc_ptr, DK_ptr, DV_ptr,
+    H, Lq, Lk, D, DV, qk_scale, grad_scale,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
-    stride_maskb,
     stride_dob, stride_doh, stride_dom, stride_dod,
     stride_dkb, stride_dkh, stride_dkn, stride_dkd,
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
-    KIND: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    KIND: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
-    """One program per key block: loop over query blocks, accumulate dK and dV in registers."""
+    """One program per key block: walk the query blocks once; dK and dV stay in registers, dQ goes out as
+    relaxed fp32 atomics into DQacc ([B*H, Lq, BLOCK_D], contiguous, zeroed).
+
+    Tiles are computed transposed (keys x queries), so four of the five dots have the BLOCK_N keys as their
+    M dimension (wgmma's m64 per warpgroup) and the per-key bias is one register vector for the program."""
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
     row_base = pid_bh.to(tl.int64) * Lq
-    mask_row = Mask_ptr + b * stride_maskb
     n0 = pid_n * BLOCK_N
     offs_n = n0 + tl.arange(0, BLOCK_N)
     k = tl.load(_tile(K_ptr + b * stride_kb + h * stride_kh, Lk, D, stride_kn, stride_kd, n0, BLOCK_N, BLOCK_D),
                 boundary_check=(0, 1), padding_option="zero")
     v = tl.load(_tile(V_ptr + b * stride_vb + h * stride_vh, Lk, DV, stride_vn, stride_vd, n0, BLOCK_N, BLOCK_DV),
                 boundary_check=(0, 1), padding_option="zero")
-    k_sq = tl.sum(k.to(tl.float32) * k.to(tl.float32), axis=1) * bias_scale
-    q_tile = _tile(Q_ptr + b * stride_qb + h * stride_qh, Lq, D, stride_qm, stride_qd, 0, BLOCK_M, BLOCK_D)
+    if HAS_BIAS:
+        bias = tl.load(Bias_ptr + pid_bh.to(tl.int64) * Lk + offs_n, mask=offs_n < Lk, other=float("-inf"))
+    else:
+        bias = tl.where(offs_n < Lk, 0.0, float("-inf"))
+    # q^T as a [BLOCK_D, BLOCK_M] tile of the [D, Lq] view.
+    qT_tile = tl.make_block_ptr(Q_ptr + b * stride_qb + h * stride_qh, shape=(D, Lq), strides=(stride_qd, stride_qm),
+                                offsets=(0, 0), block_shape=(BLOCK_D, BLOCK_M), order=(0, 1))
     do_tile = _tile(DO_ptr + b * stride_dob + h * stride_doh, Lq, DV, stride_dom, stride_dod, 0, BLOCK_M, BLOCK_DV)
+    # dQ rows are BLOCK_D wide (padded), so the atomics need no column mask.
+    dq_offsets = tl.arange(0, BLOCK_M)[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
 
     dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_DV), dtype=tl.float32)
-    ds_colsum = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    ds_rowsum = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for m0 in range(0, Lq, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
         m_mask = offs_m < Lq
-        q = tl.load(q_tile, boundary_check=(0, 1), padding_option="zero")
+        qT = tl.load(qT_tile, boundary_check=(0, 1), padding_option="zero")
         do = tl.load(do_tile, boundary_check=(0, 1), padding_option="zero")
         lse = tl.load(LSE_ptr + row_base + offs_m, mask=m_mask, other=float("inf"))
         delta = tl.load(Delta_ptr + row_base + offs_m, mask=m_mask, other=0.0)
-        s = _logits_base2(q, k, k_sq, offs_n, Lk, mask_row, qk_scale, KIND, HAS_MASK, DOT_PRECISION)
-        p = tl.exp2(s - lse[:, None])                                         # [M, N]
-        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-        ds = p * (dp - delta[:, None])
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
+        sT = tl.dot(k, qT, input_precision=DOT_PRECISION) * qk_scale + bias[:, None]       # [N, M], base 2
+        pT = tl.exp2(sT - lse[None, :])
+        dv += tl.dot(pT.to(do.dtype), do, input_precision=DOT_PRECISION)
+        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        dsT = pT * (dpT - delta[None, :]) * grad_scale                       # the logits' gradient, scaled
+        dsT_in = dsT.to(qT.dtype)
+        dk += tl.dot(dsT_in, tl.trans(qT), input_precision=DOT_PRECISION)
         if KIND == 1:
-            ds_colsum += tl.sum(ds, axis=0)
-        q_tile = tl.advance(q_tile, (BLOCK_M, 0))
+            ds_rowsum += tl.sum(dsT, axis=1)
+        dq = tl.dot(tl.trans(dsT_in), k, input_precision=DOT_PRECISION)      # [M, D]: this key block's share
+        tl.atomic_add(DQacc_ptr + (row_base + m0) * BLOCK_D + dq_offsets, dq, mask=m_mask[:, None], sem="relaxed")
+        qT_tile = tl.advance(qT_tile, (0, BLOCK_M))
         do_tile = tl.advance(do_tile, (BLOCK_M, 0))
 
     if KIND == 1:
-        dk = dk - k.to(tl.float32) * ds_colsum[:, None]
-    dk = dk * grad_scale
+        dk = dk - k.to(tl.float32) * ds_rowsum[:, None]
     tl.store(_tile(DK_ptr + b * stride_dkb + h * stride_dkh, Lk, D, stride_dkn, stride_dkd, n0, BLOCK_N, BLOCK_D),
              dk.to(DK_ptr.dtype.element_ty), boundary_check=(0, 1))
     tl.store(_tile(DV_ptr + b * stride_dvb + h * stride_dvh, Lk, DV, stride_dvn, stride_dvd, n0, BLOCK_N, BLOCK_DV),
              dv.to(DV_ptr.dtype.element_ty), boundary_check=(0, 1))
 
 
-@triton.jit
-def _attn_bwd_dq_kernel(
-    Q_ptr, K_ptr, V_ptr, Mask_ptr, DO_ptr, LSE_ptr, Delta_ptr, DQ_ptr,
-    H, Lq, Lk, D, DV, qk_scale, bias_scale, grad_scale,
-    stride_qb, stride_qh, stride_qm, stride_qd,
-    stride_kb, stride_kh, stride_kn, stride_kd,
-    stride_vb, stride_vh, stride_vn, stride_vd,
-    stride_maskb,
-    stride_dob, stride_doh, stride_dom, stride_dod,
-    stride_dqb, stride_dqh, stride_dqm, stride_dqd,
-    KIND: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-):
-    """One program per query block: loop over key blocks, accumulate dQ in registers."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
-    row_base = pid_bh.to(tl.int64) * Lq
-    mask_row = Mask_ptr + b * stride_maskb
-    m0 = pid_m * BLOCK_M
-    offs_m = m0 + tl.arange(0, BLOCK_M)
-    m_mask = offs_m < Lq
-    q = tl.load(_tile(Q_ptr + b * stride_qb + h * stride_qh, Lq, D, stride_qm, stride_qd, m0, BLOCK_M, BLOCK_D),
-                boundary_check=(0, 1), padding_option="zero")
-    do = tl.load(_tile(DO_ptr + b * stride_dob + h * stride_doh, Lq, DV, stride_dom, stride_dod, m0, BLOCK_M,
-                       BLOCK_DV), boundary_check=(0, 1), padding_option="zero")
-    lse = tl.load(LSE_ptr + row_base + offs_m, mask=m_mask, other=float("inf"))
-    delta = tl.load(Delta_ptr + row_base + offs_m, mask=m_mask, other=0.0)
-    k_tile = _tile(K_ptr + b * stride_kb + h * stride_kh, Lk, D, stride_kn, stride_kd, 0, BLOCK_N, BLOCK_D)
-    v_tile = _tile(V_ptr + b * stride_vb + h * stride_vh, Lk, DV, stride_vn, stride_vd, 0, BLOCK_N, BLOCK_DV)
-
-    dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    for n0 in range(0, Lk, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        k = tl.load(k_tile, boundary_check=(0, 1), padding_option="zero")
-        v = tl.load(v_tile, boundary_check=(0, 1), padding_option="zero")
-        k_sq = tl.sum(k.to(tl.float32) * k.to(tl.float32), axis=1) * bias_scale
-        s = _logits_base2(q, k, k_sq, offs_n, Lk, mask_row, qk_scale, KIND, HAS_MASK, DOT_PRECISION)
-        p = tl.exp2(s - lse[:, None])
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
-        k_tile = tl.advance(k_tile, (BLOCK_N, 0))
-        v_tile = tl.advance(v_tile, (BLOCK_N, 0))
-    dq = dq * grad_scale
-    tl.store(_tile(DQ_ptr + b * stride_dqb + h * stride_dqh, Lq, D, stride_dqm, stride_dqd, m0, BLOCK_M, BLOCK_D),
-             dq.to(DQ_ptr.dtype.element_ty), boundary_check=(0, 1))
-
-
 # ----------------------------------------------------------------------------------------------
 # Config table, keyed by the padded head dim: the one place the dispatcher and the kernel report read.
-# Untuned on hardware so far; block shapes chosen for the register budget (see benchmarks/NOTES.md).
+# Sized for sm_90 before any GPU timed them: 8 warps = two warpgroups, so a 128-row tile issues wgmma at
+# m64 per warpgroup; K/V tiles of 64 keys forward and 128 keys backward (FlashAttention-2's choice at d64).
+# Each entry compiles without spills for sm_80 and sm_90 (python -m benchmarks.kernel_report --check).
 # ----------------------------------------------------------------------------------------------
-# Keys: (padded head dim, operand width). fp32 operands (TF32 dots) need smaller tiles than fp16/bf16.
-# Every entry compiles without spills for sm_80 and sm_90 (python -m benchmarks.kernel_report).
 _ATTN_CFG = lambda m, n, w, st: dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=st)  # noqa: E731
 FWD_CONFIGS = {
-    (32, "16bit"): _ATTN_CFG(128, 32, 8, 3), (32, "fp32"): _ATTN_CFG(128, 32, 8, 3),
+    (32, "16bit"): _ATTN_CFG(128, 64, 8, 3), (32, "fp32"): _ATTN_CFG(128, 32, 8, 3),
     # 128x64 tiles spilled 144 B (fp32, sm_80); 128x32 does not.
-    (64, "16bit"): _ATTN_CFG(128, 32, 8, 3), (64, "fp32"): _ATTN_CFG(128, 32, 8, 3),
+    (64, "16bit"): _ATTN_CFG(128, 64, 8, 3), (64, "fp32"): _ATTN_CFG(128, 32, 8, 3),
     # fp32 at d128: 128x32 spilled 392 B and 64x32 48 B on sm_80.
-    (128, "16bit"): _ATTN_CFG(128, 32, 8, 3), (128, "fp32"): _ATTN_CFG(32, 32, 4, 3),
+    (128, "16bit"): _ATTN_CFG(128, 32, 8, 2), (128, "fp32"): _ATTN_CFG(32, 32, 4, 3),
 }
-BWD_DKDV_CONFIGS = {
-    # 32x64 (BLOCK_M x BLOCK_N) spilled 120 B at d64 on sm_80.
-    (32, "16bit"): _ATTN_CFG(32, 32, 4, 2), (32, "fp32"): _ATTN_CFG(32, 32, 4, 2),
-    (64, "16bit"): _ATTN_CFG(32, 32, 4, 2), (64, "fp32"): _ATTN_CFG(32, 32, 4, 2),
-    (128, "16bit"): _ATTN_CFG(32, 32, 8, 2), (128, "fp32"): _ATTN_CFG(16, 32, 4, 2),
+# The backward keeps BLOCK_N keys with their fp32 dK, dV on chip per program and walks BLOCK_M queries per step,
+# so it needs its own table per architecture: the largest tiles that compile without spills (searched with
+# benchmarks/kernel_report.py's compiler over 8-12 candidates per entry). Keys: (padded head dim, operand
+# width, "sm90" for Hopper or "sm80" for everything else).
+BWD_CONFIGS = {
+    # sm_90: 128 keys per program at d32/d64 (FlashAttention-2's tile), two warpgroups on wgmma.
+    (32, "16bit", "sm90"): _ATTN_CFG(64, 128, 8, 2), (32, "fp32", "sm90"): _ATTN_CFG(32, 64, 8, 1),
+    (64, "16bit", "sm90"): _ATTN_CFG(32, 128, 8, 2), (64, "fp32", "sm90"): _ATTN_CFG(32, 64, 8, 1),
+    # d128 l2: every wgmma-shaped tile tried (16-64 x 64-128) spilled 48-1032 B; 32x32 compiles to HMMA only.
+    (128, "16bit", "sm90"): _ATTN_CFG(32, 32, 8, 2), (128, "fp32", "sm90"): _ATTN_CFG(32, 32, 4, 1),
+    # sm_80: 32x128 spilled 144 B at d64 (l2); 16x128 in one stage is clean.
+    (32, "16bit", "sm80"): _ATTN_CFG(32, 128, 8, 2), (32, "fp32", "sm80"): _ATTN_CFG(32, 64, 8, 1),
+    (64, "16bit", "sm80"): _ATTN_CFG(16, 128, 8, 1), (64, "fp32", "sm80"): _ATTN_CFG(16, 64, 8, 1),
+    (128, "16bit", "sm80"): _ATTN_CFG(16, 32, 8, 2), (128, "fp32", "sm80"): _ATTN_CFG(16, 32, 8, 1),
 }
-BWD_DQ_CONFIGS = {
-    (32, "16bit"): _ATTN_CFG(32, 32, 4, 2), (32, "fp32"): _ATTN_CFG(32, 32, 4, 2),
-    # 64x32 spilled 128 B in fp32 on sm_80.
-    (64, "16bit"): _ATTN_CFG(64, 32, 4, 2), (64, "fp32"): _ATTN_CFG(32, 32, 4, 2),
-    # fp32 d128: 16x32 in two stages spilled 8 B (dot kind, sm_80); one stage of 32x16 with 8 warps is clean.
-    (128, "16bit"): _ATTN_CFG(32, 16, 4, 2), (128, "fp32"): _ATTN_CFG(32, 16, 8, 1),
-}
+KEY_BIAS_CONFIG = dict(BLOCK_N=64, num_warps=4, num_stages=1)
 # 64 rows x 128 columns spilled 24-40 B (two fp32 tiles); 16 rows do not.
 DELTA_CONFIG = dict(BLOCK_M=16, num_warps=4, num_stages=1)
 MAX_HEAD_DIM = 128  # the largest key of the config tables
@@ -264,8 +247,15 @@ def head_block(d: int) -> int:
     return max(32, triton.next_power_of_2(d))
 
 
-def _config(table, d_block, dtype):
-    return table[(d_block, "fp32" if dtype == torch.float32 else "16bit")]
+def _width(dtype):
+    return "fp32" if dtype == torch.float32 else "16bit"
+
+
+def _arch(device):
+    """The backward table's architecture key: "sm90" on Hopper, else "sm80" (the interpreter included)."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9:
+        return "sm90"
+    return "sm80"
 
 
 def _dot_precision(dtype):
@@ -281,10 +271,18 @@ def _scales(kind, scale):
     return scale * LOG2E, 0.0, scale
 
 
-def _mask_arg(mask, q):
-    if mask is None:
-        return q, 0  # never read: HAS_MASK=False
-    return mask, mask.stride(0)
+def key_bias(k, kind, scale, mask):
+    """The fp32 per-key bias [B*H, Lk] (base 2) the attention kernels add to the logits, or None when there
+    is nothing to add (dot logits, no mask)."""
+    if kind == KIND_DOT and mask is None:
+        return None
+    B, H, Lk, D = k.shape
+    bias = torch.empty((B * H, Lk), device=k.device, dtype=torch.float32)
+    mask_t, stride_mask = (k, 0) if mask is None else (mask, mask.stride(0))
+    grid = (triton.cdiv(Lk, KEY_BIAS_CONFIG["BLOCK_N"]), B * H)
+    _key_bias_kernel[grid](k, mask_t, bias, H, Lk, D, _scales(kind, scale)[1], *k.stride(), stride_mask,
+                           KIND=kind, HAS_MASK=mask is not None, BLOCK_D=head_block(D), **KEY_BIAS_CONFIG)
+    return bias
 
 
 def forward(q, k, v, kind, scale, mask):
@@ -294,15 +292,14 @@ def forward(q, k, v, kind, scale, mask):
     out = torch.empty((B, H, Lq, DV), device=q.device, dtype=q.dtype)
     lse = torch.empty((B, H, Lq), device=q.device, dtype=torch.float32)
     bd, bdv = head_block(D), head_block(DV)
-    cfg = _config(FWD_CONFIGS, max(bd, bdv), q.dtype)
-    qk_scale, bias_scale, _ = _scales(kind, scale)
-    mask_t, stride_mask = _mask_arg(mask, q)
+    cfg = FWD_CONFIGS[(max(bd, bdv), _width(q.dtype))]
+    qk_scale = _scales(kind, scale)[0]
+    bias = key_bias(k, kind, scale, mask)
     grid = (triton.cdiv(Lq, cfg["BLOCK_M"]), B * H)
     _attn_fwd_kernel[grid](
-        q, k, v, mask_t, out, lse, H, Lq, Lk, D, DV, qk_scale, bias_scale,
-        *q.stride(), *k.stride(), *v.stride(), stride_mask, *out.stride(),
-        KIND=kind, HAS_MASK=mask is not None, DOT_PRECISION=_dot_precision(q.dtype),
-        BLOCK_D=bd, BLOCK_DV=bdv, **cfg,
+        q, k, v, q if bias is None else bias, out, lse, H, Lq, Lk, D, DV, qk_scale,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        HAS_BIAS=bias is not None, DOT_PRECISION=_dot_precision(q.dtype), BLOCK_D=bd, BLOCK_DV=bdv, **cfg,
     )
     return out, lse
 
@@ -314,21 +311,18 @@ def backward(do, q, k, v, out, lse, kind, scale, mask):
     delta = torch.empty((B, H, Lq), device=q.device, dtype=torch.float32)
     grid = (triton.cdiv(Lq, DELTA_CONFIG["BLOCK_M"]), B * H)
     _attn_bwd_delta_kernel[grid](out, do, delta, H, Lq, DV, *out.stride(), *do.stride(), BLOCK_DV=bdv, **DELTA_CONFIG)
-    qk_scale, bias_scale, grad_scale = _scales(kind, scale)
-    mask_t, stride_mask = _mask_arg(mask, q)
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    common = dict(KIND=kind, HAS_MASK=mask is not None, DOT_PRECISION=_dot_precision(q.dtype), BLOCK_D=bd,
-                  BLOCK_DV=bdv)
-    cfg = _config(BWD_DKDV_CONFIGS, max(bd, bdv), q.dtype)
-    _attn_bwd_dkdv_kernel[(triton.cdiv(Lk, cfg["BLOCK_N"]), B * H)](
-        q, k, v, mask_t, do, lse, delta, dk, dv, H, Lq, Lk, D, DV, qk_scale, bias_scale, grad_scale,
-        *q.stride(), *k.stride(), *v.stride(), stride_mask, *do.stride(), *dk.stride(), *dv.stride(),
-        **common, **cfg)
-    cfg = _config(BWD_DQ_CONFIGS, max(bd, bdv), q.dtype)
-    _attn_bwd_dq_kernel[(triton.cdiv(Lq, cfg["BLOCK_M"]), B * H)](
-        q, k, v, mask_t, do, lse, delta, dq, H, Lq, Lk, D, DV, qk_scale, bias_scale, grad_scale,
-        *q.stride(), *k.stride(), *v.stride(), stride_mask, *do.stride(), *dq.stride(), **common, **cfg)
-    return dq, dk, dv
+    qk_scale, _, grad_scale = _scales(kind, scale)
+    bias = key_bias(k, kind, scale, mask)
+    dq_acc = torch.zeros((B, H, Lq, bd), device=q.device, dtype=torch.float32)
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    cfg = BWD_CONFIGS[(max(bd, bdv), _width(q.dtype), _arch(q.device))]
+    _attn_bwd_kernel[(triton.cdiv(Lk, cfg["BLOCK_N"]), B * H)](
+        q, k, v, q if bias is None else bias, do, lse, delta, dq_acc, dk, dv, H, Lq, Lk, D, DV, qk_scale, grad_scale,
+        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
+        KIND=kind, HAS_BIAS=bias is not None, DOT_PRECISION=_dot_precision(q.dtype), BLOCK_D=bd, BLOCK_DV=bdv,
+        **cfg)
+    dq = dq_acc[..., :D]
+    return (dq if q.dtype == torch.float32 else dq.to(q.dtype)), dk, dv
 
 
 _TL_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
@@ -337,27 +331,38 @@ _TL_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32
 def report_specs():
     """Every config above, per dtype and kind, for the static kernel report."""
     specs = []
-    tables = ((_attn_fwd_kernel, FWD_CONFIGS, dict(O_ptr=None, LSE_ptr="fp32")),
-              (_attn_bwd_dkdv_kernel, BWD_DKDV_CONFIGS, dict(DO_ptr=None, LSE_ptr="fp32", Delta_ptr="fp32",
-                                                             DK_ptr=None, DV_ptr=None)),
-              (_attn_bwd_dq_kernel, BWD_DQ_CONFIGS, dict(DO_ptr=None, LSE_ptr="fp32", Delta_ptr="fp32",
-                                                         DQ_ptr=None)))
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         t = _TL_NAMES[dtype]
         width = "fp32" if dtype == torch.float32 else "16bit"
+        precision = "tf32" if width == "fp32" else "ieee"
         for kind in (KIND_L2, KIND_DOT):
-            for fn, table, extra in tables:
-                for (bd, w), cfg in table.items():
-                    if w != width:
-                        continue
-                    pointers = dict(Q_ptr=t, K_ptr=t, V_ptr=t, Mask_ptr="i8")
-                    pointers.update({name: ty or t for name, ty in extra.items()})
+            for (bd, w), cfg in FWD_CONFIGS.items():
+                if w == width:
                     specs.append(dict(
-                        kernel=fn, config=f"d{bd}-{'l2' if kind else 'dot'}", dtype=t, tensor_cores=True,
-                        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], pointers=pointers,
-                        floats=("qk_scale", "bias_scale", "grad_scale"),
-                        constexprs=dict(KIND=kind, HAS_MASK=True, DOT_PRECISION="tf32" if width == "fp32" else "ieee",
+                        kernel=_attn_fwd_kernel, config=f"d{bd}-{'l2' if kind else 'dot'}", dtype=t,
+                        tensor_cores=True, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+                        pointers=dict(Q_ptr=t, K_ptr=t, V_ptr=t, Bias_ptr="fp32", O_ptr=t, LSE_ptr="fp32"),
+                        floats=("qk_scale",), divisible=("D", "DV"),
+                        ones=("stride_qd", "stride_kd", "stride_vd", "stride_od"),
+                        constexprs=dict(HAS_BIAS=kind == KIND_L2, DOT_PRECISION=precision, BLOCK_M=cfg["BLOCK_M"],
+                                        BLOCK_N=cfg["BLOCK_N"], BLOCK_D=bd, BLOCK_DV=bd)))
+            for (bd, w, arch), cfg in BWD_CONFIGS.items():
+                if w == width:
+                    specs.append(dict(
+                        kernel=_attn_bwd_kernel, config=f"d{bd}-{'l2' if kind else 'dot'}-{arch}", dtype=t,
+                        targets=(90,) if arch == "sm90" else (80,),
+                        tensor_cores=True, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+                        pointers=dict(Q_ptr=t, K_ptr=t, V_ptr=t, Bias_ptr="fp32", DO_ptr=t, LSE_ptr="fp32",
+                                      Delta_ptr="fp32", DQacc_ptr="fp32", DK_ptr=t, DV_ptr=t),
+                        floats=("qk_scale", "grad_scale"), divisible=("D", "DV"),
+                        ones=("stride_qd", "stride_kd", "stride_vd", "stride_dod", "stride_dkd", "stride_dvd"),
+                        constexprs=dict(KIND=kind, HAS_BIAS=kind == KIND_L2, DOT_PRECISION=precision,
                                         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=bd, BLOCK_DV=bd)))
+        specs.append(dict(
+            kernel=_key_bias_kernel, config="d128-l2-masked", dtype=t, tensor_cores=False,
+            num_warps=KEY_BIAS_CONFIG["num_warps"], num_stages=KEY_BIAS_CONFIG["num_stages"],
+            pointers=dict(K_ptr=t, Mask_ptr="i8", Bias_ptr="fp32"), floats=("bias_scale",),
+            constexprs=dict(KIND=KIND_L2, HAS_MASK=True, BLOCK_N=KEY_BIAS_CONFIG["BLOCK_N"], BLOCK_D=128)))
         specs.append(dict(
             kernel=_attn_bwd_delta_kernel, config="d128", dtype=t, tensor_cores=False,
             num_warps=DELTA_CONFIG["num_warps"], num_stages=DELTA_CONFIG["num_stages"],
