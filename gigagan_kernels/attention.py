@@ -80,28 +80,91 @@ def attention_ref(q, k, v, *, kind="l2", scale=None, key_padding_mask=None):
     return probs @ v
 
 
-def attention_torch(q, k, v, *, kind="l2", scale=None, key_padding_mask=None):
-    """The CPU default: L2 logits as dot logits at 2*scale plus a per-key bias -scale*||k||^2 (the
-    row term cancels in the softmax, SPEC §3), in one baddbmm, with masking folded into the same bias.
-    Still materialises Lq x Lk; plain torch ops, so differentiable to any order."""
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def sdpa_operands(q, k, v, kind, scale):
+    """(q', k', v', scale') such that torch's dot-product SDPA on them is our attention, or the inputs as they
+    are for dot logits.
+
+    L2 logits -s||q_i - k_j||^2 equal 2s (q_i . k_j - ||k_j||^2 / 2) up to the row term -s||q_i||^2, which
+    cancels in the softmax. So q' = [q, 1, 1, 0...] and k' = [k, hi, lo, 0...] with hi + lo = -||k_j||^2 / 2:
+    the norm is reduced in fp32 and split into two parts of the input dtype (hi = the rounded value, lo = its
+    rounding error), so it reaches the tensor cores' fp32 accumulator with ~16 (bf16) or ~22 (fp16) bits,
+    against the fused kernels' 24-bit fp32 bias; in fp32 and fp64 lo is 0 and the bias is exact. All three
+    are padded to one head dim, a multiple of 8, because the flash backend takes only equal head dims."""
+    if kind == "dot":
+        return q, k, v, scale
     B, H, Lq, D = q.shape
-    Lk = k.shape[2]
-    if kind == "l2":
-        bias, alpha = -scale * k.square().sum(-1), 2.0 * scale                     # [B, H, Lk]
-    else:
-        bias, alpha = q.new_zeros((B, H, Lk)), scale
+    Lk, Dv = k.shape[2], v.shape[3]
+    width = _round_up(max(D + 2, Dv), 8)
+    bias = -0.5 * torch.linalg.vector_norm(k, dim=-1, dtype=torch.float32).square()            # [B, H, Lk]
+    hi = bias.to(k.dtype)
+    lo = (bias - hi.float()).to(k.dtype)
+    q_aug = torch.cat([q, q.new_ones(B, H, Lq, 2), q.new_zeros(B, H, Lq, width - D - 2)], dim=-1)
+    k_aug = torch.cat([k, hi[..., None], lo[..., None], k.new_zeros(B, H, Lk, width - D - 2)], dim=-1)
+    v_aug = v if Dv == width else torch.cat([v, v.new_zeros(B, H, Lk, width - Dv)], dim=-1)
+    return q_aug, k_aug, v_aug, 2.0 * scale
+
+
+def attention_sdpa(q, k, v, *, kind="l2", scale=None, key_padding_mask=None):
+    """torch's scaled_dot_product_attention on the operands of sdpa_operands: flash-style on CUDA (flash
+    backend without a mask, memory-efficient or cuDNN with one) and on CPU, so O(L) memory. A row whose
+    keys are all masked attends to every key inside SDPA (which would otherwise return NaN there) and is
+    zeroed after. First-order gradients are SDPA's own; attention() wraps this for higher orders."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    Dv = v.shape[-1]
+    q_, k_, v_, sdpa_scale = sdpa_operands(q, k, v, kind, scale)
+    attn_mask, row_has_keys = None, None
     if key_padding_mask is not None:
-        bias = bias.masked_fill(~key_padding_mask[:, None, :], float("-inf"))
-    logits = torch.baddbmm(bias.reshape(B * H, 1, Lk), q.reshape(B * H, Lq, D), k.reshape(B * H, Lk, D).transpose(1, 2),
-                           alpha=alpha)
-    if key_padding_mask is not None:
-        row_has_keys = key_padding_mask.any(dim=-1).repeat_interleave(H)[:, None, None]   # [B*H, 1, 1]
-        logits = logits.masked_fill(~row_has_keys, 0.0)
-        probs = torch.softmax(logits, dim=-1) * row_has_keys
-    else:
-        probs = torch.softmax(logits, dim=-1)
-    return torch.bmm(probs, v.reshape(B * H, Lk, v.shape[3])).view(B, H, Lq, v.shape[3])
+        row_has_keys = key_padding_mask.any(dim=-1)                                             # [B]
+        attn_mask = (key_padding_mask | ~row_has_keys[:, None])[:, None, None, :]
+    out = torch.nn.functional.scaled_dot_product_attention(q_, k_, v_, attn_mask=attn_mask, scale=sdpa_scale)
+    if out.shape[-1] != Dv:
+        out = out[..., :Dv]
+    if row_has_keys is not None:
+        out = out * row_has_keys[:, None, None, None].to(out.dtype)
+    return out
+
+
+def _reference_grads(q, k, v, kind, scale, mask, grad_out):
+    """Gradients through the reference with create_graph=True, so that higher orders are exact."""
+    with torch.enable_grad():
+        # view_as gives each argument its own graph node, so a tied q is k gets per-argument grads.
+        q_, k_, v_ = (t.view_as(t) if t.requires_grad else t for t in (q, k, v))
+        ref = attention_ref(q_, k_, v_, kind=kind, scale=scale, key_padding_mask=mask)
+        wanted = [t for t in (q_, k_, v_) if t.requires_grad]
+        grads = iter(torch.autograd.grad(ref, wanted, grad_out, create_graph=True))
+    return tuple(next(grads) if t.requires_grad else None for t in (q_, k_, v_))
+
+
+class _SdpaAttention(torch.autograd.Function):
+    """attention_sdpa with SDPA's first-order backward, and the reference's under create_graph=True (SDPA's
+    flash and memory-efficient backwards are not differentiable). The forward records SDPA's graph on
+    detached inputs and the backward replays it, so nothing is recomputed."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, kind, scale, mask):
+        inner = [t.detach().requires_grad_(t.requires_grad) for t in (q, k, v)]
+        with torch.enable_grad():
+            out = attention_sdpa(*inner, kind=kind, scale=scale, key_padding_mask=mask)
+        ctx.save_for_backward(q, k, v)
+        ctx.inner = (out, inner)
+        ctx.options = (kind, scale, mask)
+        return out.detach()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        kind, scale, mask = ctx.options
+        out, inner = ctx.inner
+        if torch.is_grad_enabled():
+            q, k, v = ctx.saved_tensors
+            return (*_reference_grads(q, k, v, kind, scale, mask, grad_out), None, None, None)
+        wanted = [t for t in inner if t.requires_grad]
+        grads = iter(torch.autograd.grad(out, wanted, grad_out) if wanted else ())
+        ctx.inner = None
+        return (*(next(grads) if t.requires_grad else None for t in inner), None, None, None)
 
 
 _KIND_CODES = {"dot": 0, "l2": 1}
@@ -151,14 +214,7 @@ def _make_backward(fused_backward):
         kind, scale = ctx.options
         if torch.is_grad_enabled():
             # create_graph=True: differentiate the reference so that higher orders are exact.
-            with torch.enable_grad():
-                # view_as gives each argument its own graph node, so a tied q is k gets per-argument grads.
-                q_, k_, v_ = (t.view_as(t) if t.requires_grad else t for t in (q, k, v))
-                ref = attention_ref(q_, k_, v_, kind=kind, scale=scale, key_padding_mask=mask)
-                wanted = [t for t in (q_, k_, v_) if t.requires_grad]
-                grads = iter(torch.autograd.grad(ref, wanted, grad_out, create_graph=True))
-            dq, dk, dv = (next(grads) if t.requires_grad else None for t in (q_, k_, v_))
-            return dq, dk, dv, None, None, None
+            return (*_reference_grads(q, k, v, kind, scale, mask, grad_out), None, None, None)
         dq, dk, dv = fused_backward(grad_out.contiguous(), q, k, v, out, lse, kind, scale, mask)
         return dq, dk, dv, None, None, None
     return backward
@@ -200,7 +256,10 @@ def attention(q, k, v, *, kind="l2", scale=None, key_padding_mask=None, impl="au
     if chosen == "ref" or q.numel() == 0 or k.shape[2] == 0:
         return attention_ref(q, k, v, kind=kind, scale=scale, key_padding_mask=key_padding_mask)
     if chosen == "torch":
-        return attention_torch(q, k, v, kind=kind, scale=scale, key_padding_mask=key_padding_mask)
+        if torch.compiler.is_compiling():
+            # dynamo traces SDPA itself; the Function's replayed inner graph is not traceable (first order only).
+            return attention_sdpa(q, k, v, kind=kind, scale=scale, key_padding_mask=key_padding_mask)
+        return _SdpaAttention.apply(q, k, v, kind, scale, key_padding_mask)
     if chosen == "triton":
         from . import attention_triton as kernels
         max_head_dim, fused_op = kernels.MAX_HEAD_DIM, _triton_fwd_op
