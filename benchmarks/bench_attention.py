@@ -2,11 +2,13 @@
 
 Providers:
   ref        materialised logits (the oracle every test uses): the naive baseline
-  sdpa_bias  the best a user can do without us: torch SDPA with the L2 identity as an explicit additive
+  sdpa_bias  what a user would write with torch alone: SDPA with the L2 identity as an explicit additive
              bias -scale*||k||^2 (and the mask folded in), which forces a materialised bias tensor
+  torch      our SDPA composite: L2 as dot attention on augmented vectors, the mask as SDPA's bool mask
   triton     the fused flash-style kernels
   cuda       the CUDA C++ extension, when built
-  floor      torch SDPA dot-product attention (flash backend where available) of the same shape
+  auto       what a user gets by default: the cost model's pick per call between torch and triton
+  floor      torch SDPA dot-product attention (flash backend where available) of the same shape, no mask
 
     python -m benchmarks.bench_attention [--shapes self_4096,...] [--providers ...]
 """
@@ -29,12 +31,14 @@ GPU_SHAPES = {
     "self_1024": dict(B=16, H=8, Lq=1024, Lk=1024, D=64, kind="l2", masked=False),
     "self_4096": dict(B=16, H=8, Lq=4096, Lk=4096, D=64, kind="l2", masked=False),
     "cross_1024x77": dict(B=16, H=8, Lq=1024, Lk=77, D=64, kind="dot", masked=True),
+    # L2 with a key padding mask (e.g. a batch of variable-size images): SDPA cannot use its flash backend.
+    "self_4096_masked": dict(B=16, H=8, Lq=4096, Lk=4096, D=64, kind="l2", masked=True),
 }
 CPU_SHAPES = {
     "cpu_self_256": dict(B=2, H=4, Lq=256, Lk=256, D=32, kind="l2", masked=False),
     "cpu_cross_256x77": dict(B=2, H=4, Lq=256, Lk=77, D=32, kind="dot", masked=True),
 }
-PROVIDERS = ("ref", "sdpa_bias", "torch", "triton", "cuda", "floor")
+PROVIDERS = ("ref", "sdpa_bias", "torch", "triton", "cuda", "auto", "floor")
 
 
 def make_inputs(shape, device, dtype, seed=0):
@@ -74,7 +78,7 @@ def forward_fn(provider, inp, shape):
 
 
 def available(provider, device):
-    if provider in ("ref", "sdpa_bias", "floor", "torch"):
+    if provider in ("ref", "sdpa_bias", "floor", "torch", "auto"):
         return None
     if provider == "triton" and device.type == "cpu":
         return "the Triton interpreter is a correctness tool, not timed"

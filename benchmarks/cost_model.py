@@ -1,6 +1,7 @@
-"""The adaptive_modconv2d cost model against the measurements: per provider and GPU benchmark shape, the
-predicted time (gigagan_kernels/cost_model.py: FLOPs, HBM bytes and serial steps at the card's fitted
-rates) beside the latest committed measurement, and each prediction's stages.
+"""The cost model against the measurements, for adaptive_modconv2d and attention: per provider and GPU
+benchmark shape, the predicted time (gigagan_kernels/cost_model.py: FLOPs, HBM bytes and serial steps at
+the card's fitted rates, and for attention a host floor per call) beside the latest committed measurement,
+and each prediction's stages.
 
     python -m benchmarks.cost_model                 # the table, and the "weights" strategy's stages
     python -m benchmarks.cost_model --check         # exit 1 if a committed H200 measurement of ref, torch or
@@ -17,6 +18,7 @@ import sys
 
 from gigagan_kernels import adaptive_modconv, cost_model
 
+from . import bench_attention
 from .bench_adaptive_modconv import GPU_SHAPES, OP, PROVIDERS
 from .common import RESULTS_DIR, read_rows
 from .summary import latest
@@ -96,6 +98,51 @@ def misses(table, providers=CHECKED, tolerance=TOLERANCE):
             and abs(row[4] / row[5] - 1) > tolerance]
 
 
+# attention: what each provider ran, today and in older results files; the checked ones are fit rows.
+ATTENTION_CHECKED = ("floor", "triton", "ref")
+ATTENTION_MEASURED_AS = {"nvidia_h200_2026-11-26.csv": {"torch": "torch_materialised", "triton": "triton_v1"}}
+
+
+def attention_shape(params):
+    return cost_model.AttentionShape(params["B"], params["H"], params["Lq"], params["Lk"], params["D"], params["D"],
+                                     params["kind"], params["masked"])
+
+
+def attention_formulation(provider, params, csv_name=None):
+    then = ATTENTION_MEASURED_AS.get(csv_name or "", {})
+    if provider in then:
+        return then[provider]
+    if provider in ("ref", "sdpa_bias", "floor", "torch", "triton"):
+        return provider
+    if provider == "auto":
+        import torch
+        from gigagan_kernels.attention import auto_cuda_order
+        q = (params["B"], params["H"], params["Lq"], params["D"])
+        k = (params["B"], params["H"], params["Lk"], params["D"])
+        return auto_cuda_order(q, k, k, params["kind"], params["masked"], torch.bfloat16)[0]
+    return None                                                     # cuda: not modelled
+
+
+def attention_compare(paths):
+    measured = {}
+    for path in paths:
+        rows = [r for r in read_rows(path) if r["op"] == bench_attention.OP and r["metric"] == "median_ms"
+                and r["dtype"] == "bfloat16" and not r["device"].startswith("cpu")]
+        for r in latest(rows):
+            measured[(r["shape"], r["provider"], r["mode"])] = (float(r["value"]), os.path.basename(path))
+    table = []
+    for shape_name, params in bench_attention.GPU_SHAPES.items():
+        for provider in bench_attention.PROVIDERS:
+            for mode in cost_model.MODES:
+                ms, csv_name = measured.get((shape_name, provider, mode), (None, None))
+                form = attention_formulation(provider, params, csv_name)
+                if form is None:
+                    continue
+                predicted = cost_model.attention_seconds(form, attention_shape(params), mode) * 1e3
+                table.append((shape_name, provider, mode, form, predicted, ms, csv_name))
+    return table
+
+
 def stages_text(form: str) -> str:
     lines = []
     for shape_name, params in GPU_SHAPES.items():
@@ -127,11 +174,20 @@ def main(argv=None):
               f"{f'{ms:.3f}' if ms else '-'} | {ratio} |")
     print("\nThe \"weights\" strategy's predicted stages (H200, bf16):")
     print(stages_text("triton_weights"))
-    bad = misses(table)
+    attention_table = attention_compare(paths)
+    print(f"\nattention on {cost_model.H200_ATTENTION.name} (bf16, B16 H8 d64): predicted vs measured\n")
+    print("| shape | provider | mode | formulation | predicted ms | measured ms | predicted / measured |")
+    print("|---|---|---|---|---|---|---|")
+    for shape_name, provider, mode, form, predicted, ms, _ in attention_table:
+        ratio = f"{predicted / ms:.2f}" if ms else "unmeasured"
+        print(f"| {shape_name} | {provider} | {mode} | {form} | {predicted:.3f} | "
+              f"{f'{ms:.3f}' if ms else '-'} | {ratio} |")
+    bad = misses(table) + misses(attention_table, ATTENTION_CHECKED)
     if args.check:
         checked = [row for row in table if row[1] in CHECKED and row[5] is not None]
-        print(f"\ncheck: {len(checked)} measurements of {', '.join(CHECKED)}, {len(bad)} missed by more than "
-              f"{TOLERANCE:.0%}")
+        checked += [row for row in attention_table if row[1] in ATTENTION_CHECKED and row[5] is not None]
+        print(f"\ncheck: {len(checked)} measurements (modconv: {', '.join(CHECKED)}; attention: "
+              f"{', '.join(ATTENTION_CHECKED)}), {len(bad)} missed by more than {TOLERANCE:.0%}")
         for row in bad:
             print("  miss: " + json.dumps(dict(zip(("shape", "provider", "mode", "formulation", "predicted_ms",
                                                     "measured_ms", "csv"), row))))

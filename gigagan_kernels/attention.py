@@ -1,12 +1,13 @@
-"""Attention with L2-distance or dot-product logits and a key padding mask (SPEC §3).
+"""Attention with L2-distance or dot-product logits and a key padding mask.
 
     kind "l2":  logit[i, j] = -scale * ||q_i - k_j||^2     (GigaGAN's Lipschitz self-attention)
     kind "dot": logit[i, j] =  scale * <q_i, k_j>
     out = softmax_j(logits, masked keys -> -inf) @ v;  a row with every key masked returns zeros.
 
 This module holds the public function, validation, the reference ("ref": materialised logits, the
-oracle and the naive baseline), a leaner plain-torch composite ("torch", the CPU default) and the
-torch.library registration of the flash-style fused paths: the Triton kernels (attention_triton.py)
+oracle and the naive baseline), the SDPA composite ("torch": torch's scaled_dot_product_attention on
+operands that make it compute L2 logits exactly, the CPU default), the per-call choice of "auto", and
+the torch.library registration of the flash-style fused paths: the Triton kernels (attention_triton.py)
 and the CUDA C++ kernels (csrc/attention.{cu,cpp}, ops gigagan_kernels_cuda::attention_*, whose fake
 kernels and autograd are registered here).
 
@@ -236,6 +237,35 @@ def cuda_forward_op():
                                    _setup_context)
 
 
+_CUDA_ORDERS: dict = {}
+
+
+def auto_cuda_order(q_shape, k_shape, v_shape, kind, masked, dtype) -> tuple:
+    """impl="auto"'s order of preference on CUDA for one call, fastest first as the cost model predicts
+    forward + backward (gigagan_kernels/cost_model.py, fit to the committed H200 measurements): the SDPA
+    composite ("torch") or the Triton kernels; Triton only where its kernels run (head dims <= 128, fp32 /
+    fp16 / bf16); the CUDA extension last (opt-in: unmeasured since its fix). Under torch.compile Triton
+    comes first, since the composite is first-order only there. A plain dict cache, which dynamo traces."""
+    key = (tuple(q_shape), tuple(k_shape), tuple(v_shape), kind, bool(masked), dtype)
+    if key not in _CUDA_ORDERS:
+        from . import cost_model
+        from .attention_triton import MAX_HEAD_DIM
+        (B, H, Lq, D), Lk, Dv = q_shape, k_shape[2], v_shape[3]
+        shape = cost_model.AttentionShape(B, H, Lq, Lk, D, Dv, kind, bool(masked),
+                                          4 if dtype == torch.float32 else 2)
+        candidates = ["torch"]
+        if backend.triton_installed() and max(D, Dv) <= MAX_HEAD_DIM and dtype in backend.KERNEL_DTYPES:
+            candidates.append("triton")
+        candidates.sort(key=lambda f: cost_model.attention_seconds(f, shape))                       # stable
+        if max(D, Dv) <= CUDA_MAX_HEAD_DIM:
+            candidates.append("cuda")
+        _CUDA_ORDERS[key] = tuple(candidates)
+    order = _CUDA_ORDERS[key]
+    if torch.compiler.is_compiling() and "triton" in order:
+        order = ("triton",) + tuple(c for c in order if c != "triton")
+    return order
+
+
 def attention(q, k, v, *, kind="l2", scale=None, key_padding_mask=None, impl="auto"):
     """Softmax attention with L2-distance ("l2") or dot-product ("dot") logits.
 
@@ -245,14 +275,19 @@ def attention(q, k, v, *, kind="l2", scale=None, key_padding_mask=None, impl="au
         kind: "l2" (logit = -scale ||q_i - k_j||^2) or "dot" (logit = scale <q_i, k_j>).
         scale: default 1/sqrt(D).
         key_padding_mask: [B, Lk] bool, True = attend. A row with every key masked returns zeros.
-        impl: "auto", "ref", "torch", "triton" or "cuda" (see gigagan_kernels.backend).
+        impl: "auto", "ref", "torch", "triton" or "cuda" (see gigagan_kernels.backend). "torch" is torch's
+            scaled_dot_product_attention on exact operands (attention_sdpa); on CUDA "auto" takes it or the
+            Triton kernels per call, whichever the cost model predicts faster (auto_cuda_order).
 
-    Accumulation is fp32; the fused path keeps O(L) memory (only the row log-sum-exp is saved).
-    Gradients of every order are supported for every impl.
+    Accumulation is fp32; the SDPA, Triton and CUDA paths keep O(L) memory (only the row log-sum-exp is
+    saved). Gradients of every order are supported for every impl: create_graph=True backwards run through
+    the reference. One exception: under torch.compile, impl="torch" is first-order (auto picks Triton there).
     """
     validate(q, k, v, kind, scale, key_padding_mask)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    chosen = backend.resolve_impl(impl, q.device, OP_NAME, q.dtype)
+    order = (auto_cuda_order(q.shape, k.shape, v.shape, kind, key_padding_mask is not None, q.dtype)
+             if impl == "auto" and q.device.type == "cuda" else None)
+    chosen = backend.resolve_impl(impl, q.device, OP_NAME, q.dtype, cuda_order=order)
     if chosen == "ref" or q.numel() == 0 or k.shape[2] == 0:
         return attention_ref(q, k, v, kind=kind, scale=scale, key_padding_mask=key_padding_mask)
     if chosen == "torch":

@@ -126,10 +126,8 @@ def unavailable_reason(impl: str, device: torch.device, op: str, dtype: torch.dt
     raise AssertionError(impl)
 
 
-# Order in which "auto" tries backends on CUDA when the op gives none, fastest first as measured at GigaGAN's
-# shapes (benchmarks/NOTES.md, H200, bf16, forward + backward). attention: Triton beat the composite 1.5x at
-# 1024 tokens (1.18 against 1.80 ms) and 2.4x at 4096 (11.5 against 27.1 ms). adaptive_modconv2d passes its
-# own per-shape order from the cost model; this one is its fallback.
+# Order in which "auto" tries backends on CUDA when the op gives none. Both ops pass their own per-call order
+# from the cost model (gigagan_kernels/cost_model.py); these are the fallbacks.
 _AUTO_CUDA_ORDER = {"adaptive_modconv2d": ("triton", "torch", "cuda"), "attention": ("triton", "cuda", "torch")}
 
 

@@ -304,3 +304,196 @@ def modconv_seconds(formulation: str, x_shape, bank_shape, mode: str = "fwd+bwd"
 
 def fastest(formulations, x_shape, bank_shape, mode: str = "fwd+bwd", **kwargs) -> str:
     return min(formulations, key=lambda f: modconv_seconds(f, x_shape, bank_shape, mode, **kwargs))
+
+
+# ----------------------------------------------------------------------------------------------
+# attention. Notation: BH = B*H programs' worth of heads, Lq queries, Lk keys, head dims D (q, k) and Dv;
+# a forward's FLOPs are 2*BH*Lq*Lk*(D + Dv) (two matmuls), a backward's 2.5x that (five: S, dP, dV, dK,
+# dQ) for flash-style kernels that keep the row LSE. Kernels tile the keys, so Lk counts rounded up to a
+# tile. Small calls are bound by the host (Python, autograd, launches), not the card: each formulation
+# has a host floor per mode, and a call takes the larger of its host floor and its GPU stages.
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AttentionCard:
+    name: str
+    hbm: float
+    launch: float
+    flash_fwd: tuple        # (s, FLOP/s): torch SDPA, flash backend (fit: the floor provider)
+    flash_bwd: tuple
+    mem_efficient_fwd: tuple    # SDPA with a mask or bias (memory-efficient backend; fit: sdpa_bias at 77 keys)
+    mem_efficient_bwd: tuple
+    triton_v1: tuple        # (fwd FLOP/s, bwd FLOP/s): the first Triton kernels (32-key tiles, 7-matmul backward)
+    triton_fwd: float       # FLOP/s of today's Triton forward (64-key tiles, fp32 key bias): unmeasured
+    triton_bwd: float       # FLOP/s of the one-pass backward incl. its dQ atomics: unmeasured
+    host: dict              # formulation -> (fwd s, bwd s, fwd+bwd s): the host floor of one call
+
+
+# Fit to nvidia_h200_2026-11-26.csv (bf16, B16 H8 d64):
+# - flash: the floor provider, 550 GFLOP forward in 1.22 ms and 1.37 TFLOP backward in 3.18 ms at 4096
+#   tokens; 1024 tokens fits the same rates within 5% after a fixed cost.
+# - mem_efficient: SDPA with a [B, 1, 1, 77] additive mask (sdpa_bias at cross_1024x77), mostly fixed cost;
+#   its rates at long sequences are not measured (the Hopper FLOP rates below are the cutlass kernel's
+#   published ballpark, ~2/3 of flash).
+# - triton_v1: the first kernels ran 271 TFLOP/s forward and 1.92 TFLOP (7 matmuls) in 9.5 ms backward.
+# - host: the 256-token and 77-key calls, where every provider's time is flat in the work: ~0.45-0.5 ms per
+#   backward through a custom op or a materialising composite, 0.09 for SDPA's own; a forward that records
+#   autograd state (fwd+bwd) costs the custom op ~0.45 ms more than one without (fwd).
+# - sdpa_bias is a baseline, not a route: with L2 its bias needs a gradient and its backward left the fused
+#   backends (15.9 ms at 4096 tokens, slower than the forward's rate predicts 3x); only its masked dot
+#   form is modelled.
+H200_ATTENTION = AttentionCard(
+    name="NVIDIA H200", hbm=3.6e12, launch=5e-6,
+    flash_fwd=(10e-6, 460e12), flash_bwd=(70e-6, 440e12),
+    mem_efficient_fwd=(50e-6, 300e12), mem_efficient_bwd=(60e-6, 250e12),
+    triton_v1=(271e12, 203e12),
+    triton_fwd=380e12, triton_bwd=300e12,
+    host={
+        "ref": (0.125e-3, 0.50e-3, 1.0e-3), "torch_materialised": (0.11e-3, 0.50e-3, 0.95e-3),
+        "sdpa_bias": (0.045e-3, 0.09e-3, 0.17e-3), "floor": (0.012e-3, 0.085e-3, 0.10e-3),
+        "triton_v1": (0.055e-3, 0.45e-3, 0.95e-3),
+        # unmeasured: v1's host work plus one launch forward (key bias) and two backward (key bias, dQ cast)
+        "triton": (0.06e-3, 0.45e-3, 0.98e-3),
+        # unmeasured: SDPA's own plus the augmentation ops and the autograd.Function replaying its graph; on
+        # this project's CPU machine that wrapper cost 0.08 ms and the L2 augmentation 0.2 ms per fwd+bwd
+        "torch": (0.07e-3, 0.20e-3, 0.30e-3),
+    },
+)
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    B: int
+    H: int
+    Lq: int
+    Lk: int
+    D: int
+    Dv: int
+    kind: str = "l2"
+    masked: bool = False
+    element_size: int = 2
+
+    @property
+    def BH(self): return self.B * self.H
+
+    def fwd_flops(self, key_tile=1, width=None):
+        lk = -(-self.Lk // key_tile) * key_tile
+        d = width or self.D
+        dv = width or self.Dv
+        return 2.0 * self.BH * self.Lq * lk * (d + dv)
+
+    def bytes(self, *dims_per_row):
+        return self.BH * sum(dims_per_row) * self.element_size
+
+
+def _attn_stage(card, name, *, fixed=0.0, flops=0.0, rate=1.0, hbm_bytes=0.0, launches=1):
+    parts = {"mma": flops / rate, "hbm": hbm_bytes / card.hbm}
+    bound = max(parts, key=parts.get)
+    return Stage(name, fixed + parts[bound] + launches * card.launch, bound if parts[bound] > 0 else "launch")
+
+
+def _attn_ref(card, s: AttentionShape, materialised_passes=(19, 16)):
+    """Materialised logits: the time is passes over the Lq x Lk tensors (fit: 19 forward, 16 backward for ref)."""
+    logits = s.BH * s.Lq * s.Lk * s.element_size
+    mask = [_attn_stage(card, "mask: two fills, a product", hbm_bytes=8 * logits, launches=5)] if s.masked else []
+    return ([_attn_stage(card, "logits, softmax, P @ V (materialised)", hbm_bytes=materialised_passes[0] * logits,
+                         launches=10)] + mask,
+            [_attn_stage(card, "autograd through them", hbm_bytes=materialised_passes[1] * logits, launches=12)])
+
+
+def _attn_torch_materialised(card, s):
+    """The torch composite before SDPA (baddbmm, softmax, bmm; fit: 12 passes forward, 10 backward)."""
+    return _attn_ref(card, s, (12, 10))
+
+
+def _attn_floor(card, s):
+    (ff, rf), (fb, rb) = card.flash_fwd, card.flash_bwd
+    return ([_attn_stage(card, "SDPA flash", fixed=ff, flops=s.fwd_flops(128), rate=rf, launches=0)],
+            [_attn_stage(card, "SDPA flash backward", fixed=fb, flops=2.5 * s.fwd_flops(128), rate=rb, launches=0)])
+
+
+def _attn_sdpa_bias(card, s):
+    """SDPA with an explicit additive bias: [B, H, Lq, Lk] for L2 (written, read, and its gradient written
+    backward), [B, 1, 1, Lk] for a mask alone."""
+    (ff, rf), (fb, rb) = card.mem_efficient_fwd, card.mem_efficient_bwd
+    bias = s.BH * s.Lq * s.Lk * s.element_size if s.kind == "l2" else 0
+    return ([_attn_stage(card, "bias", hbm_bytes=bias, launches=3),
+             _attn_stage(card, "SDPA memory-efficient", fixed=ff, flops=s.fwd_flops(64), rate=rf,
+                         hbm_bytes=bias, launches=0)],
+            [_attn_stage(card, "SDPA memory-efficient backward", fixed=fb, flops=2.5 * s.fwd_flops(64), rate=rb,
+                         hbm_bytes=2 * bias, launches=0)])
+
+
+def _attn_torch(card, s):
+    """Today's torch composite (attention.attention_sdpa): SDPA on augmented operands for L2 (head dim
+    rounded up to a multiple of 8 past D + 2, q/k/v concatenated, the output sliced), flash without a mask,
+    memory-efficient with one (plus the empty-row fix: two tiny ops and one pass over the output)."""
+    width = -(-max(s.D + 2, s.Dv) // 8) * 8 if s.kind == "l2" else None
+    (ff, rf), (fb, rb) = (card.mem_efficient_fwd, card.mem_efficient_bwd) if s.masked else (card.flash_fwd,
+                                                                                             card.flash_bwd)
+    tile = 64 if s.masked else 128
+    fwd, bwd = [], []
+    if width:
+        rows = (s.Lq * (s.D + width), s.Lk * (s.D + width + s.Dv + width))
+        fwd.append(_attn_stage(card, "key norms, concatenations", hbm_bytes=s.bytes(*rows), launches=4))
+        bwd.append(_attn_stage(card, "gradients of the concatenations and norms",
+                               hbm_bytes=s.bytes(s.Lq * (s.Dv + width), *rows), launches=5))
+    if s.masked:
+        fwd.append(_attn_stage(card, "empty-row fix", hbm_bytes=s.bytes(2 * s.Lq * s.Dv), launches=3))
+        bwd.append(_attn_stage(card, "empty-row fix backward", hbm_bytes=s.bytes(2 * s.Lq * s.Dv), launches=1))
+    name = "SDPA memory-efficient" if s.masked else "SDPA flash"
+    fwd.append(_attn_stage(card, name, fixed=ff, flops=s.fwd_flops(tile, width), rate=rf, launches=0))
+    bwd.append(_attn_stage(card, name + " backward", fixed=fb, flops=2.5 * s.fwd_flops(tile, width), rate=rb,
+                           launches=0))
+    return fwd, bwd
+
+
+def _attn_triton_v1(card, s):
+    rf, rb = card.triton_v1
+    return ([_attn_stage(card, "forward (32-key tiles)", flops=s.fwd_flops(32), rate=rf)],
+            [_attn_stage(card, "delta", hbm_bytes=s.bytes(2 * s.Lq * s.Dv)),
+             _attn_stage(card, "dK/dV and dQ kernels (7 matmuls)", flops=3.5 * s.fwd_flops(32), rate=rb, launches=2)])
+
+
+def _attn_triton(card, s):
+    """attention_triton.py: key bias, forward; backward = delta, key bias, one pass (dQ by fp32 atomics), dQ cast."""
+    key_bias = _attn_stage(card, "key bias", hbm_bytes=s.bytes(s.Lk * s.D) if s.kind == "l2" or s.masked else 0,
+                           launches=1 if s.kind == "l2" or s.masked else 0)
+    dq_bytes = s.BH * s.Lq * s.D * 4
+    return ([key_bias, _attn_stage(card, "forward (64-key tiles)", flops=s.fwd_flops(64), rate=card.triton_fwd)],
+            [_attn_stage(card, "delta, dQ buffer zeroed", hbm_bytes=s.bytes(2 * s.Lq * s.Dv) + dq_bytes, launches=2),
+             key_bias,
+             _attn_stage(card, "one-pass backward (5 matmuls, dQ atomics)", flops=2.5 * s.fwd_flops(128),
+                         rate=card.triton_bwd),
+             _attn_stage(card, "dQ cast", hbm_bytes=dq_bytes + s.bytes(s.Lq * s.D))])
+
+
+ATTENTION_FORMULATIONS = {
+    "ref": _attn_ref,
+    "torch_materialised": _attn_torch_materialised,
+    "sdpa_bias": _attn_sdpa_bias,
+    "floor": _attn_floor,
+    "torch": _attn_torch,
+    "triton_v1": _attn_triton_v1,
+    "triton": _attn_triton,
+}
+
+
+def attention_seconds(formulation: str, shape: AttentionShape, mode: str = "fwd+bwd",
+                      card: AttentionCard = H200_ATTENTION) -> float:
+    """Predicted time of one call: per pass, the larger of the host floor and the GPU stages."""
+    if formulation not in ATTENTION_FORMULATIONS:
+        raise ValueError(f"attention_seconds: unknown formulation {formulation!r}; "
+                         f"choose from {sorted(ATTENTION_FORMULATIONS)}")
+    if mode not in MODES:
+        raise ValueError(f"attention_seconds: mode must be one of {MODES}, got {mode!r}")
+    fwd, bwd = ATTENTION_FORMULATIONS[formulation](card, shape)
+    host_fwd, host_bwd, host_both = card.host[formulation]
+    gpu_fwd, gpu_bwd = sum(st.seconds for st in fwd), sum(st.seconds for st in bwd)
+    return {"fwd": max(host_fwd, gpu_fwd), "bwd": max(host_bwd, gpu_bwd),
+            "fwd+bwd": max(host_both, gpu_fwd + gpu_bwd)}[mode]
+
+
+def attention_stages(formulation: str, shape: AttentionShape, mode: str = "fwd+bwd",
+                     card: AttentionCard = H200_ATTENTION) -> list[Stage]:
+    fwd, bwd = ATTENTION_FORMULATIONS[formulation](card, shape)
+    return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[mode]

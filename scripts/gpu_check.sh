@@ -92,7 +92,7 @@ if want bench; then
   else
     bench "$(cap 120 110)" --ops adaptive_modconv2d --dtypes bfloat16,float16 "${no_cuda[@]}"; bench_rc=$?
     bench "$(cap 60 50)" --ops e2e "${no_cuda[@]}" || bench_rc=$?
-    bench "$(cap 45 10)" --ops attention "${no_cuda[@]}" || bench_rc=$?
+    bench "$(cap 70 10)" --ops attention "${no_cuda[@]}" || bench_rc=$?
   fi
   say "benchmarks rc=$bench_rc"
   cp "$WORK/results/results.csv" "$OUT_DIR/" 2>/dev/null
