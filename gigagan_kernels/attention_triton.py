@@ -321,8 +321,10 @@ def backward(do, q, k, v, out, lse, kind, scale, mask):
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
         KIND=kind, HAS_BIAS=bias is not None, DOT_PRECISION=_dot_precision(q.dtype), BLOCK_D=bd, BLOCK_DV=bdv,
         **cfg)
-    dq = dq_acc[..., :D]
-    return (dq if q.dtype == torch.float32 else dq.to(q.dtype)), dk, dv
+    if q.dtype == torch.float32 and D == bd and q.is_contiguous():
+        return dq_acc, dk, dv
+    # dQ in q's dtype and layout (what the op's fake kernel promises: empty_like(q)), cast in the copy.
+    return torch.empty_like(q).copy_(dq_acc[..., :D]), dk, dv
 
 
 _TL_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}

@@ -242,3 +242,92 @@ def test_empty_inputs(impl, device):
     q, k, v = (torch.randn(0, 2, 3, 16, device=device), torch.randn(0, 2, 5, 16, device=device),
                torch.randn(0, 2, 5, 16, device=device))
     assert gk.attention(q, k, v, impl=impl).shape == (0, 2, 3, 16)
+
+
+@pytest.mark.parametrize("impl", ["ref", "torch"])
+@pytest.mark.parametrize("D", [16, 24, 200, 256])
+def test_head_dims_beyond_the_kernels(impl, D, device, poison_outputs):
+    """Head dims 16 to 256: the composite runs any of them (the kernels stop at 128, see below)."""
+    q, k, v, m = make_qkv(1, 2, 9, 11, D, 24, dtype=torch.float32, device=device, seed=D + 1, mask="random")
+    check(q, k, v, m, impl, torch.float32, kind="l2")
+
+
+def test_triton_refuses_head_dims_above_its_tables(device):
+    q = torch.randn(1, 1, 4, 256, device=device)
+    with pytest.raises(ValueError, match=r"impl='triton'\): q head dim 256 exceeds 128"):
+        gk.attention(q, q, q, impl="triton")
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+@pytest.mark.parametrize("kind", ["l2", "dot"])
+@pytest.mark.parametrize("mask", [None, "random", "with_empty_row"])
+def test_one_key(impl, kind, mask, device, poison_outputs):
+    """Lk = 1: every visible row puts its whole weight on the one key (or is empty)."""
+    q, k, v, m = make_qkv(2, 2, 7, 1, 16, 16, dtype=torch.float32, device=device, seed=11, mask=mask)
+    out = check(q, k, v, m, impl, torch.float32, kind=kind)
+    if mask is None:
+        assert torch.allclose(out, v.expand_as(out), atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+def test_non_contiguous_inputs(impl, device, poison_outputs):
+    """Tokens-major projections viewed as [B, H, L, D] (what a model's reshape/transpose gives) and a mask
+    sliced out of a wider one."""
+    g = torch.Generator().manual_seed(12)
+    B, H, L, Lk, D = 2, 3, 21, 17, 16
+    q = torch.randn(B, L, H, D, generator=g).to(device).transpose(1, 2)
+    kv = torch.randn(B, Lk, 2, H, D, generator=g).to(device)
+    k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+    wide = torch.rand(B, 2 * Lk, generator=g).to(device) > 0.3
+    mask = wide[:, ::2]
+    mask[:, 0] = True
+    assert not (q.is_contiguous() or k.is_contiguous() or mask.is_contiguous())
+    check(q, k, v, mask, impl, torch.float32, kind="l2")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_sdpa_route_carries_the_key_norm_in_two_parts(dtype):
+    """The L2 route's key bias reaches SDPA as hi + lo in the input dtype: together far finer than hi alone."""
+    k = torch.randn(2, 3, 50, 64, dtype=torch.float64) * 3
+    q = torch.randn(2, 3, 5, 64, dtype=torch.float64)
+    q_aug, k_aug, v_aug, scale = attn_mod.sdpa_operands(q.to(dtype), k.to(dtype), k.to(dtype), "l2", 0.125)
+    assert scale == 0.25 and q_aug.shape[-1] % 8 == 0 and q_aug.shape[-1] == k_aug.shape[-1] == v_aug.shape[-1]
+    want = -0.5 * k.to(dtype).double().square().sum(-1)
+    hi, lo = k_aug[..., 64].double(), k_aug[..., 65].double()
+    err_hi = ((hi - want).abs() / want.abs()).max().item()
+    err_both = ((hi + lo - want).abs() / want.abs()).max().item()
+    assert err_both < 1e-4 and err_both < err_hi / 30, (err_hi, err_both)
+    assert torch.equal(q_aug[..., 64:66], torch.ones_like(q_aug[..., 64:66])) and not q_aug[..., 66:].any()
+
+
+def test_auto_order_never_picks_a_path_that_cannot_run():
+    order = attn_mod.auto_cuda_order
+    assert "triton" not in order((2, 2, 64, 256), (2, 2, 64, 256), (2, 2, 64, 256), "l2", False, torch.bfloat16)
+    assert "cuda" not in order((2, 2, 64, 256), (2, 2, 64, 256), (2, 2, 64, 256), "l2", False, torch.bfloat16)
+    assert "triton" not in order((2, 2, 64, 64), (2, 2, 64, 64), (2, 2, 64, 64), "l2", False, torch.float64)
+    assert order((2, 2, 64, 64), (2, 2, 64, 64), (2, 2, 64, 200), "dot", True, torch.float16)[0] == "torch"
+
+
+def test_auto_order_follows_the_cost_model():
+    """Per call, the first choice is the cost model's fastest forward + backward of the routes that can run."""
+    from gigagan_kernels import cost_model
+    shapes = [((16, 8, 4096, 64), 4096, "l2", False), ((16, 8, 4096, 64), 4096, "l2", True),
+              ((16, 8, 1024, 64), 77, "dot", True), ((16, 8, 256, 64), 256, "l2", False)]
+    for (B, H, Lq, D), Lk, kind, masked in shapes:
+        first = attn_mod.auto_cuda_order((B, H, Lq, D), (B, H, Lk, D), (B, H, Lk, D), kind, masked, torch.bfloat16)[0]
+        shape = cost_model.AttentionShape(B, H, Lq, Lk, D, D, kind, masked)
+        times = {f: cost_model.attention_seconds(f, shape) for f in ("torch", "triton")}
+        assert first == min(times, key=times.get), (kind, Lq, Lk, masked, times)
+    # Masked L2 at 4096 tokens leaves SDPA's flash backend; the fused kernel is predicted faster there.
+    assert attn_mod.auto_cuda_order((16, 8, 4096, 64), (16, 8, 4096, 64), (16, 8, 4096, 64), "l2", True,
+                                    torch.bfloat16)[0] == "triton"
+
+
+def test_sdpa_route_rows_without_keys_get_zero_gradient(device):
+    q, k, v, m = make_qkv(2, 2, 6, 5, 16, 16, dtype=torch.float32, device=device, seed=13, mask="with_empty_row")
+    leaves = [t.requires_grad_() for t in (q, k, v)]
+    out = gk.attention(*leaves, key_padding_mask=m, impl="torch")
+    dq, dk, dv = torch.autograd.grad(out.square().sum() + out.sum(), leaves)
+    assert torch.equal(out[-1], torch.zeros_like(out[-1]))
+    for name, g in (("dq", dq), ("dk", dk), ("dv", dv)):
+        assert torch.isfinite(g).all() and not g[-1].any(), name
