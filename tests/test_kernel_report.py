@@ -17,7 +17,7 @@ def test_kernel_report_check_passes():
     for name in ("_fwd_kernel", "_dx_kernel", "_dbank_kernel", "_demod_kernel", "_build_weights_kernel",
                  "_reduce_dweights_kernel", "_conv_fwd_kernel", "_conv_dx_kernel", "_conv_dweight_kernel",
                  "_im2col_kernel", "_col2im_kernel", "_epilogue_fwd_kernel", "_epilogue_bwd_kernel",
-                 "_attn_fwd_kernel", "_attn_bwd_delta_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel"):
+                 "_attn_fwd_kernel", "_attn_bwd_delta_kernel", "_attn_bwd_kernel", "_key_bias_kernel"):
         assert f"| {name}" in proc.stdout
     assert "sm_80" in proc.stdout and "sm_90" in proc.stdout
     if kernel_report.cuda_extension_path() is not None:
