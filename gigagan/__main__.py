@@ -14,12 +14,18 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gigagan_kernels.backend import ENV_VAR, IMPLS
+
+
+IMPL_CHOICES = ("auto",) + IMPLS
+IMPL_HELP = f"the ops' backend for the whole command (default: ${ENV_VAR}, else auto)"
+
 
 def _add_sampling_args(p, prompts: bool = True):
     p.add_argument("--ckpt", required=True, help="a checkpoint file, or a run directory (its newest checkpoint)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--truncation", type=float, default=1.0, help="text-conditioned truncation psi (1 = off)")
-    p.add_argument("--impl", default="auto", choices=["auto", "ref", "torch", "triton", "cuda"])
+    p.add_argument("--impl", default=None, choices=IMPL_CHOICES, help=IMPL_HELP)
     p.add_argument("--device", default=None)
     p.add_argument("--out", required=True, help="output PNG")
 
@@ -56,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--r1-gamma", type=float, default=0.2048)
     t.add_argument("--r1-interval", type=int, default=16)
     t.add_argument("--no-matching-aware", action="store_true")
-    t.add_argument("--impl", default="auto", choices=["auto", "ref", "torch", "triton", "cuda"])
+    t.add_argument("--impl", default=None, choices=IMPL_CHOICES, help=IMPL_HELP)
     t.add_argument("--device", default=None, choices=["cuda", "cpu"], help="default: CUDA when available")
     t.add_argument("--out", default="runs/gigagan")
     t.add_argument("--resume", action="store_true",

@@ -23,6 +23,17 @@ class UsageError(ValueError):
     """A command-line mistake: the message names the flag; the command exits with status 2."""
 
 
+def _impl(args) -> str:
+    """The backend a command runs: --impl when given, else $GIGAGAN_KERNELS_IMPL, else auto."""
+    if args.impl is not None:
+        return args.impl
+    from gigagan_kernels.backend import ENV_VAR, IMPLS
+    value = os.environ.get(ENV_VAR, "").strip() or "auto"
+    if value not in ("auto",) + IMPLS:
+        raise UsageError(f"${ENV_VAR} must be one of {('auto',) + IMPLS}, got {value!r}")
+    return value
+
+
 def _device(args) -> torch.device:
     return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -86,7 +97,7 @@ def cmd_train(args) -> int:
                       guidance_clip_pretrained=args.guidance_clip_pretrained, allow_random_clip=args.allow_random_clip,
                       data=args.data, steps=args.steps, max_minutes=args.max_minutes, batch_size=args.batch_size,
                       grad_accum=args.grad_accum, lr=args.lr, r1_gamma=args.r1_gamma, r1_interval=args.r1_interval,
-                      matching_aware=not args.no_matching_aware, impl=args.impl, device=args.device, out=args.out,
+                      matching_aware=not args.no_matching_aware, impl=_impl(args), device=args.device, out=args.out,
                       seed=args.seed, log_every=args.log_every, sample_every=args.sample_every, ckpt_every=args.ckpt_every,
                       keep_checkpoints=args.keep_checkpoints, max_bad_steps=args.max_bad_steps,
                       max_bad_batches=args.max_bad_batches, num_workers=args.workers, tensorboard=args.tensorboard,
@@ -127,7 +138,7 @@ def cmd_sample(args) -> int:
     _require(args.columns >= 1, "--columns", "an integer >= 1", args.columns)
     model = _load(args)
     G, dev = model.generator, _device(args)
-    with torch.no_grad(), use_impl(args.impl):
+    with torch.no_grad(), use_impl(_impl(args)):
         images = G(_z(G, args.seed, len(args.prompt), dev), args.prompt, truncation_psi=args.truncation,
                    noise_mode="none")[0]
     save_grid(images, args.out, captions=args.prompt, columns=args.columns)
@@ -141,7 +152,7 @@ def cmd_interpolate(args) -> int:
     _require(args.steps >= 2, "--steps", "an integer >= 2", args.steps)
     model = _load(args)
     G = model.generator
-    with use_impl(args.impl):
+    with use_impl(_impl(args)):
         strip = prompt_interpolation(G, _z(G, args.seed, 1, _device(args)), args.prompt_a, args.prompt_b,
                                      args.steps, truncation_psi=args.truncation)
     save_strip(strip, args.out, args.prompt_a, args.prompt_b)
@@ -170,7 +181,7 @@ def cmd_style_mix(args) -> int:
     za = torch.cat([_z(G, s, 1, dev) for s in seeds_a])
     zb = torch.cat([_z(G, s, 1, dev) for s in seeds_b])
     tiles, captions = [], []
-    with use_impl(args.impl):
+    with use_impl(_impl(args)):
         for i in range(len(seeds_a)):
             caps = [args.prompt] * len(seeds_b)
             a_rep = za[i:i + 1].expand(len(seeds_b), -1)
@@ -191,7 +202,7 @@ def cmd_prompt_mix(args) -> int:
     model = _load(args)
     G, dev = model.generator, _device(args)
     z = _z(G, args.seed, args.count, dev)
-    with use_impl(args.impl):
+    with use_impl(_impl(args)):
         a = prompt_mix(G, z, [args.prompt_a] * args.count, [args.prompt_a] * args.count, G.num_ws, args.truncation)
         mixed = prompt_mix(G, z, [args.prompt_a] * args.count, [args.prompt_b] * args.count, args.crossover,
                            args.truncation)
@@ -218,7 +229,7 @@ def cmd_upsample(args) -> int:
             x = to_tensor(image)[None].to(dev)
     except OSError as e:
         raise UsageError(f"--image {args.image}: not a readable image ({type(e).__name__}: {e})") from None
-    with use_impl(args.impl):
+    with use_impl(_impl(args)):
         out = upsample_tiled(U, x, [args.prompt], z=_z(U, args.seed, 1, dev), overlap=args.overlap,
                              noise_mode="none")
     to_pil(out[0]).save(args.out)

@@ -69,6 +69,9 @@ def validate(x, weight_bank, select_logits, style, bias, noise, activation, gain
                          f"got k x k = {kh} x {kw} (shape {_shape(weight_bank)})")
     if N < 1:
         raise ValueError(f"adaptive_modconv2d: weight_bank needs at least one filter, got shape {_shape(weight_bank)}")
+    if Cin < 1:
+        # Demodulation normalises each output filter over its Cin*k*k taps: with none, there is nothing to scale.
+        raise ValueError(f"adaptive_modconv2d: x needs at least one input channel, got shape {_shape(x)}")
     if _shape(select_logits) != (B, N):
         raise ValueError(f"adaptive_modconv2d: select_logits must have shape [B, N] = {(B, N)}, "
                          f"got {_shape(select_logits)}")
@@ -535,7 +538,13 @@ def adaptive_modconv2d(x, weight_bank, select_logits, style, bias=None, *, demod
     clamp = None if clamp is None else float(clamp)
     chosen = backend.resolve_impl(impl, x.device, OP_NAME, x.dtype,
                                   auto_cuda_order(x.shape, weight_bank.shape) if x.is_cuda else None)
-    if chosen == "ref" or x.shape[0] == 0:      # an empty batch: the ref keeps y attached to every input
+    B, _, H, W = x.shape
+    Cout = weight_bank.shape[1]
+    if B > 0 and 0 in (Cout, H, W):
+        # An empty output, the same on every backend, attached to every input (whose gradients are zero).
+        inputs = [t for t in (x, weight_bank, select_logits, style, bias, noise) if t is not None]
+        return x.new_zeros((B, Cout, H, W)) + sum(t.sum() for t in inputs) * 0
+    if chosen == "ref" or B == 0:      # an empty batch: the ref keeps y attached to every input
         return adaptive_modconv2d_ref(x, weight_bank, select_logits, style, bias, demodulate=demodulate, eps=eps,
                                       noise=noise, activation=activation, gain=gain, clamp=clamp)
     if chosen == "torch":

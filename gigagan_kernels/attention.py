@@ -36,6 +36,9 @@ def validate(q, k, v, kind, scale, key_padding_mask):
     if kind not in KINDS:
         raise ValueError(f"attention: kind must be one of {KINDS}, got {kind!r}")
     B, H, Lq, D = q.shape
+    if D < 1:
+        raise ValueError(f"attention: q and k need a head dim D >= 1 (the default scale is 1/sqrt(D)), "
+                         f"got q shape {tuple(q.shape)}")
     if k.shape[:2] != (B, H) or k.shape[3] != D:
         raise ValueError(f"attention: k must have shape [B, H, Lk, D] = [{B}, {H}, Lk, {D}], got {tuple(k.shape)}")
     if v.shape[:3] != k.shape[:3]:

@@ -551,3 +551,24 @@ def test_too_many_filters_for_triton(device):
     with pytest.raises(ValueError, match=r"weight_bank has N=33 filters"):
         gk.adaptive_modconv2d(inputs["x"], inputs["weight_bank"], inputs["select_logits"], inputs["style"],
                               impl="triton")
+
+
+@pytest.mark.parametrize("impl", ["ref", "torch", "triton", CUDA_IMPL])
+@pytest.mark.parametrize("B, Cin, Cout, H, W", [(2, 3, 0, 5, 5), (2, 3, 4, 0, 5), (2, 3, 4, 5, 0), (0, 3, 4, 5, 5)])
+def test_zero_size_outputs_agree_on_every_backend(impl, B, Cin, Cout, H, W, device):
+    """No output channels or no pixels: an empty y of the right shape, still attached to every input."""
+    leaves = [torch.randn(*s, device=device, requires_grad=True)
+              for s in ((B, Cin, H, W), (2, Cout, Cin, 3, 3), (B, 2), (B, Cin))]
+    bias = torch.randn(Cout, device=device, requires_grad=True)
+    y = gk.adaptive_modconv2d(*leaves, bias=bias, activation="lrelu", impl=impl)
+    assert y.shape == (B, Cout, H, W)
+    grads = torch.autograd.grad(y.sum(), leaves + [bias], allow_unused=True)
+    for g, t in zip(grads, leaves + [bias]):
+        assert g is None or (g.shape == t.shape and not g.any())
+
+
+@pytest.mark.parametrize("impl", ["ref", "torch", "triton", CUDA_IMPL])
+def test_no_input_channels_is_a_named_error_on_every_backend(impl, device):
+    x, bank = torch.randn(2, 0, 5, 5, device=device), torch.randn(2, 4, 0, 3, 3, device=device)
+    with pytest.raises(ValueError, match=r"x needs at least one input channel, got shape \(2, 0, 5, 5\)"):
+        gk.adaptive_modconv2d(x, bank, torch.randn(2, 2, device=device), torch.randn(2, 0, device=device), impl=impl)

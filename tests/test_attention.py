@@ -331,3 +331,20 @@ def test_sdpa_route_rows_without_keys_get_zero_gradient(device):
     assert torch.equal(out[-1], torch.zeros_like(out[-1]))
     for name, g in (("dq", dq), ("dk", dk), ("dv", dv)):
         assert torch.isfinite(g).all() and not g[-1].any(), name
+
+
+@pytest.mark.parametrize("impl", ["ref"] + FAST_IMPLS)
+def test_zero_head_dim_is_a_named_error_on_every_backend(impl, device):
+    q = torch.randn(2, 2, 3, 0, device=device)
+    with pytest.raises(ValueError, match=r"head dim D >= 1"):
+        gk.attention(q, q, torch.randn(2, 2, 3, 4, device=device), impl=impl)
+
+
+@pytest.mark.parametrize("impl", ["ref"] + FAST_IMPLS)
+@pytest.mark.parametrize("Lq, Lk, Dv", [(0, 5, 8), (4, 0, 8), (4, 5, 0)])
+def test_zero_lengths_agree_on_every_backend(impl, Lq, Lk, Dv, device):
+    """No queries, no keys (zeros, as a row whose keys are all masked) or no value channels."""
+    q, k, v = (torch.randn(2, 2, Lq, 8, device=device), torch.randn(2, 2, Lk, 8, device=device),
+               torch.randn(2, 2, Lk, Dv, device=device))
+    out = gk.attention(q, k, v, impl=impl)
+    assert out.shape == (2, 2, Lq, Dv) and not out.any()

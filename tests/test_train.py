@@ -364,3 +364,28 @@ def test_supervised_bound_script_trains_g_and_writes_a_loadable_checkpoint(tmp_p
     bad = subprocess.run(cmd[:-4] + ["--fast", "no_such_module"], cwd=ROOT, env=train_env(), capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode == 2 and "matches no parameter of G" in bad.stderr
+
+
+def test_impl_env_var_reaches_every_command_unless_the_flag_is_given(monkeypatch):
+    """GIGAGAN_KERNELS_IMPL is honoured when --impl is absent; --impl wins when given; a bad value names it."""
+    import argparse
+    from gigagan import cli
+    from gigagan.__main__ import build_parser
+    for command in (["train"], ["sample", "--ckpt", "c", "--out", "o.png", "--prompt", "p"]):
+        assert build_parser().parse_args(command).impl is None
+    monkeypatch.setenv("GIGAGAN_KERNELS_IMPL", "ref")
+    assert cli._impl(argparse.Namespace(impl=None)) == "ref"
+    assert cli._impl(argparse.Namespace(impl="torch")) == "torch"
+    monkeypatch.delenv("GIGAGAN_KERNELS_IMPL")
+    assert cli._impl(argparse.Namespace(impl=None)) == "auto"
+    monkeypatch.setenv("GIGAGAN_KERNELS_IMPL", "fast")
+    with pytest.raises(cli.UsageError, match=r"\$GIGAGAN_KERNELS_IMPL must be one of .* got 'fast'"):
+        cli._impl(argparse.Namespace(impl=None))
+
+
+def test_train_without_impl_flag_runs_the_env_var_backend(tmp_path):
+    env = train_env()                                       # GIGAGAN_KERNELS_IMPL=ref
+    cmd = [c for c in train_cmd(tmp_path / "run", 1) if c not in ("--impl", "ref")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "impl ref" in proc.stdout + proc.stderr
