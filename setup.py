@@ -3,14 +3,21 @@ extension gigagan_kernels._C from csrc/.
 
 GIGAGAN_KERNELS_BUILD_CUDA=1 forces the extension (and fails loudly without a toolchain),
 GIGAGAN_KERNELS_BUILD_CUDA=0 skips it; unset means "build when possible". Importing the package
-never needs nvcc: without the extension impl="cuda" raises and impl="auto" picks Triton.
+never needs nvcc: without the extension impl="cuda" raises and impl="auto" never picks it. An install
+that builds no extension says so, and why, on its output.
 """
 import glob
 import os
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _without_extension(reason: str):
+    print(f"gigagan_kernels: installing without the CUDA extension (impl=\"cuda\" will be absent): {reason}. "
+          "See README, Install; `python -m gigagan_kernels` reports what runs.")
+    return [], {}
 
 
 def cuda_extensions():
@@ -19,7 +26,7 @@ def cuda_extensions():
     if want in ("0", "false", "no") or not sources:
         if want in ("1", "true", "yes") and not sources:
             raise RuntimeError("GIGAGAN_KERNELS_BUILD_CUDA=1 but csrc/ has no sources")
-        return [], {}
+        return _without_extension("GIGAGAN_KERNELS_BUILD_CUDA=0" if sources else "csrc/ is absent")
     # torch guesses CUDA_HOME from the nvcc on PATH, which may be a bare symlink outside the toolkit (then the
     # toolkit headers are missing); the standard install location is the better guess.
     if "CUDA_HOME" not in os.environ and "CUDA_PATH" not in os.environ and os.path.isfile("/usr/local/cuda/bin/nvcc"):
@@ -30,12 +37,13 @@ def cuda_extensions():
     except ImportError:
         if want in ("1", "true", "yes"):
             raise
-        return [], {}
+        return _without_extension("torch is not importable in the build environment (install torch first and "
+                                  "pass --no-build-isolation to pip)")
     if CUDA_HOME is None or torch.version.cuda is None:
         if want in ("1", "true", "yes"):
             raise RuntimeError("GIGAGAN_KERNELS_BUILD_CUDA=1 but nvcc or a CUDA build of torch is missing")
-        print("gigagan_kernels: no CUDA toolchain, installing without the CUDA extension")
-        return [], {}
+        return _without_extension("no nvcc found" if CUDA_HOME is None else
+                                  f"torch {torch.__version__} is a CPU-only build")
     arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     os.environ["TORCH_CUDA_ARCH_LIST"] = arch
     # The pip nvidia-* wheels ship the CUDA library headers that torch's headers include (cusparse.h, ...).
@@ -68,15 +76,5 @@ def cuda_extensions():
 
 ext_modules, cmdclass = cuda_extensions()
 
-setup(
-    name="gigagan-kernels",
-    version="0.1.0",
-    description="Fused Triton and CUDA kernels for GigaGAN: adaptive modulated convolution and L2 attention",
-    packages=find_packages(include=["gigagan_kernels", "gigagan_kernels.*", "gigagan", "gigagan.*", "benchmarks"]),
-    python_requires=">=3.10",
-    install_requires=["torch>=2.11", "triton>=3.6", "numpy"],
-    extras_require={"dev": ["pytest", "pytest-benchmark", "matplotlib"]},
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-    entry_points={"console_scripts": ["gigagan=gigagan.__main__:main"]},
-)
+# The package metadata and extras live in pyproject.toml; this file adds only the extension.
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -4,6 +4,10 @@
     model = GigaGAN(get_preset("tiny"))
     images = model.generator(torch.randn(2, model.generator.z_dim), ["a red circle", "a blue square"])[0]
 """
+from .extras import check as _check
+
+for _module in ("open_clip", "safetensors", "PIL"):
+    _check(_module, "gigagan (the model: CLIP text tower, pretrained folders, images)")
 from .config import (DiscriminatorConfig, GeneratorConfig, GigaGANConfig, TextConfig, TextEncoderConfig,
                      UpsamplerConfig, get_preset, PRESETS)
 from .discriminator import Discriminator, image_pyramid

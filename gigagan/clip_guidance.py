@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .extras import require
+
 # A tiny architecture for tests and CPU smoke runs (32 px input, one layer per tower).
 TINY_TEST_MODEL = "tiny-test"
 _TINY_TEST_CFG = dict(embed_dim=32, vision_cfg=dict(image_size=32, layers=1, width=64, patch_size=8, head_width=32),
@@ -30,7 +32,7 @@ class FrozenCLIP(nn.Module):
 
     def __init__(self, model: str = "ViT-B-32", pretrained: Optional[str] = None):
         super().__init__()
-        import open_clip
+        open_clip = require("open_clip", "the CLIP guidance losses")
         if model == TINY_TEST_MODEL:
             self.clip = open_clip.CLIP(**_TINY_TEST_CFG)
         else:

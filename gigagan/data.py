@@ -27,6 +27,8 @@ from typing import Optional
 import torch
 from torch.utils.data import Dataset
 
+from .extras import require
+
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (240, 210, 40),
            "purple": (140, 60, 180), "orange": (245, 140, 30), "white": (245, 245, 245), "black": (20, 20, 20)}
 SHAPES = ("circle", "square", "triangle")
@@ -183,7 +185,7 @@ def webdataset_pairs(urls: str, resolution: int, shuffle: int = 1000, seed: int 
     and counted by collate_pairs), unreadable shards are skipped with a warning."""
     import io
 
-    import webdataset as wds
+    wds = require("webdataset", "tar-shard datasets")
     from PIL import Image
 
     def decode(sample):

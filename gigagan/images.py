@@ -8,6 +8,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from .extras import require
+
 
 def to_pil(image: torch.Tensor, scale: int = 1):
     """[3, H, W] in [-1, 1] -> PIL image, optionally enlarged (nearest) so small samples stay visible."""
@@ -72,7 +74,7 @@ def save_strip(images: torch.Tensor, path: str, left: str = "", right: str = "",
 
 def plot_losses(log_path: str, out_path: str) -> None:
     """The D, G and R1 losses from a run's log.jsonl, against the step."""
-    import matplotlib
+    matplotlib = require("matplotlib", "the loss plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     records = []

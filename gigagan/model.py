@@ -19,6 +19,7 @@ from torch import nn
 
 from .config import GigaGANConfig, get_preset
 from .discriminator import Discriminator
+from .extras import require
 from .generator import Generator
 from .text import FrozenCLIPText
 from .upsampler import Upsampler
@@ -59,7 +60,7 @@ class GigaGAN(nn.Module):
 
     def save_pretrained(self, directory: str) -> None:
         """Write config.json and model.safetensors into `directory`, each atomically (temp file, then rename)."""
-        from safetensors.torch import save_model
+        save_model = require("safetensors.torch", "save_pretrained").save_model
         os.makedirs(directory, exist_ok=True)
         for name, write in ((CONFIG_NAME, lambda p: open(p, "w").write(self.config.to_json())),
                             (WEIGHTS_NAME, lambda p: save_model(self, p, metadata={"format": "pt"}))):
@@ -74,7 +75,7 @@ class GigaGAN(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str, map_location: Optional[Union[str, torch.device]] = "cpu") -> "GigaGAN":
-        from safetensors.torch import load_model
+        load_model = require("safetensors.torch", "from_pretrained").load_model
         config_path, weights_path = os.path.join(directory, CONFIG_NAME), os.path.join(directory, WEIGHTS_NAME)
         for path in (config_path, weights_path):
             if not os.path.isfile(path):

@@ -15,6 +15,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .extras import require
+
 # Indices into torchvision's vgg16().features where each LPIPS stage ends (after its ReLU).
 _STAGE_ENDS = (4, 9, 16, 23, 30)
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -24,7 +26,7 @@ _warned = False
 
 def cached_vgg16_weights() -> Optional[str]:
     """torchvision's cached ImageNet VGG16 file, if a previous download left it; never downloads."""
-    from torchvision.models import VGG16_Weights
+    VGG16_Weights = require("torchvision.models", "the perceptual loss").VGG16_Weights
     name = os.path.basename(VGG16_Weights.IMAGENET1K_V1.url)
     path = os.path.join(torch.hub.get_dir(), "checkpoints", name)
     return path if os.path.isfile(path) else None
@@ -35,7 +37,7 @@ class PerceptualFeatures(nn.Module):
 
     def __init__(self, weights: Optional[str] = None, seed: int = 0):
         super().__init__()
-        from torchvision.models import vgg16
+        vgg16 = require("torchvision.models", "the perceptual loss").vgg16
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)                           # a random fallback is the same in every run
             features = vgg16(weights=None).features[:_STAGE_ENDS[-1]]

@@ -24,6 +24,7 @@ from gigagan_kernels.attention import attention
 from gigagan_kernels.nn import EqualizedLinear
 
 from .config import TextConfig, TextEncoderConfig
+from .extras import require
 
 _WARNED_RANDOM = set()
 _TEXT_PREFIXES = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
@@ -66,7 +67,7 @@ def _tower_shape(cfg: TextConfig) -> dict:
     if cfg.clip_model == "custom":
         return dict(context_length=cfg.context_length, vocab_size=49408, width=cfg.clip_width,
                     heads=cfg.clip_heads, layers=cfg.clip_layers, output_dim=cfg.clip_width)
-    import open_clip
+    open_clip = require("open_clip", "the CLIP text encoder")
     model_cfg = open_clip.get_model_config(cfg.clip_model)
     if model_cfg is None:
         raise ValueError(f"TextConfig.clip_model: unknown open_clip architecture {cfg.clip_model!r}")
@@ -113,7 +114,7 @@ def read_state_dict(path: str) -> dict:
     """A checkpoint file's tensors (safetensors or torch, weights_only), unwrapped from a "state_dict" key
     and from DDP's "module." prefix."""
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+        load_file = require("safetensors.torch", "loading CLIP weights").load_file
         state = load_file(path)
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)

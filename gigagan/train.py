@@ -49,6 +49,7 @@ from gigagan_kernels import use_impl
 from .config import GigaGANConfig, get_preset, upsampler_discriminator_config
 from .data import StepSampler, collate_pairs, fixed_prompts, make_dataset
 from .discriminator import Discriminator
+from .extras import require
 from .losses import (clip_contrastive_loss, discriminator_loss, generator_loss, matching_aware_d_loss,
                      matching_aware_g_loss, mismatched, perceptual_loss, r1_from_logits)
 from .model import GigaGAN
@@ -785,7 +786,7 @@ class Trainer:
                  + f", batch {cfg.batch_size}/rank")
         bar = None
         if self.is_main and cfg.progress:
-            from tqdm import tqdm
+            tqdm = require("tqdm", "the progress bar (--no-progress runs without it)").tqdm
             # With a time budget the step count reached is unknown: the bar counts steps without a total.
             bar = tqdm(total=cfg.steps if cfg.max_minutes is None else None, initial=self.step, desc="train",
                        dynamic_ncols=True, file=sys.stderr)
