@@ -49,7 +49,8 @@ def cuda_extensions():
     # The pip nvidia-* wheels ship the CUDA library headers that torch's headers include (cusparse.h, ...).
     # -idirafter: searched after the toolkit's own headers, which they must not shadow (crt/host_defines.h).
     library_headers = sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "*", "include")))
-    cxx_flags = ["-O3", "-std=c++20"] + [flag for d in library_headers for flag in ("-idirafter", d)]
+    cxx_flags = ["-O3", "-std=c++20", f'-DGIGAGAN_CUDA_ARCHS="{arch}"'] + \
+        [flag for d in library_headers for flag in ("-idirafter", d)]
     ext = CUDAExtension(
         "gigagan_kernels._C", sources, include_dirs=[os.path.join(HERE, "csrc")],
         # The .cu files include no torch headers (kernels only), so nvcc stays at C++17 and compiles fast.

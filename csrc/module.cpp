@@ -1,11 +1,43 @@
 // The extension module gigagan_kernels._C. Importing it runs the static torch.library registrations of the
-// op files (TORCH_LIBRARY_FRAGMENT in adaptive_modconv.cpp and attention.cpp); it exports no Python symbols.
-#include <Python.h>
+// op files (TORCH_LIBRARY_FRAGMENT in adaptive_modconv.cpp and attention.cpp). Its one Python function,
+// build_info(), tells `python -m gigagan_kernels` how this binary was built.
+#include <cuda_runtime_api.h>
+#include <pybind11/pybind11.h>
 #include <torch/library.h>
+
+#include <string>
+
+#ifndef GIGAGAN_CUDA_ARCHS
+#define GIGAGAN_CUDA_ARCHS "unknown"
+#endif
 
 TORCH_LIBRARY(gigagan_kernels_cuda, m) {}
 
-extern "C" PyObject* PyInit__C(void) {
-    static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "gigagan_kernels CUDA ops", -1, nullptr};
-    return PyModule_Create(&module_def);
+namespace {
+
+std::string version_string(int v) {  // CUDA's 1000 * major + 10 * minor
+    return std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10);
+}
+
+pybind11::dict build_info() {
+    pybind11::dict info;
+    info["cuda_archs"] = GIGAGAN_CUDA_ARCHS;  // TORCH_CUDA_ARCH_LIST at build time
+    info["cuda_runtime_built"] = version_string(CUDART_VERSION);
+    int runtime = 0;
+    info["cuda_runtime_loaded"] =
+        cudaRuntimeGetVersion(&runtime) == cudaSuccess ? pybind11::cast(version_string(runtime)) : pybind11::none();
+#if defined(__clang__)
+    info["host_compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+    info["host_compiler"] = "gcc " + std::to_string(__GNUC__) + "." + std::to_string(__GNUC_MINOR__);
+#endif
+    info["cxx_standard"] = static_cast<long>(__cplusplus);
+    return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+    m.doc() = "gigagan_kernels CUDA ops (registered as torch.ops.gigagan_kernels_cuda.*)";
+    m.def("build_info", &build_info, "How this extension was built: CUDA archs, CUDA runtime, host compiler.");
 }

@@ -1,11 +1,13 @@
 """The package as pip installs it: the ops need only torch, triton and numpy; the model and trainer name the
 extra that installs what they miss."""
 import os
+import re
 import subprocess
 import sys
 import tomllib
 
 import pytest
+import torch
 
 from helpers import ROOT
 
@@ -52,3 +54,27 @@ def test_every_optional_package_is_in_its_extra():
         assert package.lower() in names, (module, package, extra, extras[extra])
     assert set(project["dependencies"]) == {"torch>=2.11", "triton>=3.6", "numpy"}
     assert project["scripts"]["gigagan"] == "gigagan.__main__:main"
+
+
+def test_environment_report():
+    """`python -m gigagan_kernels` names every backend of both ops, auto's pick per benchmark shape, and the
+    extension's build (read from the extension through pybind11) or why there is none."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-m", "gigagan_kernels"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    for op in ("adaptive_modconv2d", "attention"):
+        for impl in ("ref", "torch", "triton", "cuda"):
+            assert re.search(rf"^  {op} {impl} +(available|unavailable: \S.+)$", out, re.M), (op, impl)
+    assert re.search(r"^  attention triton +" + ("available" if torch.cuda.is_available() else
+                                                 "unavailable: Triton kernels need CUDA tensors"), out, re.M)
+    assert "attention self_4096_masked" in out and "adaptive_modconv2d lowres_8x8" in out
+    from gigagan_kernels import backend
+    if backend.cuda_extension_ops() is not None:
+        from gigagan_kernels import _C
+        info = _C.build_info()
+        assert info["cuda_archs"] == "8.0;9.0" and info["cuda_runtime_built"] == torch.version.cuda
+        assert re.search(r"^  cuda_archs +8\.0;9\.0$", out, re.M)
+    else:
+        assert "gigagan_kernels._C" in out and "not built" in out
