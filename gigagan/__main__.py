@@ -1,7 +1,8 @@
 """The gigagan command line (also `python -m gigagan`).
 
   train        train G and D, or (--model upsampler) the upsampler (one process, or one per GPU under torchrun)
-  sample       images for prompts from a checkpoint's EMA generator
+  sample       images for prompts from a checkpoint's EMA generator (a grid, or one PNG per image)
+  export       a checkpoint's EMA model as a pretrained folder (config.json, model.safetensors)
   interpolate  a prompt-interpolation strip for one z
   style-mix    coarse blocks from seed A, fine blocks from seed B
   prompt-mix   coarse blocks from prompt A (layout), fine blocks from prompt B (texture, style)
@@ -21,13 +22,14 @@ IMPL_CHOICES = ("auto",) + IMPLS
 IMPL_HELP = f"the ops' backend for the whole command (default: ${ENV_VAR}, else auto)"
 
 
-def _add_sampling_args(p, prompts: bool = True):
-    p.add_argument("--ckpt", required=True, help="a checkpoint file, or a run directory (its newest checkpoint)")
+def _add_sampling_args(p, out_required: bool = True):
+    p.add_argument("--ckpt", required=True, help="a checkpoint file, a run directory (its newest checkpoint), or a "
+                                                 "pretrained folder from gigagan export")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--truncation", type=float, default=1.0, help="text-conditioned truncation psi (1 = off)")
     p.add_argument("--impl", default=None, choices=IMPL_CHOICES, help=IMPL_HELP)
     p.add_argument("--device", default=None)
-    p.add_argument("--out", required=True, help="output PNG")
+    p.add_argument("--out", required=out_required, help="output PNG")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,10 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tensorboard", action="store_true")
     t.add_argument("--no-progress", action="store_true")
 
-    s = sub.add_parser("sample", help="images for prompts")
-    _add_sampling_args(s)
-    s.add_argument("--prompt", action="append", required=True, help="repeatable; one image per prompt")
+    s = sub.add_parser("sample", help="images for prompts: a captioned grid (--out) or one PNG each (--outdir)")
+    _add_sampling_args(s, out_required=False)
+    s.add_argument("--outdir", default=None, help="write one PNG per image here, plus prompts.jsonl naming them "
+                                                   "(for FID tools), instead of a grid")
+    s.add_argument("--prompt", action="append", default=None, help="repeatable")
+    s.add_argument("--prompts-file", default=None, help="a text file with one prompt per line (blank lines skipped)")
+    s.add_argument("--per-prompt", type=int, default=1, help="images per prompt, each from its own z")
+    s.add_argument("--batch-size", type=int, default=16, help="images generated at once")
     s.add_argument("--columns", type=int, default=4)
+
+    e = sub.add_parser("export", help="a checkpoint's EMA model as a pretrained folder (config.json + safetensors)")
+    e.add_argument("--ckpt", required=True, help="a checkpoint file or a run directory (its newest checkpoint)")
+    e.add_argument("--out", required=True, help="the folder to write; every command's --ckpt takes it")
 
     i = sub.add_parser("interpolate", help="prompt interpolation for one z")
     _add_sampling_args(i)

@@ -54,7 +54,8 @@ def _writable_output(path: str, flag: str = "--out") -> None:
 
 def _check_sampling(args) -> None:
     _require(math.isfinite(args.truncation), "--truncation", "a finite number", args.truncation)
-    _writable_output(args.out)
+    if args.out is not None:
+        _writable_output(args.out)
 
 
 def _load(args, need: str = "base"):
@@ -133,16 +134,76 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _prompts(args) -> list:
+    if args.prompt and args.prompts_file:
+        raise UsageError("give prompts with --prompt or with --prompts-file, not both")
+    if args.prompts_file:
+        try:
+            with open(args.prompts_file, encoding="utf-8") as f:
+                prompts = [line.strip() for line in f if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"--prompts-file {args.prompts_file}: cannot read it ({e})") from None
+        if not prompts:
+            raise UsageError(f"--prompts-file {args.prompts_file}: has no prompts (one per line)")
+        return prompts
+    if not args.prompt:
+        raise UsageError("give at least one --prompt, or --prompts-file")
+    return list(args.prompt)
+
+
 def cmd_sample(args) -> int:
-    from .images import save_grid
+    from .images import save_grid, save_images
+    if (args.out is None) == (args.outdir is None):
+        raise UsageError("give exactly one of --out (a captioned grid PNG) and --outdir (one PNG per image)")
     _require(args.columns >= 1, "--columns", "an integer >= 1", args.columns)
+    _require(args.per_prompt >= 1, "--per-prompt", "an integer >= 1", args.per_prompt)
+    _require(args.batch_size >= 1, "--batch-size", "an integer >= 1", args.batch_size)
+    prompts = [p for p in _prompts(args) for _ in range(args.per_prompt)]
+    if args.outdir is not None:
+        if os.path.exists(args.outdir) and not os.path.isdir(args.outdir):
+            raise UsageError(f"--outdir {args.outdir}: exists and is not a directory")
+        os.makedirs(args.outdir, exist_ok=True)
+        if not os.access(args.outdir, os.W_OK):
+            raise UsageError(f"--outdir {args.outdir}: not writable")
     model = _load(args)
     G, dev = model.generator, _device(args)
+    z = _z(G, args.seed, len(prompts), dev)                  # one z per image, the same for any --batch-size
+    images = []
     with torch.no_grad(), use_impl(_impl(args)):
-        images = G(_z(G, args.seed, len(args.prompt), dev), args.prompt, truncation_psi=args.truncation,
-                   noise_mode="none")[0]
-    save_grid(images, args.out, captions=args.prompt, columns=args.columns)
-    print(f"wrote {args.out}")
+        for i in range(0, len(prompts), args.batch_size):
+            batch = G(z[i:i + args.batch_size], prompts[i:i + args.batch_size], truncation_psi=args.truncation,
+                      noise_mode="none")[0]
+            if args.outdir is None:
+                images.append(batch.cpu())
+            else:
+                names = [f"{j // args.per_prompt:05d}-{j % args.per_prompt:03d}.png"
+                         for j in range(i, i + len(batch))]
+                save_images(batch, args.outdir, names)
+    if args.outdir is None:
+        save_grid(torch.cat(images), args.out, captions=prompts, columns=args.columns)
+        print(f"wrote {args.out}")
+        return 0
+    manifest = os.path.join(args.outdir, "prompts.jsonl")
+    with open(manifest + ".tmp", "w", encoding="utf-8") as f:
+        for j, prompt in enumerate(prompts):
+            f.write(json.dumps({"file": f"{j // args.per_prompt:05d}-{j % args.per_prompt:03d}.png", "prompt": prompt,
+                                "seed": args.seed, "index": j}) + "\n")
+    os.replace(manifest + ".tmp", manifest)
+    print(f"wrote {len(prompts)} images and prompts.jsonl to {args.outdir}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .train import export_pretrained
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out}: exists and is not a directory")
+    parent = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(parent):
+        raise UsageError(f"--out {args.out}: the directory {parent} does not exist")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")               # the checkpoint carries the CLIP tower's weights
+        info = export_pretrained(args.ckpt, args.out)
+    print(f"exported {info['source']} (step {info['step']}, {info['model']} run, EMA weights) to {args.out}")
     return 0
 
 

@@ -21,6 +21,16 @@ def to_pil(image: torch.Tensor, scale: int = 1):
     return pil
 
 
+def save_images(images: torch.Tensor, directory: str, names: Sequence[str]) -> list:
+    """One PNG per image at its own resolution (what FID tools read), each written atomically."""
+    paths = []
+    for image, name in zip(images, names):
+        path = os.path.join(directory, name)
+        _atomic_save(to_pil(image), path)
+        paths.append(path)
+    return paths
+
+
 def _atomic_save(pil, path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)

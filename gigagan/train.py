@@ -227,8 +227,42 @@ def load_latest_checkpoint(directory: str, log=print) -> Optional[dict]:
     return None
 
 
+# Beside config.json and model.safetensors in an exported folder: which network was trained, and from where.
+EXPORT_INFO_NAME = "training.json"
+
+
+def export_pretrained(path: str, directory: str) -> dict:
+    """Write the EMA model of a checkpoint file or run directory as a pretrained folder (GigaGAN.save_pretrained
+    plus training.json); returns what training.json says."""
+    model, state = model_from_checkpoint(path)
+    info = {"model": json.loads(state.get("train_config", "{}")).get("model", "base"), "step": state["step"],
+            "source": os.path.abspath(state.get("path", path))}
+    model.save_pretrained(directory)
+    tmp = os.path.join(directory, f".{EXPORT_INFO_NAME}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(info, f, indent=1)
+    os.replace(tmp, os.path.join(directory, EXPORT_INFO_NAME))
+    return info
+
+
+def is_pretrained_folder(path: str) -> bool:
+    from .model import CONFIG_NAME, WEIGHTS_NAME
+    return os.path.isdir(path) and all(os.path.isfile(os.path.join(path, n)) for n in (CONFIG_NAME, WEIGHTS_NAME))
+
+
 def model_from_checkpoint(path: str, map_location="cpu") -> tuple:
-    """(GigaGAN with G replaced by its EMA, checkpoint dict) from a checkpoint file or a run directory."""
+    """(GigaGAN with G replaced by its EMA, checkpoint dict) from a checkpoint file, a run directory, or a
+    pretrained folder written by `gigagan export` (its weights are the EMA already)."""
+    if is_pretrained_folder(path):
+        info_path = os.path.join(path, EXPORT_INFO_NAME)
+        info = {}
+        if os.path.isfile(info_path):
+            with open(info_path) as f:
+                info = json.load(f)
+        model = GigaGAN.from_pretrained(path, map_location=map_location)
+        state = {"step": info.get("step", "?"), "path": path,
+                 "train_config": json.dumps({"model": info.get("model", "base")})}
+        return model.eval(), state
     if os.path.isdir(path):
         state = load_latest_checkpoint(path)
         if state is None:
