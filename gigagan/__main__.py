@@ -7,6 +7,7 @@
   style-mix    coarse blocks from seed A, fine blocks from seed B
   prompt-mix   coarse blocks from prompt A (layout), fine blocks from prompt B (texture, style)
   upsample     the text-conditioned upsampler on an image, tiled when it is larger than trained
+  eval         FID and CLIP score of a model or a folder against real images (local weights only)
   bench        the kernel benchmark suite, then its summary
   params       each network's parameter count for a preset (built on the meta device)
 """
@@ -125,6 +126,25 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--image", required=True, help="input PNG/JPEG")
     u.add_argument("--prompt", required=True)
     u.add_argument("--overlap", type=int, default=None, help="tile overlap in input pixels")
+
+    ev = sub.add_parser("eval", help="FID (and CLIP score) of a model or an image folder against real images")
+    ev.add_argument("--real", required=True, help="a folder of reference images")
+    ev.add_argument("--images", default=None, help="a folder of generated images (from gigagan sample --outdir)")
+    ev.add_argument("--ckpt", default=None, help="or a model: checkpoint, run directory or pretrained folder; "
+                                                 "its images are generated in memory for --prompts-file")
+    ev.add_argument("--prompts-file", default=None, help="with --ckpt: one prompt per line")
+    ev.add_argument("--per-prompt", type=int, default=1)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--truncation", type=float, default=1.0)
+    ev.add_argument("--inception-weights", default=None,
+                    help="torch-fidelity's FID Inception weights file (pt_inception-2015-12-05-6726825d.pth)")
+    ev.add_argument("--clip-weights", default=None, help="a local open_clip checkpoint: adds the CLIP score")
+    ev.add_argument("--clip-model", default="ViT-B-32", help="its open_clip architecture")
+    ev.add_argument("--resolution", type=int, default=299, help="both sets are resized to this first")
+    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--impl", default=None, choices=IMPL_CHOICES, help=IMPL_HELP)
+    ev.add_argument("--device", default=None)
+    ev.add_argument("--json-out", default=None, help="also write the scores to this JSON file")
 
     b = sub.add_parser("bench", help="run the kernel benchmarks and print the summary")
     b.add_argument("--full", action="store_true", help="full repetitions (default: quick)")

@@ -193,6 +193,73 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from . import evaluation as ev
+    if (args.images is None) == (args.ckpt is None):
+        raise UsageError("give exactly one of --images (a folder of generated images) and --ckpt (a model)")
+    _require(args.batch_size >= 1, "--batch-size", "an integer >= 1", args.batch_size)
+    _require(args.per_prompt >= 1, "--per-prompt", "an integer >= 1", args.per_prompt)
+    _require(args.resolution >= 16, "--resolution", "an integer >= 16", args.resolution)
+    dev = _device(args)
+    try:
+        real_paths = ev.image_files(args.real, "--real")
+        inception = ev.inception_features(args.inception_weights).to(dev)
+        clip = ev.load_clip(args.clip_model, args.clip_weights, dev) if args.clip_weights else None
+        if args.images is not None:
+            fake_paths = ev.image_files(args.images, "--images")
+            prompts = None
+            if clip is not None:
+                by_file = ev.folder_prompts(args.images)
+                fake_paths = [p for p in fake_paths if os.path.basename(p) in by_file]
+                prompts = [by_file[os.path.basename(p)] for p in fake_paths]
+        else:
+            if not args.prompts_file:
+                raise UsageError("--ckpt needs --prompts-file (the prompts to generate images for)")
+            args.prompt = None
+            prompts = [p for p in _prompts(args) for _ in range(args.per_prompt)]
+    except ev.EvaluationError as e:
+        raise UsageError(str(e)) from None
+    skipped = []
+    if args.images is not None:
+        def fake_pairs():          # (images, their prompts): files that fail to load drop out with their prompt
+            for images, paths in ev.load_images(fake_paths, args.batch_size, args.resolution, skipped):
+                yield images, [by_file[os.path.basename(p)] for p in paths] if prompts is not None else None
+    else:
+        args.out = None
+        G = _load(args).generator
+        z = _z(G, args.seed, len(prompts), dev)
+        generated = []
+        with torch.no_grad(), use_impl(_impl(args)):
+            for i in range(0, len(prompts), args.batch_size):
+                generated.append(G(z[i:i + args.batch_size], prompts[i:i + args.batch_size],
+                                   truncation_psi=args.truncation, noise_mode="none")[0].cpu())
+
+        def fake_pairs():
+            for i, images in enumerate(generated):
+                yield images, prompts[i * args.batch_size:(i + 1) * args.batch_size]
+    with torch.no_grad():
+        try:
+            real = (images for images, _ in ev.load_images(real_paths, args.batch_size, args.resolution, skipped))
+            scores = ev.frechet_distance(real, (images for images, _ in fake_pairs()), inception, dev,
+                                         args.resolution)
+        except ev.EvaluationError as e:
+            raise UsageError(str(e)) from None
+        if clip is not None:
+            model, tokenizer = clip
+            size = model.visual.image_size
+            size = size[0] if isinstance(size, (tuple, list)) else size
+            scores["clip_score"] = ev.clip_score(fake_pairs(), model.encode_image,
+                                                 lambda texts: model.encode_text(tokenizer(texts).to(dev)), size, dev)
+    scores["skipped_files"] = len(skipped)
+    text = json.dumps(scores)
+    print(text)
+    if args.json_out:
+        with open(args.json_out + ".tmp", "w") as f:
+            f.write(text + "\n")
+        os.replace(args.json_out + ".tmp", args.json_out)
+    return 0
+
+
 def cmd_export(args) -> int:
     from .train import export_pretrained
     if os.path.exists(args.out) and not os.path.isdir(args.out):
