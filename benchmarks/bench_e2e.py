@@ -8,6 +8,11 @@ Cases (preset "small" on a GPU under bf16 autocast, "tiny" on CPU in fp32):
   upsampler_b1                      64 -> 256 (tiny: 16 -> 64)
   paper_G_fwd_b1                    GPU only: the paper preset's 657M-parameter base generator at batch 1,
                                     against the paper's 0.13 s for its whole 512 px pipeline
+  lucidrains_step_b16 (b2 on CPU)   lucidrains/gigagan-pytorch's own unconditional Generator and Discriminator
+                                    (64 px, 21M + 22M parameters; 32 px and tiny on CPU): a D phase and a G
+                                    phase (hinge losses on generated images), timed under the providers
+                                    "lucidrains" (as published) and "lucidrains_patched" (after
+                                    gigagan_kernels.integrations.patch_gigagan_pytorch, impl auto)
 
     python -m benchmarks.bench_e2e [--shapes G_fwd_b1,...] [--providers ref,triton] [--quick]
 """
@@ -24,14 +29,19 @@ from gigagan_kernels import backend, use_impl
 from .common import ResultWriter, bench_main, peak_memory_mb, record, time_fn
 
 OP = "e2e"
-PROVIDERS = ("ref", "torch", "triton", "cuda", "auto")
+PROVIDERS = ("ref", "torch", "triton", "cuda", "auto", "lucidrains", "lucidrains_patched")
+LUCIDRAINS_PROVIDERS = ("lucidrains", "lucidrains_patched")
 GPU_CASES = {"G_fwd_b1": 1, "G_fwd_b32": 32, "D_fwdbwd_b32": 32, "train_step_b32": 32, "upsampler_b1": 1,
-             "paper_G_fwd_b1": 1}
-CPU_CASES = {"G_fwd_b1": 1, "G_fwd_b4": 4, "D_fwdbwd_b4": 4, "train_step_b4": 4, "upsampler_b1": 1}
+             "paper_G_fwd_b1": 1, "lucidrains_step_b16": 16}
+CPU_CASES = {"G_fwd_b1": 1, "G_fwd_b4": 4, "D_fwdbwd_b4": 4, "train_step_b4": 4, "upsampler_b1": 1,
+             "lucidrains_step_b2": 2}
 CAPTION = "a small red circle in the top left on a blue background"
 
 
 def available(provider, device):
+    if provider in LUCIDRAINS_PROVIDERS:
+        import importlib.util
+        return None if importlib.util.find_spec("gigagan_pytorch") else "gigagan-pytorch is not installed"
     if provider in ("ref", "torch", "auto"):
         return None
     if provider == "triton" and device.type == "cpu":
@@ -94,13 +104,17 @@ def run(device: torch.device, shapes=None, providers=PROVIDERS, dtypes=None, csv
         for name in shapes or list(cases):
             batch = cases[name]
             for provider in providers:
+                if name.startswith("lucidrains") != (provider in LUCIDRAINS_PROVIDERS):
+                    continue                                # lucidrains' models run only under their providers
                 why = available(provider, device)
                 if why:
                     log(f"  {OP} {name} {provider}: skipped ({why})")
                     continue
                 try:
-                    with use_impl(provider), _autocast(device):
-                        if name == "paper_G_fwd_b1":
+                    with use_impl("auto" if provider in LUCIDRAINS_PROVIDERS else provider), _autocast(device):
+                        if name.startswith("lucidrains"):
+                            fn, mode = _lucidrains_step(batch, device, patched=provider == "lucidrains_patched")
+                        elif name == "paper_G_fwd_b1":
                             fn, mode = _paper_generator(device)
                         else:
                             fn, mode = _case_fn(name, batch, device, model, trainer)
@@ -119,6 +133,39 @@ def run(device: torch.device, shapes=None, providers=PROVIDERS, dtypes=None, csv
                     + (f" / {mem:.0f} MiB" if mem is not None else ""))
     writer.flush()
     return csv_path
+
+
+def _lucidrains_step(batch, device, patched):
+    """One D phase and one G phase of lucidrains' own unconditional GigaGAN, patched or as published."""
+    import gigagan_pytorch as lucidrains
+    import torch.nn.functional as F
+    from gigagan_kernels.integrations import patch_gigagan_pytorch
+    if device.type == "cuda":
+        size, style, kw = 64, 256, dict(dim_capacity=16, dim_max=512)
+        g_kw, d_kw = dict(self_attn_resolutions=(32, 16)), dict(attn_resolutions=(32, 16))
+    else:
+        size, style, kw = 32, 32, dict(dim_capacity=4, dim_max=32)
+        g_kw = dict(self_attn_resolutions=(8,), self_attn_dim_head=8, self_attn_heads=2)
+        d_kw = dict(attn_resolutions=(8,), attn_dim_head=8, attn_heads=2, multiscale_input_resolutions=(16,))
+    torch.manual_seed(0)
+    G = lucidrains.Generator(image_size=size, style_network=dict(dim=style, depth=2), unconditional=True,
+                             cross_attn_resolutions=(), num_conv_kernels=2, **kw, **g_kw).to(device)
+    D = lucidrains.Discriminator(image_size=size, unconditional=True, num_conv_kernels=2, **kw, **d_kw).to(device)
+    if patched:
+        patch_gigagan_pytorch(G)
+        patch_gigagan_pytorch(D)
+
+    def step():
+        G.zero_grad(set_to_none=True)
+        D.zero_grad(set_to_none=True)
+        images, rgbs = G(noise=torch.randn(batch, style, device=device), return_all_rgbs=True)
+        logits, multiscale, _ = D(images.detach(), [r.detach() for r in rgbs], calc_aux_loss=False)
+        (F.relu(1 + logits).mean() + sum(F.relu(1 + m).mean() for m in multiscale)).backward()
+        logits, multiscale, _ = D(images, rgbs, calc_aux_loss=False)
+        loss = -(logits.mean() + sum(m.mean() for m in multiscale))
+        loss.backward()
+        return loss
+    return step, "step"
 
 
 _PAPER_G = {}

@@ -103,9 +103,10 @@ def sdpa_operands(q, k, v, kind, scale):
     B, H, Lq, D = q.shape
     Lk, Dv = k.shape[2], v.shape[3]
     width = _round_up(max(D + 2, Dv), 8)
-    bias = -0.5 * torch.linalg.vector_norm(k, dim=-1, dtype=torch.float32).square()            # [B, H, Lk]
+    norm_dtype = torch.promote_types(k.dtype, torch.float32)                                    # fp32, or fp64
+    bias = -0.5 * torch.linalg.vector_norm(k, dim=-1, dtype=norm_dtype).square()               # [B, H, Lk]
     hi = bias.to(k.dtype)
-    lo = (bias - hi.float()).to(k.dtype)
+    lo = (bias - hi.to(norm_dtype)).to(k.dtype)
     q_aug = torch.cat([q, q.new_ones(B, H, Lq, 2), q.new_zeros(B, H, Lq, width - D - 2)], dim=-1)
     k_aug = torch.cat([k, hi[..., None], lo[..., None], k.new_zeros(B, H, Lk, width - D - 2)], dim=-1)
     v_aug = v if Dv == width else torch.cat([v, v.new_zeros(B, H, Lk, width - Dv)], dim=-1)

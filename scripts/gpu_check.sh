@@ -79,7 +79,7 @@ if want bench; then
   # A CUDA kernel that faults poisons the process's context: then time the others and leave cuda out.
   no_cuda=()
   if [ "$build_rc" -ne 0 ] || grep -q "illegal memory access\|CUDA error\|unspecified launch failure" "$WORK/op_tests.log" 2>/dev/null; then
-    no_cuda=(--providers ref,ref_cl,peer,torch,triton,triton_weights,triton_fused,auto,floor,floor_cl,floor_weights,sdpa_bias)
+    no_cuda=(--providers ref,ref_cl,peer,torch,triton,triton_weights,triton_fused,auto,floor,floor_cl,floor_weights,sdpa_bias,lucidrains,lucidrains_patched)
     say "cuda left out of the benchmarks (build rc=$build_rc, or a CUDA fault in the op tests)"
   fi
   bench() {  # bench SECONDS ARGS...: one benchmarks run into the shared CSV, under its own time limit

@@ -9,7 +9,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Relative-norm tolerances ||out - ref64|| / ||ref64|| per input dtype. fp32 on a GPU may run TF32 dots (the
 # CUDA extension always does; Triton with torch.backends.cudnn.allow_tf32); the interpreter computes fp32 exactly.
-RTOL = {torch.float32: 2e-3 if torch.cuda.is_available() else 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+RTOL = {torch.float32: 2e-3 if torch.cuda.is_available() else 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2,
+        torch.float64: 1e-10}
 
 
 def uses_tf32(impl: str, x: torch.Tensor) -> bool:

@@ -348,3 +348,11 @@ def test_zero_lengths_agree_on_every_backend(impl, Lq, Lk, Dv, device):
                torch.randn(2, 2, Lk, Dv, device=device))
     out = gk.attention(q, k, v, impl=impl)
     assert out.shape == (2, 2, Lq, Dv) and not out.any()
+
+
+@pytest.mark.parametrize("kind", ["l2", "dot"])
+@pytest.mark.parametrize("mask", [None, "with_empty_row"])
+def test_composite_in_float64(kind, mask, device):
+    """float64 (the kernels do not take it) runs on the composite, gradients included."""
+    q, k, v, m = make_qkv(2, 2, 9, 7, 8, 8, dtype=torch.float64, device=device, seed=21, mask=mask)
+    check(q, k, v, m, "torch", torch.float64, kind=kind)
