@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a local CLIP checkpoint file, or an open_clip tag already in the cache")
     t.add_argument("--allow-random-clip", action="store_true",
                    help="run the CLIP losses with a random CLIP (smoke tests only: the losses are noise)")
+    t.add_argument("--text-encoder-pretrained", default=None,
+                   help="local open_clip weights for the frozen CLIP text tower (else it stays random, with a warning)")
+    t.add_argument("--unconditional", action="store_true",
+                   help="train without text: every caption empty (image folders need no .txt sidecars)")
     t.add_argument("--data", default="builtin",
                    help="builtin (procedural shapes), a folder of images with .txt captions, or tar shards")
     t.add_argument("--steps", type=int, default=1000)

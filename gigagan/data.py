@@ -135,9 +135,10 @@ class ShapesDataset(Dataset):
 
 
 class CaptionedImageFolder(Dataset):
-    """Every image under `root` that has a caption sidecar with the same stem and a .txt suffix."""
+    """Every image under `root` that has a caption sidecar with the same stem and a .txt suffix; with
+    captions=False every image, each with the empty caption (unconditional training)."""
 
-    def __init__(self, root: str, resolution: int):
+    def __init__(self, root: str, resolution: int, captions: bool = True):
         if not os.path.isdir(root):
             raise FileNotFoundError(f"CaptionedImageFolder: root {root!r} is not a directory")
         self.root, self.resolution = root, resolution
@@ -147,14 +148,17 @@ class CaptionedImageFolder(Dataset):
                 if not name.lower().endswith(IMAGE_EXTENSIONS):
                     continue
                 caption = os.path.join(dirpath, os.path.splitext(name)[0] + ".txt")
-                if os.path.isfile(caption):
+                if not captions:
+                    self.items.append((os.path.join(dirpath, name), None))
+                elif os.path.isfile(caption):
                     self.items.append((os.path.join(dirpath, name), caption))
                 else:
                     self.missing_captions += 1
         if self.missing_captions:
             warnings.warn(f"CaptionedImageFolder: skipped {self.missing_captions} images without a .txt caption")
         if not self.items:
-            raise ValueError(f"CaptionedImageFolder: no captioned images under {root!r}")
+            what = "captioned images (.txt sidecars; --unconditional trains without)" if captions else "images"
+            raise ValueError(f"CaptionedImageFolder: no {what} under {root!r}")
 
     def __len__(self):
         return len(self.items)
@@ -163,8 +167,10 @@ class CaptionedImageFolder(Dataset):
         from PIL import Image, UnidentifiedImageError
         image_path, caption_path = self.items[index]
         try:
-            with open(caption_path, encoding="utf-8") as f:
-                caption = f.read().strip()
+            caption = ""
+            if caption_path is not None:
+                with open(caption_path, encoding="utf-8") as f:
+                    caption = f.read().strip()
         except (OSError, UnicodeDecodeError) as e:
             return BadSample(f"unreadable caption ({type(e).__name__})")
         try:
@@ -173,12 +179,26 @@ class CaptionedImageFolder(Dataset):
                 tensor = to_tensor(center_crop_resize(image, self.resolution))
         except (OSError, UnidentifiedImageError, ValueError) as e:
             return BadSample(f"unreadable image ({type(e).__name__})")   # dropped and counted by collate_pairs
-        if not caption:
+        if not caption and caption_path is not None:
             return BadSample("empty caption")
         return tensor, caption
 
 
-def webdataset_pairs(urls: str, resolution: int, shuffle: int = 1000, seed: int = 0):
+class WithoutCaptions(Dataset):
+    """A captioned dataset with every caption replaced by the empty one (unconditional training)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        item = self.dataset[index]
+        return item if isinstance(item, BadSample) else (item[0], "")
+
+
+def webdataset_pairs(urls: str, resolution: int, shuffle: int = 1000, seed: int = 0, captions: bool = True):
     """img2dataset-style tar shards ("data/{00000..00009}.tar") as an iterable of (image, caption).
 
     Shards are split across ranks and dataloader workers; undecodable samples yield a BadSample (dropped
@@ -191,11 +211,11 @@ def webdataset_pairs(urls: str, resolution: int, shuffle: int = 1000, seed: int 
     def decode(sample):
         try:
             image_bytes = next(sample[k] for k in ("jpg", "jpeg", "png", "webp") if k in sample)
-            caption = sample["txt"].decode("utf-8").strip()
+            caption = sample["txt"].decode("utf-8").strip() if captions else ""
             with Image.open(io.BytesIO(image_bytes)) as image:
                 image.load()
                 tensor = to_tensor(center_crop_resize(image, resolution))
-            return (tensor, caption) if caption else BadSample("empty caption")
+            return (tensor, caption) if caption or not captions else BadSample("empty caption")
         except StopIteration:
             return BadSample("no image in the sample")
         except KeyError:
@@ -236,17 +256,19 @@ def data_spec_problem(spec: str) -> Optional[str]:
             "('data/{00000..00009}.tar')")
 
 
-def make_dataset(spec: str, resolution: int, seed: int = 0):
-    """"builtin" (or "builtin:N" items), a directory of captioned images, or a webdataset shard pattern."""
+def make_dataset(spec: str, resolution: int, seed: int = 0, captions: bool = True):
+    """"builtin" (or "builtin:N" items), a directory of captioned images, or a webdataset shard pattern. With
+    captions=False every caption is empty and images need no caption (unconditional training)."""
     if spec == "builtin" or spec.startswith("builtin:"):
         size = int(spec.split(":", 1)[1]) if ":" in spec else 50_000
-        return ShapesDataset(resolution, size=size, seed=seed)
+        shapes = ShapesDataset(resolution, size=size, seed=seed)
+        return shapes if captions else WithoutCaptions(shapes)
     if os.path.isdir(spec):
-        return CaptionedImageFolder(spec, resolution)
+        return CaptionedImageFolder(spec, resolution, captions=captions)
     if ".tar" in spec:
         if "{" not in spec and not glob.glob(spec):
             raise FileNotFoundError(f"--data: no shards match {spec!r}")
-        return webdataset_pairs(spec, resolution, seed=seed)
+        return webdataset_pairs(spec, resolution, seed=seed, captions=captions)
     raise ValueError(f"--data must be 'builtin', a directory of images with .txt captions, or tar shards "
                      f"('data/{{00000..00009}}.tar'); got {spec!r}")
 

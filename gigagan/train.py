@@ -98,6 +98,8 @@ class TrainConfig:
     guidance_clip: str = "ViT-B-32"     # the CLIP both use (the vision-aided paper's choice)
     guidance_clip_pretrained: Optional[str] = None  # a local checkpoint file, or an open_clip tag in the cache
     allow_random_clip: bool = False     # run those losses with a random CLIP (smoke tests only: they are noise)
+    text_encoder_pretrained: Optional[str] = None  # local open_clip weights for the frozen CLIP text tower
+    unconditional: bool = False         # every caption empty: image folders without captions
 
 
     def validate(self) -> None:
@@ -125,6 +127,12 @@ class TrainConfig:
         need(self.device in (None, "cuda", "cpu"), "device", "'cuda', 'cpu' or None")
         if self.batch_size % self.grad_accum:
             raise ConfigError("grad_accum", f"must divide batch_size ({self.batch_size}), got {self.grad_accum}")
+        need(self.text_encoder_pretrained is None or os.path.isfile(self.text_encoder_pretrained),
+             "text_encoder_pretrained", "a local open_clip checkpoint file (nothing is downloaded)")
+        if self.unconditional:
+            need(not self.matching_aware, "matching_aware", "off in an unconditional run (every caption is empty)")
+            for field in ("clip_weight", "vision_aided_weight"):
+                need(getattr(self, field) == 0, field, "0 in an unconditional run (there is no text to follow)")
 
 
 class ConfigError(ValueError):
@@ -326,6 +334,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)                       # identical initial weights on every rank
         random.seed(cfg.seed)
         self.model_config = model_config or get_preset(cfg.preset)
+        if cfg.text_encoder_pretrained:
+            text = dataclasses.replace(self.model_config.text, clip_pretrained=cfg.text_encoder_pretrained)
+            self.model_config = dataclasses.replace(self.model_config, text=text)
         with warnings.catch_warnings():
             if not self.is_main:
                 warnings.simplefilter("ignore")           # the random-CLIP warning: once, from rank 0
@@ -393,7 +404,7 @@ class Trainer:
         self._run_dir = None
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
                          else torch.autocast("cpu", enabled=False))
-        self.sample_prompts = fixed_prompts(8)
+        self.sample_prompts = [""] * 8 if cfg.unconditional else fixed_prompts(8)
         self.sample_z = torch.randn(8, self.G.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
         self.tb = None
 
@@ -802,7 +813,7 @@ class Trainer:
             except ImportError as e:
                 raise TrainingError("--tensorboard needs the tensorboard package (pip install tensorboard)") from e
             self.tb = SummaryWriter(os.path.join(cfg.out, "tb"))
-        dataset = make_dataset(cfg.data, self.resolution, seed=cfg.seed)
+        dataset = make_dataset(cfg.data, self.resolution, seed=cfg.seed, captions=not cfg.unconditional)
         if cfg.model == "upsampler":
             # Fixed real images for the sample grids: the dataset's first valid samples.
             pairs = [p for p in (dataset[i] for i in range(min(len(dataset), 16))) if p[0] is not None][:4] \
