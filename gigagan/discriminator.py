@@ -24,6 +24,7 @@ from typing import Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from gigagan_kernels.nn import AdaptiveModConv2d, EqualizedConv2d, EqualizedLinear, L2SelfAttention
 
@@ -159,13 +160,14 @@ class Discriminator(nn.Module):
         t_d = t_d.to(pyramid[0].dtype)
         outputs, h = [], None
         for j, block in enumerate(self.blocks):
-            entering = self.from_rgb[j](pyramid[j])
-            h = entering if h is None else torch.cat([h, entering], dim=0)     # levels 0..j, stacked on batch
-            h = block(h)
-            last = j == self.num_levels - 1 and self.mbstd_group > 0
-            feats = minibatch_std(h, self.mbstd_group, B // parts) if last else h
-            if m > 1:                                                          # [level, image] -> [level, caption set, image]
-                feats = feats.unflatten(0, (j + 1, 1, B)).expand(-1, m, -1, -1, -1, -1).flatten(0, 2)
-            logits = self.predictors[j](feats, t_d.repeat(j + 1, 1))
-            outputs.extend(logits.split(m * B, dim=0))                         # pairs (0, j+1) .. (j, j+1)
+            with record_function(f"D.level{self.resolution >> j}px"):
+                entering = self.from_rgb[j](pyramid[j])
+                h = entering if h is None else torch.cat([h, entering], dim=0)     # levels 0..j, stacked on batch
+                h = block(h)
+                last = j == self.num_levels - 1 and self.mbstd_group > 0
+                feats = minibatch_std(h, self.mbstd_group, B // parts) if last else h
+                if m > 1:                                                          # [level, image] -> [level, caption set, image]
+                    feats = feats.unflatten(0, (j + 1, 1, B)).expand(-1, m, -1, -1, -1, -1).flatten(0, 2)
+                logits = self.predictors[j](feats, t_d.repeat(j + 1, 1))
+                outputs.extend(logits.split(m * B, dim=0))                         # pairs (0, j+1) .. (j, j+1)
         return outputs

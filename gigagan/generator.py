@@ -20,6 +20,7 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from gigagan_kernels.nn import AdaptiveModConv2d, CrossAttention, EqualizedLinear, L2SelfAttention
 
@@ -153,7 +154,8 @@ class SynthesisNetwork(nn.Module):
         x = self.const.to(ws.dtype)[None].expand(B, -1, -1, -1)
         rgb, pyramid = None, []
         for i, block in enumerate(self.blocks):
-            x, rgb = block(x, rgb, ws[:, i], texts[i], masks[i], noise_mode)
+            with record_function(f"G.level{block.resolution}px"):
+                x, rgb = block(x, rgb, ws[:, i], texts[i], masks[i], noise_mode)
             pyramid.append(rgb)
         return pyramid[::-1]
 
@@ -176,11 +178,13 @@ class Generator(nn.Module):
                 truncation_psi: float = 1.0, noise_mode: str = "random", update_w_avg: bool = False) -> list:
         if isinstance(text, str):
             raise TypeError("Generator: text must be a list of captions (one per sample), not a single str")
-        feats = text if isinstance(text, TextFeatures) else self.encode_text(text)
+        with record_function("G.text_encoder"):
+            feats = text if isinstance(text, TextFeatures) else self.encode_text(text)
         if feats.t_global.shape[0] != z.shape[0]:
             raise ValueError(f"Generator: got {feats.t_global.shape[0]} captions for a batch of {z.shape[0]} latents; "
                              "pass one caption per sample")
-        w = self.mapping(z, feats.t_global, update_w_avg=update_w_avg)
+        with record_function("G.mapping"):
+            w = self.mapping(z, feats.t_global, update_w_avg=update_w_avg)
         if truncation_psi != 1.0:
             from .latent import conditional_w_mean, truncate
             w = truncate(w, self.mapping.w_avg, conditional_w_mean(self.mapping, feats.t_global), truncation_psi)

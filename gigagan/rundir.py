@@ -29,7 +29,7 @@ LOCK = ".lock"
 CORRUPT_DIR = "corrupt"
 PREVIOUS_DIR = "previous-runs"
 # What belongs to one run (moved together by archive_run); anything else in the directory is the user's.
-RUN_FILES = re.compile(r"^(ckpt-\d{8}\.pt|checkpoints\.json|log\.jsonl|samples-.*\.png|loss\.png|tb|corrupt)$")
+RUN_FILES = re.compile(r"^(ckpt-\d{8}\.pt|checkpoints\.json|log\.jsonl|samples-.*\.png|loss\.png|tb|profile|corrupt)$")
 
 
 class RunDirError(RuntimeError):

@@ -100,6 +100,7 @@ class TrainConfig:
     allow_random_clip: bool = False     # run those losses with a random CLIP (smoke tests only: they are noise)
     text_encoder_pretrained: Optional[str] = None  # local open_clip weights for the frozen CLIP text tower
     unconditional: bool = False         # every caption empty: image folders without captions
+    profile_steps: int = 0              # rank 0 traces this many steps (after one warm-up) into out/profile/
 
 
     def validate(self) -> None:
@@ -111,7 +112,7 @@ class TrainConfig:
         for field in ("steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints", "max_bad_steps",
                       "max_bad_batches"):
             need(isinstance(getattr(self, field), int) and getattr(self, field) >= 1, field, "an integer >= 1")
-        for field in ("r1_interval", "sample_every", "ckpt_every", "num_workers"):
+        for field in ("r1_interval", "sample_every", "ckpt_every", "num_workers", "profile_steps"):
             need(isinstance(getattr(self, field), int) and getattr(self, field) >= 0, field, "an integer >= 0")
         need(finite(self.lr) and self.lr > 0, "lr", "a finite number > 0")
         for field in ("r1_gamma", "attention_weight_decay", "perceptual_weight", "clip_weight", "vision_aided_weight",
@@ -704,6 +705,29 @@ class Trainer:
             imgs = self.G_ema(z, self.sample_prompts, noise_mode="none")[0]
         save_grid(imgs, path, captions=self.sample_prompts, columns=4)
 
+    def _start_profiler(self):
+        """torch.profiler over the next profile_steps steps: CPU ops, CUDA kernels, and the named ranges of the
+        model (G.text_encoder, G.mapping, G.level<R>px, D.level<R>px, gigagan_kernels.* for the fused ops)."""
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if self.device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        profiler = torch.profiler.profile(activities=activities, record_shapes=True)
+        profiler.start()
+        return profiler
+
+    def _finish_profiler(self, profiler, steps: int) -> None:
+        profiler.stop()
+        directory = os.path.join(self.cfg.out, "profile")
+        os.makedirs(directory, exist_ok=True)
+        trace = os.path.join(directory, "trace.json")
+        profiler.export_chrome_trace(trace + ".tmp")
+        os.replace(trace + ".tmp", trace)
+        key = "self_cuda_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
+        with open(os.path.join(directory, "summary.txt"), "w") as f:
+            f.write(f"{steps} steps from step {self.step - steps}, {self.device}, impl {self.cfg.impl}\n")
+            f.write(profiler.key_averages().table(sort_by=key, row_limit=40) + "\n")
+        self.log(f"profile: {steps} steps traced into {trace} (chrome://tracing, Perfetto) and summary.txt")
+
     def _write_log(self, record: dict) -> None:
         with open(os.path.join(self.cfg.out, "log.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -841,6 +865,7 @@ class Trainer:
         out_of_time = False
         bad_batches, tried, why = 0, 0, collections.Counter()    # batches in a row with no usable sample
         first_step = self.step
+        profiler, profiled = None, 0
         try:
             with use_impl(cfg.impl):
                 batches = self._batches(dataset)
@@ -880,7 +905,14 @@ class Trainer:
                     bad_batches, tried = 0, 0
                     why.clear()
                     images, captions, _ = batch
+                    if profiler is None and self.is_main and cfg.profile_steps and self.step == first_step + 1:
+                        profiler = self._start_profiler()
                     stats = self.train_step(images, captions)
+                    if profiler is not None:
+                        profiled += 1
+                        if profiled == cfg.profile_steps:
+                            self._finish_profiler(profiler, profiled)
+                            profiler = None
                     images_since += images.shape[0] * self.world
                     for k, v in stats.items():
                         if k != "skipped" and math.isfinite(v):
@@ -908,6 +940,8 @@ class Trainer:
                 bar.close()
             if self.tb is not None:
                 self.tb.close()
+            if profiler is not None:                      # training ended before the profiled steps did
+                self._finish_profiler(profiler, profiled)
         if self.step % max(cfg.ckpt_every, 1) != 0 or not cfg.ckpt_every:
             self.save_checkpoint()
         if self.is_main:

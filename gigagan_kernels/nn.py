@@ -9,6 +9,7 @@ import math
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from .adaptive_modconv import adaptive_modconv2d
 
@@ -75,6 +76,7 @@ class AdaptiveModConv2d(nn.Module):
         # Equalised lr for the bank, folded into the style: (W*g)*s == W*(s*g), which saves a bank-sized copy.
         self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
 
+    @record_function("gigagan_kernels.adaptive_modconv2d")
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         dtype = x.dtype
         if self.select is None:
@@ -125,6 +127,7 @@ class L2SelfAttention(nn.Module):
         self.to_out = EqualizedLinear(inner, dim)
         self.style_token = EqualizedLinear(style_dim, dim) if style_dim else None
 
+    @record_function("gigagan_kernels.attention")
     def forward(self, x: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
         from .attention import attention
         B, C, H, W = x.shape
@@ -155,6 +158,7 @@ class CrossAttention(nn.Module):
         self.to_v = EqualizedLinear(text_dim, inner, bias=False)
         self.to_out = EqualizedLinear(inner, dim)
 
+    @record_function("gigagan_kernels.attention")
     def forward(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, C, H, W]; text [B, T, text_dim]; text_mask [B, T] bool, True = a real token."""
         from .attention import attention

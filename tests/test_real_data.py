@@ -86,3 +86,22 @@ def test_unconditional_builtin_and_shard_captions_are_empty(tmp_path):
     from gigagan.data import make_dataset
     ds = make_dataset("builtin:4", 16, captions=False)
     assert [ds[i][1] for i in range(4)] == [""] * 4 and ds[0][0].shape == (3, 16, 16)
+
+
+def test_profile_steps_write_a_trace_with_the_named_ranges(tmp_path):
+    import json
+    trainer = Trainer(_cfg(tmp_path, steps=3, profile_steps=2))
+    assert trainer.fit()["step"] == 3
+    profile = tmp_path / "run" / "profile"
+    trace = json.loads((profile / "trace.json").read_text())
+    names = {e.get("name") for e in trace["traceEvents"]}
+    for wanted in ("G.mapping", "G.text_encoder", "G.level4px", "G.level32px", "D.level32px",
+                   "gigagan_kernels.adaptive_modconv2d", "gigagan_kernels.attention"):
+        assert wanted in names, wanted
+    summary = (profile / "summary.txt").read_text()
+    assert summary.startswith("2 steps from step 1, cpu, impl ref")
+
+
+def test_profile_steps_must_not_be_negative(tmp_path):
+    with pytest.raises(ConfigError, match="profile_steps"):
+        _cfg(tmp_path, profile_steps=-1).validate()
