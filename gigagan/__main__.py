@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batches in a row without a usable sample before stopping")
     t.add_argument("--workers", type=int, default=0, help="dataloader worker processes")
     t.add_argument("--tensorboard", action="store_true")
+    t.add_argument("--augment", default="", help="augment D's inputs (real and generated): any of "
+                   "flip,translation,cutout (DiffAugment; off by default)")
     t.add_argument("--profile-steps", type=int, default=0,
                    help="trace this many steps (after one warm-up) with torch.profiler into OUT/profile/")
     t.add_argument("--no-progress", action="store_true")

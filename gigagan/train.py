@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from gigagan_kernels import use_impl
 
 from .config import GigaGANConfig, get_preset, upsampler_discriminator_config
+from .augment import POLICIES, augment_pyramid, parse_policy
 from .data import StepSampler, collate_pairs, fixed_prompts, make_dataset
 from .discriminator import Discriminator
 from .extras import require
@@ -100,6 +101,7 @@ class TrainConfig:
     allow_random_clip: bool = False     # run those losses with a random CLIP (smoke tests only: they are noise)
     text_encoder_pretrained: Optional[str] = None  # local open_clip weights for the frozen CLIP text tower
     unconditional: bool = False         # every caption empty: image folders without captions
+    augment: str = ""                   # D's inputs: any of "flip,translation,cutout" (DiffAugment); "" = off
     profile_steps: int = 0              # rank 0 traces this many steps (after one warm-up) into out/profile/
 
 
@@ -128,6 +130,11 @@ class TrainConfig:
         need(self.device in (None, "cuda", "cpu"), "device", "'cuda', 'cpu' or None")
         if self.batch_size % self.grad_accum:
             raise ConfigError("grad_accum", f"must divide batch_size ({self.batch_size}), got {self.grad_accum}")
+        try:
+            parse_policy(self.augment)
+        except ValueError:
+            raise ConfigError("augment", f"must be a comma-separated subset of {POLICIES}, got {self.augment!r}") \
+                from None
         need(self.text_encoder_pretrained is None or os.path.isfile(self.text_encoder_pretrained),
              "text_encoder_pretrained", "a local open_clip checkpoint file (nothing is downloaded)")
         if self.unconditional:
@@ -335,6 +342,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)                       # identical initial weights on every rank
         random.seed(cfg.seed)
         self.model_config = model_config or get_preset(cfg.preset)
+        self.augment_policy = parse_policy(cfg.augment)
         if cfg.text_encoder_pretrained:
             text = dataclasses.replace(self.model_config.text, clip_pretrained=cfg.text_encoder_pretrained)
             self.model_config = dataclasses.replace(self.model_config, text=text)
@@ -582,7 +590,7 @@ class Trainer:
                 real_pyr = self.D.check_pyramid(real_in)
                 # [real, fake] under the true captions, then (matching-aware) under mismatched ones;
                 # D's trunk runs once on the images.
-                pyramid = [torch.cat([r, f]) for r, f in zip(real_pyr, fake)]
+                pyramid = augment_pyramid([torch.cat([r, f]) for r, f in zip(real_pyr, fake)], self.augment_policy)
                 texts = [text, text] + ([wrong] * 2 if wrong is not None else [])
                 logits = self.D_ddp(pyramid, CLIPText.cat(texts), captions_per_image=len(texts) // 2, parts=2)
                 split = [lg.split(B) for lg in logits]
@@ -616,11 +624,12 @@ class Trainer:
             with self._no_sync(self.G_ddp, k < micro - 1), self.autocast:
                 fake = self._generate(self.G_ddp, real, text, z, update_w_avg=True)
                 if wrong is not None:
-                    logits = D([f.float() for f in fake], CLIPText.cat([text, wrong]), captions_per_image=2)
+                    seen = augment_pyramid([f.float() for f in fake], self.augment_policy)
+                    logits = D(seen, CLIPText.cat([text, wrong]), captions_per_image=2)
                     split = [lg.split(B) for lg in logits]
                     loss = generator_loss([s[0] for s in split]) + matching_aware_g_loss([s[1] for s in split])
                 else:
-                    loss = generator_loss(D([f.float() for f in fake], text))
+                    loss = generator_loss(D(augment_pyramid([f.float() for f in fake], self.augment_policy), text))
                 if self.guidance is not None:
                     img_emb = self.guidance.encode_image(fake[0])
                     if cfg.clip_weight > 0:
