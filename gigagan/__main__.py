@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batches in a row without a usable sample before stopping")
     t.add_argument("--workers", type=int, default=0, help="dataloader worker processes")
     t.add_argument("--tensorboard", action="store_true")
+    t.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+                   help="autocast precision (auto: bf16 on CUDA, fp32 on CPU); fp16 adds dynamic loss scaling")
     t.add_argument("--augment", default="", help="augment D's inputs (real and generated): any of "
                    "flip,translation,cutout (DiffAugment; off by default)")
     t.add_argument("--profile-steps", type=int, default=0,

@@ -101,6 +101,7 @@ def cmd_train(args) -> int:
                       matching_aware=not (args.no_matching_aware or args.unconditional),
                       text_encoder_pretrained=args.text_encoder_pretrained, unconditional=args.unconditional,
                       profile_steps=args.profile_steps, augment=args.augment,
+                      precision=args.precision,
                       impl=_impl(args), device=args.device, out=args.out,
                       seed=args.seed, log_every=args.log_every, sample_every=args.sample_every, ckpt_every=args.ckpt_every,
                       keep_checkpoints=args.keep_checkpoints, max_bad_steps=args.max_bad_steps,

@@ -59,6 +59,7 @@ from .text import CLIPText
 
 
 MODELS = ("base", "upsampler")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 @dataclass
@@ -101,6 +102,7 @@ class TrainConfig:
     allow_random_clip: bool = False     # run those losses with a random CLIP (smoke tests only: they are noise)
     text_encoder_pretrained: Optional[str] = None  # local open_clip weights for the frozen CLIP text tower
     unconditional: bool = False         # every caption empty: image folders without captions
+    precision: str = "auto"             # "auto" (bf16 on CUDA, fp32 on CPU), "bf16", "fp16" (loss scaling), "fp32"
     augment: str = ""                   # D's inputs: any of "flip,translation,cutout" (DiffAugment); "" = off
     profile_steps: int = 0              # rank 0 traces this many steps (after one warm-up) into out/profile/
 
@@ -128,6 +130,7 @@ class TrainConfig:
              "two numbers in [0, 1)")
         need(self.model in MODELS, "model", f"one of {MODELS}")
         need(self.device in (None, "cuda", "cpu"), "device", "'cuda', 'cpu' or None")
+        need(self.precision in PRECISIONS, "precision", f"one of {PRECISIONS}")
         if self.batch_size % self.grad_accum:
             raise ConfigError("grad_accum", f"must divide batch_size ({self.batch_size}), got {self.grad_accum}")
         try:
@@ -411,8 +414,14 @@ class Trainer:
         self.caption_pool = collections.deque(maxlen=256)
         self._warned_no_mismatch = False
         self._run_dir = None
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
-                         else torch.autocast("cpu", enabled=False))
+        # Mixed precision: autocast in bf16 or fp16; fp16 adds dynamic loss scaling (one scaler for both
+        # optimisers); a scaled step whose gradients overflow is skipped and the scale lowered, not counted bad.
+        self.precision = cfg.precision if cfg.precision != "auto" else ("bf16" if self.device.type == "cuda"
+                                                                         else "fp32")
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        self.autocast = (torch.autocast(self.device.type, dtype=dtype) if dtype is not None
+                         else torch.autocast(self.device.type, enabled=False))
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.sample_prompts = [""] * 8 if cfg.unconditional else fixed_prompts(8)
         self.sample_z = torch.randn(8, self.G.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
         self.tb = None
@@ -431,7 +440,8 @@ class Trainer:
                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(), "rng": _rng_state(),
                 "counters": {"bad_steps_total": self.bad_steps_total, "skipped_samples": self.skipped_samples,
                              "batches_seen": self.batches_seen},
-                "caption_pool": list(self.caption_pool)}
+                "caption_pool": list(self.caption_pool),
+                "grad_scaler": self.scaler.state_dict() if self.scaler is not None else {}}
 
     def load_state_dict(self, state: dict) -> None:
         saved = GigaGANConfig.from_dict(json.loads(state["config"]))
@@ -459,6 +469,8 @@ class Trainer:
         self.batches_seen = int(state["counters"]["batches_seen"])
         self.caption_pool.clear()
         self.caption_pool.extend(state.get("caption_pool", []))
+        if self.scaler is not None and state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
         _set_rng_state(state["rng"])
 
     @property
@@ -610,7 +622,7 @@ class Trainer:
                     stats["r1"] += r1.item() / micro
                     loss = loss + r1 * cfg.r1_interval                # lazy regularisation
                 d_losses.append(loss.detach())
-                (loss / micro).backward()
+                self._backward(loss / micro)
         d_ok = self._all_finite(*d_losses)
 
         # ---- G phase
@@ -646,16 +658,36 @@ class Trainer:
                     loss = loss + cfg.perceptual_weight * lpips
                 stats["loss_g"] += loss.item() / micro
                 g_losses.append(loss.detach())
-                (loss / micro).backward()
-        g_ok = self._all_finite(*g_losses) and self._grads_finite()
+                self._backward(loss / micro)
+        losses_ok = self._all_finite(*g_losses)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.opt_d)
+            self.scaler.unscale_(self.opt_g)
+        grads_ok = self._grads_finite()
+        g_ok = losses_ok and grads_ok
         _set_trainable(self.d_params, True)
 
         if d_ok and g_ok:
-            self.opt_d.step()
-            self.opt_g.step()
+            if self.scaler is not None:
+                self.scaler.step(self.opt_d)
+                self.scaler.step(self.opt_g)
+                self.scaler.update()
+                stats["loss_scale"] = float(self.scaler.get_scale())
+            else:
+                self.opt_d.step()
+                self.opt_g.step()
             self._update_ema(images.shape[0] * self.world)
             self.bad_steps_in_row = 0
             stats["skipped"] = False
+        elif self.scaler is not None and d_ok and losses_ok:
+            # fp16 overflow in the scaled gradients: expected while the scale settles, so not a bad step.
+            self.scaler.update()                          # found_inf from unscale_ halves the scale
+            self.opt_d.zero_grad(set_to_none=True)
+            self.opt_g.zero_grad(set_to_none=True)
+            stats["skipped"] = True
+            stats["loss_scale"] = float(self.scaler.get_scale())
+            self.log(f"step {self.step}: fp16 gradients overflowed; step skipped, loss scale now "
+                     f"{stats['loss_scale']:g}")
         else:
             self.opt_d.zero_grad(set_to_none=True)
             self.opt_g.zero_grad(set_to_none=True)
@@ -671,6 +703,9 @@ class Trainer:
         self._remember_captions(captions)
         self.step += 1
         return stats
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def _grads_finite(self) -> bool:
         ok = all(torch.isfinite(p.grad).all() for opt in (self.opt_g, self.opt_d)
@@ -861,7 +896,7 @@ class Trainer:
                  f"on {self.device} x{self.world}, impl {cfg.impl}, data {cfg.data}, "
                  f"steps {self.step}->{cfg.steps}"
                  + (f" or {cfg.max_minutes:g} minutes" if cfg.max_minutes is not None else "")
-                 + f", batch {cfg.batch_size}/rank")
+                 + f", batch {cfg.batch_size}/rank, precision {self.precision}")
         bar = None
         if self.is_main and cfg.progress:
             tqdm = require("tqdm", "the progress bar (--no-progress runs without it)").tqdm
