@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import glob
+import itertools
 import math
 import os
 import random
@@ -198,36 +199,94 @@ class WithoutCaptions(Dataset):
         return item if isinstance(item, BadSample) else (item[0], "")
 
 
-def webdataset_pairs(urls: str, resolution: int, shuffle: int = 1000, seed: int = 0, captions: bool = True):
-    """img2dataset-style tar shards ("data/{00000..00009}.tar") as an iterable of (image, caption).
-
-    Shards are split across ranks and dataloader workers; undecodable samples yield a BadSample (dropped
-    and counted by collate_pairs), unreadable shards are skipped with a warning."""
+def _decode_tar_sample(sample, resolution: int, captions: bool):
+    """One raw webdataset sample -> (image, caption), or a BadSample saying why not."""
     import io
-
-    wds = require("webdataset", "tar-shard datasets")
     from PIL import Image
+    try:
+        image_bytes = next(sample[k] for k in ("jpg", "jpeg", "png", "webp") if k in sample)
+        caption = sample["txt"].decode("utf-8").strip() if captions else ""
+        with Image.open(io.BytesIO(image_bytes)) as image:
+            image.load()
+            tensor = to_tensor(center_crop_resize(image, resolution))
+        return (tensor, caption) if caption or not captions else BadSample("empty caption")
+    except StopIteration:
+        return BadSample("no image in the sample")
+    except KeyError:
+        return BadSample("no caption in the sample")
+    except Exception as e:                             # noqa: BLE001 - any bad sample is skipped, never fatal
+        return BadSample(f"undecodable sample ({type(e).__name__})")
 
-    def decode(sample):
-        try:
-            image_bytes = next(sample[k] for k in ("jpg", "jpeg", "png", "webp") if k in sample)
-            caption = sample["txt"].decode("utf-8").strip() if captions else ""
-            with Image.open(io.BytesIO(image_bytes)) as image:
-                image.load()
-                tensor = to_tensor(center_crop_resize(image, resolution))
-            return (tensor, caption) if caption or not captions else BadSample("empty caption")
-        except StopIteration:
-            return BadSample("no image in the sample")
-        except KeyError:
-            return BadSample("no caption in the sample")
-        except Exception as e:                             # noqa: BLE001 - any bad sample is skipped, never fatal
-            return BadSample(f"undecodable sample ({type(e).__name__})")
 
-    dataset = wds.WebDataset(urls, nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker,
-                             handler=wds.warn_and_continue, shardshuffle=shuffle if shuffle > 0 else False, seed=seed, empty_check=False)
-    if shuffle > 0:
-        dataset = dataset.shuffle(shuffle, rng=random.Random(seed))
-    return dataset.map(decode, handler=wds.warn_and_continue)
+class TarShards(torch.utils.data.IterableDataset):
+    """img2dataset-style tar shards ("data/{00000..00009}.tar") as a stream of (image, caption), resumable
+    exactly.
+
+    Shards are dealt to (rank, dataloader worker) pairs; each worker reads its shards pass after pass, in an
+    order and with a sample shuffle buffer seeded by (seed, pass, rank, worker), so its stream is a fixed
+    sequence. After `position(rank, world, batch_size, batches_seen, workers)` the stream is endless and
+    starts where a run that had consumed `batches_seen` batches would continue: the DataLoader takes
+    batches from its workers in turn, so each worker skips (without decoding) the samples of the batches it
+    already gave. Unpositioned, it is one pass over all shards. Undecodable samples yield a BadSample
+    (dropped and counted by collate_pairs); unreadable shards are skipped with a warning."""
+
+    def __init__(self, urls: str, resolution: int, shuffle: int = 1000, seed: int = 0, captions: bool = True):
+        super().__init__()
+        braceexpand = require("braceexpand", "tar-shard datasets").braceexpand
+        self.shards = sorted({path for part in braceexpand(urls) for path in (glob.glob(part) or [part])})
+        self.resolution, self.shuffle, self.seed, self.captions = resolution, shuffle, seed, captions
+        self.rank, self.world, self.batch_size, self.start_batch, self.workers = 0, 1, 1, 0, 1
+        self.endless = False
+
+    def position(self, rank: int, world: int, batch_size: int, batches_seen: int, workers: int) -> int:
+        """Place the stream after `batches_seen` batches of this rank; returns the number of dataloader
+        workers to use (no more than this rank has shards, so every worker's stream is endless)."""
+        self.rank, self.world, self.batch_size, self.start_batch = rank, world, batch_size, batches_seen
+        self.workers = max(1, min(workers, len(self.shards_of_rank())))
+        self.endless = True
+        return self.workers if workers > 0 else 0
+
+    def shards_of_rank(self) -> list:
+        return self.shards[self.rank::self.world]
+
+    def _worker_stream(self, worker: int, workers: int):
+        wds = require("webdataset", "tar-shard datasets")
+        mine = self.shards_of_rank()[worker::workers]
+        passes = itertools.count() if self.endless else range(1)
+        for p in passes:
+            if not mine:
+                return
+            rng = random.Random(f"{self.seed}-{p}-{self.rank}-{worker}")     # str seeds hash stably (SHA-512)
+            order = list(mine)
+            if self.shuffle > 0:
+                rng.shuffle(order)
+            raw = wds.WebDataset(order, handler=wds.warn_and_continue, shardshuffle=False, nodesplitter=None,
+                                 workersplitter=None, empty_check=False)
+            if self.shuffle > 0:
+                raw = raw.shuffle(self.shuffle, rng=rng)
+            produced = 0
+            for sample in raw:
+                produced += 1
+                yield sample
+            if produced == 0:
+                return                                     # nothing readable at all: a finite, empty stream
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        # The loader asks worker 0 first: after n batches, worker 0 plays the part of worker n % workers.
+        role = (worker + self.start_batch) % workers
+        done = max(0, -(-(self.start_batch - role) // workers))         # batches this role already gave
+        stream = self._worker_stream(role, workers)
+        for _ in itertools.islice(stream, done * self.batch_size):
+            pass                                           # skipped undecoded
+        for sample in stream:
+            yield _decode_tar_sample(sample, self.resolution, self.captions)
+
+
+def webdataset_pairs(urls: str, resolution: int, shuffle: int = 1000, seed: int = 0, captions: bool = True):
+    """One pass over tar shards as (image, caption) pairs (TarShards, unpositioned)."""
+    return TarShards(urls, resolution, shuffle=shuffle, seed=seed, captions=captions)
 
 
 def collate_pairs(items):

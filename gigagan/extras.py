@@ -13,7 +13,8 @@ import importlib.util
 PACKAGES = {
     "open_clip": ("open_clip_torch", "train"), "torchvision": ("torchvision", "train"),
     "safetensors": ("safetensors", "train"), "PIL": ("pillow", "train"), "tqdm": ("tqdm", "train"),
-    "webdataset": ("webdataset", "train"), "matplotlib": ("matplotlib", "train"),
+    "webdataset": ("webdataset", "train"), "braceexpand": ("webdataset", "train"),
+    "matplotlib": ("matplotlib", "train"),
     "torchmetrics": ("torchmetrics", "eval"), "torch_fidelity": ("torch-fidelity", "eval"), "scipy": ("scipy", "eval"),
 }
 

@@ -48,7 +48,7 @@ from gigagan_kernels import use_impl
 
 from .config import GigaGANConfig, get_preset, upsampler_discriminator_config
 from .augment import POLICIES, augment_pyramid, parse_policy
-from .data import StepSampler, collate_pairs, fixed_prompts, make_dataset
+from .data import StepSampler, TarShards, collate_pairs, fixed_prompts, make_dataset
 from .discriminator import Discriminator
 from .extras import require
 from .losses import (clip_contrastive_loss, discriminator_loss, generator_loss, matching_aware_d_loss,
@@ -800,6 +800,11 @@ class Trainer:
         common = dict(batch_size=cfg.batch_size, collate_fn=collate_pairs, num_workers=cfg.num_workers,
                       drop_last=True, pin_memory=self.device.type == "cuda",
                       generator=torch.Generator().manual_seed(cfg.seed + self.rank))
+        if isinstance(dataset, TarShards):
+            # Endless and placed after the batches already trained on: a resume continues the same stream.
+            common["num_workers"] = dataset.position(self.rank, self.world, cfg.batch_size, self.batches_seen,
+                                                     cfg.num_workers)
+            return torch.utils.data.DataLoader(dataset, **common)
         if isinstance(dataset, torch.utils.data.IterableDataset):
             return torch.utils.data.DataLoader(dataset, **common)
         sampler = StepSampler(len(dataset), cfg.batch_size, self.rank, self.world, cfg.seed, self.batches_seen)

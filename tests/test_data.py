@@ -120,3 +120,46 @@ def test_step_sampler_resumes_and_shards_ranks():
     r0 = list(itertools.islice(iter(StepSampler(12, 2, rank=0, world_size=2, seed=0)), 6))
     r1 = list(itertools.islice(iter(StepSampler(12, 2, rank=1, world_size=2, seed=0)), 6))
     assert not set(r0) & set(r1) and len(set(r0) | set(r1)) == 12                  # disjoint, covering the epoch
+
+
+def _caption_shards(directory, shards=3, per_shard=5):
+    for shard in range(shards):
+        with tarfile.open(directory / f"{shard:05d}.tar", "w") as tar:
+            for k in range(per_shard):
+                key = f"{shard:05d}{k:04d}"
+                _add(tar, f"{key}.png", _png((40 * shard, 20 * k, 90)))
+                _add(tar, f"{key}.txt", f"shard {shard} sample {k}".encode())
+    return str(directory) + "/{00000.." + f"{shards - 1:05d}" + "}.tar"
+
+
+def _captions(dataset, workers, batches_seen, count, rank=0, world=1):
+    workers = dataset.position(rank, world, 2, batches_seen, workers)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, collate_fn=collate_pairs, num_workers=workers)
+    return [tuple(b[1]) for b in itertools.islice(loader, count)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_tar_shards_resume_exactly_where_the_run_stopped(tmp_path, workers):
+    """A stream placed after n batches gives exactly batches n, n+1, ... of an uninterrupted one, across the
+    end of a pass (15 samples, batches of 2), with dataloader workers or without."""
+    from gigagan.data import TarShards
+    urls = _caption_shards(tmp_path)
+    whole = _captions(TarShards(urls, 8, shuffle=4, seed=7), workers, 0, 14)
+    assert len(set(whole[:7])) == 7                                   # distinct batches within a pass
+    for start in (1, 5, 9):
+        assert _captions(TarShards(urls, 8, shuffle=4, seed=7), workers, start, 14 - start) == whole[start:], start
+    if workers == 0:                  # (with workers, each reads its own shards pass after pass, as webdataset's)
+        seen = [c for batch in whole[:7] for c in batch]
+        assert len(set(seen)) == 14                                   # one pass reads each sample once
+    other_seed = _captions(TarShards(urls, 8, shuffle=4, seed=8), workers, 0, 7)
+    assert other_seed != whole[:7]
+
+
+def test_tar_shards_split_across_ranks(tmp_path):
+    from gigagan.data import TarShards
+    urls = _caption_shards(tmp_path, shards=4, per_shard=2)
+    ranks = [set(c for batch in _captions(TarShards(urls, 8, shuffle=0), 0, 0, 2, rank=r, world=2) for c in batch)
+             for r in range(2)]
+    assert not ranks[0] & ranks[1] and len(ranks[0] | ranks[1]) == 8
+    empty = TarShards(urls, 8)
+    assert empty.position(5, 8, 2, 0, 4) == 1 and list(empty) == []     # a rank with no shard gets no data

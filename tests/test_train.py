@@ -105,12 +105,37 @@ def test_weight_decay_only_on_attention_weights(tmp_path):
     assert not any(p.requires_grad for p in trainer.model.clip.parameters())
 
 
-def test_resume_is_exact(tmp_path):
-    straight = Trainer(_cfg(tmp_path / "a"))
+def _tar_shards(directory):
+    """Three tar shards of 3 captioned images each, as img2dataset writes them."""
+    import io
+    import tarfile
+
+    from PIL import Image
+    directory.mkdir()
+    for shard in range(3):
+        with tarfile.open(directory / f"{shard:05d}.tar", "w") as tar:
+            for k in range(3):
+                for suffix, data in (("png", None), ("txt", f"a shape {shard} {k}".encode())):
+                    if data is None:
+                        buf = io.BytesIO()
+                        Image.new("RGB", (40, 36), (80 * shard, 60 * k, 120)).save(buf, format="PNG")
+                        data = buf.getvalue()
+                    info = tarfile.TarInfo(f"{shard:05d}{k:04d}.{suffix}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return str(directory) + "/{00000..00002}.tar"
+
+
+@pytest.mark.parametrize("data", ["builtin", "tar shards"])
+def test_resume_is_exact(tmp_path, data):
+    """Two steps, a stop, two more: the same weights as four straight steps (for tar shards, the resumed
+    stream continues after the batches already trained on instead of replaying its first shards)."""
+    extra = {} if data == "builtin" else {"data": _tar_shards(tmp_path / "shards")}
+    straight = Trainer(_cfg(tmp_path / "a", **extra))
     straight.fit()
-    first = Trainer(_cfg(tmp_path / "b", steps=2))
+    first = Trainer(_cfg(tmp_path / "b", steps=2, **extra))
     first.fit()
-    resumed = Trainer(_cfg(tmp_path / "b", steps=4))
+    resumed = Trainer(_cfg(tmp_path / "b", steps=4, **extra))
     resumed.fit(resume=True)
     assert resumed.step == 4
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
