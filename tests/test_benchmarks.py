@@ -1,7 +1,9 @@
-"""Benchmark harness smoke tests on CPU: the providers run, the CSV, summary and plots are written.
-Timing is recorded by pytest-benchmark but never asserted on."""
+"""Benchmark harness tests on CPU: the providers run and compute what they claim, the CSV, summary and plots
+are written, and the pytest-benchmark suite (benchmarks/test_cpu_benchmarks.py) runs. Nothing here is timed."""
 import csv
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,12 +16,12 @@ TINY = dict(B=2, Cin=8, Cout=8, H=8, W=8, N=3, k=3)
 
 
 @pytest.mark.parametrize("provider", [p for p in bench.PROVIDERS if p != "cuda"])
-def test_provider_smoke(benchmark, provider, device):
+def test_provider_smoke(provider, device):
     if provider.startswith("triton") and bench.backend.unavailable_reason("triton", torch.device(device), bench.OP):
         pytest.skip("triton unavailable here")
     inp = bench.make_inputs(TINY, device, torch.float32)
     fwd, wrt = bench.forward_fn(provider, inp)
-    y = benchmark.pedantic(fwd, rounds=1, iterations=1)
+    y = fwd()
     assert y.shape == (2, 8, 8, 8) and torch.isfinite(y).all()
     grads = torch.autograd.grad(y.sum(), wrt)
     assert all(torch.isfinite(g).all() for g in grads)
@@ -80,13 +82,13 @@ def test_runner_writes_csv_summary_and_plots(tmp_path):
 
 @pytest.mark.parametrize("provider", ["ref", "sdpa_bias", "floor", "triton"])
 @pytest.mark.parametrize("kind, masked", [("l2", False), ("dot", True)])
-def test_attention_provider_smoke(benchmark, provider, kind, masked, device):
+def test_attention_provider_smoke(provider, kind, masked, device):
     if bench_attention.available(provider, torch.device(device)) and provider == "triton":
         if bench.backend.unavailable_reason("triton", torch.device(device), "attention"):
             pytest.skip("triton unavailable here")
     shape = dict(B=2, H=2, Lq=40, Lk=24, D=16, kind=kind, masked=masked)
     fwd, wrt = bench_attention.setup(provider, shape, device, torch.float32)
-    out = benchmark.pedantic(fwd, rounds=1, iterations=1)
+    out = fwd()
     assert out.shape == (2, 2, 40, 16) and torch.isfinite(out).all()
     assert all(torch.isfinite(g).all() for g in torch.autograd.grad(out.sum(), wrt))
 
@@ -145,3 +147,23 @@ def test_cost_model_predicts_each_formulation():
                              for f in ("ref", "torch_activations", "triton_fused"))
     with pytest.raises(ValueError, match="unknown formulation"):
         cost_model.modconv_seconds("magic", *shapes["lowres_8x8"])
+
+
+def test_pytest_benchmark_suite_runs_and_labels_its_results(tmp_path):
+    """Every CPU case of `pytest benchmarks --benchmark-only`, run once untimed; each result names its op,
+    shape, provider, mode and device."""
+    from helpers import ROOT
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "-q", "-p", "no:cacheprovider",
+                           "--benchmark-only", "--benchmark-min-rounds=1", "--benchmark-max-time=0.000001",
+                           "--benchmark-warmup=off", f"--benchmark-json={out}", "-k", "cpu_16x16 or train_step"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    import json
+    results = json.loads(out.read_text())["benchmarks"]
+    ops = {r["extra_info"]["op"] for r in results}
+    assert ops == {"adaptive_modconv2d", "e2e"}
+    for r in results:
+        info = r["extra_info"]
+        assert {"op", "shape", "provider", "mode", "device", "dtype"} <= set(info) and info["device"].startswith("cpu")
+        assert r["stats"]["median"] > 0
