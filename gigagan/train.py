@@ -883,9 +883,11 @@ class Trainer:
         if cfg.tensorboard and self.is_main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                raise TrainingError("--tensorboard needs the tensorboard package (pip install tensorboard)") from e
-            self.tb = SummaryWriter(os.path.join(cfg.out, "tb"))
+            except ImportError as e:                       # an optional output: training goes on without it
+                warnings.warn(f"--tensorboard: no TensorBoard logs ({e}; pip install tensorboard); log.jsonl "
+                              "has every scalar", stacklevel=2)
+            else:
+                self.tb = SummaryWriter(os.path.join(cfg.out, "tb"))
         dataset = make_dataset(cfg.data, self.resolution, seed=cfg.seed, captions=not cfg.unconditional)
         if cfg.model == "upsampler":
             # Fixed real images for the sample grids: the dataset's first valid samples.

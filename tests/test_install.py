@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import tomllib
 
 import pytest
@@ -78,3 +79,20 @@ def test_environment_report():
         assert re.search(r"^  cuda_archs +8\.0;9\.0$", out, re.M)
     else:
         assert "gigagan_kernels._C" in out and "not built" in out
+
+
+def test_tensorboard_missing_degrades_to_a_warning(tmp_path):
+    """--tensorboard without the tensorboard package: a warning, and the run finishes."""
+    code = textwrap.dedent(f"""
+        import warnings
+        from gigagan.train import TrainConfig, Trainer
+        cfg = TrainConfig(preset="tiny", steps=1, batch_size=2, out={str(tmp_path / "run")!r}, impl="ref",
+                          sample_every=0, ckpt_every=1, progress=False, device="cpu", tensorboard=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = Trainer(cfg).fit()
+        print("step", result["step"], any("--tensorboard: no TensorBoard logs" in str(w.message) for w in caught))
+    """)
+    proc = run_blocked(["tensorboard", "torch.utils.tensorboard"], code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "step 1 True" in proc.stdout
