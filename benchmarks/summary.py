@@ -53,7 +53,8 @@ def markdown(rows) -> str:
         sha = sorted({r["git_sha"] for r in rows if r["device"] == device and r["op"] == op})
         out.append(f"### {op} on {device}, {dtype} (git {', '.join(sha)})\n")
         out.append("| shape | mode | " + " | ".join(f"{p} ms" for p in providers)
-                   + " | fastest vs ref | fastest vs floor | cuda / triton | " + " | ".join(f"{p} MiB" for p in providers)
+                   + " | fastest vs ref | fastest vs floor | cuda / triton | "
+                   + " | ".join(f"{p} MiB" for p in providers)
                    + " |")
         out.append("|" + "---|" * (2 * len(providers) + 5))
         for key in keys:

@@ -103,7 +103,8 @@ def cmd_train(args) -> int:
                       profile_steps=args.profile_steps, augment=args.augment,
                       precision=args.precision,
                       impl=_impl(args), device=args.device, out=args.out,
-                      seed=args.seed, log_every=args.log_every, sample_every=args.sample_every, ckpt_every=args.ckpt_every,
+                      seed=args.seed, log_every=args.log_every, sample_every=args.sample_every,
+                      ckpt_every=args.ckpt_every,
                       keep_checkpoints=args.keep_checkpoints, max_bad_steps=args.max_bad_steps,
                       max_bad_batches=args.max_bad_batches, num_workers=args.workers, tensorboard=args.tensorboard,
                       progress=not args.no_progress)

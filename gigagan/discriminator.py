@@ -94,7 +94,8 @@ class Discriminator(nn.Module):
         super().__init__()
         if cfg.resolution != 4 * 2 ** (cfg.num_levels - 1):
             raise ValueError(f"DiscriminatorConfig: resolution {cfg.resolution} needs channels for "
-                             f"{int(math.log2(cfg.resolution))} scales ({cfg.resolution} .. 2 px), got {len(cfg.channels)}")
+                             f"{int(math.log2(cfg.resolution))} scales ({cfg.resolution} .. 2 px), "
+                             f"got {len(cfg.channels)}")
         self.config = cfg
         self.resolution, self.num_levels = cfg.resolution, cfg.num_levels
         self.text_encoder = TextEncoder(clip, cfg.text)
@@ -166,7 +167,7 @@ class Discriminator(nn.Module):
                 h = block(h)
                 last = j == self.num_levels - 1 and self.mbstd_group > 0
                 feats = minibatch_std(h, self.mbstd_group, B // parts) if last else h
-                if m > 1:                                                          # [level, image] -> [level, caption set, image]
+                if m > 1:                              # [level, image] -> [level, caption set, image]
                     feats = feats.unflatten(0, (j + 1, 1, B)).expand(-1, m, -1, -1, -1, -1).flatten(0, 2)
                 logits = self.predictors[j](feats, t_d.repeat(j + 1, 1))
                 outputs.extend(logits.split(m * B, dim=0))                         # pairs (0, j+1) .. (j, j+1)

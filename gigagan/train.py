@@ -520,7 +520,7 @@ class Trainer:
 
     # -- one training step ---------------------------------------------------------------------
     def _all_finite(self, *losses) -> bool:
-        ok = torch.tensor([float(all(torch.isfinite(l).all() for l in losses))], device=self.device)
+        ok = torch.tensor([float(all(torch.isfinite(loss).all() for loss in losses))], device=self.device)
         if self.world > 1:
             dist.all_reduce(ok, op=dist.ReduceOp.MIN)       # every rank skips together
         return bool(ok.item() > 0)

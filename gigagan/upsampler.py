@@ -77,7 +77,8 @@ class Upsampler(nn.Module):
         self.up, self.to_rgb, self.up_resolutions, cin = nn.ModuleList(), nn.ModuleList(), [], cfg.mid_channels
         for c in cfg.up_channels:
             res *= 2
-            self.up.append(UNetBlock(cin + skip_channels.get(res, 0), c, attention=res in cfg.attn_resolutions, **block))
+            self.up.append(UNetBlock(cin + skip_channels.get(res, 0), c, attention=res in cfg.attn_resolutions,
+                                     **block))
             self.to_rgb.append(AdaptiveModConv2d(c, 3, 1, 1, cfg.w_dim, demodulate=False, activation=None))
             self.up_resolutions.append(res)
             cin = c

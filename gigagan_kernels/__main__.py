@@ -111,7 +111,8 @@ def extension_rows() -> list[tuple[str, str]]:
 
 def report() -> str:
     device = _device()
-    sections = [("Versions", versions()), ("Device", device_rows()), (f"Backends per op, for {device.type} tensors", backend_rows(device)),
+    sections = [("Versions", versions()), ("Device", device_rows()),
+                (f"Backends per op, for {device.type} tensors", backend_rows(device)),
                 ("impl='auto' on CUDA at the benchmark shapes (bf16)", auto_rows(device)),
                 ("CUDA extension", extension_rows())]
     lines = []

@@ -224,7 +224,8 @@ def adaptive_modconv2d_torch(x, weight_bank, select_logits, style, bias=None, *,
             xs = xs.contiguous(memory_format=torch.channels_last)
             filters = filters.contiguous(memory_format=torch.channels_last)
         y = F.conv2d(xs, filters, padding=k // 2)
-        y = torch.einsum("bn,bnohw->bohw", a, y.view(B, N, Cout, H, W))   # N = 1 too: select_logits gets its (zero) grad
+        # N = 1 too: select_logits gets its (zero) gradient.
+        y = torch.einsum("bn,bnohw->bohw", a, y.view(B, N, Cout, H, W))
     else:
         mixed = (a @ weight_bank.reshape(N, -1)).view(B, Cout, Cin * k * k)            # one matmul
         y = torch.bmm(mixed, F.unfold(xs, k, padding=k // 2)).view(B, Cout, H, W)

@@ -1016,7 +1016,8 @@ def reduce_dweights(gw, bank, a, s, c, dbank, da, ds, *, demodulate, accumulate)
     _reduce_dweights_kernel[(num_c * o_split,)](
         gw, bank, a, s, c, dbank, da_part, ds_part, B, Cin, Cout, N, k * k, o_per, int(accumulate),
         gw.stride(0), bank.stride(0), bank.stride(1), a.stride(0), a.stride(1), s.stride(0), s.stride(1), c.stride(0),
-        DEMOD=demodulate, N_PAD=n_pad, GROUP_B=gb, DOT_DTYPE=dot_dtype(gw.dtype), DOT_PRECISION=dot_precision(gw.dtype), **cfg)
+        DEMOD=demodulate, N_PAD=n_pad, GROUP_B=gb, DOT_DTYPE=dot_dtype(gw.dtype), DOT_PRECISION=dot_precision(gw.dtype),
+        **cfg)
     da.copy_(da_part.sum(0)[:B, :N])
     ds.copy_(ds_part.sum(0)[:B])
 
@@ -1150,7 +1151,8 @@ def weights_backward(grad_y, x, bank, a, s, bias, noise, lin, d, kept, *, demodu
     da = torch.empty((B, N), device=x.device, dtype=torch.float32)
     ds = torch.empty((B, Cin), device=x.device, dtype=torch.float32)
     group = reduce_group(bank.shape)
-    groups = [g0 for b0 in range(0, B, plan.backward_chunk) for g0 in range(b0, min(B, b0 + plan.backward_chunk), group)]
+    groups = [g0 for b0 in range(0, B, plan.backward_chunk)
+              for g0 in range(b0, min(B, b0 + plan.backward_chunk), group)]
     # One reduction launch writes the bank gradient in the bank's dtype; more accumulate in fp32.
     dbank = torch.empty_like(bank) if len(groups) == 1 or bank.dtype == torch.float32 else \
         torch.empty(bank.shape, device=bank.device, dtype=torch.float32)
@@ -1204,7 +1206,8 @@ def fused_forward(x, bank, a, s, bias, noise, *, demodulate, eps, activation_cod
     bank = bank.contiguous()
     B, Cin, H, W = x.shape
     N, Cout, _, k, _ = bank.shape
-    d = demod_coefficients(bank, a, s, eps) if demodulate else torch.ones((B, Cout), device=x.device, dtype=torch.float32)
+    d = (demod_coefficients(bank, a, s, eps) if demodulate
+         else torch.ones((B, Cout), device=x.device, dtype=torch.float32))
     # A channels_last input gets a channels_last output; the kernels take any strides.
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format

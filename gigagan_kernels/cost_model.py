@@ -222,7 +222,8 @@ def _triton_weights(card, s: Shape):
         bwd += [_stage(card, "bmm: columns' gradient", flops=s.flops, rate=card.bmm,
                        hbm_bytes=(s.wts + s.cols + s.y) * e),
                 _stage(card, "col2im + im2col", hbm_bytes=2 * (s.x + s.cols) * e, launches=2),
-                _stage(card, "bmm: weight gradient", flops=s.flops, rate=card.bmm, hbm_bytes=(s.wts + s.cols + s.y) * e)]
+                _stage(card, "bmm: weight gradient", flops=s.flops, rate=card.bmm,
+                       hbm_bytes=(s.wts + s.cols + s.y) * e)]
     else:
         fwd += [_stage(card, "implicit GEMM + epilogue", flops=s.flops, rate=card.implicit_gemm,
                        hbm_bytes=(s.wts + s.x + 2 * s.y) * e)]

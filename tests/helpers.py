@@ -55,7 +55,8 @@ def _cuda_extension_built() -> bool:
     return backend.cuda_extension_ops() is not None
 
 
-# The fast paths every op test runs: the plain-torch composite and the fused kernels. "cuda" needs a GPU and the built extension (gigagan_kernels._C).
+# The fast paths every op test runs: the plain-torch composite and the fused kernels. "cuda" needs a GPU and the
+# built extension (gigagan_kernels._C).
 CUDA_IMPL = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
     not _cuda_extension_built(), reason="the CUDA extension gigagan_kernels._C is not built")])
 FUSED_IMPLS = ["triton", CUDA_IMPL]

@@ -10,7 +10,7 @@ import importlib
 import gigagan_kernels as gk
 from gigagan_kernels.nn import CrossAttention, L2SelfAttention
 
-from helpers import assert_close, FAST_IMPLS, FUSED_IMPLS, CUDA_IMPL
+from helpers import assert_close, FAST_IMPLS, CUDA_IMPL
 
 # The package exports the function `attention`, which shadows the submodule of the same name.
 attn_mod = importlib.import_module("gigagan_kernels.attention")
@@ -229,7 +229,8 @@ def test_bad_input_raises_naming_argument(args, match):
     (dict(kind="cosine"), r"kind must be one of"),
     (dict(scale=-1.0), r"scale must be a finite positive"),
     (dict(key_padding_mask=torch.ones(2, 5)), r"key_padding_mask must be a bool tensor"),
-    (dict(key_padding_mask=torch.ones(2, 4, dtype=torch.bool)), r"key_padding_mask must have shape \[B, Lk\] = \(2, 5\)"),
+    (dict(key_padding_mask=torch.ones(2, 4, dtype=torch.bool)),
+     r"key_padding_mask must have shape \[B, Lk\] = \(2, 5\)"),
 ])
 def test_bad_options_raise(kwargs, match):
     q, k, v = torch.randn(2, 2, 3, 4), torch.randn(2, 2, 5, 4), torch.randn(2, 2, 5, 6)

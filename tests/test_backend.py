@@ -142,7 +142,8 @@ def test_cuda_extension_builds_and_registers_its_ops():
     attn = importlib.import_module("gigagan_kernels.attention")
     with FakeTensorMode():
         x = torch.empty(2, 4, 5, 7, device="cuda", dtype=torch.bfloat16)
-        bank, logits, style = (torch.empty(*s, device="cuda", dtype=torch.bfloat16) for s in ((3, 6, 4, 3, 3), (2, 3), (2, 4)))
+        bank, logits, style = (torch.empty(*s, device="cuda", dtype=torch.bfloat16)
+                               for s in ((3, 6, 4, 3, 3), (2, 3), (2, 4)))
         y, lin, d = amc.cuda_forward_op()(x, bank, logits, style, None, None, True, 1e-8, "lrelu", 1.4, None, True)
         assert (y.shape, lin.shape, d.shape, d.dtype) == ((2, 6, 5, 7), (2, 6, 5, 7), (2, 6), torch.float32)
         grads = ops.adaptive_modconv2d_backward(y, d, x, bank, logits, style, True)

@@ -114,7 +114,8 @@ def test_eval_command_on_a_model(tmp_path, capsys, small_inception):
                         ckpt_every=1, progress=False, seed=3, device="cpu")).fit()
     _write_pngs(tmp_path / "real", _images(6, 0.0, 8))
     (tmp_path / "p.txt").write_text("a red circle\na blue square\n")
-    assert main(["eval", "--real", str(tmp_path / "real"), "--ckpt", str(run), "--prompts-file", str(tmp_path / "p.txt"),
+    assert main(["eval", "--real", str(tmp_path / "real"), "--ckpt", str(run),
+                 "--prompts-file", str(tmp_path / "p.txt"),
                  "--per-prompt", "3", "--impl", "ref", "--inception-weights", "unused", "--resolution", "32"]) == 0
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert scores["num_fake"] == 6 and np.isfinite(scores["fid"]) and scores["fid"] > 0
