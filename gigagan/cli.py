@@ -370,7 +370,24 @@ def cmd_upsample(args) -> int:
     return 0
 
 
+def _checkout_root():
+    """The repository checkout holding benchmarks/ (beside this package, or the working directory), or None:
+    the benchmarks are not installed with the package; they run from a checkout."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for root in (here, os.getcwd()):
+        if os.path.isfile(os.path.join(root, "benchmarks", "__main__.py")):
+            return root
+    return None
+
+
 def cmd_bench(args) -> int:
+    root = _checkout_root()
+    if root is None:
+        raise UsageError("runs the benchmark suite of a checkout of the repository (benchmarks/ beside gigagan/), "
+                         "which this installation lacks; clone the repository and run it there "
+                         "(python -m benchmarks)")
+    if root not in sys.path:
+        sys.path.insert(0, root)
     from benchmarks.__main__ import main as bench_main
     forwarded = [] if args.full else ["--quick"]
     forwarded += ["--ops", args.ops] if args.ops else []

@@ -71,10 +71,13 @@ def backend_rows(device: torch.device) -> list[tuple[str, str]]:
 
 def auto_rows(device: torch.device) -> list[tuple[str, str]]:
     """impl="auto" at the benchmark shapes: on CUDA the cost model's order, whatever the device here."""
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.isfile(os.path.join(checkout, "benchmarks", "__init__.py")) and checkout not in sys.path:
+        sys.path.append(checkout)                        # the benchmarks live in the repository, not the package
     try:
         from benchmarks import bench_adaptive_modconv, bench_attention
     except ImportError:
-        return [("benchmark shapes", "unavailable: run from a checkout (the benchmarks/ folder)")]
+        return [("benchmark shapes", "unavailable: run from a checkout of the repository (its benchmarks/)")]
     import importlib
     from . import adaptive_modconv
     attention_module = importlib.import_module(".attention", __package__)    # the package's `attention` is the function

@@ -147,13 +147,18 @@ def _reference_grads(q, k, v, kind, scale, mask, grad_out):
 class _SdpaAttention(torch.autograd.Function):
     """attention_sdpa with SDPA's first-order backward, and the reference's under create_graph=True (SDPA's
     flash and memory-efficient backwards are not differentiable). The forward records SDPA's graph on
-    detached inputs and the backward replays it, so nothing is recomputed."""
+    detached inputs and the first backward replays and frees it; a second backward through the same graph
+    (retain_graph=True) records it again."""
+
+    @staticmethod
+    def _record(q, k, v, kind, scale, mask):
+        inner = [t.detach().requires_grad_(t.requires_grad) for t in (q, k, v)]
+        with torch.enable_grad():
+            return attention_sdpa(*inner, kind=kind, scale=scale, key_padding_mask=mask), inner
 
     @staticmethod
     def forward(ctx, q, k, v, kind, scale, mask):
-        inner = [t.detach().requires_grad_(t.requires_grad) for t in (q, k, v)]
-        with torch.enable_grad():
-            out = attention_sdpa(*inner, kind=kind, scale=scale, key_padding_mask=mask)
+        out, inner = _SdpaAttention._record(q, k, v, kind, scale, mask)
         ctx.save_for_backward(q, k, v)
         ctx.inner = (out, inner)
         ctx.options = (kind, scale, mask)
@@ -162,13 +167,13 @@ class _SdpaAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         kind, scale, mask = ctx.options
-        out, inner = ctx.inner
+        q, k, v = ctx.saved_tensors
         if torch.is_grad_enabled():
-            q, k, v = ctx.saved_tensors
             return (*_reference_grads(q, k, v, kind, scale, mask, grad_out), None, None, None)
+        out, inner = ctx.inner if ctx.inner is not None else _SdpaAttention._record(q, k, v, kind, scale, mask)
+        ctx.inner = None                                  # SDPA's saved tensors go with the replay
         wanted = [t for t in inner if t.requires_grad]
         grads = iter(torch.autograd.grad(out, wanted, grad_out) if wanted else ())
-        ctx.inner = None
         return (*(next(grads) if t.requires_grad else None for t in inner), None, None, None)
 
 

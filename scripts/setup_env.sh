@@ -14,9 +14,9 @@ fi
 "$VENV/bin/python" -m pip install -q --no-deps -r benchmarks/requirements-peer.txt
 # --no-build-isolation: setup.py needs the venv's torch to decide whether to build the CUDA extension.
 # The editable install rebuilds the extension every time (1.5 min on 2 cores), so it is skipped when
-# nothing it depends on changed: csrc/, setup.py, torch and the build switch.
+# nothing it depends on changed: csrc/, setup.py, pyproject.toml, torch and the build switch.
 stamp="$VENV/.gigagan-kernels-install"
-want="$(cat setup.py csrc/* 2>/dev/null | sha256sum | cut -d' ' -f1) $("$VENV/bin/python" -c 'import torch; print(torch.__version__)') ${GIGAGAN_KERNELS_BUILD_CUDA:-auto}"
+want="$(cat setup.py pyproject.toml csrc/* 2>/dev/null | sha256sum | cut -d' ' -f1) $("$VENV/bin/python" -c 'import torch; print(torch.__version__)') ${GIGAGAN_KERNELS_BUILD_CUDA:-auto}"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$VENV/bin/python" -c "import gigagan_kernels" 2>/dev/null; then
   "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
   echo "$want" > "$stamp"

@@ -357,3 +357,16 @@ def test_composite_in_float64(kind, mask, device):
     """float64 (the kernels do not take it) runs on the composite, gradients included."""
     q, k, v, m = make_qkv(2, 2, 9, 7, 8, 8, dtype=torch.float64, device=device, seed=21, mask=mask)
     check(q, k, v, m, "torch", torch.float64, kind=kind)
+
+
+@pytest.mark.parametrize("impl", ["ref"] + FAST_IMPLS)
+def test_backward_twice_through_a_retained_graph(impl, device):
+    """retain_graph=True: a second backward through the same output gives the same gradients."""
+    q, k, v, m = make_qkv(2, 2, 11, 9, 16, 16, dtype=torch.float32, device=device, seed=31, mask="random")
+    leaves = [t.requires_grad_() for t in (q, k, v)]
+    out = gk.attention(*leaves, kind="l2", key_padding_mask=m, impl=impl)
+    grad = torch.randn_like(out)
+    first = torch.autograd.grad(out, leaves, grad, retain_graph=True)
+    second = torch.autograd.grad(out, leaves, grad)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)

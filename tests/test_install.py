@@ -96,3 +96,18 @@ def test_tensorboard_missing_degrades_to_a_warning(tmp_path):
     proc = run_blocked(["tensorboard", "torch.utils.tensorboard"], code)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "step 1 True" in proc.stdout
+
+
+def test_the_packages_do_not_import_the_benchmarks():
+    proc = run_blocked([], "import sys, gigagan, gigagan.cli, gigagan.train, gigagan_kernels.nn\n"
+                           "print(sorted(m for m in sys.modules if m.split('.')[0] == 'benchmarks'))")
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr[-2000:]
+
+
+def test_bench_without_a_checkout_says_so(monkeypatch, capsys):
+    from gigagan import cli
+    from gigagan.__main__ import main
+    monkeypatch.setattr(cli, "_checkout_root", lambda: None)
+    assert main(["bench"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "a checkout of the repository" in err and len(err.splitlines()) == 1
