@@ -10,7 +10,7 @@ import gigagan_kernels as gk
 from gigagan_kernels import adaptive_modconv as amc
 from gigagan_kernels.nn import AdaptiveModConv2d, EqualizedConv2d
 
-from helpers import assert_close, CUDA_IMPL, uses_tf32, round_to_tf32
+from tests.helpers import assert_close, CUDA_IMPL, uses_tf32, round_to_tf32
 
 # Every fast path: the torch composite (it picks its form per call; test_torch_composite_every_form forces
 # each), and each Triton strategy, the "weights" one in both of its GEMM forms.

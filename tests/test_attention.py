@@ -10,7 +10,7 @@ import importlib
 import gigagan_kernels as gk
 from gigagan_kernels.nn import CrossAttention, L2SelfAttention
 
-from helpers import assert_close, FAST_IMPLS, CUDA_IMPL
+from tests.helpers import assert_close, FAST_IMPLS, CUDA_IMPL
 
 # The package exports the function `attention`, which shadows the submodule of the same name.
 attn_mod = importlib.import_module("gigagan_kernels.attention")

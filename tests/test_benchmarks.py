@@ -152,7 +152,7 @@ def test_cost_model_predicts_each_formulation():
 def test_pytest_benchmark_suite_runs_and_labels_its_results(tmp_path):
     """Every CPU case of `pytest benchmarks --benchmark-only`, run once untimed; each result names its op,
     shape, provider, mode and device."""
-    from helpers import ROOT
+    from tests.helpers import ROOT
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "-q", "-p", "no:cacheprovider",
                            "--benchmark-only", "--benchmark-min-rounds=1", "--benchmark-max-time=0.000001",

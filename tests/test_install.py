@@ -10,7 +10,7 @@ import tomllib
 import pytest
 import torch
 
-from helpers import ROOT
+from tests.helpers import ROOT
 
 
 def run_blocked(blocked, code):

@@ -14,7 +14,7 @@ from gigagan import (Discriminator, FrozenCLIPText, GigaGAN, TextConfig, count_p
 from gigagan.text import _cached_checkpoint
 from conftest import DEVICE, SAME_MATH_ATOL
 from gigagan_kernels import use_impl
-from helpers import assert_close
+from tests.helpers import assert_close
 
 CAPTIONS = ["a small red circle in the top left on a blue background",
             "a large green square in the center on a white background",

@@ -22,7 +22,7 @@ from gigagan.data import to_tensor
 from gigagan.images import plot_losses
 from gigagan.rundir import RunDirectory, RunDirError
 from gigagan.train import CheckpointError, TrainConfig, Trainer, TrainingError, list_checkpoints, load_checkpoint
-from helpers import ROOT, train_cmd, train_env
+from tests.helpers import ROOT, train_cmd, train_env
 
 
 def _cfg(out, **kw):

@@ -18,7 +18,7 @@ from gigagan.losses import (discriminator_loss, generator_loss, matching_aware_d
 from gigagan.text import CLIPText
 from gigagan.train import (CheckpointError, TrainConfig, Trainer, TrainingError, list_checkpoints,
                            load_checkpoint, load_latest_checkpoint)
-from helpers import ROOT, train_cmd, train_env
+from tests.helpers import ROOT, train_cmd, train_env
 
 
 def _cfg(tmp_path, **kw):
