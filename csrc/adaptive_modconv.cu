@@ -1,4 +1,4 @@
-// CUDA kernels for sample-adaptive kernel-selection modulated convolution (SPEC §2).
+// CUDA kernels for sample-adaptive kernel-selection modulated convolution (docs/design.md §2).
 //
 // Notation: a = softmax(select_logits) [B,N], s = style [B,Cin], K[b] = sum_n a[b,n] W[n],
 // d[b,o] = rsqrt(sum_{i,t} (K[b,o,i,t] s[b,i])^2 + eps). Because s scales input channels and d output

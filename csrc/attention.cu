@@ -1,4 +1,4 @@
-// Flash-style CUDA kernels for L2-distance and dot-product attention with a key padding mask (SPEC §3).
+// Flash-style CUDA kernels for L2-distance and dot-product attention with a key padding mask (docs/design.md §3).
 //
 // L2 logits use  -s||q_i - k_j||^2 = 2s<q_i,k_j> - s||k_j||^2 - s||q_i||^2; the last term is constant
 // along a row and cancels in the softmax, so L2 is dot-product attention at scale 2s plus a per-key bias

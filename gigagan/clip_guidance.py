@@ -1,4 +1,4 @@
-"""A frozen whole CLIP (image and text towers) for the two optional CLIP losses of SPEC §6.
+"""A frozen whole CLIP (image and text towers) for the two optional CLIP losses (docs/design.md §6).
 
 - The CLIP contrastive loss on G (paper eq. 9): InfoNCE between CLIP's embedding of G(c) and the
   embeddings of the batch's captions, gathered across ranks (losses.clip_contrastive_loss).

@@ -1,4 +1,4 @@
-"""GigaGAN's multi-scale-input, multi-scale-output (MS-I/O) discriminator (paper §3.3, SPEC §5).
+"""GigaGAN's multi-scale-input, multi-scale-output (MS-I/O) discriminator (paper §3.3, docs/design.md §5).
 
     D = Discriminator(cfg, clip)
     logits = D(pyramid, captions)      # a list of [B, 1, h_j, w_j] maps, one per pair (i, j), j > i

@@ -1,4 +1,5 @@
-"""Latent-space tools (paper Figs. 6-8, SPEC §6-7): truncation, style mixing, prompt interpolation and mixing.
+"""Latent-space tools (paper Figs. 6-8, docs/design.md §6-7): truncation, style mixing, prompt interpolation
+and mixing.
 
 Every function takes a Generator and returns its image pyramid's level 0 ([B, 3, R, R] in about [-1, 1])
 unless noted. ``crossover`` is the first block that takes B's input: blocks [0, crossover) are the

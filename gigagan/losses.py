@@ -1,4 +1,4 @@
-"""GigaGAN's losses (paper §3.3-3.4, eqs. 6-9; SPEC §6).
+"""GigaGAN's losses (paper §3.3-3.4, eqs. 6-9; docs/design.md §6).
 
 All adversarial terms are non-saturating logistic losses, summed with equal weight over every MS-I/O
 prediction (i, j); each prediction is a patch logit map, averaged over its positions and the batch.

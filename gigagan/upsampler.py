@@ -1,4 +1,4 @@
-"""GigaGAN's text-conditioned super-resolution network: an asymmetric U-Net (paper §3.4, SPEC §5).
+"""GigaGAN's text-conditioned super-resolution network: an asymmetric U-Net (paper §3.4, docs/design.md §5).
 
     U = Upsampler(cfg, clip)
     pyramid = U(low_res, captions)                 # [B, 3, 4R, 4R] first, then 2R, R, ...

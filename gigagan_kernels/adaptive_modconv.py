@@ -1,4 +1,4 @@
-"""Sample-adaptive kernel-selection modulated convolution (GigaGAN, paper eqs. 1-2; SPEC §2).
+"""Sample-adaptive kernel-selection modulated convolution (GigaGAN, paper eqs. 1-2; docs/design.md §2).
 
 For each sample b:
     a[b]  = softmax(select_logits[b])                 K[b] = sum_n a[b,n] W[n]

@@ -47,7 +47,7 @@ class EqualizedLinear(nn.Module):
 
 
 class AdaptiveModConv2d(nn.Module):
-    """GigaGAN's sample-adaptive kernel-selection modulated convolution layer (SPEC §2).
+    """GigaGAN's sample-adaptive kernel-selection modulated convolution layer (docs/design.md §2).
 
     Owns the filter bank [N, Cout, Cin, k, k] (unit-normal, equalised lr), the two affine
     layers from w (selection logits, bias init 0; style, bias init 1) and the output bias.

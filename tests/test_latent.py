@@ -1,4 +1,5 @@
-"""Latent tools (SPEC §6-7): text-conditioned truncation, style mixing, prompt interpolation, prompt mixing."""
+"""Latent tools (docs/design.md §6-7): text-conditioned truncation, style mixing, prompt interpolation and
+prompt mixing."""
 import warnings
 
 import pytest
