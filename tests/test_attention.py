@@ -1,4 +1,5 @@
 """attention: the fused path, forward and dq/dk/dv, against the float64 reference."""
+import contextlib
 import math
 import random
 
@@ -10,10 +11,21 @@ import importlib
 import gigagan_kernels as gk
 from gigagan_kernels.nn import CrossAttention, L2SelfAttention
 
-from tests.helpers import assert_close, FAST_IMPLS, CUDA_IMPL
+from tests.helpers import assert_close, CUDA_IMPL, FUSED_IMPLS
 
 # The package exports the function `attention`, which shadows the submodule of the same name.
 attn_mod = importlib.import_module("gigagan_kernels.attention")
+
+# Every fast path: each form of the torch composite (it picks one per call), then the fused kernels.
+FAST_IMPLS = [f"torch:{form}" for form in attn_mod.TORCH_FORMS] + FUSED_IMPLS
+
+
+def attend(*args, impl="auto", **kwargs):
+    """gk.attention, with impl "torch:<form>" running the torch composite in that form."""
+    if isinstance(impl, str) and impl.startswith("torch:"):
+        with attn_mod.use_torch_form(impl.split(":", 1)[1]):
+            return gk.attention(*args, impl="torch", **kwargs)
+    return gk.attention(*args, impl=impl, **kwargs)
 
 
 def make_qkv(B, H, Lq, Lk, D, Dv, *, dtype, device, seed, mask=None, tied=False):
@@ -36,10 +48,10 @@ def run(q, k, v, impl, grad_out, tied=False, **options):
     if tied:
         qk = q.detach().clone().requires_grad_()
         vv = v.detach().clone().requires_grad_()
-        out = gk.attention(qk, qk, vv, impl=impl, **options)
+        out = attend(qk, qk, vv, impl=impl, **options)
         return out, dict(zip(("q", "v"), torch.autograd.grad(out, (qk, vv), grad_out.to(out.dtype))))
     leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-    out = gk.attention(*leaves, impl=impl, **options)
+    out = attend(*leaves, impl=impl, **options)
     return out, dict(zip(("q", "k", "v"), torch.autograd.grad(out, leaves, grad_out.to(out.dtype))))
 
 
@@ -124,7 +136,7 @@ def test_second_order_gradients(impl, kind, device):
     def r1(impl, dtype):
         x = q0.detach().to(dtype).requires_grad_()
         w_v = v0.detach().to(dtype).requires_grad_()
-        out = gk.attention(x, x, w_v, kind=kind, key_padding_mask=m, impl=impl)
+        out = attend(x, x, w_v, kind=kind, key_padding_mask=m, impl=impl)
         (gx,) = torch.autograd.grad((out * out.detach().sin()).sum(), x, create_graph=True)
         return torch.autograd.grad(gx.square().sum(), (x, w_v))
 
@@ -135,7 +147,7 @@ def test_second_order_gradients(impl, kind, device):
 
 def test_reference_gradgradcheck(device):
     q, k, v, m = make_qkv(1, 1, 5, 4, 3, 2, dtype=torch.float64, device=device, seed=7, mask="random")
-    fn = lambda q, k, v: gk.attention(q, k, v, kind="l2", key_padding_mask=m, impl="ref")  # noqa: E731
+    fn = lambda q, k, v: attend(q, k, v, kind="l2", key_padding_mask=m, impl="ref")  # noqa: E731
     assert torch.autograd.gradgradcheck(fn, [t.requires_grad_() for t in (q, k, v)])
 
 
@@ -163,27 +175,36 @@ def test_opcheck_cuda_ops(impl):
 
 
 @pytest.mark.parametrize("impl", ["auto", "torch", CUDA_IMPL])
-def test_torch_compile_fullgraph(impl, device):
+@pytest.mark.parametrize("form", attn_mod.TORCH_FORMS)
+def test_torch_compile_fullgraph(impl, form, device):
     torch.manual_seed(0)
     layer = L2SelfAttention(32, heads=2, style_dim=8, impl=impl).to(device)
     x, w = torch.randn(2, 32, 4, 4, device=device, requires_grad=True), torch.randn(2, 8, device=device)
-    eager = layer(x, w)
-    out = torch.compile(layer, fullgraph=True)(x, w)
+    with attn_mod.use_torch_form(form):
+        eager = layer(x, w)
+        out = torch.compile(layer, fullgraph=True)(x, w)
     assert_close(out, eager.detach(), torch.float32, "compiled out")
 
 
-@pytest.mark.parametrize("impl", FAST_IMPLS)
+@pytest.mark.parametrize("impl", ["torch:sdpa"] + FUSED_IMPLS)
 def test_no_quadratic_buffer_saved(impl, device):
-    """The fused paths and the SDPA composite save q, k, v, out and the row LSE: nothing of size Lq x Lk."""
+    """The fused paths and the SDPA composite save q, k, v, out and the row LSE: nothing of size Lq x Lk (the
+    materialised form, for small logits on CPU only, keeps its probabilities)."""
     q, k, v, _ = make_qkv(1, 1, 64, 96, 16, 16, dtype=torch.float32, device=device, seed=9)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
-        gk.attention(*(t.requires_grad_() for t in (q, k, v)), impl=impl)
+        attend(*(t.requires_grad_() for t in (q, k, v)), impl=impl)
     assert saved and max(saved) < 64 * 96
 
 
 @pytest.mark.parametrize("impl", ["ref"] + FAST_IMPLS)
 def test_nn_wrappers(impl, device):
+    form = impl.split(":", 1)[1] if impl.startswith("torch:") else None
+    with attn_mod.use_torch_form(form) if form else contextlib.nullcontext():
+        _check_wrappers("torch" if form else impl, device)
+
+
+def _check_wrappers(impl, device):
     torch.manual_seed(3)
     self_attn = L2SelfAttention(32, heads=4, style_dim=16, impl=impl).to(device)
     x, w = torch.randn(2, 32, 6, 5, device=device), torch.randn(2, 16, device=device)
@@ -222,7 +243,7 @@ def test_wrappers_match_between_impls(device):
 def test_bad_input_raises_naming_argument(args, match):
     q, k, v = torch.randn(2, 2, 3, 4), torch.randn(2, 2, 5, 4), torch.randn(2, 2, 5, 6)
     with pytest.raises(ValueError, match=match):
-        gk.attention(*args(q, k, v), impl="ref")
+        attend(*args(q, k, v), impl="ref")
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -235,17 +256,17 @@ def test_bad_input_raises_naming_argument(args, match):
 def test_bad_options_raise(kwargs, match):
     q, k, v = torch.randn(2, 2, 3, 4), torch.randn(2, 2, 5, 4), torch.randn(2, 2, 5, 6)
     with pytest.raises(ValueError, match=match):
-        gk.attention(q, k, v, impl="ref", **kwargs)
+        attend(q, k, v, impl="ref", **kwargs)
 
 
 @pytest.mark.parametrize("impl", ["ref"] + FAST_IMPLS)
 def test_empty_inputs(impl, device):
     q, k, v = (torch.randn(0, 2, 3, 16, device=device), torch.randn(0, 2, 5, 16, device=device),
                torch.randn(0, 2, 5, 16, device=device))
-    assert gk.attention(q, k, v, impl=impl).shape == (0, 2, 3, 16)
+    assert attend(q, k, v, impl=impl).shape == (0, 2, 3, 16)
 
 
-@pytest.mark.parametrize("impl", ["ref", "torch"])
+@pytest.mark.parametrize("impl", ["ref", "torch:sdpa", "torch:materialised"])
 @pytest.mark.parametrize("D", [16, 24, 200, 256])
 def test_head_dims_beyond_the_kernels(impl, D, device, poison_outputs):
     """Head dims 16 to 256: the composite runs any of them (the kernels stop at 128, see below)."""
@@ -256,7 +277,7 @@ def test_head_dims_beyond_the_kernels(impl, D, device, poison_outputs):
 def test_triton_refuses_head_dims_above_its_tables(device):
     q = torch.randn(1, 1, 4, 256, device=device)
     with pytest.raises(ValueError, match=r"impl='triton'\): q head dim 256 exceeds 128"):
-        gk.attention(q, q, q, impl="triton")
+        attend(q, q, q, impl="triton")
 
 
 @pytest.mark.parametrize("impl", FAST_IMPLS)
@@ -324,10 +345,22 @@ def test_auto_order_follows_the_cost_model():
                                     torch.bfloat16)[0] == "triton"
 
 
+def test_torch_form_per_call(device):
+    """The composite's form: materialised for small logits on CPU, SDPA otherwise (always on CUDA)."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert attn_mod.torch_form(256, 77, cpu) == "materialised" and attn_mod.torch_form(256, 256, cpu) == "sdpa"
+    assert attn_mod.torch_form(16, 16, cuda) == "sdpa"
+    with attn_mod.use_torch_form("sdpa"):
+        assert attn_mod.torch_form(4, 4, cpu) == "sdpa"
+    with pytest.raises(ValueError, match="form must be one of"):
+        with attn_mod.use_torch_form("fast"):
+            pass
+
+
 def test_sdpa_route_rows_without_keys_get_zero_gradient(device):
     q, k, v, m = make_qkv(2, 2, 6, 5, 16, 16, dtype=torch.float32, device=device, seed=13, mask="with_empty_row")
     leaves = [t.requires_grad_() for t in (q, k, v)]
-    out = gk.attention(*leaves, key_padding_mask=m, impl="torch")
+    out = attend(*leaves, key_padding_mask=m, impl="torch:sdpa")
     dq, dk, dv = torch.autograd.grad(out.square().sum() + out.sum(), leaves)
     assert torch.equal(out[-1], torch.zeros_like(out[-1]))
     for name, g in (("dq", dq), ("dk", dk), ("dv", dv)):
@@ -338,7 +371,7 @@ def test_sdpa_route_rows_without_keys_get_zero_gradient(device):
 def test_zero_head_dim_is_a_named_error_on_every_backend(impl, device):
     q = torch.randn(2, 2, 3, 0, device=device)
     with pytest.raises(ValueError, match=r"head dim D >= 1"):
-        gk.attention(q, q, torch.randn(2, 2, 3, 4, device=device), impl=impl)
+        attend(q, q, torch.randn(2, 2, 3, 4, device=device), impl=impl)
 
 
 @pytest.mark.parametrize("impl", ["ref"] + FAST_IMPLS)
@@ -347,7 +380,7 @@ def test_zero_lengths_agree_on_every_backend(impl, Lq, Lk, Dv, device):
     """No queries, no keys (zeros, as a row whose keys are all masked) or no value channels."""
     q, k, v = (torch.randn(2, 2, Lq, 8, device=device), torch.randn(2, 2, Lk, 8, device=device),
                torch.randn(2, 2, Lk, Dv, device=device))
-    out = gk.attention(q, k, v, impl=impl)
+    out = attend(q, k, v, impl=impl)
     assert out.shape == (2, 2, Lq, Dv) and not out.any()
 
 
@@ -356,7 +389,8 @@ def test_zero_lengths_agree_on_every_backend(impl, Lq, Lk, Dv, device):
 def test_composite_in_float64(kind, mask, device):
     """float64 (the kernels do not take it) runs on the composite, gradients included."""
     q, k, v, m = make_qkv(2, 2, 9, 7, 8, 8, dtype=torch.float64, device=device, seed=21, mask=mask)
-    check(q, k, v, m, "torch", torch.float64, kind=kind)
+    for form in attn_mod.TORCH_FORMS:
+        check(q, k, v, m, f"torch:{form}", torch.float64, kind=kind)
 
 
 @pytest.mark.parametrize("impl", ["ref"] + FAST_IMPLS)
@@ -364,7 +398,7 @@ def test_backward_twice_through_a_retained_graph(impl, device):
     """retain_graph=True: a second backward through the same output gives the same gradients."""
     q, k, v, m = make_qkv(2, 2, 11, 9, 16, 16, dtype=torch.float32, device=device, seed=31, mask="random")
     leaves = [t.requires_grad_() for t in (q, k, v)]
-    out = gk.attention(*leaves, kind="l2", key_padding_mask=m, impl=impl)
+    out = attend(*leaves, kind="l2", key_padding_mask=m, impl=impl)
     grad = torch.randn_like(out)
     first = torch.autograd.grad(out, leaves, grad, retain_graph=True)
     second = torch.autograd.grad(out, leaves, grad)
