@@ -25,6 +25,7 @@ from torch.profiler import record_function
 from gigagan_kernels.nn import AdaptiveModConv2d, CrossAttention, EqualizedLinear, L2SelfAttention
 
 from .config import GeneratorConfig
+from .latent import conditional_w_mean, truncate
 from .text import CLIPText, FrozenCLIPText, TextEncoder, TextFeatures
 
 NOISE_MODES = ("random", "none")
@@ -186,6 +187,5 @@ class Generator(nn.Module):
         with record_function("G.mapping"):
             w = self.mapping(z, feats.t_global, update_w_avg=update_w_avg)
         if truncation_psi != 1.0:
-            from .latent import conditional_w_mean, truncate
             w = truncate(w, self.mapping.w_avg, conditional_w_mean(self.mapping, feats.t_global), truncation_psi)
         return self.synthesis(w, feats.t_local, feats.mask, noise_mode=noise_mode)

@@ -7,11 +7,12 @@ coarse ones (4 px up), [crossover, num_ws) the fine ones.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from .generator import Generator, MappingNetwork
+if TYPE_CHECKING:                     # annotations only: generator.py imports this module for truncation
+    from .generator import Generator, MappingNetwork
 
 
 def truncate(w: torch.Tensor, w_mean: torch.Tensor, w_mean_c: torch.Tensor, psi: float) -> torch.Tensor:

@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("open_clip", reason="the model needs open_clip_torch (requirements.txt)")
 
-from conftest import DEVICE, SAME_MATH_ATOL
+from tests.conftest import DEVICE, SAME_MATH_ATOL
 from gigagan import GigaGAN, get_preset
 from gigagan.latent import conditional_w_mean, prompt_interpolation, prompt_mix, style_mix, truncate
 from gigagan_kernels import use_impl

@@ -12,7 +12,7 @@ pytest.importorskip("open_clip", reason="the model needs open_clip_torch (requir
 from gigagan import (Discriminator, FrozenCLIPText, GigaGAN, TextConfig, count_parameters,
                      get_preset, image_pyramid, upsample_tiled)
 from gigagan.text import _cached_checkpoint
-from conftest import DEVICE, SAME_MATH_ATOL
+from tests.conftest import DEVICE, SAME_MATH_ATOL
 from gigagan_kernels import use_impl
 from tests.helpers import assert_close
 
