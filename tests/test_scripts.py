@@ -1,0 +1,37 @@
+"""The scripts/ diagnostics."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("open_clip", reason="the model needs open_clip_torch (requirements.txt)")
+
+from gigagan.train import Trainer
+from tests.helpers import ROOT, train_env, tiny_train_config as _cfg
+
+
+def test_supervised_bound_script_trains_g_and_writes_a_loadable_checkpoint(tmp_path):
+    """scripts/supervised_bound.py (the NOTES diagnostic): G moves toward the renders, its fast prefixes get
+    the multiplied learning rate, and the checkpoint is the trainer's, so caption_score and sample read it."""
+    from gigagan.train import model_from_checkpoint
+    script = os.path.join(ROOT, "scripts", "supervised_bound.py")
+    out = tmp_path / "bound"
+    cmd = [sys.executable, script, "--images", "48", "--batch-size", "16", "--lr", "0.01", "--out", str(out),
+           "--fast", "text_encoder,mapping", "--fast-multiplier", "3"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    losses = [float(line.split("loss ")[1]) for line in proc.stdout.splitlines() if line.startswith("step ")]
+    assert len(losses) == 1 and losses[0] > 0      # one report, at the last of the 3 steps
+    model, state = model_from_checkpoint(str(out), map_location="cpu")
+    assert state["step"] == 3
+    init = Trainer(_cfg(tmp_path / "init", seed=0))    # the script's seed-0 starting point
+    trained = dict(model.generator.named_parameters())
+    moved = [n for n, p in init.G.named_parameters() if p.requires_grad and not torch.equal(p, trained[n])]
+    assert any(n.startswith("text_encoder") for n in moved) and any(n.startswith("synthesis") for n in moved)
+    lrs = sorted({g["lr"] for g in state["opt_g"]["param_groups"]})
+    assert lrs == [0.01, 0.03]
+    bad = subprocess.run(cmd[:-4] + ["--fast", "no_such_module"], cwd=ROOT, env=train_env(), capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode == 2 and "matches no parameter of G" in bad.stderr
