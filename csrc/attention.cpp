@@ -115,7 +115,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad_o
     check_like(grad_out, "grad_out", q);
     check_like(out, "out", q);
     // Owned storage: an IntArrayRef built from a braced list points at a temporary that dies with the statement
-    // (stack-use-after-scope; the first H200 run segfaulted in this function).
+    // (stack-use-after-scope).
     const std::array<int64_t, 4> out_dims{p.B, p.H, p.Lq, p.DV};
     const at::IntArrayRef out_shape(out_dims);
     TORCH_CHECK(grad_out.sizes() == out_shape, kOp, "grad_out must have shape ", out_shape, ", got ", grad_out.sizes());

@@ -1,4 +1,5 @@
-"""Does a trained base checkpoint follow its captions? Three numbers, for the CPU training demo (NOTES.md).
+"""Does a trained base checkpoint follow its captions? Three numbers, for the CPU training demo
+(docs/experiments/2026-11-26-cpu-training-demo.md).
 
     python scripts/caption_score.py runs/main [more checkpoints or run directories]
 

@@ -27,7 +27,8 @@ if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"
   "$PY" "${TRAIN[@]}" --batch-size 16
 else
   # On CPU, single-threaded DDP processes (gloo) outrun one multi-threaded process: 34-36 against
-  # 32 images/s on a 2-core machine (benchmarks/NOTES.md). The global batch stays 16.
+  # 32 images/s on a 2-core machine (docs/experiments/2026-11-26-cpu-training-demo.md). The global batch
+  # stays 16.
   NPROC="${NPROC:-$(nproc)}"
   for n in 16 8 4 2 1; do if [ "$NPROC" -ge "$n" ]; then NPROC=$n; break; fi; done
   OMP_NUM_THREADS=1 "${PY%/python}/torchrun" --standalone --nproc_per_node "$NPROC" "${TRAIN[@]}" \

@@ -6,7 +6,7 @@
 The built-in caption fixes its image, so G alone can be regressed onto each caption's own render (MSE
 on every pyramid level, z random, the trainer's optimiser and EMA). A per-pixel target tells G more
 per image than D's verdicts can, so this estimates the most the GAN can reach on the same number of
-images (benchmarks/NOTES.md, "fifth" session of 2026-11-26). The checkpoint is the trainer's, so
+images (docs/experiments/2026-11-26-cpu-training-demo.md has the runs). The checkpoint is the trainer's, so
 caption_score.py and `gigagan sample` read it.
 
 --fast PREFIXES --fast-multiplier M gives G's parameters whose names start with one of the
