@@ -14,9 +14,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
+import typing
 
 from gigagan_kernels.backend import ENV_VAR, IMPLS
+
+from .train import TrainConfig
 
 
 IMPL_CHOICES = ("auto",) + IMPLS
@@ -33,45 +38,77 @@ def _add_sampling_args(p, out_required: bool = True):
     p.add_argument("--out", required=out_required, help="output PNG")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def config_flag(field) -> str:
+    """The command-line flag of a config dataclass field."""
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def _floats(text: str) -> tuple:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per field of the dataclass cls, from its type, default and metadata (help, flag, choices): the
+    defaults are stated once, in the dataclass."""
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        kind = hints[field.name]
+        if typing.get_origin(kind) is typing.Union:                       # Optional[X]
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        help_text = field.metadata.get("help", "")
+        flag = config_flag(field)
+        if kind is bool:
+            action = "store_false" if field.default else "store_true"
+            parser.add_argument(flag, dest=field.name, action=action, help=help_text)
+            continue
+        convert = _floats if kind is tuple else kind
+        shown = ",".join(str(v) for v in field.default) if isinstance(field.default, tuple) else field.default
+        parser.add_argument(flag, dest=field.name, type=convert, default=field.default,
+                            choices=field.metadata.get("choices"), help=f"{help_text} (default: {shown})")
+
+
+def train_config_defaults(argv) -> dict:
+    """The TrainConfig fields of `gigagan train --config FILE`, checked, to become the flags' defaults."""
+    if not argv or argv[0] != "train":
+        return {}
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv[1:])
+    if known.config is None:
+        return {}
+    try:
+        with open(known.config) as f:
+            values = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigFileError(f"--config {known.config}: cannot read a JSON object ({e})") from None
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    if not isinstance(values, dict) or set(values) - names:
+        unknown = sorted(set(values) - names) if isinstance(values, dict) else "not an object"
+        raise ConfigFileError(f"--config {known.config}: not TrainConfig fields: {unknown}")
+    if "betas" in values:
+        values["betas"] = tuple(values["betas"])
+    return values
+
+
+class ConfigFileError(ValueError):
+    """A --config file that is not a JSON object of TrainConfig fields."""
+
+
+def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gigagan", description="GigaGAN with fused kernels",
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train G and D (or the upsampler and its D)")
-    t.add_argument("--preset", default="tiny", help="tiny, small or paper")
-    t.add_argument("--model", default="base", choices=["base", "upsampler"],
-                   help="base: the generator; upsampler: the text-conditioned upsampler (GAN + perceptual loss)")
-    t.add_argument("--perceptual-weight", type=float, default=10.0, help="upsampler: weight of the perceptual term")
-    t.add_argument("--perceptual-weights", default=None,
-                   help="upsampler: a local torchvision VGG16 state dict (default: torchvision's cache, else random)")
-    t.add_argument("--clip-weight", type=float, default=0.0,
-                   help="CLIP contrastive loss on G (paper eq. 9); needs --guidance-clip-pretrained")
-    t.add_argument("--vision-aided-weight", type=float, default=0.0,
-                   help="vision-aided loss (a head on frozen CLIP features); needs --guidance-clip-pretrained")
-    t.add_argument("--guidance-clip", default="ViT-B-32", help="open_clip architecture for those two losses")
-    t.add_argument("--guidance-clip-pretrained", default=None,
-                   help="a local CLIP checkpoint file, or an open_clip tag already in the cache")
-    t.add_argument("--allow-random-clip", action="store_true",
-                   help="run the CLIP losses with a random CLIP (smoke tests only: the losses are noise)")
-    t.add_argument("--text-encoder-pretrained", default=None,
-                   help="local open_clip weights for the frozen CLIP text tower (else it stays random, with a warning)")
-    t.add_argument("--unconditional", action="store_true",
-                   help="train without text: every caption empty (image folders need no .txt sidecars)")
-    t.add_argument("--data", default="builtin",
-                   help="builtin (procedural shapes), a folder of images with .txt captions, or tar shards")
-    t.add_argument("--steps", type=int, default=1000)
-    t.add_argument("--max-minutes", type=float, default=None,
-                   help="also stop after this many minutes of training (checkpoint and final samples are written)")
-    t.add_argument("--batch-size", type=int, default=4, help="per process")
-    t.add_argument("--grad-accum", type=int, default=1)
-    t.add_argument("--lr", type=float, default=0.0025)
-    t.add_argument("--r1-gamma", type=float, default=0.2048)
-    t.add_argument("--r1-interval", type=int, default=16)
-    t.add_argument("--no-matching-aware", action="store_true")
-    t.add_argument("--impl", default=None, choices=IMPL_CHOICES, help=IMPL_HELP)
-    t.add_argument("--device", default=None, choices=["cuda", "cpu"], help="default: CUDA when available")
-    t.add_argument("--out", default="runs/gigagan")
+    t = sub.add_parser("train", help="train G and D (or the upsampler and its D)",
+                       description="Every TrainConfig field is a flag; --config FILE loads a JSON object of them "
+                                   "(flags given on the command line win).")
+    t.add_argument("--config", default=None, help="a JSON file of TrainConfig fields, e.g. a run's train_config")
+    add_config_flags(t, TrainConfig)
+    # impl None defers to $GIGAGAN_KERNELS_IMPL; a --config file's values are the defaults the flags override.
+    t.set_defaults(**{"impl": None, **(train_defaults or {})})
     t.add_argument("--resume", action="store_true",
                    help="continue from the newest whole checkpoint in --out (an error when there is none)")
     t.add_argument("--resume-or-start", action="store_true",
@@ -79,23 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "(for a scheduler that reruns one command)")
     t.add_argument("--overwrite", action="store_true",
                    help="start a new run in an --out that holds another run; its files move to previous-runs/")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--log-every", type=int, default=10)
-    t.add_argument("--sample-every", type=int, default=200)
-    t.add_argument("--ckpt-every", type=int, default=200)
-    t.add_argument("--keep-checkpoints", type=int, default=3, help="how many of the newest checkpoints to keep")
-    t.add_argument("--max-bad-steps", type=int, default=20, help="non-finite steps in a row before stopping")
-    t.add_argument("--max-bad-batches", type=int, default=50,
-                   help="batches in a row without a usable sample before stopping")
-    t.add_argument("--workers", type=int, default=0, help="dataloader worker processes")
-    t.add_argument("--tensorboard", action="store_true")
-    t.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
-                   help="autocast precision (auto: bf16 on CUDA, fp32 on CPU); fp16 adds dynamic loss scaling")
-    t.add_argument("--augment", default="", help="augment D's inputs (real and generated): any of "
-                   "flip,translation,cutout (DiffAugment; off by default)")
-    t.add_argument("--profile-steps", type=int, default=0,
-                   help="trace this many steps (after one warm-up) with torch.profiler into OUT/profile/")
-    t.add_argument("--no-progress", action="store_true")
 
     s = sub.add_parser("sample", help="images for prompts: a captioned grid (--out) or one PNG each (--outdir)")
     _add_sampling_args(s, out_required=False)
@@ -168,7 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        defaults = train_config_defaults(argv)
+    except ConfigFileError as e:
+        print(f"gigagan train: {e}", file=sys.stderr)
+        return 2
+    args = build_parser(defaults).parse_args(argv)
     from . import cli
     from .rundir import RunDirError
     from .train import CheckpointError, TrainingError

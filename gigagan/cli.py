@@ -7,6 +7,7 @@ number (143, 130) after saving a checkpoint, so a scheduler can tell a preempted
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -74,12 +75,12 @@ def _load(args, need: str = "base"):
     return model
 
 
-# TrainConfig fields whose flag is not "--" + the field's name with dashes.
-_FLAGS = {"num_workers": "--workers", "progress": "--no-progress", "matching_aware": "--no-matching-aware"}
-
-
 def _flag(field: str) -> str:
-    return _FLAGS.get(field, "--" + field.replace("_", "-"))
+    """The flag of a TrainConfig field, as `gigagan train` generates it."""
+    from .__main__ import config_flag
+    from .train import TrainConfig
+    by_name = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    return config_flag(by_name[field]) if field in by_name else "--" + field.replace("_", "-")
 
 
 def _z(G, seed: int, count: int, device) -> torch.Tensor:
@@ -92,22 +93,11 @@ def cmd_train(args) -> int:
     from .train import ConfigError, TrainConfig, Trainer
     if args.overwrite and (args.resume or args.resume_or_start):
         raise UsageError("--overwrite starts a new run; it cannot be combined with --resume or --resume-or-start")
-    cfg = TrainConfig(preset=args.preset, model=args.model, perceptual_weight=args.perceptual_weight,
-                      perceptual_weights=args.perceptual_weights, clip_weight=args.clip_weight,
-                      vision_aided_weight=args.vision_aided_weight, guidance_clip=args.guidance_clip,
-                      guidance_clip_pretrained=args.guidance_clip_pretrained, allow_random_clip=args.allow_random_clip,
-                      data=args.data, steps=args.steps, max_minutes=args.max_minutes, batch_size=args.batch_size,
-                      grad_accum=args.grad_accum, lr=args.lr, r1_gamma=args.r1_gamma, r1_interval=args.r1_interval,
-                      matching_aware=not (args.no_matching_aware or args.unconditional),
-                      text_encoder_pretrained=args.text_encoder_pretrained, unconditional=args.unconditional,
-                      profile_steps=args.profile_steps, augment=args.augment,
-                      precision=args.precision,
-                      impl=_impl(args), device=args.device, out=args.out,
-                      seed=args.seed, log_every=args.log_every, sample_every=args.sample_every,
-                      ckpt_every=args.ckpt_every,
-                      keep_checkpoints=args.keep_checkpoints, max_bad_steps=args.max_bad_steps,
-                      max_bad_batches=args.max_bad_batches, num_workers=args.workers, tensorboard=args.tensorboard,
-                      progress=not args.no_progress)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    values["impl"] = _impl(args)
+    if values["unconditional"]:
+        values["matching_aware"] = False                  # every caption is empty: nothing to mismatch
+    cfg = TrainConfig(**values)
     try:
         cfg.validate()
     except ConfigError as e:

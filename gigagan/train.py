@@ -45,6 +45,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from gigagan_kernels import use_impl
+from gigagan_kernels.backend import IMPLS
 
 from .config import GigaGANConfig, get_preset, upsampler_discriminator_config
 from .augment import POLICIES, augment_pyramid, parse_policy
@@ -62,50 +63,67 @@ MODELS = ("base", "upsampler")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
+def _option(default, help: str, *, flag: Optional[str] = None, choices: Optional[tuple] = None):
+    """A TrainConfig field with what its command-line flag needs: the help text, the flag when it is not
+    "--" + the name with dashes, and the allowed values. `gigagan train` is generated from these."""
+    return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
+
+
 @dataclass
 class TrainConfig:
-    preset: str = "tiny"
-    model: str = "base"                 # "base": the generator; "upsampler": the text-conditioned upsampler
-    data: str = "builtin"
-    steps: int = 1000
-    max_minutes: Optional[float] = None # also stop (checkpoint, final samples) after this much training time,
-                                        # counted from this invocation's first step (a resume gets a fresh budget)
-    batch_size: int = 4                 # per rank and per step (= grad_accum micro-batches)
-    grad_accum: int = 1
-    lr: float = 0.0025
-    betas: tuple = (0.0, 0.99)
-    attention_weight_decay: float = 0.01
-    r1_gamma: float = 0.2048
-    r1_interval: int = 16
-    matching_aware: bool = True
-    ema_half_life_images: float = 10_000.0
-    ema_rampup: float = 0.05            # StyleGAN2-ADA: half-life <= 5% of the images seen so far
-    impl: str = "auto"
-    device: Optional[str] = None        # "cuda" or "cpu"; None: CUDA when available
-    out: str = "runs/gigagan"
-    seed: int = 0
-    log_every: int = 10
-    sample_every: int = 200
-    ckpt_every: int = 200
-    keep_checkpoints: int = 3
-    max_bad_steps: int = 20
-    max_bad_batches: int = 50           # stop when this many batches in a row hold no usable sample
-    num_workers: int = 0
-    tensorboard: bool = False
-    progress: bool = True
-    perceptual_weight: float = 10.0     # upsampler only (paper: 10)
-    perceptual_weights: Optional[str] = None  # a local torchvision VGG16 state dict (else its cache, else random)
-    clip_weight: float = 0.0            # CLIP contrastive loss on G (paper eq. 9); needs pretrained CLIP
-    vision_aided_weight: float = 0.0    # vision-aided D head on frozen CLIP features; needs pretrained CLIP
-    guidance_clip: str = "ViT-B-32"     # the CLIP both use (the vision-aided paper's choice)
-    guidance_clip_pretrained: Optional[str] = None  # a local checkpoint file, or an open_clip tag in the cache
-    allow_random_clip: bool = False     # run those losses with a random CLIP (smoke tests only: they are noise)
-    text_encoder_pretrained: Optional[str] = None  # local open_clip weights for the frozen CLIP text tower
-    unconditional: bool = False         # every caption empty: image folders without captions
-    precision: str = "auto"             # "auto" (bf16 on CUDA, fp32 on CPU), "bf16", "fp16" (loss scaling), "fp32"
-    augment: str = ""                   # D's inputs: any of "flip,translation,cutout" (DiffAugment); "" = off
-    profile_steps: int = 0              # rank 0 traces this many steps (after one warm-up) into out/profile/
-
+    preset: str = _option("tiny", "the model preset: tiny, small or paper")
+    model: str = _option("base", "base: the generator; upsampler: the text-conditioned upsampler (GAN + "
+                         "perceptual loss)", choices=MODELS)
+    data: str = _option("builtin", "builtin (procedural shapes), a folder of images with .txt captions, or tar "
+                        "shards ('data/{00000..00099}.tar')")
+    steps: int = _option(1000, "training steps")
+    max_minutes: Optional[float] = _option(None, "also stop after this many minutes of training, counted from this "
+                                           "invocation's first step (checkpoint and final samples are written)")
+    batch_size: int = _option(4, "images per rank and step (split into grad_accum micro-batches)")
+    grad_accum: int = _option(1, "micro-batches per step")
+    lr: float = _option(0.0025, "AdamW learning rate of G and D")
+    betas: tuple = _option((0.0, 0.99), "AdamW betas, two comma-separated numbers")
+    attention_weight_decay: float = _option(0.01, "weight decay on attention weights (the rest has none)")
+    r1_gamma: float = _option(0.2048, "R1 weight gamma")
+    r1_interval: int = _option(16, "lazy R1 every this many steps (0: off)")
+    matching_aware: bool = _option(True, "turn off the matching-aware loss", flag="--no-matching-aware")
+    ema_half_life_images: float = _option(10_000.0, "EMA of G: half-life in images")
+    ema_rampup: float = _option(0.05, "EMA half-life at most this fraction of the images seen (StyleGAN2-ADA)")
+    impl: str = _option("auto", "the ops' backend (default: $GIGAGAN_KERNELS_IMPL, else auto)",
+                        choices=("auto",) + IMPLS)
+    device: Optional[str] = _option(None, "cuda or cpu (default: CUDA when available)", choices=("cuda", "cpu"))
+    out: str = _option("runs/gigagan", "the run directory")
+    seed: int = _option(0, "seed of the initial weights, the data order and the noise")
+    log_every: int = _option(10, "log.jsonl record every this many steps")
+    sample_every: int = _option(200, "sample grid every this many steps (0: only at the end)")
+    ckpt_every: int = _option(200, "checkpoint every this many steps (0: only at the end)")
+    keep_checkpoints: int = _option(3, "how many of the newest whole checkpoints to keep")
+    max_bad_steps: int = _option(20, "non-finite steps in a row before stopping")
+    max_bad_batches: int = _option(50, "batches in a row without a usable sample before stopping")
+    num_workers: int = _option(0, "dataloader worker processes", flag="--workers")
+    tensorboard: bool = _option(False, "also write TensorBoard logs under OUT/tb")
+    progress: bool = _option(True, "no progress bar", flag="--no-progress")
+    perceptual_weight: float = _option(10.0, "upsampler: weight of the perceptual term (paper: 10)")
+    perceptual_weights: Optional[str] = _option(None, "upsampler: a local torchvision VGG16 state dict (default: "
+                                                "torchvision's cache, else random)")
+    clip_weight: float = _option(0.0, "CLIP contrastive loss on G (paper eq. 9); needs --guidance-clip-pretrained")
+    vision_aided_weight: float = _option(0.0, "vision-aided loss (a head on frozen CLIP features); needs "
+                                         "--guidance-clip-pretrained")
+    guidance_clip: str = _option("ViT-B-32", "open_clip architecture for those two losses")
+    guidance_clip_pretrained: Optional[str] = _option(None, "a local CLIP checkpoint file, or an open_clip tag "
+                                                      "already in the cache")
+    allow_random_clip: bool = _option(False, "run the CLIP losses with a random CLIP (smoke tests only: the losses "
+                                      "are noise)")
+    text_encoder_pretrained: Optional[str] = _option(None, "local open_clip weights for the frozen CLIP text tower "
+                                                     "(else it stays random, with a warning)")
+    unconditional: bool = _option(False, "train without text: every caption empty (image folders need no .txt "
+                                  "sidecars; the matching-aware loss is off)")
+    precision: str = _option("auto", "autocast precision (auto: bf16 on CUDA, fp32 on CPU); fp16 adds dynamic loss "
+                             "scaling", choices=PRECISIONS)
+    augment: str = _option("", "augment D's inputs (real and generated): any of flip,translation,cutout "
+                           "(DiffAugment; off by default)")
+    profile_steps: int = _option(0, "trace this many steps (after one warm-up) with torch.profiler into "
+                                 "OUT/profile/")
 
     def validate(self) -> None:
         """Every field's range, checked before any work; a ConfigError names the field."""

@@ -55,3 +55,59 @@ def test_train_without_impl_flag_runs_the_env_var_backend(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "impl ref" in proc.stdout + proc.stderr
+
+
+def test_train_flags_are_generated_from_the_config():
+    """Every TrainConfig field is a flag whose default is the field's own (stated once, in the dataclass)."""
+    import dataclasses
+
+    from gigagan.__main__ import build_parser, config_flag
+    from gigagan.train import TrainConfig
+    args = build_parser().parse_args(["train"])
+    for field in dataclasses.fields(TrainConfig):
+        assert hasattr(args, field.name), field.name
+        want = None if field.name == "impl" else field.default           # impl: None defers to the env var
+        assert getattr(args, field.name) == want, field.name
+    help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    for field in dataclasses.fields(TrainConfig):
+        assert config_flag(field) in help_text, field.name
+    args = build_parser().parse_args(["train", "--betas", "0.5,0.9", "--no-progress", "--workers", "2",
+                                      "--precision", "fp16", "--ema-rampup", "0.1"])
+    assert args.betas == (0.5, 0.9) and args.progress is False and args.num_workers == 2
+    assert args.precision == "fp16" and args.ema_rampup == 0.1
+
+
+def test_train_config_file_with_flags_winning(tmp_path, capsys):
+    import json
+
+    from gigagan.__main__ import build_parser, main, train_config_defaults
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"steps": 7, "lr": 0.01, "betas": [0.1, 0.9], "matching_aware": False}))
+    argv = ["train", "--config", str(path), "--steps", "9"]
+    args = build_parser(train_config_defaults(argv)).parse_args(argv)
+    assert (args.steps, args.lr, args.betas, args.matching_aware) == (9, 0.01, (0.1, 0.9), False)
+    path.write_text(json.dumps({"steps": 7, "learning_rate": 0.1}))
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not TrainConfig fields: ['learning_rate']" in err and len(err.splitlines()) == 1
+    path.write_text("{not json")
+    assert main(["train", "--config", str(path)]) == 2
+    assert "cannot read a JSON object" in capsys.readouterr().err
+
+
+def test_a_runs_own_train_config_reruns_it(tmp_path):
+    """A checkpoint's train_config is a valid --config: the same run, reproduced from one file."""
+    import json
+
+    import torch
+
+    from gigagan.__main__ import build_parser, train_config_defaults
+    Trainer(_cfg(tmp_path, steps=2)).fit()
+    state = torch.load(tmp_path / "run" / "ckpt-00000002.pt", weights_only=True)
+    saved = json.loads(state["train_config"])
+    path = tmp_path / "rerun.json"
+    path.write_text(json.dumps(saved))
+    argv = ["train", "--config", str(path)]
+    args = build_parser(train_config_defaults(argv)).parse_args(argv)
+    for name, value in saved.items():
+        assert getattr(args, name) == (tuple(value) if name == "betas" else value), name
