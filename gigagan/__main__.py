@@ -64,6 +64,10 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
             action = "store_false" if field.default else "store_true"
             parser.add_argument(flag, dest=field.name, action=action, help=help_text)
             continue
+        if field.metadata.get("nargs"):                                    # a list of strings
+            parser.add_argument(flag, dest=field.name, nargs=field.metadata["nargs"], default=field.default,
+                                metavar="ITEM", help=help_text)
+            continue
         convert = _floats if kind is tuple else kind
         shown = ",".join(str(v) for v in field.default) if isinstance(field.default, tuple) else field.default
         parser.add_argument(flag, dest=field.name, type=convert, default=field.default,
@@ -88,8 +92,9 @@ def train_config_defaults(argv) -> dict:
     if not isinstance(values, dict) or set(values) - names:
         unknown = sorted(set(values) - names) if isinstance(values, dict) else "not an object"
         raise ConfigFileError(f"--config {known.config}: not TrainConfig fields: {unknown}")
-    if "betas" in values:
-        values["betas"] = tuple(values["betas"])
+    for name in ("betas", "model_overrides"):
+        if name in values:
+            values[name] = tuple(values[name])
     return values
 
 

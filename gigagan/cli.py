@@ -95,6 +95,7 @@ def cmd_train(args) -> int:
         raise UsageError("--overwrite starts a new run; it cannot be combined with --resume or --resume-or-start")
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     values["impl"] = _impl(args)
+    values["model_overrides"] = tuple(values["model_overrides"])
     if values["unconditional"]:
         values["matching_aware"] = False                  # every caption is empty: nothing to mismatch
     cfg = TrainConfig(**values)

@@ -198,3 +198,36 @@ def get_preset(name: str) -> GigaGANConfig:
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
     return PRESETS[name]()
+
+
+def apply_overrides(config, items) -> "GigaGANConfig":
+    """The config with fields replaced: items are "PATH=VALUE" strings, PATH a dotted field path
+    (generator.mapping_lr_multiplier) and VALUE JSON (0.01, [8, 16], true, "ViT-L-14") or a bare string. The
+    value must have the field's type (an int where a float is, a list where a tuple is); a ValueError names
+    the item otherwise."""
+    for item in items:
+        path, sep, text = item.partition("=")
+        if not sep or not path:
+            raise ValueError(f"{item!r} is not PATH=VALUE")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        config = _replace_path(config, path.split("."), value, item)
+    return config
+
+
+def _replace_path(node, names, value, item):
+    if not dataclasses.is_dataclass(node) or names[0] not in {f.name for f in dataclasses.fields(node)}:
+        known = sorted(f.name for f in dataclasses.fields(node)) if dataclasses.is_dataclass(node) else []
+        raise ValueError(f"{item!r}: {names[0]!r} is not a field here (fields: {', '.join(known)})")
+    current = getattr(node, names[0])
+    if len(names) > 1:
+        return dataclasses.replace(node, **{names[0]: _replace_path(current, names[1:], value, item)})
+    if isinstance(current, tuple) and isinstance(value, list):
+        value = tuple(value)
+    elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if current is not None and type(value) is not type(current):
+        raise ValueError(f"{item!r}: the field holds {type(current).__name__}, got {type(value).__name__}")
+    return dataclasses.replace(node, **{names[0]: value})

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from gigagan_kernels import use_impl
 from gigagan_kernels.backend import IMPLS
 
-from .config import GigaGANConfig, get_preset, upsampler_discriminator_config
+from .config import PRESETS, GigaGANConfig, apply_overrides, get_preset, upsampler_discriminator_config
 from .augment import POLICIES, augment_pyramid, parse_policy
 from .data import StepSampler, TarShards, collate_pairs, fixed_prompts, make_dataset
 from .discriminator import Discriminator
@@ -63,15 +63,21 @@ MODELS = ("base", "upsampler")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
-def _option(default, help: str, *, flag: Optional[str] = None, choices: Optional[tuple] = None):
+def _option(default, help: str, *, flag: Optional[str] = None, choices: Optional[tuple] = None,
+            nargs: Optional[str] = None):
     """A TrainConfig field with what its command-line flag needs: the help text, the flag when it is not
-    "--" + the name with dashes, and the allowed values. `gigagan train` is generated from these."""
-    return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
+    "--" + the name with dashes, the allowed values, and nargs for a list of strings. `gigagan train` is
+    generated from these."""
+    return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "choices": choices,
+                                                        "nargs": nargs})
 
 
 @dataclass
 class TrainConfig:
     preset: str = _option("tiny", "the model preset: tiny, small or paper")
+    model_overrides: tuple = _option((), "fields of the preset's model config to replace, PATH=VALUE with VALUE in "
+                                     "JSON, e.g. generator.mapping_lr_multiplier=0.1 generator.attn_resolutions=[8]",
+                                     flag="--set", nargs="*")
     model: str = _option("base", "base: the generator; upsampler: the text-conditioned upsampler (GAN + "
                          "perceptual loss)", choices=MODELS)
     data: str = _option("builtin", "builtin (procedural shapes), a folder of images with .txt captions, or tar "
@@ -151,6 +157,11 @@ class TrainConfig:
         need(self.precision in PRECISIONS, "precision", f"one of {PRECISIONS}")
         if self.batch_size % self.grad_accum:
             raise ConfigError("grad_accum", f"must divide batch_size ({self.batch_size}), got {self.grad_accum}")
+        need(self.preset in PRESETS, "preset", f"one of {sorted(PRESETS)}")
+        try:
+            apply_overrides(get_preset(self.preset), self.model_overrides)
+        except ValueError as e:
+            raise ConfigError("model_overrides", f"must name fields of the model config: {e}") from None
         try:
             parse_policy(self.augment)
         except ValueError:
@@ -362,7 +373,7 @@ class Trainer:
         self._log = log or (lambda msg: print(msg, flush=True))
         torch.manual_seed(cfg.seed)                       # identical initial weights on every rank
         random.seed(cfg.seed)
-        self.model_config = model_config or get_preset(cfg.preset)
+        self.model_config = apply_overrides(model_config or get_preset(cfg.preset), cfg.model_overrides)
         self.augment_policy = parse_policy(cfg.augment)
         if cfg.text_encoder_pretrained:
             text = dataclasses.replace(self.model_config.text, clip_pretrained=cfg.text_encoder_pretrained)
