@@ -155,6 +155,16 @@ def stages_text(form: str) -> str:
     return "\n".join(lines)
 
 
+def print_table(table) -> None:
+    """compare()'s rows as a markdown table."""
+    print("| shape | provider | mode | formulation | predicted ms | measured ms | predicted / measured |")
+    print("|---|---|---|---|---|---|---|")
+    for shape_name, provider, mode, form, predicted, ms, _ in table:
+        ratio = f"{predicted / ms:.2f}" if ms else "unmeasured"
+        print(f"| {shape_name} | {provider} | {mode} | {form} | {predicted:.3f} | "
+              f"{f'{ms:.3f}' if ms else '-'} | {ratio} |")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--csv", action="append", help="results CSV(s); default: every committed GPU CSV")
@@ -166,22 +176,12 @@ def main(argv=None):
     table = compare(paths)
     print(f"adaptive_modconv2d on {cost_model.H200.name} (bf16): predicted vs measured "
           f"({', '.join(os.path.basename(p) for p in paths) or 'no measurements'})\n")
-    print("| shape | provider | mode | formulation | predicted ms | measured ms | predicted / measured |")
-    print("|---|---|---|---|---|---|---|")
-    for shape_name, provider, mode, form, predicted, ms, _ in table:
-        ratio = f"{predicted / ms:.2f}" if ms else "unmeasured"
-        print(f"| {shape_name} | {provider} | {mode} | {form} | {predicted:.3f} | "
-              f"{f'{ms:.3f}' if ms else '-'} | {ratio} |")
+    print_table(table)
     print("\nThe \"weights\" strategy's predicted stages (H200, bf16):")
     print(stages_text("triton_weights"))
     attention_table = attention_compare(paths)
     print(f"\nattention on {cost_model.H200_ATTENTION.name} (bf16, B16 H8 d64): predicted vs measured\n")
-    print("| shape | provider | mode | formulation | predicted ms | measured ms | predicted / measured |")
-    print("|---|---|---|---|---|---|---|")
-    for shape_name, provider, mode, form, predicted, ms, _ in attention_table:
-        ratio = f"{predicted / ms:.2f}" if ms else "unmeasured"
-        print(f"| {shape_name} | {provider} | {mode} | {form} | {predicted:.3f} | "
-              f"{f'{ms:.3f}' if ms else '-'} | {ratio} |")
+    print_table(attention_table)
     bad = misses(table) + misses(attention_table, ATTENTION_CHECKED)
     if args.check:
         checked = [row for row in table if row[1] in CHECKED and row[5] is not None]

@@ -55,7 +55,7 @@ def _writable_output(path: str, flag: str = "--out") -> None:
 
 def _check_sampling(args) -> None:
     _require(math.isfinite(args.truncation), "--truncation", "a finite number", args.truncation)
-    if args.out is not None:
+    if getattr(args, "out", None) is not None:           # eval writes no image
         _writable_output(args.out)
 
 
@@ -131,7 +131,7 @@ def cmd_train(args) -> int:
 
 
 def _prompts(args) -> list:
-    if args.prompt and args.prompts_file:
+    if getattr(args, "prompt", None) and args.prompts_file:
         raise UsageError("give prompts with --prompt or with --prompts-file, not both")
     if args.prompts_file:
         try:
@@ -142,9 +142,18 @@ def _prompts(args) -> list:
         if not prompts:
             raise UsageError(f"--prompts-file {args.prompts_file}: has no prompts (one per line)")
         return prompts
-    if not args.prompt:
+    if not getattr(args, "prompt", None):
         raise UsageError("give at least one --prompt, or --prompts-file")
     return list(args.prompt)
+
+
+def _generate_batches(G, args, prompts: list):
+    """G's images for prompts, --batch-size at a time, each from its own z (the same for any batch size)."""
+    z = _z(G, args.seed, len(prompts), _device(args))
+    with torch.no_grad(), use_impl(_impl(args)):
+        for i in range(0, len(prompts), args.batch_size):
+            yield G(z[i:i + args.batch_size], prompts[i:i + args.batch_size], truncation_psi=args.truncation,
+                    noise_mode="none")[0]
 
 
 def cmd_sample(args) -> int:
@@ -161,20 +170,15 @@ def cmd_sample(args) -> int:
         os.makedirs(args.outdir, exist_ok=True)
         if not os.access(args.outdir, os.W_OK):
             raise UsageError(f"--outdir {args.outdir}: not writable")
-    model = _load(args)
-    G, dev = model.generator, _device(args)
-    z = _z(G, args.seed, len(prompts), dev)                  # one z per image, the same for any --batch-size
-    images = []
-    with torch.no_grad(), use_impl(_impl(args)):
-        for i in range(0, len(prompts), args.batch_size):
-            batch = G(z[i:i + args.batch_size], prompts[i:i + args.batch_size], truncation_psi=args.truncation,
-                      noise_mode="none")[0]
-            if args.outdir is None:
-                images.append(batch.cpu())
-            else:
-                names = [f"{j // args.per_prompt:05d}-{j % args.per_prompt:03d}.png"
-                         for j in range(i, i + len(batch))]
-                save_images(batch, args.outdir, names)
+    images, done = [], 0
+    for batch in _generate_batches(_load(args).generator, args, prompts):
+        if args.outdir is None:
+            images.append(batch.cpu())
+        else:
+            names = [f"{j // args.per_prompt:05d}-{j % args.per_prompt:03d}.png"
+                     for j in range(done, done + len(batch))]
+            save_images(batch, args.outdir, names)
+        done += len(batch)
     if args.outdir is None:
         save_grid(torch.cat(images), args.out, captions=prompts, columns=args.columns)
         print(f"wrote {args.out}")
@@ -211,7 +215,6 @@ def cmd_eval(args) -> int:
         else:
             if not args.prompts_file:
                 raise UsageError("--ckpt needs --prompts-file (the prompts to generate images for)")
-            args.prompt = None
             prompts = [p for p in _prompts(args) for _ in range(args.per_prompt)]
     except ev.EvaluationError as e:
         raise UsageError(str(e)) from None
@@ -221,14 +224,7 @@ def cmd_eval(args) -> int:
             for images, paths in ev.load_images(fake_paths, args.batch_size, args.resolution, skipped):
                 yield images, [by_file[os.path.basename(p)] for p in paths] if prompts is not None else None
     else:
-        args.out = None
-        G = _load(args).generator
-        z = _z(G, args.seed, len(prompts), dev)
-        generated = []
-        with torch.no_grad(), use_impl(_impl(args)):
-            for i in range(0, len(prompts), args.batch_size):
-                generated.append(G(z[i:i + args.batch_size], prompts[i:i + args.batch_size],
-                                   truncation_psi=args.truncation, noise_mode="none")[0].cpu())
+        generated = [batch.cpu() for batch in _generate_batches(_load(args).generator, args, prompts)]
 
         def fake_pairs():
             for i, images in enumerate(generated):

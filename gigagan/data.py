@@ -235,16 +235,15 @@ class TarShards(torch.utils.data.IterableDataset):
         braceexpand = require("braceexpand", "tar-shard datasets").braceexpand
         self.shards = sorted({path for part in braceexpand(urls) for path in (glob.glob(part) or [part])})
         self.resolution, self.shuffle, self.seed, self.captions = resolution, shuffle, seed, captions
-        self.rank, self.world, self.batch_size, self.start_batch, self.workers = 0, 1, 1, 0, 1
+        self.rank, self.world, self.batch_size, self.start_batch = 0, 1, 1, 0
         self.endless = False
 
     def position(self, rank: int, world: int, batch_size: int, batches_seen: int, workers: int) -> int:
         """Place the stream after `batches_seen` batches of this rank; returns the number of dataloader
         workers to use (no more than this rank has shards, so every worker's stream is endless)."""
         self.rank, self.world, self.batch_size, self.start_batch = rank, world, batch_size, batches_seen
-        self.workers = max(1, min(workers, len(self.shards_of_rank())))
         self.endless = True
-        return self.workers if workers > 0 else 0
+        return min(workers, max(1, len(self.shards_of_rank())))
 
     def shards_of_rank(self) -> list:
         return self.shards[self.rank::self.world]

@@ -259,12 +259,8 @@ def use_strategy(strategy: str):
     """Force the Triton strategy that impl="triton" runs ("weights" or "fused"), e.g. for benchmarks.
     GIGAGAN_KERNELS_MODCONV_STRATEGY does the same for a whole process; "auto" (the default) picks per shape."""
     _check_strategy(strategy, "use_strategy(strategy)")
-    previous = getattr(_strategy_override, "strategy", None)
-    _strategy_override.strategy = strategy
-    try:
+    with backend.thread_override(_strategy_override, strategy):
         yield
-    finally:
-        _strategy_override.strategy = previous
 
 
 def _check_strategy(strategy, source):
@@ -277,7 +273,7 @@ def triton_strategy(x_shape, bank_shape) -> str:
     one the cost model predicts faster for a forward + backward (gigagan_kernels/cost_model.py) among those
     that can take the shape."""
     from . import adaptive_modconv_triton as kernels
-    forced = getattr(_strategy_override, "strategy", None) or os.environ.get(STRATEGY_ENV, "").strip() or "auto"
+    forced = getattr(_strategy_override, "value", None) or os.environ.get(STRATEGY_ENV, "").strip() or "auto"
     _check_strategy(forced, STRATEGY_ENV)
     why_not = kernels.weights_unsupported(bank_shape)
     if forced == "weights" and why_not:

@@ -123,17 +123,13 @@ def use_torch_form(form: str):
     """Force the torch composite's form ("sdpa" or "materialised"), e.g. to test or time each."""
     if form not in TORCH_FORMS:
         raise ValueError(f"use_torch_form: form must be one of {TORCH_FORMS}, got {form!r}")
-    previous = getattr(_forced_torch_form, "form", None)
-    _forced_torch_form.form = form
-    try:
+    with backend.thread_override(_forced_torch_form, form):
         yield
-    finally:
-        _forced_torch_form.form = previous
 
 
 def torch_form(Lq: int, Lk: int, device: torch.device) -> str:
     """Which exact form the torch composite runs for a call."""
-    forced = getattr(_forced_torch_form, "form", None)
+    forced = getattr(_forced_torch_form, "value", None)
     if forced is not None:
         return forced
     return "materialised" if device.type == "cpu" and Lq * Lk <= CPU_MATERIALISED_MAX_LOGITS else "sdpa"

@@ -25,7 +25,19 @@ _override = threading.local()
 
 
 def _forced_impl() -> str | None:
-    return getattr(_override, "impl", None)
+    return getattr(_override, "value", None)
+
+
+@contextlib.contextmanager
+def thread_override(holder: threading.local, value):
+    """holder.value = value for this thread inside the block, the previous value after it: the mechanism of
+    use_impl, adaptive_modconv.use_strategy and attention.use_torch_form."""
+    previous = getattr(holder, "value", None)
+    holder.value = value
+    try:
+        yield
+    finally:
+        holder.value = previous
 
 
 class BackendUnavailableError(RuntimeError):
@@ -81,12 +93,8 @@ def cuda_forward_op(op: str, forward_fake, backward_fake, autograd_backward, set
 def use_impl(impl: str):
     """Force the backend that impl="auto" resolves to, e.g. for an A/B run of a whole model."""
     _check_name(impl, allow_auto=True, source="use_impl(impl)")
-    previous = _forced_impl()
-    _override.impl = impl
-    try:
+    with thread_override(_override, impl):
         yield
-    finally:
-        _override.impl = previous
 
 
 def _check_name(impl, *, allow_auto: bool, source: str) -> None:
