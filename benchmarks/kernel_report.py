@@ -19,6 +19,8 @@ import sys
 import tempfile
 
 TARGETS = (80, 90)
+# Shared memory a block may use (the opt-in maximum): a config over it fails to launch.
+SHARED_MEMORY_LIMIT = {"sm_80": 166912, "sm_90": 232448}
 
 
 def _tool(name: str) -> str:
@@ -110,6 +112,9 @@ def problems(row) -> list[str]:
         return out
     if row["spill"] or row["spill_ops"]:
         out.append(f"spills {row['spill']} B ({row['spill_ops']} STL/LDL)")
+    limit = SHARED_MEMORY_LIMIT.get(row["target"])
+    if limit is not None and row["shared"] is not None and row["shared"] > limit:
+        out.append(f"{row['shared']} B of shared memory, over {row['target']}'s {limit} B per block")
     if row["tensor_cores"] and not (row["hmma"] or row["hgmma"]):
         out.append("no tensor-core instructions")
     return out

@@ -495,53 +495,46 @@ def _reduce_dweights_kernel(
 
 
 # ----------------------------------------------------------------------------------------------
-# Strategy "fused": the bank mixed per (sample, pixel tile) inside the GEMM loops; no per-sample
-# weights in memory at all. It measured 2-6x the plain torch composite's time on an H200
-# (benchmarks/NOTES.md). Triton's dispatcher picks it where the cost model predicts it faster (no GigaGAN
-# or tiny-preset shape today) and where "weights" cannot run.
+# Strategy "fused": no per-sample weights in memory. A program serves a group of samples: per K step
+# it reads the N bank tiles once, mixes them for the whole group with one tensor-core dot (the bank
+# rows are the dot's M, so wgmma on sm_90), and runs the per-sample GEMMs as one batched dot on the
+# mixed tiles. Offsets inside a group are int32 from one int64 base per group (the launchers check
+# they fit).
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def _mixed_bank_tile(Bank_ptr, A_row_ptr, stride_an, N, stride_bank_n, offsets, mask):
-    """sum_n a[b,n] * bank[n][offsets] in fp32: the selected filter, mixed in registers."""
-    mixed = tl.zeros(offsets.shape, dtype=tl.float32)
-    for n in range(N):
-        a_n = tl.load(A_row_ptr + n * stride_an)
-        tile = tl.load(Bank_ptr + n * stride_bank_n + offsets, mask=mask, other=0.0)
-        mixed += a_n * tile.to(tl.float32)
-    return mixed
+def _group_selection(A_ptr, group_start, B, N, stride_ab, stride_an,
+                     GROUP: tl.constexpr, MIX_COLS: tl.constexpr, N_PAD: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    """The mix's right operand [N_PAD, MIX_COLS]: column j holds a[group_start + j % GROUP, :]. A tensor-core
+    dot needs >= 16 columns; a group of 8 fills the second 8 with the 16-bit residual a - hi(a), so the mix
+    keeps ~16 bits of a; further columns are zero."""
+    SPLIT: tl.constexpr = MIX_COLS // GROUP
+    offs_n = tl.arange(0, N_PAD)
+    offs_split = tl.arange(0, SPLIT)
+    offs_g = group_start + tl.arange(0, GROUP)
+    a = tl.load(A_ptr + offs_g[None, None, :].to(tl.int64) * stride_ab + offs_n[:, None, None] * stride_an
+                + offs_split[None, :, None] * 0,
+                mask=(offs_g < B)[None, None, :] & (offs_n < N)[:, None, None], other=0.0)  # [N_PAD, SPLIT, G]
+    hi = a.to(DOT_DTYPE).to(tl.float32)
+    a = tl.where(offs_split[None, :, None] == 0, hi, tl.where(offs_split[None, :, None] == 1, a - hi, 0.0))
+    return tl.reshape(a.to(DOT_DTYPE), (N_PAD, MIX_COLS))
 
 
 @triton.jit
-def _demod_kernel(
-    Bank_ptr, A_ptr, S_ptr, D_ptr,
-    Cin, Cout, N, eps,
-    stride_bank_n, stride_bank_o,
-    stride_ab, stride_an, stride_sb, stride_sc, stride_db,
-    KK: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    """d[b,o] = rsqrt(sum_{i,t} (K[b,o,i,t] s[b,i])^2 + eps), without materialising K."""
-    pid_co = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)  # int64 only where it multiplies a batch stride
-    offs_co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
-    co_mask = offs_co < Cout
-    k_total = Cin * KK
-    sumsq = tl.zeros((BLOCK_CO,), dtype=tl.float32)
-    for k0 in range(0, k_total, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_mask = offs_k < k_total
-        s = tl.load(S_ptr + b * stride_sb + (offs_k // KK) * stride_sc, mask=k_mask, other=0.0).to(tl.float32)
-        offsets = offs_co[:, None] * stride_bank_o + offs_k[None, :]
-        mixed = _mixed_bank_tile(Bank_ptr, A_ptr + b * stride_ab, stride_an, N, stride_bank_n,
-                                 offsets, co_mask[:, None] & k_mask[None, :])
-        modulated = mixed * s[None, :]
-        sumsq += tl.sum(modulated * modulated, axis=1)
-    tl.store(D_ptr + b * stride_db + offs_co, 1.0 / tl.sqrt(sumsq + eps), mask=co_mask)
+def _group_mix(bank, a_t, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+               GROUP: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """The group's mixed filters K[g, row, col] = sum_n a[g, n] bank[n, row, col] in fp32, from a bank tile
+    loaded as [(row, col), N_PAD] and the selection operand of _group_selection."""
+    mixed = tl.dot(bank.to(DOT_DTYPE), a_t, input_precision=DOT_PRECISION)         # [(row, col), MIX_COLS]
+    SPLIT: tl.constexpr = a_t.shape[1] // GROUP
+    if SPLIT > 1:
+        mixed = tl.sum(tl.reshape(mixed, (ROWS * COLS, SPLIT, GROUP)), axis=1)
+    return tl.permute(tl.reshape(mixed, (ROWS, COLS, GROUP)), (2, 0, 1))
 
 
 @triton.jit
-def _fwd_kernel(
+def _fused_fwd_kernel(
     X_ptr, Bank_ptr, A_ptr, S_ptr, D_ptr, Bias_ptr, Noise_ptr, Y_ptr, Lin_ptr,
-    B, Cin, Cout, H, W, N, gain, clamp,
+    B, Cin, Cout, H, W, N, eps, gain, clamp,
     stride_xb, stride_xc, stride_xh, stride_xw,
     stride_bank_n, stride_bank_o,
     stride_ab, stride_an, stride_sb, stride_sc, stride_db,
@@ -550,70 +543,92 @@ def _fwd_kernel(
     KSIZE: tl.constexpr, DEMOD: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_NOISE: tl.constexpr,
     ACT: tl.constexpr, HAS_CLAMP: tl.constexpr, SAVE_LIN: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP: tl.constexpr, MIX_COLS: tl.constexpr, N_PAD: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """y = epilogue(d * conv(x * s, K[b])): implicit GEMM, M = pixels, N = Cout, K = Cin*k*k."""
+    """y = epilogue(d * conv(x, K[b] * s[b])) for a group of samples; d from the same pass.
+
+    The reduction index r = ci * k*k + tap is the bank's own order, so a bank tile is BLOCK_O rows of
+    BLOCK_K contiguous elements. Per K step: w[g, o, r] = s[g, ci(r)] * K[g, o, r] (fp32), sum of squares
+    for d, then acc[g] += x_cols[g] @ w[g]^T in the compute dtype.
+    """
     KK: tl.constexpr = KSIZE * KSIZE
     PAD: tl.constexpr = KSIZE // 2
     P = H * W
+    R = Cin * KK
+    num_g = tl.cdiv(B, GROUP)
     num_p = tl.cdiv(P, BLOCK_P)
     pid = tl.program_id(0)
-    # Samples vary fastest so the programs that read one Cout slice of the bank run together (L2 reuse).
-    pid_p = pid % num_p
-    b = ((pid // num_p) % B).to(tl.int64)  # int64 only for batch strides; in-sample offsets fit int32
-    pid_co = pid // (num_p * B)
+    # Groups vary fastest: the programs that read one bank slice run together (L2 reuse).
+    pid_g = pid % num_g
+    pid_p = (pid // num_g) % num_p
+    pid_o = pid // (num_g * num_p)
+    group_start = pid_g * GROUP
 
+    offs_gl = tl.arange(0, GROUP)
+    g_mask = group_start + offs_gl < B
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     p_mask = offs_p < P
     oh = offs_p // W
     ow = offs_p % W
-    offs_co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
-    co_mask = offs_co < Cout
+    offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
+    o_mask = offs_o < Cout
+    offs_n = tl.arange(0, N_PAD)
+    a_t = _group_selection(A_ptr, group_start, B, N, stride_ab, stride_an, GROUP, MIX_COLS, N_PAD, DOT_DTYPE)
+    offs_c = tl.arange(0, BLOCK_O * BLOCK_K)        # bank tile rows (o, r), r fastest
+    c_o = pid_o * BLOCK_O + offs_c // BLOCK_K
+    c_r = offs_c % BLOCK_K
+    x_group = X_ptr + group_start.to(tl.int64) * stride_xb
+    s_group = S_ptr + group_start.to(tl.int64) * stride_sb
 
-    k_total = Cin * KK
-    x_base = X_ptr + b * stride_xb
-    acc = tl.zeros((BLOCK_P, BLOCK_CO), dtype=tl.float32)
-    for k0 in range(0, k_total, BLOCK_K):
+    acc = tl.zeros((GROUP, BLOCK_P, BLOCK_O), dtype=tl.float32)
+    sumsq = tl.zeros((GROUP, BLOCK_O), dtype=tl.float32)
+    for k0 in range(0, R, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_mask = offs_k < k_total
+        k_mask = offs_k < R
         ci = offs_k // KK
         tap = offs_k % KK
+        bank = tl.load(Bank_ptr + offs_n[None, :] * stride_bank_n + (c_o * stride_bank_o + k0 + c_r)[:, None],
+                       mask=(offs_n < N)[None, :] & ((c_o < Cout) & (k0 + c_r < R))[:, None], other=0.0)
+        s = tl.load(s_group + offs_gl[:, None] * stride_sb + ci[None, :] * stride_sc,
+                    mask=g_mask[:, None] & k_mask[None, :], other=0.0).to(tl.float32)              # [G, K]
+        w = _group_mix(bank, a_t, DOT_DTYPE, DOT_PRECISION, GROUP, BLOCK_O, BLOCK_K) * s[:, None, :]
+        if DEMOD:
+            sumsq += tl.sum(w * w, axis=2)
         ih = oh[:, None] + (tap // KSIZE - PAD)[None, :]
         iw = ow[:, None] + (tap % KSIZE - PAD)[None, :]
-        x_mask = p_mask[:, None] & k_mask[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        x_tile = tl.load(x_base + ci[None, :] * stride_xc + ih * stride_xh + iw * stride_xw, mask=x_mask, other=0.0)
-        s = tl.load(S_ptr + b * stride_sb + ci * stride_sc, mask=k_mask, other=0.0).to(tl.float32)
-        xs = (x_tile.to(tl.float32) * s[None, :]).to(DOT_DTYPE)
-        w_offsets = offs_k[:, None] + offs_co[None, :] * stride_bank_o
-        w_mixed = _mixed_bank_tile(Bank_ptr, A_ptr + b * stride_ab, stride_an, N, stride_bank_n,
-                                   w_offsets, k_mask[:, None] & co_mask[None, :])
-        acc = tl.dot(xs, w_mixed.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
+        pk_mask = p_mask[:, None] & k_mask[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        x = tl.load(x_group + offs_gl[:, None, None] * stride_xb
+                    + (ci[None, :] * stride_xc + ih * stride_xh + iw * stride_xw)[None, :, :],
+                    mask=g_mask[:, None, None] & pk_mask[None, :, :], other=0.0)                   # [G, P, K]
+        acc = tl.dot(x.to(DOT_DTYPE), tl.permute(w.to(DOT_DTYPE), (0, 2, 1)), acc, input_precision=DOT_PRECISION)
 
+    go_mask = g_mask[:, None] & o_mask[None, :]
     if DEMOD:
-        d = tl.load(D_ptr + b * stride_db + offs_co, mask=co_mask, other=1.0)
-        acc = acc * d[None, :]
-    out_mask = p_mask[:, None] & co_mask[None, :]
-    # In-sample offsets stay int32: 64-bit offset tiles here once cost 64 registers each.
-    y_offsets = offs_co[None, :] * stride_yc + oh[:, None] * stride_yh + ow[:, None] * stride_yw
+        d = 1.0 / tl.sqrt(sumsq + eps)
+        acc = acc * tl.expand_dims(d, 1)
+        if pid_p == 0:
+            tl.store(D_ptr + (group_start + offs_gl)[:, None] * stride_db + offs_o[None, :], d, mask=go_mask)
+    out_mask = g_mask[:, None, None] & (p_mask[:, None] & o_mask[None, :])[None, :, :]
+    y_offsets = (offs_gl[:, None, None] * stride_yb
+                 + (offs_o[None, :] * stride_yc + oh[:, None] * stride_yh + ow[:, None] * stride_yw)[None, :, :])
+    y_group = group_start.to(tl.int64) * stride_yb
     if SAVE_LIN:
-        tl.store(Lin_ptr + b * stride_yb + y_offsets, acc.to(Lin_ptr.dtype.element_ty), mask=out_mask)
+        tl.store(Lin_ptr + y_group + y_offsets, acc.to(Lin_ptr.dtype.element_ty), mask=out_mask)
+    noise = 0.0
     if HAS_NOISE:
-        noise = tl.load(Noise_ptr + b * stride_nb + offs_co[None, :] * stride_nc + oh[:, None] * stride_nh
-                        + ow[:, None] * stride_nw, mask=out_mask, other=0.0)
-        acc += noise.to(tl.float32)
+        noise = tl.load(Noise_ptr + group_start.to(tl.int64) * stride_nb + offs_gl[:, None, None] * stride_nb
+                        + (offs_o[None, :] * stride_nc + oh[:, None] * stride_nh + ow[:, None] * stride_nw)[None, :, :],
+                        mask=out_mask, other=0.0).to(tl.float32)
+    bias = 0.0
     if HAS_BIAS:
-        bias = tl.load(Bias_ptr + offs_co, mask=co_mask, other=0.0)
-        acc += bias.to(tl.float32)[None, :]
-    if ACT == 1:
-        acc = tl.where(acc > 0, acc, acc * 0.2)
-    acc = acc * gain
-    if HAS_CLAMP:
-        acc = tl.minimum(tl.maximum(acc, -clamp), clamp)
-    tl.store(Y_ptr + b * stride_yb + y_offsets, acc.to(Y_ptr.dtype.element_ty), mask=out_mask)
+        bias = tl.load(Bias_ptr + offs_o, mask=o_mask, other=0.0).to(tl.float32)[None, None, :]
+    acc = _epilogue(acc, noise, bias, gain, clamp, HAS_NOISE, HAS_BIAS, ACT, HAS_CLAMP)
+    tl.store(Y_ptr + y_group + y_offsets, acc.to(Y_ptr.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit
-def _dx_kernel(
+def _fused_dx_kernel(
     GZ_ptr, X_ptr, Bank_ptr, A_ptr, S_ptr, DX_ptr, DS_ptr,
     B, Cin, Cout, H, W, N,
     stride_gzb, stride_gzc,
@@ -622,130 +637,172 @@ def _dx_kernel(
     stride_ab, stride_an, stride_sb, stride_sc, stride_dsb,
     stride_dxb, stride_dxc, stride_dxh, stride_dxw,
     KSIZE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP: tl.constexpr, MIX_COLS: tl.constexpr, N_PAD: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """dxs = conv_transpose(gz, K[b]); dx = dxs * s; ds[b,i] += sum_p dxs * x.
+    """dxs[g] = conv_transpose(gz[g], K[g]); dx = dxs * s; ds[b, i] += sum_p dxs * x.
 
-    gz = d * dL/dy_lin is contiguous [B,Cout,H,W]. The reduction index is
-    (o, t), and a tap that reads x at p+off(t) in the forward reads gz at
-    p-off(t) here.
+    gz = d * dL/dy_lin is contiguous [B, Cout, H, W]. The reduction index is (o, tap); a tap that reads x
+    at p + off(tap) in the forward reads gz at p - off(tap) here. Bank tile rows are (i, (o, tap)).
     """
     KK: tl.constexpr = KSIZE * KSIZE
     PAD: tl.constexpr = KSIZE // 2
     P = H * W
+    num_g = tl.cdiv(B, GROUP)
     num_p = tl.cdiv(P, BLOCK_P)
     pid = tl.program_id(0)
-    pid_p = pid % num_p
-    b = ((pid // num_p) % B).to(tl.int64)
-    pid_ci = pid // (num_p * B)
+    pid_g = pid % num_g
+    pid_p = (pid // num_g) % num_p
+    pid_i = pid // (num_g * num_p)
+    group_start = pid_g * GROUP
 
+    offs_gl = tl.arange(0, GROUP)
+    g_mask = group_start + offs_gl < B
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     p_mask = offs_p < P
     oh = offs_p // W
     ow = offs_p % W
-    offs_ci = pid_ci * BLOCK_CI + tl.arange(0, BLOCK_CI)
-    ci_mask = offs_ci < Cin
+    offs_i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
+    i_mask = offs_i < Cin
+    offs_n = tl.arange(0, N_PAD)
+    a_t = _group_selection(A_ptr, group_start, B, N, stride_ab, stride_an, GROUP, MIX_COLS, N_PAD, DOT_DTYPE)
+    offs_c = tl.arange(0, BLOCK_I * BLOCK_K)        # bank tile rows (i, k), k fastest
+    c_i = pid_i * BLOCK_I + offs_c // BLOCK_K
+    c_k = offs_c % BLOCK_K
+    gz_group = GZ_ptr + group_start.to(tl.int64) * stride_gzb
 
     k_total = Cout * KK
-    gz_base = GZ_ptr + b * stride_gzb
-    acc = tl.zeros((BLOCK_P, BLOCK_CI), dtype=tl.float32)
+    acc = tl.zeros((GROUP, BLOCK_P, BLOCK_I), dtype=tl.float32)
     for k0 in range(0, k_total, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_mask = offs_k < k_total
         co = offs_k // KK
         tap = offs_k % KK
+        kc = k0 + c_k
+        bank = tl.load(Bank_ptr + offs_n[None, :] * stride_bank_n
+                       + ((kc // KK) * stride_bank_o + c_i * KK + kc % KK)[:, None],
+                       mask=(offs_n < N)[None, :] & ((c_i < Cin) & (kc < k_total))[:, None], other=0.0)
+        w = _group_mix(bank, a_t, DOT_DTYPE, DOT_PRECISION, GROUP, BLOCK_I, BLOCK_K)       # [G, I, K]
         ih = oh[:, None] - (tap // KSIZE - PAD)[None, :]
         iw = ow[:, None] - (tap % KSIZE - PAD)[None, :]
-        g_mask = p_mask[:, None] & k_mask[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        g_tile = tl.load(gz_base + co[None, :] * stride_gzc + ih * W + iw, mask=g_mask, other=0.0)
-        w_offsets = (co * stride_bank_o + tap)[:, None] + offs_ci[None, :] * KK
-        w_mixed = _mixed_bank_tile(Bank_ptr, A_ptr + b * stride_ab, stride_an, N, stride_bank_n,
-                                   w_offsets, k_mask[:, None] & ci_mask[None, :])
-        acc = tl.dot(g_tile.to(DOT_DTYPE), w_mixed.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
+        pk_mask = p_mask[:, None] & k_mask[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        g = tl.load(gz_group + offs_gl[:, None, None] * stride_gzb
+                    + (co[None, :] * stride_gzc + ih * W + iw)[None, :, :],
+                    mask=g_mask[:, None, None] & pk_mask[None, :, :], other=0.0)                    # [G, P, K]
+        acc = tl.dot(g.to(DOT_DTYPE), tl.permute(w.to(DOT_DTYPE), (0, 2, 1)), acc, input_precision=DOT_PRECISION)
 
-    out_mask = p_mask[:, None] & ci_mask[None, :]
-    s = tl.load(S_ptr + b * stride_sb + offs_ci * stride_sc, mask=ci_mask, other=0.0).to(tl.float32)
-    x_tile = tl.load(X_ptr + b * stride_xb + offs_ci[None, :] * stride_xc + oh[:, None] * stride_xh
-                     + ow[:, None] * stride_xw, mask=out_mask, other=0.0).to(tl.float32)
-    tl.atomic_add(DS_ptr + b * stride_dsb + offs_ci, tl.sum(acc * x_tile, axis=0), mask=ci_mask)
-    dx = acc * s[None, :]
-    tl.store(DX_ptr + b * stride_dxb + offs_ci[None, :] * stride_dxc + oh[:, None] * stride_dxh
-             + ow[:, None] * stride_dxw, dx.to(DX_ptr.dtype.element_ty), mask=out_mask)
+    out_mask = g_mask[:, None, None] & (p_mask[:, None] & i_mask[None, :])[None, :, :]
+    s = tl.load(S_ptr + group_start.to(tl.int64) * stride_sb + offs_gl[:, None] * stride_sb
+                + offs_i[None, :] * stride_sc, mask=g_mask[:, None] & i_mask[None, :], other=0.0).to(tl.float32)
+    pix = (offs_i[None, :] * stride_xc + oh[:, None] * stride_xh + ow[:, None] * stride_xw)[None, :, :]
+    x = tl.load(X_ptr + group_start.to(tl.int64) * stride_xb + offs_gl[:, None, None] * stride_xb + pix,
+                mask=out_mask, other=0.0).to(tl.float32)
+    tl.atomic_add(DS_ptr + (group_start + offs_gl)[:, None] * stride_dsb + offs_i[None, :], tl.sum(acc * x, axis=1),
+                  mask=g_mask[:, None] & i_mask[None, :], sem="relaxed")
+    dx = acc * tl.expand_dims(s, 1)
+    dx_offsets = (offs_i[None, :] * stride_dxc + oh[:, None] * stride_dxh + ow[:, None] * stride_dxw)[None, :, :]
+    tl.store(DX_ptr + group_start.to(tl.int64) * stride_dxb + offs_gl[:, None, None] * stride_dxb + dx_offsets,
+             dx.to(DX_ptr.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit
-def _dbank_kernel(
-    GZ_ptr, X_ptr, Bank_ptr, A_ptr, S_ptr, C_ptr, DBank_ptr, DA_ptr, DS_ptr,
+def _fused_dbank_kernel(
+    GZ_ptr, X_ptr, Bank_ptr, A_ptr, S_ptr, C_ptr, DBank_ptr, DAPart_ptr, DSR_ptr,
     B, Cin, Cout, H, W, N,
     stride_gzb, stride_gzc,
     stride_xb, stride_xc, stride_xh, stride_xw,
     stride_bank_n, stride_bank_o,
-    stride_ab, stride_an, stride_sb, stride_sc, stride_cb, stride_dab, stride_dsb,
-    KSIZE: tl.constexpr, DEMOD: tl.constexpr, N_PAD: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_P: tl.constexpr,
+    stride_ab, stride_an, stride_sb, stride_sc, stride_cb, stride_dap, stride_dab, stride_dsrb,
+    KSIZE: tl.constexpr, DEMOD: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    GROUP: tl.constexpr, MIX_COLS: tl.constexpr, N_PAD: tl.constexpr,
+    BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    """Per (Cout tile, Cin tile, tap): the per-sample filter gradient G[b] exists only in registers.
+    """Per (Cout tile, r tile): the per-sample filter gradients exist only on chip, one group at a time.
 
-    G[b,o,i]  = sum_p gz[b,o,p] xs[b,i,p+off]  -  c[b,o] s[b,i]^2 K[b,o,i]   (second term: demodulation)
-    dW[n]    += a[b,n] G[b]           dA[b,n] += <W[n], G[b]>
-    ds[b,i]  += -s[b,i] sum_o c[b,o] K[b,o,i]^2
-    with c[b,o] = d[b,o]^2 sum_p dL/dy_lin * y_lin.
+    G[g, o, r]  = sum_p gz[g, o, p] xs[g, r, p]  -  c[g, o] s[g, ci(r)]^2 K[g, o, r]   (2nd: demodulation)
+    dbank[n]   += sum_g a[g, n] G[g]                    (one dot per group)
+    da[g, n]    = <bank[n], G[g]>                       (one dot per group; per-program partials)
+    dsr[g, r]  += -s[g, ci(r)] sum_o c[g, o] K[g, o, r]^2   (relaxed atomics; summed over taps on the host)
+    with xs = x * s in im2col order and c = d^2 sum_p dL/dy_lin * y_lin.
     """
     KK: tl.constexpr = KSIZE * KSIZE
     PAD: tl.constexpr = KSIZE // 2
-    pid_co = tl.program_id(0)
-    pid_ci = tl.program_id(1)
-    tap = tl.program_id(2)
+    P = H * W
+    R = Cin * KK
+    num_k = tl.cdiv(R, BLOCK_K)
+    pid = tl.program_id(0)
+    pid_k = pid % num_k
+    pid_o = pid // num_k
+
+    offs_gl = tl.arange(0, GROUP)
+    offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
+    o_mask = offs_o < Cout
+    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    k_mask = offs_k < R
+    ci = offs_k // KK
+    tap = offs_k % KK
     dh = tap // KSIZE - PAD
     dw = tap % KSIZE - PAD
-    P = H * W
-
     offs_n = tl.arange(0, N_PAD)
-    n_mask = offs_n < N
-    offs_co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
-    co_mask = offs_co < Cout
-    offs_ci = pid_ci * BLOCK_CI + tl.arange(0, BLOCK_CI)
-    ci_mask = offs_ci < Cin
-    tile_mask = co_mask[:, None] & ci_mask[None, :]
-    bank_offsets = (offs_n[:, None, None] * stride_bank_n + offs_co[None, :, None] * stride_bank_o
-                    + offs_ci[None, None, :] * KK + tap)
-    bank_mask = n_mask[:, None, None] & tile_mask[None, :, :]
-    # The N bank tiles of this (Cout, Cin, tap) slice stay in registers across the whole batch.
-    bank = tl.load(Bank_ptr + bank_offsets, mask=bank_mask, other=0.0)
-    dbank = tl.zeros((N_PAD, BLOCK_CO, BLOCK_CI), dtype=tl.float32)
+    offs_c = tl.arange(0, BLOCK_O * BLOCK_K)        # tile rows (o, r), r fastest
+    c_o = pid_o * BLOCK_O + offs_c // BLOCK_K
+    c_r = pid_k * BLOCK_K + offs_c % BLOCK_K
+    bank_offsets = offs_n[None, :] * stride_bank_n + (c_o * stride_bank_o + c_r)[:, None]
+    bank_mask = (offs_n < N)[None, :] & ((c_o < Cout) & (c_r < R))[:, None]
+    # The N bank tiles of this slice stay on chip across the whole batch.
+    bank = tl.load(Bank_ptr + bank_offsets, mask=bank_mask, other=0.0).to(DOT_DTYPE)     # [(o, r), N_PAD]
+    dbank = tl.zeros((BLOCK_O * BLOCK_K, N_PAD), dtype=tl.float32)
+    ROWS: tl.constexpr = BLOCK_O * BLOCK_K
 
-    # Per-sample base pointers advance by the batch stride: 64-bit pointer arithmetic, so B * stride
-    # may exceed int32 while every in-sample offset stays int32.
-    x_b = X_ptr
-    gz_b = GZ_ptr
-    for b in range(B):
-        a = tl.load(A_ptr + b * stride_ab + offs_n * stride_an, mask=n_mask, other=0.0)
-        s = tl.load(S_ptr + b * stride_sb + offs_ci * stride_sc, mask=ci_mask, other=0.0).to(tl.float32)
-        g = tl.zeros((BLOCK_CO, BLOCK_CI), dtype=tl.float32)
+    # Group base pointers advance by GROUP batch strides: 64-bit pointer arithmetic, int32 offsets inside.
+    x_group = X_ptr
+    gz_group = GZ_ptr
+    for group_start in range(0, B, GROUP):
+        g_mask = group_start + offs_gl < B
+        s = tl.load(S_ptr + (group_start + offs_gl)[:, None] * stride_sb + ci[None, :] * stride_sc,
+                    mask=g_mask[:, None] & k_mask[None, :], other=0.0).to(tl.float32)
+        grad = tl.zeros((GROUP, BLOCK_O, BLOCK_K), dtype=tl.float32)
         for p0 in range(0, P, BLOCK_P):
             offs_p = p0 + tl.arange(0, BLOCK_P)
             p_mask = offs_p < P
-            ih = offs_p // W + dh
-            iw = offs_p % W + dw
-            x_mask = (p_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))[:, None] & ci_mask[None, :]
-            x_tile = tl.load(x_b + offs_ci[None, :] * stride_xc + ih[:, None] * stride_xh
-                             + iw[:, None] * stride_xw, mask=x_mask, other=0.0)
-            xs = (x_tile.to(tl.float32) * s[None, :]).to(DOT_DTYPE)
-            g_tile = tl.load(gz_b + offs_co[:, None] * stride_gzc + offs_p[None, :],
-                             mask=co_mask[:, None] & p_mask[None, :], other=0.0)
-            g = tl.dot(g_tile.to(DOT_DTYPE), xs, g, input_precision=DOT_PRECISION)
+            g = tl.load(gz_group + offs_gl[:, None, None] * stride_gzb
+                        + (offs_o[:, None] * stride_gzc + offs_p[None, :])[None, :, :],
+                        mask=g_mask[:, None, None] & (o_mask[:, None] & p_mask[None, :])[None, :, :], other=0.0)
+            ih = (offs_p // W)[:, None] + dh[None, :]
+            iw = (offs_p % W)[:, None] + dw[None, :]
+            pk_mask = p_mask[:, None] & k_mask[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            x = tl.load(x_group + offs_gl[:, None, None] * stride_xb
+                        + (ci[None, :] * stride_xc + ih * stride_xh + iw * stride_xw)[None, :, :],
+                        mask=g_mask[:, None, None] & pk_mask[None, :, :], other=0.0)                # [G, P, K]
+            xs = (x.to(tl.float32) * tl.expand_dims(s, 1)).to(DOT_DTYPE)
+            grad = tl.dot(g.to(DOT_DTYPE), xs, grad, input_precision=DOT_PRECISION)
+        a = tl.load(A_ptr + (group_start + offs_gl)[:, None] * stride_ab + offs_n[None, :] * stride_an,
+                    mask=g_mask[:, None] & (offs_n < N)[None, :], other=0.0)                      # [G, N_PAD]
         if DEMOD:
-            mixed = tl.sum(a[:, None, None] * bank.to(tl.float32), axis=0)
-            c = tl.load(C_ptr + b * stride_cb + offs_co, mask=co_mask, other=0.0)
-            c_mixed = c[:, None] * mixed
-            g = g - c_mixed * (s * s)[None, :]
-            tl.atomic_add(DS_ptr + b * stride_dsb + offs_ci, -s * tl.sum(c_mixed * mixed, axis=0), mask=ci_mask)
-        dbank += a[:, None, None] * g[None, :, :]
-        da = tl.sum(tl.sum(bank.to(tl.float32) * g[None, :, :], axis=2), axis=1)
-        tl.atomic_add(DA_ptr + b * stride_dab + offs_n, da, mask=n_mask)
-        x_b += stride_xb
-        gz_b += stride_gzb
+            a_t = _group_selection(A_ptr, group_start, B, N, stride_ab, stride_an, GROUP, MIX_COLS, N_PAD,
+                                   DOT_DTYPE)
+            mixed = _group_mix(bank, a_t, DOT_DTYPE, DOT_PRECISION, GROUP, BLOCK_O, BLOCK_K)  # [G, O, K]
+            c = tl.load(C_ptr + (group_start + offs_gl)[:, None] * stride_cb + offs_o[None, :],
+                        mask=g_mask[:, None] & o_mask[None, :], other=0.0)
+            c_mixed = tl.expand_dims(c, 2) * mixed
+            grad = grad - c_mixed * tl.expand_dims(s * s, 1)
+            tl.atomic_add(DSR_ptr + (group_start + offs_gl)[:, None] * stride_dsrb + offs_k[None, :],
+                          -s * tl.sum(c_mixed * mixed, axis=1), mask=g_mask[:, None] & k_mask[None, :],
+                          sem="relaxed")
+        # Both contractions over the group run as dots with K = 2 * GROUP: each sample's gradient enters as
+        # its 16-bit hi and lo parts (column 2g + j), which keeps ~16 bits of it and lets a group of 8 fill
+        # the 16 a tensor-core dot needs.
+        grad_t = tl.trans(tl.reshape(grad, (GROUP, ROWS)))                                      # [(o, r), G]
+        hi = grad_t.to(DOT_DTYPE).to(tl.float32)
+        pair = tl.reshape(tl.join(hi, grad_t - hi), (ROWS, 2 * GROUP)).to(DOT_DTYPE)
+        a_pair = tl.reshape(tl.permute(tl.join(a, a), (0, 2, 1)), (2 * GROUP, N_PAD)).to(DOT_DTYPE)
+        dbank = tl.dot(pair, a_pair, dbank, input_precision=DOT_PRECISION)
+        da = tl.dot(tl.trans(bank), pair, input_precision=DOT_PRECISION)                        # [N_PAD, 2G]
+        da = tl.sum(tl.reshape(da, (N_PAD, GROUP, 2)), axis=2)
+        tl.store(DAPart_ptr + pid * stride_dap + (group_start + offs_gl)[None, :] * stride_dab + offs_n[:, None],
+                 da, mask=g_mask[None, :] & (offs_n < N)[:, None])
+        x_group += GROUP * stride_xb
+        gz_group += GROUP * stride_gzb
 
     tl.store(DBank_ptr + bank_offsets, dbank.to(DBank_ptr.dtype.element_ty), mask=bank_mask)
 
@@ -784,33 +841,31 @@ CONV_DWEIGHT_CONFIGS = {
 COLUMNS_CONFIG = dict(BLOCK_C=32, BLOCK_P=128, num_warps=4, num_stages=1)
 EPILOGUE_CONFIG = dict(BLOCK_O=32, BLOCK_P=128, num_warps=4, num_stages=1)
 
-# Strategy "fused".
-FWD_CONFIGS = {
-    # P <= 16 (4x4 layers): a 16-pixel M tile.
-    "p16": dict(BLOCK_P=16, BLOCK_CO=128, BLOCK_K=32, num_warps=4, num_stages=2),
-    # P <= 64 (8x8): one M tile per sample. BLOCK_K=64 spilled (504 B on sm_80), BLOCK_K=16 at CO=128 too.
-    "p64": dict(BLOCK_P=64, BLOCK_CO=128, BLOCK_K=32, num_warps=8, num_stages=2),
-    # larger images. 128x128 spilled 376-464 B, so Cout tiles are 64 wide.
-    "p128": dict(BLOCK_P=128, BLOCK_CO=64, BLOCK_K=32, num_warps=8, num_stages=2),
+# Strategy "fused". Keyed by N_PAD (16: N <= 16, GigaGAN's 4 and 8; 32: N <= 32), then by pixels per sample
+# (p16: 4x4 layers, p64: 8x8, larger). GROUP samples share one bank read and one mix; the accumulator is
+# GROUP x BLOCK_P x BLOCK_O fp32, at most 16K elements (64 registers a thread at 8 warps) next to the
+# mixed tile, the gathered activations and their offsets.
+FUSED_FWD_CONFIGS = {
+    n_pad: {
+        "p16": dict(GROUP=16, BLOCK_P=16, BLOCK_O=32, BLOCK_K=16, num_warps=8, num_stages=2),
+        "p64": dict(GROUP=8, BLOCK_P=64, BLOCK_O=32, BLOCK_K=16, num_warps=8, num_stages=2),
+        "p128": dict(GROUP=8, BLOCK_P=64, BLOCK_O=32, BLOCK_K=16, num_warps=8, num_stages=2),
+    }
+    for n_pad in (16, 32)
 }
-DX_CONFIGS = {
-    "p16": dict(BLOCK_P=16, BLOCK_CI=128, BLOCK_K=32, num_warps=4, num_stages=2),
-    "p64": dict(BLOCK_P=64, BLOCK_CI=128, BLOCK_K=32, num_warps=8, num_stages=2),
-    "p128": dict(BLOCK_P=128, BLOCK_CI=64, BLOCK_K=32, num_warps=8, num_stages=2),
+FUSED_DX_CONFIGS = {
+    n_pad: {key: {("BLOCK_I" if name == "BLOCK_O" else name): v for name, v in cfg.items()}
+            for key, cfg in table.items()}
+    for n_pad, table in FUSED_FWD_CONFIGS.items()
 }
-# Keyed by N_PAD: the bank slice and its fp32 gradient both stay in registers, so the tile shrinks as
-# N grows. At N_PAD*BLOCK_CO*BLOCK_CI = 8192 the fp32 variants spilled (up to 200 B on sm_90); 4096 fits.
-DBANK_CONFIGS = {
-    # BLOCK_P=32 for N_PAD <= 2: with 64 the fp32 (TF32) variants still spilled 48-64 B on sm_90.
-    1: dict(BLOCK_CO=64, BLOCK_CI=64, BLOCK_P=32, num_warps=8, num_stages=2),
-    2: dict(BLOCK_CO=32, BLOCK_CI=64, BLOCK_P=32, num_warps=8, num_stages=2),
-    4: dict(BLOCK_CO=32, BLOCK_CI=32, BLOCK_P=64, num_warps=8, num_stages=2),
-    8: dict(BLOCK_CO=16, BLOCK_CI=32, BLOCK_P=64, num_warps=8, num_stages=2),
-    16: dict(BLOCK_CO=16, BLOCK_CI=16, BLOCK_P=64, num_warps=8, num_stages=2),
-    32: dict(BLOCK_CO=16, BLOCK_CI=16, BLOCK_P=64, num_warps=8, num_stages=2),
+# The bank-gradient kernel: the N bank tiles of a (Cout, r) slice and their fp32 gradient stay on chip
+# across the batch, with one group's per-sample gradients at a time. Tall r tiles: a gz tile is reused
+# across the whole r tile, while the activations' 9 taps come mostly from L1.
+FUSED_DBANK_CONFIGS = {
+    16: dict(GROUP=8, BLOCK_O=16, BLOCK_K=32, BLOCK_P=16, num_warps=8, num_stages=2),
+    32: dict(GROUP=8, BLOCK_O=16, BLOCK_K=16, BLOCK_P=16, num_warps=8, num_stages=2),
 }
-DEMOD_CONFIG = dict(BLOCK_CO=32, BLOCK_K=64, num_warps=4, num_stages=2)
-MAX_FILTERS = max(DBANK_CONFIGS)
+MAX_FILTERS = max(FUSED_DBANK_CONFIGS)
 
 
 def pick_pixel_config(table: dict, P: int) -> dict:
@@ -819,11 +874,6 @@ def pick_pixel_config(table: dict, P: int) -> dict:
     if P <= 64:
         return table["p64"]
     return table["p128"]
-
-
-def pick_dbank_config(N: int) -> tuple[int, dict]:
-    n_pad = triton.next_power_of_2(N)
-    return n_pad, DBANK_CONFIGS[n_pad]
 
 
 _DOT_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
@@ -1185,20 +1235,23 @@ def weights_backward(grad_y, x, bank, a, s, bias, noise, lin, d, kept, *, demodu
 
 
 # ---- strategy "fused" --------------------------------------------------------------------------
-def demod_coefficients(bank, a, s, eps):
-    """d [B, Cout] in fp32."""
-    bank = bank.contiguous()
-    N, Cout, Cin, k, _ = bank.shape
-    B = a.shape[0]
-    d = torch.empty((B, Cout), device=bank.device, dtype=torch.float32)
-    cfg = DEMOD_CONFIG
-    grid = (triton.cdiv(Cout, cfg["BLOCK_CO"]), B)
-    _demod_kernel[grid](
-        bank, a, s, d, Cin, Cout, N, float(eps),
-        bank.stride(0), bank.stride(1), a.stride(0), a.stride(1), s.stride(0), s.stride(1), d.stride(0),
-        KK=k * k, **cfg,
-    )
-    return d
+def fused_unsupported(x_shape, bank_shape) -> str | None:
+    """Why the "fused" strategy cannot take this call, or None: offsets inside a group of samples and
+    inside the bank are int32."""
+    B, Cin, H, W = x_shape
+    N, Cout, _, k, _ = bank_shape
+    group = max(max(c["GROUP"] for c in t.values()) for t in FUSED_FWD_CONFIGS.values())
+    group = max(group, max(c["GROUP"] for c in FUSED_DBANK_CONFIGS.values()))
+    if group * max(Cin, Cout) * H * W >= 2**31 or N * Cout * Cin * k * k >= 2**31:
+        return (f"a group of {group} samples of {max(Cin, Cout) * H * W} elements, or a bank of "
+                f"{N * Cout * Cin * k * k}, exceeds the 'fused' strategy's int32 offsets")
+    return None
+
+
+def _fused_constexprs(dtype, N, cfg):
+    n_pad = bank_pad(N)
+    return dict(DOT_DTYPE=dot_dtype(dtype), DOT_PRECISION=dot_precision(dtype), N_PAD=n_pad,
+                MIX_COLS=max(16, cfg["GROUP"]), **cfg)
 
 
 def fused_forward(x, bank, a, s, bias, noise, *, demodulate, eps, activation_code, gain, clamp, save_lin):
@@ -1206,26 +1259,24 @@ def fused_forward(x, bank, a, s, bias, noise, *, demodulate, eps, activation_cod
     bank = bank.contiguous()
     B, Cin, H, W = x.shape
     N, Cout, _, k, _ = bank.shape
-    d = (demod_coefficients(bank, a, s, eps) if demodulate
-         else torch.ones((B, Cout), device=x.device, dtype=torch.float32))
     # A channels_last input gets a channels_last output; the kernels take any strides.
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     y = torch.empty((B, Cout, H, W), device=x.device, dtype=x.dtype, memory_format=memory_format)
     lin = torch.empty_like(y) if save_lin else y.new_empty((0,))
-    cfg = pick_pixel_config(FWD_CONFIGS, H * W)
-    grid = (triton.cdiv(H * W, cfg["BLOCK_P"]) * B * triton.cdiv(Cout, cfg["BLOCK_CO"]),)
-    nb, nc, nh, nw = _noise_strides(noise, y.shape)
-    _fwd_kernel[grid](
+    d = (torch.empty if demodulate else torch.ones)((B, Cout), device=x.device, dtype=torch.float32)
+    cfg = pick_pixel_config(FUSED_FWD_CONFIGS[bank_pad(N)], H * W)
+    grid = _flat_grid(triton.cdiv(B, cfg["GROUP"]), triton.cdiv(H * W, cfg["BLOCK_P"]),
+                      triton.cdiv(Cout, cfg["BLOCK_O"]))
+    _fused_fwd_kernel[grid](
         x, bank, a, s, d, bias if bias is not None else y, noise if noise is not None else y, y,
         lin if save_lin else y,
-        B, Cin, Cout, H, W, N, float(gain), float(clamp if clamp is not None else 0.0),
+        B, Cin, Cout, H, W, N, float(eps), float(gain), float(clamp if clamp is not None else 0.0),
         *x.stride(), bank.stride(0), bank.stride(1),
         a.stride(0), a.stride(1), s.stride(0), s.stride(1), d.stride(0),
-        nb, nc, nh, nw, *y.stride(),
+        *_noise_strides(noise, y.shape), *y.stride(),
         KSIZE=k, DEMOD=demodulate, HAS_BIAS=bias is not None, HAS_NOISE=noise is not None,
-        ACT=activation_code, HAS_CLAMP=clamp is not None, SAVE_LIN=save_lin,
-        DOT_DTYPE=dot_dtype(x.dtype), DOT_PRECISION=dot_precision(x.dtype), **cfg,
+        ACT=activation_code, HAS_CLAMP=clamp is not None, SAVE_LIN=save_lin, **_fused_constexprs(x.dtype, N, cfg),
     )
     return y, lin, d
 
@@ -1239,29 +1290,34 @@ def fused_backward(gz, c, x, bank, a, s, *, demodulate):
     gz = gz.contiguous()
     B, Cin, H, W = x.shape
     N, Cout, _, k, _ = bank.shape
+    R = Cin * k * k
     ds = torch.zeros((B, Cin), device=x.device, dtype=torch.float32)
-    da = torch.zeros((B, N), device=x.device, dtype=torch.float32)
     # The dx kernel also produces the style gradient's sum_p dxs * x, so it runs even when x needs no grad.
     dx = torch.empty_like(x)
-    cfg = pick_pixel_config(DX_CONFIGS, H * W)
-    grid = (triton.cdiv(H * W, cfg["BLOCK_P"]) * B * triton.cdiv(Cin, cfg["BLOCK_CI"]),)
-    _dx_kernel[grid](
+    cfg = pick_pixel_config(FUSED_DX_CONFIGS[bank_pad(N)], H * W)
+    grid = _flat_grid(triton.cdiv(B, cfg["GROUP"]), triton.cdiv(H * W, cfg["BLOCK_P"]),
+                      triton.cdiv(Cin, cfg["BLOCK_I"]))
+    _fused_dx_kernel[grid](
         gz, x, bank, a, s, dx, ds, B, Cin, Cout, H, W, N,
         gz.stride(0), gz.stride(1), *x.stride(), bank.stride(0), bank.stride(1),
         a.stride(0), a.stride(1), s.stride(0), s.stride(1), ds.stride(0), *dx.stride(),
-        KSIZE=k, DOT_DTYPE=dot_dtype(x.dtype), DOT_PRECISION=dot_precision(x.dtype), **cfg,
+        KSIZE=k, **_fused_constexprs(x.dtype, N, cfg),
     )
-    n_pad, cfg = pick_dbank_config(N)
+    cfg = FUSED_DBANK_CONFIGS[bank_pad(N)]
+    num_programs = triton.cdiv(Cout, cfg["BLOCK_O"]) * triton.cdiv(R, cfg["BLOCK_K"])
     dbank = torch.empty_like(bank)
-    grid = (triton.cdiv(Cout, cfg["BLOCK_CO"]), triton.cdiv(Cin, cfg["BLOCK_CI"]), k * k)
-    _dbank_kernel[grid](
-        gz, x, bank, a, s, c, dbank, da, ds, B, Cin, Cout, H, W, N,
+    da_part = torch.empty((num_programs, B, N), device=x.device, dtype=torch.float32)
+    dsr = torch.zeros((B, R), device=x.device, dtype=torch.float32) if demodulate else ds
+    constexprs = _fused_constexprs(x.dtype, N, cfg)
+    _fused_dbank_kernel[(num_programs,)](
+        gz, x, bank, a, s, c, dbank, da_part, dsr, B, Cin, Cout, H, W, N,
         gz.stride(0), gz.stride(1), *x.stride(), bank.stride(0), bank.stride(1),
-        a.stride(0), a.stride(1), s.stride(0), s.stride(1), c.stride(0), da.stride(0), ds.stride(0),
-        KSIZE=k, DEMOD=demodulate, N_PAD=n_pad,
-        DOT_DTYPE=dot_dtype(x.dtype), DOT_PRECISION=dot_precision(x.dtype), **cfg,
+        a.stride(0), a.stride(1), s.stride(0), s.stride(1), c.stride(0), da_part.stride(0), da_part.stride(1),
+        dsr.stride(0), KSIZE=k, DEMOD=demodulate, **constexprs,
     )
-    return dx, dbank, da, ds
+    if demodulate:
+        ds += dsr.view(B, Cin, k * k).sum(2)
+    return dx, dbank, da_part.sum(0), ds
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1278,29 +1334,35 @@ def report_specs():
         dot = dict(DOT_DTYPE=dot_dtype(dtype), DOT_PRECISION="tf32" if dtype == torch.float32 else "ieee")
         launch = lambda cfg: {k: cfg[k] for k in ("num_warps", "num_stages")}  # noqa: E731
         blocks = lambda cfg: {k: v for k, v in cfg.items() if k.startswith("BLOCK")}  # noqa: E731
-        for name, cfg in FWD_CONFIGS.items():
+        # Strategy "fused", with the integer hints the JIT specialises at GigaGAN's shapes.
+        fused_hints = dict(ones=("stride_an", "stride_sc"),
+                           divisible=("Cin", "Cout", "stride_bank_n", "stride_bank_o", "stride_sb", "stride_xb",
+                                      "stride_xc", "stride_gzb", "stride_gzc", "stride_db", "stride_cb"))
+        for n_pad, table in FUSED_FWD_CONFIGS.items():
+            for name, cfg in table.items():
+                specs.append(dict(
+                    kernel=_fused_fwd_kernel, config=f"n{n_pad}{name}", dtype=t, tensor_cores=True, **launch(cfg),
+                    pointers=dict(X_ptr=t, Bank_ptr=t, A_ptr="fp32", S_ptr=t, D_ptr="fp32", Bias_ptr=t,
+                                  Noise_ptr=t, Y_ptr=t, Lin_ptr=t),
+                    floats=("eps", "gain", "clamp"),
+                    constexprs=dict(KSIZE=3, DEMOD=True, HAS_BIAS=True, HAS_NOISE=True, ACT=ACT_LRELU,
+                                    HAS_CLAMP=True, SAVE_LIN=True, N_PAD=n_pad, GROUP=cfg["GROUP"],
+                                    MIX_COLS=max(16, cfg["GROUP"]), **dot, **blocks(cfg)), **fused_hints))
+        for n_pad, table in FUSED_DX_CONFIGS.items():
+            for name, cfg in table.items():
+                specs.append(dict(
+                    kernel=_fused_dx_kernel, config=f"n{n_pad}{name}", dtype=t, tensor_cores=True, **launch(cfg),
+                    pointers=dict(GZ_ptr=t, X_ptr=t, Bank_ptr=t, A_ptr="fp32", S_ptr=t, DX_ptr=t, DS_ptr="fp32"),
+                    floats=(), constexprs=dict(KSIZE=3, N_PAD=n_pad, GROUP=cfg["GROUP"],
+                                               MIX_COLS=max(16, cfg["GROUP"]), **dot, **blocks(cfg)),
+                    **fused_hints))
+        for n_pad, cfg in FUSED_DBANK_CONFIGS.items():
             specs.append(dict(
-                kernel=_fwd_kernel, config=name, dtype=t, tensor_cores=True, **launch(cfg),
-                pointers=dict(X_ptr=t, Bank_ptr=t, A_ptr="fp32", S_ptr=t, D_ptr="fp32", Bias_ptr=t, Noise_ptr=t,
-                              Y_ptr=t, Lin_ptr=t),
-                floats=("gain", "clamp"),
-                constexprs=dict(KSIZE=3, DEMOD=True, HAS_BIAS=True, HAS_NOISE=True, ACT=ACT_LRELU, HAS_CLAMP=True,
-                                SAVE_LIN=True, **dot, **blocks(cfg))))
-        for name, cfg in DX_CONFIGS.items():
-            specs.append(dict(
-                kernel=_dx_kernel, config=name, dtype=t, tensor_cores=True, **launch(cfg),
-                pointers=dict(GZ_ptr=t, X_ptr=t, Bank_ptr=t, A_ptr="fp32", S_ptr=t, DX_ptr=t, DS_ptr="fp32"),
-                floats=(), constexprs=dict(KSIZE=3, **dot, **blocks(cfg))))
-        for n_pad, cfg in DBANK_CONFIGS.items():
-            specs.append(dict(
-                kernel=_dbank_kernel, config=f"n{n_pad}", dtype=t, tensor_cores=True, **launch(cfg),
+                kernel=_fused_dbank_kernel, config=f"n{n_pad}", dtype=t, tensor_cores=True, **launch(cfg),
                 pointers=dict(GZ_ptr=t, X_ptr=t, Bank_ptr=t, A_ptr="fp32", S_ptr=t, C_ptr="fp32", DBank_ptr=t,
-                              DA_ptr="fp32", DS_ptr="fp32"),
-                floats=(), constexprs=dict(KSIZE=3, DEMOD=True, N_PAD=n_pad, **dot, **blocks(cfg))))
-        specs.append(dict(
-            kernel=_demod_kernel, config="default", dtype=t, tensor_cores=False, **launch(DEMOD_CONFIG),
-            pointers=dict(Bank_ptr=t, A_ptr="fp32", S_ptr=t, D_ptr="fp32"), floats=("eps",),
-            constexprs=dict(KK=9, **blocks(DEMOD_CONFIG))))
+                              DAPart_ptr="fp32", DSR_ptr="fp32"),
+                floats=(), constexprs=dict(KSIZE=3, DEMOD=True, N_PAD=n_pad, GROUP=cfg["GROUP"],
+                                           MIX_COLS=max(16, cfg["GROUP"]), **dot, **blocks(cfg)), **fused_hints))
         # Strategy "weights": N_PAD 16 covers N <= 16 (GigaGAN's 4 and 8), 32 the rest. The integer hints are
         # what the JIT specialises at GigaGAN's shapes (channels multiples of 16, contiguous a and s,
         # channels-last x and pixel-major gz in the implicit GEMMs).

@@ -445,6 +445,35 @@ def test_weights_strategy_reduction_in_groups(device, monkeypatch, poison_output
     check_against_reference(inputs, "triton:weights-bmm", torch.float16, activation="lrelu")
 
 
+# ----------------------------------------------------------------------------------------------
+# The "fused" strategy's tiling: groups of samples that share a bank read and one mix, pixel, channel and
+# reduction tiles, each with a partial last tile.
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape, dtype, demodulate", [
+    # 3 forward groups of 8 (the last of 3), 2 bank-gradient groups of 16; 2 pixel tiles (P = 99); 2 Cout
+    # and Cin tiles; several reduction tiles.
+    ((19, 37, 37, 9, 11, 3, 3), torch.float32, True),
+    # Groups of 8 in fp16: the mix's second 8 columns carry a's residual; 8x8 takes the p64 tile.
+    ((9, 7, 33, 8, 8, 8, 3), torch.float16, True),
+    # N = 20 takes the N_PAD 32 tables; 4x4 takes the p16 tile and groups of 16; no demodulation.
+    ((18, 9, 40, 4, 4, 20, 3), torch.float16, False),
+])
+def test_fused_strategy_tiles(shape, dtype, demodulate, device, poison_outputs):
+    from gigagan_kernels import adaptive_modconv_triton as kernels
+    B, Cin, Cout, H, W, N, k = shape
+    cfg = kernels.pick_pixel_config(kernels.FUSED_FWD_CONFIGS[kernels.bank_pad(N)], H * W)
+    assert B > cfg["GROUP"] and B % cfg["GROUP"]
+    assert Cout > cfg["BLOCK_O"] or H * W > cfg["BLOCK_P"]
+    inputs = make_inputs(*shape, dtype=dtype, device=device, seed=sum(shape), bias=True, noise="pixel")
+    check_against_reference(inputs, "triton:fused", dtype, activation="lrelu", demodulate=demodulate)
+
+
+def test_fused_strategy_int32_limit():
+    from gigagan_kernels import adaptive_modconv_triton as kernels
+    assert kernels.fused_unsupported((32, 1024, 8, 8), (8, 1024, 1024, 3, 3)) is None
+    assert "int32" in kernels.fused_unsupported((32, 1024, 512, 512), (4, 1024, 1024, 3, 3))
+
+
 def test_plan_weights_budget(monkeypatch):
     """GigaGAN's 1024-channel 8x8 layer at B = 32 (bf16): the 604 MB of weights are kept under the default
     workspace and the backward runs in one chunk; under 512 MiB they are rebuilt, in two chunks."""
