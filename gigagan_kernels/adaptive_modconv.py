@@ -268,31 +268,37 @@ def _check_strategy(strategy, source):
         raise ValueError(f"{source}: expected one of {STRATEGIES + ('auto',)}, got {strategy!r}")
 
 
-def triton_strategy(x_shape, bank_shape) -> str:
+def triton_strategy(x_shape, bank_shape, mode: str = "fwd+bwd") -> str:
     """The Triton strategy for a call: the forced one (use_strategy, then the environment variable), else the
-    one the cost model predicts faster for a forward + backward (gigagan_kernels/cost_model.py) among those
-    that can take the shape."""
+    one the cost model predicts faster (gigagan_kernels/cost_model.py) among those that can take the shape,
+    for a forward + backward, or for a forward alone (mode "fwd": no input needs a gradient)."""
     from . import adaptive_modconv_triton as kernels
     forced = getattr(_strategy_override, "value", None) or os.environ.get(STRATEGY_ENV, "").strip() or "auto"
     _check_strategy(forced, STRATEGY_ENV)
-    why_not = kernels.weights_unsupported(bank_shape)
-    if forced == "weights" and why_not:
-        raise ValueError(f"adaptive_modconv2d: strategy 'weights' cannot run weight_bank {tuple(bank_shape)}: "
-                         f"{why_not}")
+    why_not = {"weights": kernels.weights_unsupported(bank_shape), "fused": kernels.fused_unsupported(x_shape,
+                                                                                                       bank_shape)}
+    if forced != "auto" and why_not[forced]:
+        raise ValueError(f"adaptive_modconv2d: strategy {forced!r} cannot run x {tuple(x_shape)} with weight_bank "
+                         f"{tuple(bank_shape)}: {why_not[forced]}")
     if forced != "auto":
         return forced
-    if why_not:
-        return "fused"
-    return _cuda_choices(tuple(x_shape), tuple(bank_shape), _workspace())[1]
+    runnable = [st for st in STRATEGIES if not why_not[st]]
+    if not runnable:
+        raise ValueError(f"adaptive_modconv2d(impl='triton'): no Triton strategy can run x {tuple(x_shape)} with "
+                         f"weight_bank {tuple(bank_shape)}: {why_not['weights']}; {why_not['fused']}; use "
+                         f"impl='torch'")
+    if len(runnable) == 1:
+        return runnable[0]
+    return _cuda_choices(tuple(x_shape), tuple(bank_shape), _workspace(), mode)[1]
 
 
-def auto_cuda_order(x_shape, bank_shape) -> tuple:
+def auto_cuda_order(x_shape, bank_shape, mode: str = "fwd+bwd") -> tuple:
     """impl="auto"'s order of preference on CUDA for one call, fastest first: Triton (its faster strategy) or
-    the torch composite (its faster form), as the cost model predicts forward + backward; the CUDA extension
-    last (opt-in: it measured slower than Triton, benchmarks/NOTES.md)."""
+    the torch composite (its faster form), as the cost model predicts a forward + backward (or a forward
+    alone, mode "fwd"); the CUDA extension last (opt-in: it measured slower than Triton, benchmarks/NOTES.md)."""
     if not backend.triton_installed():
         return ("torch", "cuda")
-    return _cuda_choices(tuple(x_shape), tuple(bank_shape), _workspace())[2]
+    return _cuda_choices(tuple(x_shape), tuple(bank_shape), _workspace(), mode)[2]
 
 
 def _workspace():
@@ -303,17 +309,17 @@ def _workspace():
 _CUDA_CHOICES: dict = {}
 
 
-def _cuda_choices(x_shape, bank_shape, workspace):
-    """The cost model's picks for one shape, computed once per shape (and workspace, which decides whether the
-    "weights" strategy rebuilds its weights): (torch form, Triton strategy, auto's order). A plain dict rather
-    than functools.lru_cache, which torch.compile warns it cannot honour."""
-    key = (x_shape, bank_shape, workspace)
+def _cuda_choices(x_shape, bank_shape, workspace, mode="fwd+bwd"):
+    """The cost model's picks for one shape and mode, computed once (and per workspace, which decides whether
+    the "weights" strategy rebuilds its weights): (torch form, Triton strategy, auto's order). A plain dict
+    rather than functools.lru_cache, which torch.compile warns it cannot honour."""
+    key = (x_shape, bank_shape, workspace, mode)
     if key not in _CUDA_CHOICES:
-        _CUDA_CHOICES[key] = _cost_model_choices(x_shape, bank_shape, workspace)
+        _CUDA_CHOICES[key] = _cost_model_choices(x_shape, bank_shape, workspace, mode)
     return _CUDA_CHOICES[key]
 
 
-def _cost_model_choices(x_shape, bank_shape, workspace):
+def _cost_model_choices(x_shape, bank_shape, workspace, mode):
     from . import cost_model
     k = bank_shape[-1]
     form = "activations" if k == 1 else {"torch_activations": "activations", "torch_weights": "bmm"}[
@@ -321,8 +327,8 @@ def _cost_model_choices(x_shape, bank_shape, workspace):
     if workspace is None:
         return form, "fused", ("torch", "cuda")
     torch_cost = cost_model.modconv_seconds("torch_weights" if form == "bmm" else "torch_activations", x_shape,
-                                            bank_shape)
-    triton_costs = {st: cost_model.modconv_seconds(f"triton_{st}", x_shape, bank_shape) for st in STRATEGIES}
+                                            bank_shape, mode)
+    triton_costs = {st: cost_model.modconv_seconds(f"triton_{st}", x_shape, bank_shape, mode) for st in STRATEGIES}
     strategy = min(triton_costs, key=triton_costs.get)
     order = ("triton", "torch", "cuda") if triton_costs[strategy] <= torch_cost else ("torch", "triton", "cuda")
     return form, strategy, order
@@ -533,8 +539,11 @@ def adaptive_modconv2d(x, weight_bank, select_logits, style, bias=None, *, demod
     activation = None if activation == "linear" else activation
     gain = _default_gain(activation) if gain is None else float(gain)
     clamp = None if clamp is None else float(clamp)
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight_bank, select_logits, style, bias, noise))
+    mode = "fwd+bwd" if needs_grad else "fwd"
     chosen = backend.resolve_impl(impl, x.device, OP_NAME, x.dtype,
-                                  auto_cuda_order(x.shape, weight_bank.shape) if x.is_cuda else None)
+                                  auto_cuda_order(x.shape, weight_bank.shape, mode) if x.is_cuda else None)
     B, _, H, W = x.shape
     Cout = weight_bank.shape[1]
     if B > 0 and 0 in (Cout, H, W):
@@ -555,14 +564,12 @@ def adaptive_modconv2d(x, weight_bank, select_logits, style, bias=None, *, demod
     if weight_bank.shape[0] > max_filters:
         raise ValueError(f"adaptive_modconv2d(impl={chosen!r}): weight_bank has N={weight_bank.shape[0]} filters; "
                          f"the {chosen} kernels support N <= {max_filters}")
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight_bank, select_logits, style, bias, noise))
     save_lin = needs_grad and _needs_lin(activation, gain, clamp, bias, noise)
     args = (x, weight_bank, select_logits, style, bias, noise, bool(demodulate), float(eps), activation or "linear",
             gain, clamp, save_lin)
     if chosen == "cuda":
         return cuda_forward_op()(*args)[0]
-    strategy = triton_strategy(x.shape, weight_bank.shape)
+    strategy = triton_strategy(x.shape, weight_bank.shape, mode)
     keep = strategy == "weights" and kernels.plan_weights(x.shape, weight_bank.shape, x.element_size(),
                                                           needs_grad=needs_grad).keep
     return _triton_fwd_op(*args, strategy, keep)[0]

@@ -38,9 +38,12 @@ class Card:
     wide_conv_bwd: float
     grouped_conv_fwd: tuple     # (s per group, s per weight element, FLOP/s): cuDNN's B-group convolution
     grouped_conv_bwd: tuple
-    fused_l2: float             # B/s of L2 tile traffic the "fused" strategy's GEMM kernels reached
-    fused_dbank_step: float     # s per pixel step of the "fused" bank-gradient kernel
+    fused_l2: float             # B/s of L2 tile traffic the first "fused" kernels' GEMMs reached
+    fused_dbank_step: float     # s per pixel step of the first "fused" bank-gradient kernel
     fused_dbank_sample: float   # s per sample (its acq_rel atomics) of that kernel
+    group_mma: float            # FLOP/s per SM of the group kernels' batched mma.sync dots (unmeasured)
+    group_l2: float             # B/s per SM of their gathered tiles from L2 (unmeasured)
+    group_step: float           # s per loop step of a group kernel: latency its pipeline cannot hide (unmeasured)
 
 
 # Fit to nvidia_h200_2026-11-26.csv (bf16; see benchmarks/NOTES.md "The cost model" for the fit):
@@ -63,6 +66,10 @@ H200 = Card(
     wide_conv_fwd=120e12, wide_conv_bwd=560e12,
     grouped_conv_fwd=(9.9e-6, 8.1e-12, 224e12), grouped_conv_bwd=(210e-6, 0.0, math.inf),
     fused_l2=1.6e12, fused_dbank_step=1.1e-6, fused_dbank_sample=3.1e-6,
+    # The group kernels' constants are assumptions until a GPU run: mma.sync at ~40% of the card's dense
+    # bf16 peak per SM, ~45 GB/s per SM (6 TB/s in all) of L2 gathers, and ~600 cycles per loop step
+    # (an L2 round trip, the mix, two layout changes through shared memory, the batched dot).
+    group_mma=400e12 / 132, group_l2=6e12 / 132, group_step=600 / 1.755e9,
 )
 
 
@@ -235,8 +242,9 @@ def _triton_weights(card, s: Shape):
     return fwd, bwd
 
 
-def _triton_fused(card, s: Shape):
-    """The "fused" strategy: every (sample, pixel tile, Cout tile) program mixes its bank slice per K step."""
+def _triton_fused_v1(card, s: Shape):
+    """The first "fused" kernels (measured 2026-11-26): every (sample, pixel tile, Cout tile) program mixed its
+    bank slice per K step on CUDA cores."""
     e = s.element_size
     BK = 32
     p_tile, o_tile = (16, 128) if s.P <= 16 else (64, 128) if s.P <= 64 else (128, 64)
@@ -254,6 +262,54 @@ def _triton_fused(card, s: Shape):
     bwd = [_stage(card, "epilogue backward (torch, 12 fp32 passes)", hbm_bytes=12 * s.y * 4, launches=12),
            _stage(card, "dx (fused)", serial=dx_l2 / card.fused_l2),
            _stage(card, "bank gradient (serial per program)", serial=-(-programs // card.sms) * per_program)]
+    return fwd, bwd
+
+
+def _group_kernel(card, name, programs, steps, step_flops, step_l2_bytes, *, per_program=0.0, hbm_bytes=0.0):
+    """A group kernel: programs of one block per SM (255 registers x 8 warps), each a serial loop whose step
+    costs the larger of its dots at the per-SM mma.sync rate, its L2 gathers at the per-SM L2 rate and the
+    fixed step latency; whole waves of programs over the SMs, or HBM if that is slower."""
+    step = max(step_flops / card.group_mma, step_l2_bytes / card.group_l2, card.group_step)
+    waves = -(-programs // card.sms)
+    return _stage(card, name, serial=waves * (steps * step + per_program), hbm_bytes=hbm_bytes)
+
+
+def _triton_fused(card, s: Shape):
+    """The "fused" strategy (gigagan_kernels/adaptive_modconv_triton.py): programs over a group of samples mix
+    the bank once per K step for the group (a dot on the bank rows), then run the per-sample GEMMs as one
+    batched dot; dx the same way; the bank gradient from on-chip per-sample gradients. Tiles are the
+    launchers' own config tables, padding included."""
+    from .adaptive_modconv_triton import (FUSED_DBANK_CONFIGS, FUSED_DX_CONFIGS, FUSED_FWD_CONFIGS, bank_pad,
+                                          pick_pixel_config)
+    e = s.element_size
+    n_pad = bank_pad(s.N)
+    kk = s.k * s.k
+
+    def conv(name, table, channels_out, reduction, hbm_bytes):
+        c = pick_pixel_config(table[n_pad], s.P)
+        g, bp, bk = c["GROUP"], c["BLOCK_P"], c["BLOCK_K"]
+        bo = c.get("BLOCK_O", c.get("BLOCK_I"))
+        programs = -(-s.B // g) * -(-s.P // bp) * -(-channels_out // bo)
+        mix_flops = 2 * bo * bk * n_pad * max(16, g)
+        step_flops = 2 * g * bp * bo * bk + mix_flops
+        step_l2 = (s.N * bo * bk + g * bp * bk) * e
+        return _group_kernel(card, name, programs, -(-reduction // bk), step_flops, step_l2, hbm_bytes=hbm_bytes)
+
+    fwd = [conv("fused forward (mix, GEMM, d, epilogue)", FUSED_FWD_CONFIGS, s.Cout, s.R,
+                (s.bank + s.x + 3 * s.y) * e)]
+    c = FUSED_DBANK_CONFIGS[n_pad]
+    g, bo, bk, bp = c["GROUP"], c["BLOCK_O"], c["BLOCK_K"], c["BLOCK_P"]
+    programs = -(-s.Cout // bo) * -(-s.R // bk)
+    groups = -(-s.B // g)
+    p_steps = -(-s.P // bp)
+    # Per group after its pixel loop: the mix, the demodulation term, two hi/lo dots, the partial stores;
+    # costed as four loop steps.
+    dbank = _group_kernel(card, "bank, selection and style gradients", programs, groups * p_steps,
+                          2 * g * bo * bk * bp, (g * bo * bp + g * bp * bk) * e,
+                          per_program=groups * 4 * card.group_step, hbm_bytes=(2 * s.bank + s.x + s.y) * e)
+    bwd = [_stage(card, "epilogue backward (1 kernel)", hbm_bytes=3 * s.y * e),
+           conv("dx (group-mixed tiles)", FUSED_DX_CONFIGS, s.Cin, s.Cout * kk, (s.bank + 2 * s.x + s.y) * e),
+           dbank]
     return fwd, bwd
 
 
@@ -282,6 +338,7 @@ FORMULATIONS = {
     "torch_weights": _torch_weights,
     "triton_weights": _triton_weights,
     "triton_fused": _triton_fused,
+    "triton_fused_v1": _triton_fused_v1,
     "floor": _floor,
     "floor_weights": _floor_weights,
 }

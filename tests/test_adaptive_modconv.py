@@ -8,6 +8,7 @@ import torch
 
 import gigagan_kernels as gk
 from gigagan_kernels import adaptive_modconv as amc
+from gigagan_kernels import cost_model
 from gigagan_kernels.nn import AdaptiveModConv2d, EqualizedConv2d
 
 from tests.helpers import assert_close, CUDA_IMPL, uses_tf32, round_to_tf32
@@ -494,17 +495,26 @@ def test_plan_weights_budget(monkeypatch):
 
 
 def test_triton_strategy_choice(monkeypatch):
-    """The cost model picks "weights" at GigaGAN's shapes; a bank too large for its int32 indexing falls back to
-    "fused" (and forcing "weights" there is an error); use_strategy and the environment variable force one."""
+    """The cost model picks "weights" at GigaGAN's shapes for training and ranks a forward alone on forward time;
+    a bank too large for one strategy's int32 offsets falls back to the other (forcing it there is an error, and
+    so is a call neither can take); use_strategy and the environment variable force one."""
     monkeypatch.delenv(amc.STRATEGY_ENV, raising=False)
     for x_shape, bank_shape in (((32, 1024, 8, 8), (8, 1024, 1024, 3, 3)), ((32, 1024, 16, 16), (8, 1024, 1024, 3, 3)),
                                 ((16, 256, 64, 64), (4, 256, 256, 3, 3))):
         assert amc.triton_strategy(x_shape, bank_shape) == "weights"
         assert amc.auto_cuda_order(x_shape, bank_shape)[0] == "triton"
+        # A forward alone (no input needs a gradient) is ranked on forward time.
+        fwd = {st: cost_model.modconv_seconds(f"triton_{st}", x_shape, bank_shape, "fwd") for st in amc.STRATEGIES}
+        assert amc.triton_strategy(x_shape, bank_shape, "fwd") == min(fwd, key=fwd.get)
+    assert amc.triton_strategy((32, 1024, 8, 8), (8, 1024, 1024, 3, 3), "fwd") == "fused"
     huge = (2, 4096, 4096, 3, 3)
     assert amc.triton_strategy((1, 4096, 4, 4), huge) == "fused"
     with amc.use_strategy("weights"), pytest.raises(ValueError, match="exceed the 'weights' strategy"):
         amc.triton_strategy((1, 4096, 4, 4), huge)
+    with amc.use_strategy("fused"), pytest.raises(ValueError, match="exceeds the 'fused' strategy"):
+        amc.triton_strategy((64, 4096, 256, 256), (4, 64, 4096, 3, 3))
+    with pytest.raises(ValueError, match="no Triton strategy can run.*impl='torch'"):
+        amc.triton_strategy((64, 4096, 256, 256), huge)
     with amc.use_strategy("fused"):
         assert amc.triton_strategy((32, 1024, 8, 8), (8, 1024, 1024, 3, 3)) == "fused"
     monkeypatch.setenv(amc.STRATEGY_ENV, "fused")
