@@ -112,8 +112,8 @@ def problems(row) -> list[str]:
         return out
     if row["spill"] or row["spill_ops"]:
         out.append(f"spills {row['spill']} B ({row['spill_ops']} STL/LDL)")
-    limit = SHARED_MEMORY_LIMIT.get(row["target"])
-    if limit is not None and row["shared"] is not None and row["shared"] > limit:
+    limit = SHARED_MEMORY_LIMIT.get(row.get("target"))
+    if limit is not None and row.get("shared") is not None and row["shared"] > limit:
         out.append(f"{row['shared']} B of shared memory, over {row['target']}'s {limit} B per block")
     if row["tensor_cores"] and not (row["hmma"] or row["hgmma"]):
         out.append("no tensor-core instructions")

@@ -10,8 +10,10 @@ Two strategies:
       (torch.bmm on im2col columns at low resolution, implicit GEMMs at high resolution), fused
       epilogues, and one reduction from the per-sample weight gradient to the bank, selection and
       style gradients. Samples run in chunks under a workspace budget.
-  "fused": no per-sample weights in memory; every GEMM program mixes its bank tiles in registers inside
-      its K loop and modulates the activations instead (s scales input channels).
+  "fused": no per-sample weights in memory; a program serves a group of samples and, per K step, mixes
+      the bank tiles once for the whole group with a tensor-core dot, then runs the per-sample GEMMs as
+      one batched dot on the mixed tiles (d from the same pass); dx the same way; the bank, selection and
+      style gradients from per-sample gradient tiles that never leave the chip.
 
 Layout: kernels of one strategy, then the config tables (shared with the static kernel report), then
 the host launchers.

@@ -14,7 +14,7 @@ def test_kernel_report_check_passes():
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert " 0 with problems" in proc.stdout
     # Every kernel the dispatcher can launch appears, for both targets.
-    for name in ("_fwd_kernel", "_dx_kernel", "_dbank_kernel", "_demod_kernel", "_build_weights_kernel",
+    for name in ("_fused_fwd_kernel", "_fused_dx_kernel", "_fused_dbank_kernel", "_build_weights_kernel",
                  "_reduce_dweights_kernel", "_conv_fwd_kernel", "_conv_dx_kernel", "_conv_dweight_kernel",
                  "_im2col_kernel", "_col2im_kernel", "_epilogue_fwd_kernel", "_epilogue_bwd_kernel",
                  "_attn_fwd_kernel", "_attn_bwd_delta_kernel", "_attn_bwd_kernel", "_key_bias_kernel"):
@@ -36,3 +36,6 @@ def test_check_flags_spills_and_missing_tensor_cores():
     assert kernel_report.problems(dict(ok, spill=16, spill_ops=2)) == ["spills 16 B (2 STL/LDL)"]
     assert kernel_report.problems(dict(ok, hmma=0)) == ["no tensor-core instructions"]
     assert kernel_report.problems(dict(ok, error="CompilationError: x")) == ["compile error"]
+    assert kernel_report.problems(dict(ok, target="sm_90", shared=232448)) == []
+    assert kernel_report.problems(dict(ok, target="sm_80", shared=232448)) == [
+        "232448 B of shared memory, over sm_80's 166912 B per block"]
