@@ -89,7 +89,7 @@ def run(device: torch.device, shapes=None, providers=PROVIDERS, dtypes=None, csv
     if importlib.util.find_spec("open_clip") is None:         # e.g. a bare GPU box with only torch and triton
         log(f"  {OP}: skipped (the model needs open_clip_torch; pip install -r requirements.txt)")
         return csv_path
-    from gigagan.train import TrainConfig, Trainer
+    from gigagan.training import TrainConfig, Trainer
     from .common import DEFAULT_CSV
     cases = GPU_CASES if device.type == "cuda" else CPU_CASES
     preset = "small" if device.type == "cuda" else "tiny"

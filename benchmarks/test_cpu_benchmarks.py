@@ -55,7 +55,7 @@ def test_op(benchmark, module, shape_name, shape, provider, mode):
 
 @pytest.fixture(scope="module")
 def tiny_trainer(tmp_path_factory):
-    from gigagan.train import TrainConfig, Trainer
+    from gigagan.training import TrainConfig, Trainer
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")                    # the random CLIP tower: fine for timing
         torch.manual_seed(0)

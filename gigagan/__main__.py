@@ -21,7 +21,7 @@ import typing
 
 from gigagan_kernels.backend import ENV_VAR, IMPLS
 
-from .train import TrainConfig
+from .training import TrainConfig
 
 
 IMPL_CHOICES = ("auto",) + IMPLS
@@ -202,7 +202,7 @@ def main(argv=None) -> int:
     args = build_parser(defaults).parse_args(argv)
     from . import cli
     from .rundir import RunDirError
-    from .train import CheckpointError, TrainingError
+    from .training import CheckpointError, TrainingError
     try:
         return getattr(cli, "cmd_" + args.command.replace("-", "_"))(args) or 0
     except cli.UsageError as e:

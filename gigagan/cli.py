@@ -61,7 +61,7 @@ def _check_sampling(args) -> None:
 
 def _load(args, need: str = "base"):
     """The EMA model of --ckpt, which must hold a `need` run ("base" or "upsampler")."""
-    from .train import model_from_checkpoint
+    from .training import model_from_checkpoint
     _check_sampling(args)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")               # the checkpoint carries the CLIP tower's weights
@@ -78,7 +78,7 @@ def _load(args, need: str = "base"):
 def _flag(field: str) -> str:
     """The flag of a TrainConfig field, as `gigagan train` generates it."""
     from .__main__ import config_flag
-    from .train import TrainConfig
+    from .training import TrainConfig
     by_name = {f.name: f for f in dataclasses.fields(TrainConfig)}
     return config_flag(by_name[field]) if field in by_name else "--" + field.replace("_", "-")
 
@@ -90,7 +90,7 @@ def _z(G, seed: int, count: int, device) -> torch.Tensor:
 def cmd_train(args) -> int:
     from .data import data_spec_problem
     from .images import plot_losses
-    from .train import ConfigError, TrainConfig, Trainer
+    from .training import ConfigError, TrainConfig, Trainer
     if args.overwrite and (args.resume or args.resume_or_start):
         raise UsageError("--overwrite starts a new run; it cannot be combined with --resume or --resume-or-start")
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
@@ -253,7 +253,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .train import export_pretrained
+    from .training import export_pretrained
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out {args.out}: exists and is not a directory")
     parent = os.path.dirname(os.path.abspath(args.out))

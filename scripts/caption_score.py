@@ -23,7 +23,7 @@ import torch
 
 from gigagan.data import COLOURS, SHAPES, ShapesDataset, to_tensor
 from gigagan.losses import mismatched
-from gigagan.train import model_from_checkpoint
+from gigagan.training import model_from_checkpoint
 
 
 def shape_masks(resolution: int) -> torch.Tensor:

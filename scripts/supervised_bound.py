@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from gigagan.data import ShapesDataset
-from gigagan.train import TrainConfig, Trainer
+from gigagan.training import TrainConfig, Trainer, optim
 
 
 def main(argv=None) -> int:
@@ -44,15 +44,12 @@ def main(argv=None) -> int:
     G = tr.G
     if args.fast:
         prefixes = tuple(args.fast.split(","))
-        fast = {id(p) for n, p in G.named_parameters() if n.startswith(prefixes)}
+        fast = [p for n, p in G.named_parameters() if n.startswith(prefixes)]
         if not fast:
             ap.error(f"--fast {args.fast!r} matches no parameter of G")
-        for group in list(tr.opt_g.param_groups):    # split each group; the fast part keeps its weight decay
-            moved = [p for p in group["params"] if id(p) in fast]
-            group["params"] = [p for p in group["params"] if id(p) not in fast]
-            if moved:
-                tr.opt_g.add_param_group({"params": moved, "lr": args.lr * args.fast_multiplier,
-                                          "weight_decay": group["weight_decay"]})
+        # The trainer's own optimiser groups, with the fast layers in groups of their own (same weight decay).
+        groups = optim.param_groups(G, tr.cfg.attention_weight_decay)
+        tr.opt_g = optim.adamw(optim.with_lr_multiplier(groups, fast, args.fast_multiplier, args.lr), tr.cfg)
     data = ShapesDataset(G.resolution, seed=args.seed)
     rng = random.Random(args.seed)
     steps = args.images // args.batch_size
@@ -67,8 +64,8 @@ def main(argv=None) -> int:
         tr.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         tr.opt_g.step()
+        tr.ema.update(tr.step, args.batch_size)
         tr.step += 1
-        tr._update_ema(args.batch_size)
         if (step + 1) % 100 == 0 or step + 1 == steps:
             print(f"step {step + 1}/{steps}: loss {loss.item():.4f}", flush=True)
     print("saved", tr.save_checkpoint())

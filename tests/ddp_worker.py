@@ -9,7 +9,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from gigagan.train import TrainConfig, Trainer
+from gigagan.training import TrainConfig, Trainer
 
 
 def main(out_dir: str, result_path: str) -> None:

@@ -81,7 +81,7 @@ def train_cmd(out, steps, *extra):
 def tiny_train_config(tmp_path, **overrides):
     """The tiny preset on CPU with the reference ops: 4 steps of 2 images, checkpoints every 2, lazy R1 every 2,
     written to tmp_path/run."""
-    from gigagan.train import TrainConfig
+    from gigagan.training import TrainConfig
     base = dict(preset="tiny", steps=4, batch_size=2, out=str(tmp_path / "run"), impl="ref", log_every=1,
                 sample_every=0, ckpt_every=2, progress=False, r1_interval=2, seed=3, device="cpu")
     base.update(overrides)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from gigagan.augment import apply, augment_pyramid, draw, parse_policy
-from gigagan.train import ConfigError, TrainConfig, Trainer
+from gigagan.training import ConfigError, TrainConfig, Trainer
 
 
 def test_translation_shifts_whole_pixels_and_pads_with_zeros():

@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip("open_clip", reason="the model needs open_clip_torch (requirements.txt)")
 
-from gigagan.train import Trainer
+from gigagan.training import Trainer
 from tests.helpers import train_cmd, train_env, tiny_train_config as _cfg
 
 
@@ -62,7 +62,7 @@ def test_train_flags_are_generated_from_the_config():
     import dataclasses
 
     from gigagan.__main__ import build_parser, config_flag
-    from gigagan.train import TrainConfig
+    from gigagan.training import TrainConfig
     args = build_parser().parse_args(["train"])
     for field in dataclasses.fields(TrainConfig):
         assert hasattr(args, field.name), field.name

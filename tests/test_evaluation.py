@@ -10,7 +10,7 @@ from scipy import linalg
 
 from gigagan import evaluation as ev
 from gigagan.__main__ import main
-from gigagan.train import TrainConfig, Trainer
+from gigagan.training import TrainConfig, Trainer
 
 
 class PooledFeatures(torch.nn.Module):

@@ -85,7 +85,7 @@ def test_tensorboard_missing_degrades_to_a_warning(tmp_path):
     """--tensorboard without the tensorboard package: a warning, and the run finishes."""
     code = textwrap.dedent(f"""
         import warnings
-        from gigagan.train import TrainConfig, Trainer
+        from gigagan.training import TrainConfig, Trainer
         cfg = TrainConfig(preset="tiny", steps=1, batch_size=2, out={str(tmp_path / "run")!r}, impl="ref",
                           sample_every=0, ckpt_every=1, progress=False, device="cpu", tensorboard=True)
         with warnings.catch_warnings(record=True) as caught:
@@ -99,7 +99,7 @@ def test_tensorboard_missing_degrades_to_a_warning(tmp_path):
 
 
 def test_the_packages_do_not_import_the_benchmarks():
-    proc = run_blocked([], "import sys, gigagan, gigagan.cli, gigagan.train, gigagan_kernels.nn\n"
+    proc = run_blocked([], "import sys, gigagan, gigagan.cli, gigagan.training, gigagan_kernels.nn\n"
                            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'benchmarks'))")
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr[-2000:]
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from gigagan.losses import (discriminator_loss, generator_loss, matching_aware_d_loss, matching_aware_g_loss,
                             mismatched, r1_penalty)
 from gigagan.text import CLIPText
-from gigagan.train import Trainer
+from gigagan.training import Trainer
 from tests.helpers import tiny_train_config as _cfg
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from gigagan.train import ConfigError, TrainConfig, Trainer
+from gigagan.training import ConfigError, TrainConfig, Trainer
 from gigagan_kernels import use_impl
 
 

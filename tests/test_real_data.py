@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gigagan.__main__ import main
-from gigagan.train import ConfigError, TrainConfig, Trainer
+from gigagan.training import ConfigError, TrainConfig, Trainer
 
 
 def _cfg(tmp_path, **kw):

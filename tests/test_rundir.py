@@ -21,7 +21,7 @@ from gigagan.__main__ import main
 from gigagan.data import to_tensor
 from gigagan.images import plot_losses
 from gigagan.rundir import RunDirectory, RunDirError
-from gigagan.train import CheckpointError, TrainConfig, Trainer, TrainingError, list_checkpoints, load_checkpoint
+from gigagan.training import CheckpointError, TrainConfig, Trainer, TrainingError, list_checkpoints, load_checkpoint
 from tests.helpers import ROOT, train_cmd, train_env
 
 
@@ -226,18 +226,18 @@ def test_mismatched_captions_never_repeat_the_own_caption(tmp_path, monkeypatch)
     real_encode = trainer.model.clip.encode
     monkeypatch.setattr(trainer.model.clip, "encode", lambda caps: encoded.append(list(caps)) or real_encode(caps))
     text = real_encode(["a"])
-    assert trainer._mismatched(text, ["a"]) is None                     # nothing else known yet
-    trainer._remember_captions(["a", "b"])
-    trainer._mismatched(text, ["a"])
+    assert trainer.captions.mismatched(text, ["a"]) is None                     # nothing else known yet
+    trainer.captions.remember(["a", "b"])
+    trainer.captions.mismatched(text, ["a"])
     assert encoded[-1] == ["b"]
-    trainer._mismatched(real_encode(["a", "a", "c"]), ["a", "a", "c"])
+    trainer.captions.mismatched(real_encode(["a", "a", "c"]), ["a", "a", "c"])
     assert encoded[-1][0] == "c" and encoded[-1][1] in ("b", "c") and encoded[-1][2] == "a"
-    trainer.caption_pool.clear()
-    trainer._mismatched(real_encode(["a", "a", "c"]), ["a", "a", "c"])      # the batch's own other caption
+    trainer.captions.recent.clear()
+    trainer.captions.mismatched(real_encode(["a", "a", "c"]), ["a", "a", "c"])      # the batch's own other caption
     assert encoded[-1] == ["c", "c", "a"]
     trainer.fit()                                                        # batch 1 trains; the pool grows
-    assert trainer.step == 3 and len(trainer.caption_pool) >= 2
-    assert load_checkpoint(list_checkpoints(str(tmp_path / "run"))[0])["caption_pool"] == list(trainer.caption_pool)
+    assert trainer.step == 3 and len(trainer.captions.recent) >= 2
+    assert load_checkpoint(list_checkpoints(str(tmp_path / "run"))[0])["caption_pool"] == list(trainer.captions.recent)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -8,14 +8,14 @@ import torch
 
 pytest.importorskip("open_clip", reason="the model needs open_clip_torch (requirements.txt)")
 
-from gigagan.train import Trainer
+from gigagan.training import Trainer
 from tests.helpers import ROOT, train_env, tiny_train_config as _cfg
 
 
 def test_supervised_bound_script_trains_g_and_writes_a_loadable_checkpoint(tmp_path):
     """scripts/supervised_bound.py (the NOTES diagnostic): G moves toward the renders, its fast prefixes get
     the multiplied learning rate, and the checkpoint is the trainer's, so caption_score and sample read it."""
-    from gigagan.train import model_from_checkpoint
+    from gigagan.training import model_from_checkpoint
     script = os.path.join(ROOT, "scripts", "supervised_bound.py")
     out = tmp_path / "bound"
     cmd = [sys.executable, script, "--images", "48", "--batch-size", "16", "--lr", "0.01", "--out", str(out),

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gigagan.__main__ import main
-from gigagan.train import TrainConfig, Trainer
+from gigagan.training import TrainConfig, Trainer
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import torch
 
 pytest.importorskip("open_clip", reason="the model needs open_clip_torch (requirements.txt)")
 
-from gigagan.train import (CheckpointError, Trainer, TrainingError, list_checkpoints,
+from gigagan.training import (CheckpointError, Trainer, TrainingError, list_checkpoints,
                            load_checkpoint, load_latest_checkpoint)
 from tests.helpers import ROOT, train_cmd, train_env, tiny_train_config as _cfg
 
@@ -206,7 +206,7 @@ def test_torchrun_two_cpu_processes_keep_parameters_identical(tmp_path):
 
 def test_upsampler_training_resumes_exactly_and_feeds_upsample(tmp_path):
     """--model upsampler: GAN + perceptual loss on (real downsampled -> real); the base G is untouched."""
-    from gigagan.train import model_from_checkpoint
+    from gigagan.training import model_from_checkpoint
     kw = dict(model="upsampler", sample_every=2)
     straight = Trainer(_cfg(tmp_path / "a", **kw))
     g_before = {k: v.clone() for k, v in straight.model.generator.state_dict().items()}

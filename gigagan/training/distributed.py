@@ -1,0 +1,62 @@
+"""torchrun set-up and the few collectives the trainer needs: every rank takes the same branch at the same step."""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from .errors import TrainingError
+
+
+def init_distributed(device_type: Optional[str] = None):
+    """(rank, world_size, device) from torchrun's environment; a plain process is rank 0 of 1.
+    device_type: "cuda", "cpu", or None for CUDA when available. CPU ranks use gloo, CUDA ranks NCCL."""
+    if device_type not in (None, "cuda", "cpu"):
+        raise ValueError(f"TrainConfig.device must be 'cuda', 'cpu' or None, got {device_type!r}")
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("TrainConfig.device='cuda' but torch sees no CUDA device")
+    use_cuda = torch.cuda.is_available() if device_type is None else device_type == "cuda"
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return 0, 1, torch.device("cuda" if use_cuda else "cpu")
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        device, backend = torch.device("cuda", local), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return rank, world, device
+
+
+def agree(flags, device, world: int, op=dist.ReduceOp.MAX) -> list:
+    """Flags (bools or 0-d tensors) reduced over every rank (MAX: any rank's; MIN: all ranks'), read back in
+    one host sync."""
+    t = torch.stack([torch.as_tensor(f, dtype=torch.float32, device=device).reshape(()) for f in flags])
+    if world > 1:
+        dist.all_reduce(t, op=op)
+    return [v > 0 for v in t.tolist()]
+
+
+def wrap(module: Optional[torch.nn.Module], device, world: int):
+    """The module under DistributedDataParallel when world > 1 (else itself), without buffer sync in forward:
+    G's w_avg is each rank's own running mean."""
+    if module is None or world == 1:
+        return module
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    ids = [device.index] if device.type == "cuda" else None
+    # torch >= 2.14 renames broadcast_buffers to forward_sync_buffers (which also syncs once at init: the same
+    # here, as every rank starts from the same seed); older torch, as on the GPU machine, lacks it.
+    no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+               else {"broadcast_buffers": False})
+    return DDP(module, device_ids=ids, **no_sync)
+
+
+def maybe_no_sync(module, skip: bool):
+    """DDP's no_sync for all but the last micro-batch of a step; a plain module has nothing to skip."""
+    return module.no_sync() if skip and hasattr(module, "no_sync") else contextlib.nullcontext()

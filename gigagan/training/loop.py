@@ -1,0 +1,623 @@
+"""The trainer: builds the networks, optimisers and loss for a TrainConfig, steps through the phases, and runs
+the loop (data, logging, samples, checkpoints, signals, the time budget) on one process or under torchrun.
+
+A step: the frozen text towers encode each micro-batch's captions once; phase "D" then phase "G" each zero
+their optimiser's gradients and call the loss's accumulate_gradients on every micro-batch; one collective
+then says whether every rank's losses and gradients are finite; AdamW steps both networks and the EMA
+follows G, or the step is skipped on every rank (counted; fp16 overflow only lowers the loss scale).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+import warnings
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from gigagan_kernels import use_impl
+
+from ..augment import parse_policy
+from ..config import GigaGANConfig, apply_overrides, get_preset, upsampler_discriminator_config
+from ..data import StepSampler, TarShards, collate_pairs, fixed_prompts, make_dataset
+from ..discriminator import Discriminator
+from ..extras import require
+from ..model import GigaGAN
+from ..rundir import RunDirectory, RunDirError
+from . import optim
+from .checkpoint import load_checkpoint, rng_state, set_rng_state
+from .config import TrainConfig
+from .distributed import agree, init_distributed, wrap
+from .ema import EMA
+from .errors import CheckpointError, Preempted, TrainingError, signal_name
+from .loss import PHASES, CaptionPool, GigaGANLoss, MicroBatch, UpsamplerLoss
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, model_config: Optional[GigaGANConfig] = None, log=None):
+        self.cfg = cfg
+        cfg.validate()
+        self.rank, self.world, self.device = init_distributed(cfg.device)
+        self.is_main = self.rank == 0
+        self._log = log or (lambda msg: print(msg, flush=True))
+        torch.manual_seed(cfg.seed)                       # identical initial weights on every rank
+        random.seed(cfg.seed)
+        self.model_config = apply_overrides(model_config or get_preset(cfg.preset), cfg.model_overrides)
+        if cfg.text_encoder_pretrained:
+            text = dataclasses.replace(self.model_config.text, clip_pretrained=cfg.text_encoder_pretrained)
+            self.model_config = dataclasses.replace(self.model_config, text=text)
+        self._build_networks()
+        self.ema = EMA(self.G, cfg.ema_half_life_images, cfg.ema_rampup)
+        self.G_ema = self.ema.model
+        self.G_ema.text_encoder.clip = self.model.clip    # share the frozen tower instead of a copy
+        self.opt_g = optim.adamw(optim.param_groups(self.G, cfg.attention_weight_decay), cfg)
+        d_groups = optim.param_groups(self.D, cfg.attention_weight_decay)
+        if self.vision_head is not None:
+            d_groups.append({"params": list(self.vision_head.parameters()), "weight_decay": 0.0})
+        self.opt_d = optim.adamw(d_groups, cfg)
+        self.G_ddp, self.D_ddp = wrap(self.G, self.device, self.world), wrap(self.D, self.device, self.world)
+        self.vision_head_ddp = wrap(self.vision_head, self.device, self.world)
+        # Mixed precision: autocast in bf16 or fp16; fp16 adds dynamic loss scaling (one scaler for both
+        # optimisers); a scaled step whose gradients overflow is skipped and the scale lowered, not counted bad.
+        self.precision = cfg.precision if cfg.precision != "auto" else ("bf16" if self.device.type == "cuda"
+                                                                         else "fp32")
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        self.autocast = (torch.autocast(self.device.type, dtype=dtype) if dtype is not None
+                         else torch.autocast(self.device.type, enabled=False))
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        common = dict(G=self.G, D=self.D, G_ddp=self.G_ddp, D_ddp=self.D_ddp, cfg=cfg,
+                      augment_policy=parse_policy(cfg.augment), autocast=self.autocast, backward=self._backward,
+                      guidance=self.guidance, vision_head=self.vision_head, vision_head_ddp=self.vision_head_ddp)
+        self.loss = (UpsamplerLoss(perceptual=self.perceptual, **common) if cfg.model == "upsampler"
+                     else GigaGANLoss(**common))
+        # Recent distinct captions: the matching-aware loss's mismatched captions where rolling the batch
+        # would pair a caption with itself (a batch of one, or repeated captions).
+        self.captions = CaptionPool(self.model.clip, log=self.log)
+        self.step, self.bad_steps_total, self.bad_steps_in_row, self.skipped_samples = 0, 0, 0, 0
+        self.batches_seen = 0                             # the data position, which a resume continues from
+        self.stop_signal = None
+        self._writing, self._pending_preempt = False, None  # a second signal waits for a checkpoint write
+        self._run_dir = None
+        self.sample_prompts = [""] * 8 if cfg.unconditional else fixed_prompts(8)
+        self.sample_z = torch.randn(8, self.G.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
+        self.tb = None
+
+    def _build_networks(self) -> None:
+        """GigaGAN (text towers, G, D); for the upsampler its own MS-I/O D and the perceptual network; the CLIP
+        guidance and vision-aided head when their losses are on. Only rank 0 warns (e.g. of random weights)."""
+        cfg = self.cfg
+        with warnings.catch_warnings():
+            if not self.is_main:
+                warnings.simplefilter("ignore")
+            self.model = GigaGAN(self.model_config).to(self.device)
+            self.perceptual = None
+            if cfg.model == "upsampler":
+                if self.model.upsampler is None:
+                    raise ValueError(f"preset {self.model_config.name!r} has no upsampler to train")
+                self.G = self.model.upsampler
+                torch.manual_seed(cfg.seed + 1)
+                self.D = Discriminator(upsampler_discriminator_config(self.model_config),
+                                       self.model.clip).to(self.device)
+                self.resolution = self.G.out_resolution
+                if cfg.perceptual_weight > 0:
+                    from ..perceptual import PerceptualFeatures
+                    self.perceptual = PerceptualFeatures(cfg.perceptual_weights).to(self.device)
+            else:
+                self.G, self.D = self.model.generator, self.model.discriminator
+                self.resolution = self.G.resolution
+        self.guidance, self.vision_head = None, None
+        if cfg.clip_weight > 0 or cfg.vision_aided_weight > 0:
+            from ..clip_guidance import FrozenCLIP, VisionAidedHead
+            self.guidance = FrozenCLIP(cfg.guidance_clip, cfg.guidance_clip_pretrained).to(self.device)
+            if self.guidance.pretrained_from is None and not cfg.allow_random_clip:
+                raise ValueError("clip_weight and vision_aided_weight need pretrained CLIP weights: set "
+                                 "guidance_clip_pretrained (--guidance-clip-pretrained) to a local checkpoint or a "
+                                 "cached open_clip tag. With a random CLIP these losses are noise; "
+                                 "allow_random_clip (--allow-random-clip) overrides, for smoke tests only.")
+            if cfg.vision_aided_weight > 0:
+                self.vision_head = VisionAidedHead(self.guidance.embed_dim).to(self.device)
+
+    @property
+    def g_params(self) -> list:
+        return [p for group in self.opt_g.param_groups for p in group["params"]]
+
+    @property
+    def d_params(self) -> list:
+        return [p for group in self.opt_d.param_groups for p in group["params"]]
+
+    def log(self, msg: str) -> None:
+        if self.is_main:
+            self._log(msg)
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"step": self.step, "config": self.model_config.to_json(),
+                "train_config": json.dumps(dataclasses.asdict(self.cfg)),
+                "model": self.model.state_dict(), "g_ema": self.G_ema.state_dict(),
+                "upsampler_discriminator": self.D.state_dict() if self.cfg.model == "upsampler" else {},
+                "vision_aided_head": self.vision_head.state_dict() if self.vision_head is not None else {},
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(), "rng": rng_state(),
+                "counters": {"bad_steps_total": self.bad_steps_total, "skipped_samples": self.skipped_samples,
+                             "batches_seen": self.batches_seen},
+                "caption_pool": list(self.captions.recent),
+                "grad_scaler": self.scaler.state_dict() if self.scaler is not None else {}}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = GigaGANConfig.from_dict(json.loads(state["config"]))
+        if saved != self.model_config:
+            raise CheckpointError(f"checkpoint {state.get('path', '')} was made with preset {saved.name!r} and a "
+                                  f"different model config than this run ({self.model_config.name!r})")
+        trained = json.loads(state.get("train_config", "{}")).get("model", "base")
+        if trained != self.cfg.model:
+            raise CheckpointError(f"checkpoint {state.get('path', '')} trained the {trained} model, not the "
+                                  f"{self.cfg.model}")
+        self.model.load_state_dict(state["model"])
+        if self.cfg.model == "upsampler":
+            self.D.load_state_dict(state["upsampler_discriminator"])
+        if self.vision_head is not None:
+            if not state.get("vision_aided_head"):
+                raise CheckpointError(f"checkpoint {state.get('path', '')} has no vision-aided head; this run has "
+                                      "vision_aided_weight > 0")
+            self.vision_head.load_state_dict(state["vision_aided_head"])
+        self.G_ema.load_state_dict(state["g_ema"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.step = int(state["step"])
+        self.bad_steps_total = int(state["counters"]["bad_steps_total"])
+        self.skipped_samples = int(state["counters"]["skipped_samples"])
+        self.batches_seen = int(state["counters"]["batches_seen"])
+        self.captions.recent.clear()
+        self.captions.recent.extend(state.get("caption_pool", []))
+        if self.scaler is not None and state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
+        set_rng_state(state["rng"])
+
+    @property
+    def run_dir(self) -> RunDirectory:
+        if self._run_dir is None or self._run_dir.path != self.cfg.out:
+            self._run_dir = RunDirectory(self.cfg.out, log=self.log)
+        return self._run_dir
+
+    def save_checkpoint(self) -> Optional[str]:
+        """Rank 0 writes ckpt-<step>.pt (atomic, checked whole, retention over whole checkpoints only)."""
+        if not self.is_main:
+            return None
+        os.makedirs(self.cfg.out, exist_ok=True)
+        self._writing = True
+        try:
+            path = self.run_dir.save(self.state_dict(), self.step, self.cfg.keep_checkpoints)
+        finally:
+            self._writing = False
+        if self._pending_preempt is not None:
+            raise Preempted(self._pending_preempt)
+        return path
+
+    def resume(self, fresh_if_none: bool = False) -> bool:
+        """Load the newest whole checkpoint of cfg.out: rank 0 finds it (moving bad files aside), every rank
+        loads that file. None there is an error unless fresh_if_none."""
+        path, state = None, None
+        if self.is_main:
+            state = self.run_dir.load_latest(load_checkpoint, (CheckpointError,))
+            path = state["path"] if state is not None else None
+        if self.world > 1:
+            box = [path]
+            dist.broadcast_object_list(box, src=0)
+            path = box[0]
+            if not self.is_main and path is not None:
+                state = load_checkpoint(path)
+                state["path"] = path
+        if path is None:
+            if not fresh_if_none:
+                raise CheckpointError(f"resume: no loadable checkpoint in {self.cfg.out} (bad ones are moved to "
+                                      f"{os.path.join(self.cfg.out, 'corrupt')}); resume-or-start "
+                                      "(--resume-or-start) starts from step 0 when there is none")
+            self.log(f"resume: no checkpoint in {self.cfg.out}; starting from step 0")
+            return False
+        self.load_state_dict(state)
+        self.log(f"resumed from {path} at step {self.step}")
+        return True
+
+    # -- one training step ---------------------------------------------------------------------
+    def _micro_batches(self, images: torch.Tensor, captions: list) -> list:
+        """The step's micro-batches, with the frozen text towers' outputs (computed once, used by both phases)."""
+        cfg = self.cfg
+        micro = max(1, min(cfg.grad_accum, images.shape[0]))
+        batches, start = [], 0
+        for real in images.chunk(micro):
+            caps = captions[start:start + real.shape[0]]
+            start += real.shape[0]
+            batches.append((real, caps, self.model.clip.encode(caps)))
+        return [MicroBatch(real, text, self.captions.mismatched(text, caps) if cfg.matching_aware else None,
+                           self.guidance.encode_text(caps) if self.guidance is not None else None)
+                for real, caps, text in batches]
+
+    def train_step(self, images: torch.Tensor, captions: list) -> dict:
+        """One step of both phases. Returns the step's terms (0-d tensors, means over micro-batches), "skipped"
+        and, under fp16, "loss_scale"."""
+        cfg = self.cfg
+        images = images.to(self.device, non_blocking=True)
+        do_r1 = cfg.r1_gamma > 0 and cfg.r1_interval > 0 and self.step % cfg.r1_interval == 0
+        batches = self._micro_batches(images, captions)
+        stats, finite = {}, []
+        for phase in PHASES:
+            trained, frozen = (self.opt_d, self.opt_g) if phase == "D" else (self.opt_g, self.opt_d)
+            _set_trainable(trained, True)
+            _set_trainable(frozen, False)
+            trained.zero_grad(set_to_none=True)
+            losses = []
+            for k, batch in enumerate(batches):
+                loss, terms = self.loss.accumulate_gradients(phase, batch, sync=k == len(batches) - 1, r1=do_r1,
+                                                             scale=1.0 / len(batches))
+                losses.append(loss)
+                for name, value in terms.items():
+                    stats[name] = stats.get(name, 0.0) + value / len(batches)
+            finite.append(torch.stack([torch.isfinite(loss).all() for loss in losses]).all())
+        _set_trainable(self.opt_d, True)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.opt_d)
+            self.scaler.unscale_(self.opt_g)
+        grads = [p.grad for p in self.g_params + self.d_params if p.grad is not None]
+        finite.append(torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else True)
+        # The step's one host sync: every rank skips together.
+        d_ok, g_losses_ok, grads_ok = agree(finite, self.device, self.world, op=dist.ReduceOp.MIN)
+        if d_ok and g_losses_ok and grads_ok:
+            if self.scaler is not None:
+                self.scaler.step(self.opt_d)
+                self.scaler.step(self.opt_g)
+                self.scaler.update()
+                stats["loss_scale"] = float(self.scaler.get_scale())
+            else:
+                self.opt_d.step()
+                self.opt_g.step()
+            self.ema.update(self.step, images.shape[0] * self.world)
+            self.bad_steps_in_row = 0
+            stats["skipped"] = False
+        elif self.scaler is not None and d_ok and g_losses_ok:
+            # fp16 overflow in the scaled gradients: expected while the scale settles, so not a bad step.
+            self.scaler.update()                          # found_inf from unscale_ halves the scale
+            self.opt_d.zero_grad(set_to_none=True)
+            self.opt_g.zero_grad(set_to_none=True)
+            stats["skipped"] = True
+            stats["loss_scale"] = float(self.scaler.get_scale())
+            self.log(f"step {self.step}: fp16 gradients overflowed; step skipped, loss scale now "
+                     f"{stats['loss_scale']:g}")
+        else:
+            self.opt_d.zero_grad(set_to_none=True)
+            self.opt_g.zero_grad(set_to_none=True)
+            self.bad_steps_total += 1
+            self.bad_steps_in_row += 1
+            stats["skipped"] = True
+            self.log(f"step {self.step}: non-finite loss (D {float(stats['loss_d']):.4g}, G "
+                     f"{float(stats['loss_g']):.4g}); step skipped ({self.bad_steps_in_row} in a row, "
+                     f"{self.bad_steps_total} in total)")
+            if self.bad_steps_in_row >= cfg.max_bad_steps:
+                raise TrainingError(f"training stopped: {self.bad_steps_in_row} non-finite steps in a row at step "
+                                    f"{self.step} (max_bad_steps={cfg.max_bad_steps}). Lower the learning rate, "
+                                    "raise r1_gamma, or resume from an earlier checkpoint.")
+        self.captions.remember(captions)
+        self.step += 1
+        return stats
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    # -- outputs -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def write_samples(self, path: str) -> None:
+        from ..images import save_grid
+        z = self.sample_z.to(self.device)
+        with use_impl(self.cfg.impl):
+            if self.cfg.model == "upsampler":
+                # Rows: the low-res input (nearest-neighbour enlarged), the upsampler's output, the real image.
+                real = self.sample_real.to(self.device)
+                low = self.loss.low_res(real)
+                out = self.G_ema(low, self.sample_prompts, z, noise_mode="none")[0].clamp(-1, 1)
+                enlarged = torch.nn.functional.interpolate(low, size=out.shape[-2:], mode="nearest")
+                save_grid(torch.cat([enlarged, out, real]), path, columns=len(real))
+                return
+            imgs = self.G_ema(z, self.sample_prompts, noise_mode="none")[0]
+        save_grid(imgs, path, captions=self.sample_prompts, columns=4)
+
+    def _start_profiler(self):
+        """torch.profiler over the next profile_steps steps: CPU ops, CUDA kernels, and the named ranges of the
+        model (G.text_encoder, G.mapping, G.level<R>px, D.level<R>px, gigagan_kernels.* for the fused ops)."""
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if self.device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        profiler = torch.profiler.profile(activities=activities, record_shapes=True)
+        profiler.start()
+        return profiler
+
+    def _finish_profiler(self, profiler, steps: int) -> None:
+        profiler.stop()
+        directory = os.path.join(self.cfg.out, "profile")
+        os.makedirs(directory, exist_ok=True)
+        trace = os.path.join(directory, "trace.json")
+        profiler.export_chrome_trace(trace + ".tmp")
+        os.replace(trace + ".tmp", trace)
+        key = "self_cuda_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
+        with open(os.path.join(directory, "summary.txt"), "w") as f:
+            f.write(f"{steps} steps from step {self.step - steps}, {self.device}, impl {self.cfg.impl}\n")
+            f.write(profiler.key_averages().table(sort_by=key, row_limit=40) + "\n")
+        self.log(f"profile: {steps} steps traced into {trace} (chrome://tracing, Perfetto) and summary.txt")
+
+    def _write_log(self, record: dict) -> None:
+        with open(os.path.join(self.cfg.out, "log.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(k, v, record["step"])
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def _install_signal_handlers(self):
+        """SIGTERM / SIGINT: the first asks for a checkpoint and a stop at the next step; a second stops at once,
+        after the checkpoint write in flight if there is one."""
+        def handler(signum, frame):
+            if self.stop_signal is None:
+                self.stop_signal = signum
+            elif self._writing:
+                self._pending_preempt = signum
+            else:
+                raise Preempted(signum)
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        return previous
+
+    def _loader(self, dataset):
+        cfg = self.cfg
+        # Its own generator: creating a loader must not draw from the global RNG, or a resumed run's
+        # z and noise would drift from an uninterrupted run's.
+        common = dict(batch_size=cfg.batch_size, collate_fn=collate_pairs, num_workers=cfg.num_workers,
+                      drop_last=True, pin_memory=self.device.type == "cuda",
+                      generator=torch.Generator().manual_seed(cfg.seed + self.rank))
+        if isinstance(dataset, TarShards):
+            # Endless and placed after the batches already trained on: a resume continues the same stream.
+            common["num_workers"] = dataset.position(self.rank, self.world, cfg.batch_size, self.batches_seen,
+                                                     cfg.num_workers)
+            return torch.utils.data.DataLoader(dataset, **common)
+        if isinstance(dataset, torch.utils.data.IterableDataset):
+            return torch.utils.data.DataLoader(dataset, **common)
+        sampler = StepSampler(len(dataset), cfg.batch_size, self.rank, self.world, cfg.seed, self.batches_seen)
+        return torch.utils.data.DataLoader(dataset, sampler=sampler, **common)
+
+    def _batches(self, dataset):
+        """This rank's batches, pass after pass (a finite stream starts over); None forever when a fresh pass
+        yields nothing at all (e.g. more ranks than shards)."""
+        while True:
+            empty_pass = True
+            for batch in self._loader(dataset):
+                empty_pass = False
+                yield batch
+            if empty_pass:
+                while True:
+                    yield None
+
+    def _setup_on_rank0(self, setup) -> None:
+        """Run rank 0's set-up of the run directory; every rank learns whether it failed, so none waits on a
+        collective that rank 0 will never reach."""
+        error = None
+        if self.is_main:
+            try:
+                setup()
+            except (RunDirError, OSError) as e:
+                error = e
+        failed, = agree([error is not None], self.device, self.world)
+        if failed and error is None:
+            raise TrainingError(f"rank 0 could not set up {self.cfg.out}; its log says why")
+        if error is not None:
+            raise error
+
+    def _claim_run_dir(self, resume: bool, overwrite: bool) -> None:
+        run_dir = self.run_dir
+        run_dir.lock()
+        try:
+            if not resume and run_dir.holds_run():
+                if not overwrite:
+                    newest = (run_dir.checkpoints(check_untracked=False) or ["a checkpoint"])[0]
+                    raise RunDirError(f"{self.cfg.out} holds another run ({newest}): pass --resume to continue it, "
+                                      "--overwrite to start a new run there (the old run's files move to "
+                                      f"{os.path.join(self.cfg.out, 'previous-runs')}), or choose another --out")
+                self.log(f"overwrite: moved the previous run's files to {run_dir.archive_run()}")
+        except BaseException:
+            run_dir.release()
+            raise
+
+    def fit(self, resume: bool = False, overwrite: bool = False, fresh_if_none: bool = False) -> dict:
+        """Train until cfg.steps or cfg.max_minutes. resume: continue from the newest whole checkpoint in cfg.out
+        (an error when there is none, unless fresh_if_none). Without resume, a directory that holds another
+        run's checkpoints is refused unless overwrite, which moves that run's files aside."""
+        self._setup_on_rank0(lambda: self._claim_run_dir(resume, overwrite))
+        try:
+            return self._fit(resume, fresh_if_none)
+        except Preempted as e:
+            self.log(f"{signal_name(e.signum)} again: stopped at step {self.step}")
+            return {"step": self.step, "stopped_by_signal": True, "signal": e.signum, "forced": True}
+        finally:
+            if self.is_main:
+                self.run_dir.release()
+
+    def _fit(self, resume: bool, fresh_if_none: bool) -> dict:
+        previous = self._install_signal_handlers()
+        try:
+            if resume:
+                self.resume(fresh_if_none)
+            return self._train_loop()
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _open_outputs(self, dataset):
+        """The optional TensorBoard writer, the upsampler's fixed sample images, the start-of-run line and the
+        progress bar (rank 0)."""
+        cfg = self.cfg
+        if cfg.tensorboard and self.is_main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:                       # an optional output: training goes on without it
+                warnings.warn(f"--tensorboard: no TensorBoard logs ({e}; pip install tensorboard); log.jsonl "
+                              "has every scalar", stacklevel=3)
+            else:
+                self.tb = SummaryWriter(os.path.join(cfg.out, "tb"))
+        if cfg.model == "upsampler":
+            # Fixed real images for the sample grids: the dataset's first valid samples.
+            pairs = [p for p in (dataset[i] for i in range(min(len(dataset), 16))) if p[0] is not None][:4] \
+                if not isinstance(dataset, torch.utils.data.IterableDataset) else []
+            if not pairs:
+                pairs = [(torch.zeros(3, self.resolution, self.resolution), "")]
+            self.sample_real = torch.stack([p[0] for p in pairs])
+            self.sample_prompts = [p[1] for p in pairs]
+            self.sample_z = self.sample_z[:len(pairs)]
+        n_params = sum(p.numel() for m in (self.G, self.D) for p in m.parameters() if p.requires_grad) / 1e6
+        self.log(f"training {self.model_config.name} {cfg.model} ({n_params:.2f}M trainable G+D parameters) "
+                 f"on {self.device} x{self.world}, impl {cfg.impl}, data {cfg.data}, "
+                 f"steps {self.step}->{cfg.steps}"
+                 + (f" or {cfg.max_minutes:g} minutes" if cfg.max_minutes is not None else "")
+                 + f", batch {cfg.batch_size}/rank, precision {self.precision}")
+        if not (self.is_main and cfg.progress):
+            return None
+        tqdm = require("tqdm", "the progress bar (--no-progress runs without it)").tqdm
+        # With a time budget the step count reached is unknown: the bar counts steps without a total.
+        return tqdm(total=cfg.steps if cfg.max_minutes is None else None, initial=self.step, desc="train",
+                    dynamic_ncols=True, file=sys.stderr)
+
+    def _train_loop(self) -> dict:
+        cfg = self.cfg
+        dataset = make_dataset(cfg.data, self.resolution, seed=cfg.seed, captions=not cfg.unconditional)
+        bar = self._open_outputs(dataset)
+        t_last, images_since = time.perf_counter(), 0
+        deadline = None if cfg.max_minutes is None else t_last + 60.0 * cfg.max_minutes
+        interval = IntervalMeans(self.device)
+        out_of_time = False
+        bad_batches, tried, why = 0, 0, collections.Counter()    # batches in a row with no usable sample
+        first_step = self.step
+        profiler, profiled = None, 0
+        try:
+            with use_impl(cfg.impl):
+                batches = self._batches(dataset)
+                while self.step < cfg.steps:
+                    batch = next(batches)
+                    usable = batch is not None and batch[0].shape[0] > 0
+                    # Every rank takes the same branch: all skip a batch that one rank lacks, all stop together.
+                    # The time budget is checked after each step (this invocation always makes one).
+                    missing, no_data, signalled, out_of_time = self._agree(
+                        not usable, batch is None, deadline if self.step > first_step else None)
+                    if signalled:
+                        path = self.save_checkpoint()
+                        self.log(f"signal {signal_name(self.stop_signal)}: saved {path} at step {self.step}; exiting")
+                        return {"step": self.step, "stopped_by_signal": True, "signal": self.stop_signal,
+                                "checkpoint": path}
+                    if no_data:
+                        raise TrainingError(f"a rank received no data at all from --data {cfg.data} (rank "
+                                            f"{self.rank}: {'none' if batch is None else 'some'}); a shard pattern "
+                                            f"needs at least one shard per rank ({self.world} ranks)")
+                    if out_of_time:
+                        self.log(f"max_minutes={cfg.max_minutes:g} reached at step {self.step}; stopping")
+                        break
+                    # The batch is used (trained on or skipped) only now: a stop above leaves it to a resume.
+                    self.batches_seen += 1
+                    self.skipped_samples += sum(batch[2].values())
+                    tried += cfg.batch_size
+                    why.update(batch[2])
+                    if missing:
+                        bad_batches += 1
+                        if bad_batches >= cfg.max_bad_batches:
+                            reasons = ", ".join(f"{n} {r}" for r, n in why.most_common()) or "none counted here"
+                            raise TrainingError(
+                                f"no usable sample in {bad_batches} batches in a row from --data {cfg.data} "
+                                f"({tried} samples tried on rank {self.rank}; dropped: {reasons}). Check the data; "
+                                f"max_bad_batches (--max-bad-batches) sets the limit")
+                        continue
+                    bad_batches, tried = 0, 0
+                    why.clear()
+                    images, captions, _ = batch
+                    if profiler is None and self.is_main and cfg.profile_steps and self.step == first_step + 1:
+                        profiler = self._start_profiler()
+                    stats = self.train_step(images, captions)
+                    if profiler is not None:
+                        profiled += 1
+                        if profiled == cfg.profile_steps:
+                            self._finish_profiler(profiler, profiled)
+                            profiler = None
+                    images_since += images.shape[0] * self.world
+                    interval.add(stats)
+                    if bar is not None:
+                        bar.update(1)
+                    if self.is_main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+                        now = time.perf_counter()
+                        means = interval.read()                   # the interval's one read of the statistics
+                        record = {"step": self.step, **means,
+                                  "images_per_s": images_since / max(now - t_last, 1e-9),
+                                  "bad_steps": self.bad_steps_total, "skipped_samples": self.skipped_samples,
+                                  "time": time.time()}
+                        t_last, images_since = now, 0
+                        self._write_log(record)
+                        if bar is not None:
+                            bar.set_postfix(d=f"{means.get('loss_d', math.nan):.3f}",
+                                            g=f"{means.get('loss_g', math.nan):.3f}",
+                                            img_s=f"{record['images_per_s']:.1f}")
+                    if self.is_main and cfg.sample_every and self.step % cfg.sample_every == 0:
+                        self.write_samples(os.path.join(cfg.out, f"samples-{self.step:08d}.png"))
+                    if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                        self.save_checkpoint()
+        finally:
+            if bar is not None:
+                bar.close()
+            if self.tb is not None:
+                self.tb.close()
+            if profiler is not None:                      # training ended before the profiled steps did
+                self._finish_profiler(profiler, profiled)
+        if self.step % max(cfg.ckpt_every, 1) != 0 or not cfg.ckpt_every:
+            self.save_checkpoint()
+        if self.is_main:
+            self.write_samples(os.path.join(cfg.out, "samples-final.png"))
+        return {"step": self.step, "bad_steps": self.bad_steps_total, "skipped_samples": self.skipped_samples,
+                "out_of_time": out_of_time}
+
+    def _agree(self, missing: bool, no_data: bool, deadline: Optional[float] = None) -> tuple:
+        """(a rank lacks a usable batch, a rank has no data at all, a stop signal arrived, the time budget is
+        spent), agreed by every rank, so that all take the same branch at the same step."""
+        flags = agree([missing, no_data, self.stop_signal is not None,
+                       deadline is not None and time.perf_counter() >= deadline], self.device, self.world)
+        if flags[2] and self.stop_signal is None:
+            self.stop_signal = "peer"
+        return tuple(flags)
+
+
+class IntervalMeans:
+    """Means of each step statistic over a log interval, kept on the device (non-finite values left out) and
+    read back once per interval."""
+
+    def __init__(self, device):
+        self.device = device
+        self.sums, self.counts = {}, {}
+
+    def add(self, stats: dict) -> None:
+        for name, value in stats.items():
+            if name == "skipped":
+                continue
+            v = torch.as_tensor(value, dtype=torch.float32, device=self.device)
+            ok = torch.isfinite(v)
+            self.sums[name] = self.sums.get(name, 0.0) + torch.where(ok, v, 0.0)
+            self.counts[name] = self.counts.get(name, 0) + ok.float()
+
+    def read(self) -> dict:
+        names = list(self.sums)
+        values = (torch.stack([self.sums[n] for n in names] + [self.counts[n] for n in names]).tolist()
+                  if names else [])
+        self.sums, self.counts = {}, {}
+        return {n: values[i] / values[len(names) + i] for i, n in enumerate(names) if values[len(names) + i] > 0}
+
+
+def _set_trainable(optimizer, flag: bool) -> None:
+    """Toggle the optimised parameters only; frozen ones (the CLIP tower) stay frozen."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            p.requires_grad_(flag)
