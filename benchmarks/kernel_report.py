@@ -31,14 +31,9 @@ def _tool(name: str) -> str:
 def all_specs():
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise RuntimeError("the kernel report compiles real kernels: run it without TRITON_INTERPRET=1")
-    from gigagan_kernels import adaptive_modconv_triton
-    specs = [("adaptive_modconv2d", s) for s in adaptive_modconv_triton.report_specs()]
-    try:
-        from gigagan_kernels import attention_triton
-        specs += [("attention", s) for s in attention_triton.report_specs()]
-    except ImportError:
-        pass
-    return specs
+    from . import kernel_specs
+    return ([("adaptive_modconv2d", s) for s in kernel_specs.adaptive_modconv_specs()]
+            + [("attention", s) for s in kernel_specs.attention_specs()])
 
 
 def _signature(spec):

@@ -30,7 +30,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from . import backend
+from . import backend, fused_op
 
 OP_NAME = "adaptive_modconv2d"
 ACTIVATIONS = (None, "linear", "lrelu")
@@ -146,9 +146,8 @@ def adaptive_modconv2d_ref(x, weight_bank, select_logits, style, bias=None, *, d
 
 
 # ----------------------------------------------------------------------------------------------
-# "torch" composite: the CPU default, and what every create_graph=True backward differentiates on the
-# fast paths' behalf is the reference; this one is for users of plain torch. Per call it runs the
-# cheapest of three exact forms.
+# "torch" composite: the CPU default and the plain-torch form for users; per call the cheapest of three
+# exact forms. (What create_graph=True backwards of the fused paths differentiate is the reference.)
 # ----------------------------------------------------------------------------------------------
 TORCH_FORMS = ("activations", "bmm", "grouped")
 
@@ -247,91 +246,6 @@ def adaptive_modconv2d_torch(x, weight_bank, select_logits, style, bias=None, *,
 def _needs_lin(activation, gain, clamp, bias, noise) -> bool:
     """lin (the demodulated conv before the epilogue) differs from y, so it must be saved."""
     return activation == "lrelu" or gain != 1.0 or clamp is not None or bias is not None or noise is not None
-
-
-STRATEGIES = ("weights", "fused")
-STRATEGY_ENV = "GIGAGAN_KERNELS_MODCONV_STRATEGY"
-_strategy_override = threading.local()
-
-
-@contextlib.contextmanager
-def use_strategy(strategy: str):
-    """Force the Triton strategy that impl="triton" runs ("weights" or "fused"), e.g. for benchmarks.
-    GIGAGAN_KERNELS_MODCONV_STRATEGY does the same for a whole process; "auto" (the default) picks per shape."""
-    _check_strategy(strategy, "use_strategy(strategy)")
-    with backend.thread_override(_strategy_override, strategy):
-        yield
-
-
-def _check_strategy(strategy, source):
-    if strategy not in STRATEGIES + ("auto",):
-        raise ValueError(f"{source}: expected one of {STRATEGIES + ('auto',)}, got {strategy!r}")
-
-
-def triton_strategy(x_shape, bank_shape, mode: str = "fwd+bwd") -> str:
-    """The Triton strategy for a call: the forced one (use_strategy, then the environment variable), else the
-    one the cost model predicts faster (gigagan_kernels/cost_model.py) among those that can take the shape,
-    for a forward + backward, or for a forward alone (mode "fwd": no input needs a gradient)."""
-    from . import adaptive_modconv_triton as kernels
-    forced = getattr(_strategy_override, "value", None) or os.environ.get(STRATEGY_ENV, "").strip() or "auto"
-    _check_strategy(forced, STRATEGY_ENV)
-    why_not = {"weights": kernels.weights_unsupported(bank_shape), "fused": kernels.fused_unsupported(x_shape,
-                                                                                                       bank_shape)}
-    if forced != "auto" and why_not[forced]:
-        raise ValueError(f"adaptive_modconv2d: strategy {forced!r} cannot run x {tuple(x_shape)} with weight_bank "
-                         f"{tuple(bank_shape)}: {why_not[forced]}")
-    if forced != "auto":
-        return forced
-    runnable = [st for st in STRATEGIES if not why_not[st]]
-    if not runnable:
-        raise ValueError(f"adaptive_modconv2d(impl='triton'): no Triton strategy can run x {tuple(x_shape)} with "
-                         f"weight_bank {tuple(bank_shape)}: {why_not['weights']}; {why_not['fused']}; use "
-                         f"impl='torch'")
-    if len(runnable) == 1:
-        return runnable[0]
-    return _cuda_choices(tuple(x_shape), tuple(bank_shape), _workspace(), mode)[1]
-
-
-def auto_cuda_order(x_shape, bank_shape, mode: str = "fwd+bwd") -> tuple:
-    """impl="auto"'s order of preference on CUDA for one call, fastest first: Triton (its faster strategy) or
-    the torch composite (its faster form), as the cost model predicts a forward + backward (or a forward
-    alone, mode "fwd"); the CUDA extension last (opt-in: it measured slower than Triton, benchmarks/NOTES.md)."""
-    if not backend.triton_installed():
-        return ("torch", "cuda")
-    return _cuda_choices(tuple(x_shape), tuple(bank_shape), _workspace(), mode)[2]
-
-
-def _workspace():
-    from .adaptive_modconv_triton import workspace_bytes
-    return workspace_bytes() if backend.triton_installed() else None
-
-
-_CUDA_CHOICES: dict = {}
-
-
-def _cuda_choices(x_shape, bank_shape, workspace, mode="fwd+bwd"):
-    """The cost model's picks for one shape and mode, computed once (and per workspace, which decides whether
-    the "weights" strategy rebuilds its weights): (torch form, Triton strategy, auto's order). A plain dict
-    rather than functools.lru_cache, which torch.compile warns it cannot honour."""
-    key = (x_shape, bank_shape, workspace, mode)
-    if key not in _CUDA_CHOICES:
-        _CUDA_CHOICES[key] = _cost_model_choices(x_shape, bank_shape, workspace, mode)
-    return _CUDA_CHOICES[key]
-
-
-def _cost_model_choices(x_shape, bank_shape, workspace, mode):
-    from . import cost_model
-    k = bank_shape[-1]
-    form = "activations" if k == 1 else {"torch_activations": "activations", "torch_weights": "bmm"}[
-        cost_model.fastest(("torch_activations", "torch_weights"), x_shape, bank_shape)]
-    if workspace is None:
-        return form, "fused", ("torch", "cuda")
-    torch_cost = cost_model.modconv_seconds("torch_weights" if form == "bmm" else "torch_activations", x_shape,
-                                            bank_shape, mode)
-    triton_costs = {st: cost_model.modconv_seconds(f"triton_{st}", x_shape, bank_shape, mode) for st in STRATEGIES}
-    strategy = min(triton_costs, key=triton_costs.get)
-    order = ("triton", "torch", "cuda") if triton_costs[strategy] <= torch_cost else ("torch", "triton", "cuda")
-    return form, strategy, order
 
 
 def _wt_shape(x, weight_bank):
@@ -447,45 +361,36 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, weight_bank, select_logits, style, bias, noise, lin if save_lin else y, d, *output[3:])
     ctx.options = (demodulate, eps, activation, gain, clamp)
     ctx.backend_options = tuple(inputs[12:13])          # the Triton strategy
-    ctx.non_tensor_inputs = len(inputs) - 6
+    ctx.trailing_inputs = len(inputs) - 6
 
 
-def _make_backward(fused_backward):
-    """The autograd backward of a fused forward op, given its first-order backward op."""
-    def backward(ctx, grad_y, *_unused_output_grads):
+def _first_order(backward_op):
+    """The first-order backward of a fused forward op, through its backward op."""
+    def first_order(ctx, grad_y):
         x, weight_bank, select_logits, style, bias, noise, lin, d, *kept = ctx.saved_tensors
-        demodulate, eps, activation, gain, clamp = ctx.options
-        if torch.is_grad_enabled():
-            # create_graph=True (e.g. R1): differentiate the reference so higher orders stay exact.
-            grads = _ref_vjp(grad_y, x, weight_bank, select_logits, style, bias, noise, demodulate, eps, activation,
-                             gain, clamp)
-        else:
-            dx, dbank, dlogits, dstyle, dbias, dnoise = fused_backward(
-                grad_y, x, weight_bank, select_logits, style, bias, noise, lin, d, *kept, demodulate, activation,
-                gain, clamp, *ctx.backend_options)
-            grads = (dx, dbank, dlogits, dstyle, dbias if bias is not None else None,
-                     dnoise if noise is not None else None)
-        return grads + (None,) * ctx.non_tensor_inputs
-    return backward
+        demodulate, _eps, activation, gain, clamp = ctx.options
+        dx, dbank, dlogits, dstyle, dbias, dnoise = backward_op(
+            grad_y, x, weight_bank, select_logits, style, bias, noise, lin, d, *kept, demodulate, activation, gain,
+            clamp, *ctx.backend_options)
+        return (dx, dbank, dlogits, dstyle, dbias if bias is not None else None,
+                dnoise if noise is not None else None)
+    return first_order
 
 
-def _ref_vjp(grad_y, x, weight_bank, select_logits, style, bias, noise, demodulate, eps, activation, gain, clamp):
-    with torch.enable_grad():
-        # view_as gives each argument its own graph node, so aliased arguments get per-argument grads.
-        inputs = tuple(t.view_as(t) if t is not None and t.requires_grad else t
-                       for t in (x, weight_bank, select_logits, style, bias, noise))
-        y = adaptive_modconv2d_ref(*inputs[:5], demodulate=demodulate, eps=eps, noise=inputs[5],
-                                   activation=activation, gain=gain, clamp=clamp)
-        wanted = [t for t in inputs if t is not None and t.requires_grad]
-        grads = iter(torch.autograd.grad(y, wanted, grad_y, create_graph=True, allow_unused=True))
-    return tuple(next(grads) if t is not None and t.requires_grad else None for t in inputs)
+def _reference_grads(ctx, grad_y):
+    x, weight_bank, select_logits, style, bias, noise = ctx.saved_tensors[:6]
+    demodulate, eps, activation, gain, clamp = ctx.options
+    return fused_op.reference_vjp(
+        lambda *t: adaptive_modconv2d_ref(*t[:5], demodulate=demodulate, eps=eps, noise=t[5], activation=activation,
+                                          gain=gain, clamp=clamp),
+        (x, weight_bank, select_logits, style, bias, noise), grad_y)
 
 
-_triton_fwd_op.register_autograd(_make_backward(_triton_bwd_op), setup_context=_setup_context)
+fused_op.register_autograd(_triton_fwd_op, _setup_context, _first_order(_triton_bwd_op), _reference_grads)
 
 
 # ----------------------------------------------------------------------------------------------
-# CUDA C++ path (csrc/adaptive_modconv.cpp registers the ops; fake kernels and autograd added here).
+# CUDA C++ path (csrc/adaptive_modconv.cpp registers the ops; fake kernels and autograd added here at import).
 # ----------------------------------------------------------------------------------------------
 CUDA_MAX_FILTERS = 32  # kModconvMaxFilters in csrc/adaptive_modconv.h
 
@@ -504,10 +409,96 @@ def _cuda_backward_fake(grad_z, c, x, weight_bank, select_logits, style, demodul
             torch.empty_like(select_logits), torch.empty_like(style))
 
 
-def cuda_forward_op():
-    """gigagan_kernels_cuda::adaptive_modconv2d_forward with its fake kernels and autograd registered."""
-    return backend.cuda_forward_op(OP_NAME, _forward_fake, _cuda_backward_fake, _make_backward(_cuda_backward),
-                                   _setup_context)
+fused_op.register_cuda_op(OP_NAME, _forward_fake, _cuda_backward_fake, _setup_context, _first_order(_cuda_backward),
+                          _reference_grads)
+
+
+# ----------------------------------------------------------------------------------------------
+# Choosing a backend: auto's per-call order and Triton's strategy, from the cost model.
+# ----------------------------------------------------------------------------------------------
+STRATEGIES = ("weights", "fused")
+STRATEGY_ENV = "GIGAGAN_KERNELS_MODCONV_STRATEGY"
+_strategy_override = threading.local()
+
+
+@contextlib.contextmanager
+def use_strategy(strategy: str):
+    """Force the Triton strategy that impl="triton" runs ("weights" or "fused"), e.g. for benchmarks.
+    GIGAGAN_KERNELS_MODCONV_STRATEGY does the same for a whole process; "auto" (the default) picks per shape."""
+    _check_strategy(strategy, "use_strategy(strategy)")
+    with backend.thread_override(_strategy_override, strategy):
+        yield
+
+
+def _check_strategy(strategy, source):
+    if strategy not in STRATEGIES + ("auto",):
+        raise ValueError(f"{source}: expected one of {STRATEGIES + ('auto',)}, got {strategy!r}")
+
+
+def triton_strategy(x_shape, bank_shape, mode: str = "fwd+bwd") -> str:
+    """The Triton strategy for a call: the forced one (use_strategy, then the environment variable), else the
+    one the cost model predicts faster (gigagan_kernels/cost_model.py) among those that can take the shape,
+    for a forward + backward, or for a forward alone (mode "fwd": no input needs a gradient)."""
+    from . import adaptive_modconv_triton as kernels
+    forced = getattr(_strategy_override, "value", None) or os.environ.get(STRATEGY_ENV, "").strip() or "auto"
+    _check_strategy(forced, STRATEGY_ENV)
+    why_not = {"weights": kernels.weights_unsupported(bank_shape), "fused": kernels.fused_unsupported(x_shape,
+                                                                                                       bank_shape)}
+    if forced != "auto" and why_not[forced]:
+        raise ValueError(f"adaptive_modconv2d: strategy {forced!r} cannot run x {tuple(x_shape)} with weight_bank "
+                         f"{tuple(bank_shape)}: {why_not[forced]}")
+    if forced != "auto":
+        return forced
+    runnable = [st for st in STRATEGIES if not why_not[st]]
+    if not runnable:
+        raise ValueError(f"adaptive_modconv2d(impl='triton'): no Triton strategy can run x {tuple(x_shape)} with "
+                         f"weight_bank {tuple(bank_shape)}: {why_not['weights']}; {why_not['fused']}; use "
+                         f"impl='torch'")
+    if len(runnable) == 1:
+        return runnable[0]
+    return _cuda_choices(tuple(x_shape), tuple(bank_shape), _workspace(), mode)[1]
+
+
+def auto_cuda_order(x_shape, bank_shape, mode: str = "fwd+bwd") -> tuple:
+    """impl="auto"'s order of preference on CUDA for one call, fastest first: Triton (its faster strategy) or
+    the torch composite (its faster form), as the cost model predicts a forward + backward (or a forward
+    alone, mode "fwd"); the CUDA extension last (opt-in: it measured slower than Triton, benchmarks/NOTES.md)."""
+    if not backend.triton_installed():
+        return ("torch", "cuda")
+    return _cuda_choices(tuple(x_shape), tuple(bank_shape), _workspace(), mode)[2]
+
+
+def _workspace():
+    from .adaptive_modconv_triton import workspace_bytes
+    return workspace_bytes() if backend.triton_installed() else None
+
+
+_CUDA_CHOICES: dict = {}
+
+
+def _cuda_choices(x_shape, bank_shape, workspace, mode="fwd+bwd"):
+    """The cost model's picks for one shape and mode, computed once (and per workspace, which decides whether
+    the "weights" strategy rebuilds its weights): (torch form, Triton strategy, auto's order). A plain dict
+    rather than functools.lru_cache, which torch.compile warns it cannot honour."""
+    key = (x_shape, bank_shape, workspace, mode)
+    if key not in _CUDA_CHOICES:
+        _CUDA_CHOICES[key] = _cost_model_choices(x_shape, bank_shape, workspace, mode)
+    return _CUDA_CHOICES[key]
+
+
+def _cost_model_choices(x_shape, bank_shape, workspace, mode):
+    from . import cost_model
+    k = bank_shape[-1]
+    form = "activations" if k == 1 else {"torch_activations": "activations", "torch_weights": "bmm"}[
+        cost_model.fastest(("torch_activations", "torch_weights"), x_shape, bank_shape)]
+    if workspace is None:
+        return form, "fused", ("torch", "cuda")
+    torch_cost = cost_model.modconv_seconds("torch_weights" if form == "bmm" else "torch_activations", x_shape,
+                                            bank_shape, mode)
+    triton_costs = {st: cost_model.modconv_seconds(f"triton_{st}", x_shape, bank_shape, mode) for st in STRATEGIES}
+    strategy = min(triton_costs, key=triton_costs.get)
+    order = ("triton", "torch", "cuda") if triton_costs[strategy] <= torch_cost else ("torch", "triton", "cuda")
+    return form, strategy, order
 
 
 # ----------------------------------------------------------------------------------------------
@@ -568,7 +559,7 @@ def adaptive_modconv2d(x, weight_bank, select_logits, style, bias=None, *, demod
     args = (x, weight_bank, select_logits, style, bias, noise, bool(demodulate), float(eps), activation or "linear",
             gain, clamp, save_lin)
     if chosen == "cuda":
-        return cuda_forward_op()(*args)[0]
+        return backend.cuda_op(OP_NAME)(*args)[0]
     strategy = triton_strategy(x.shape, weight_bank.shape, mode)
     keep = strategy == "weights" and kernels.plan_weights(x.shape, weight_bank.shape, x.element_size(),
                                                           needs_grad=needs_grad).keep

@@ -23,12 +23,15 @@ from typing import Optional
 
 import torch
 
-from . import backend
+from . import backend, fused_op
 
 OP_NAME = "attention"
 KINDS = ("l2", "dot")
 
 
+# ----------------------------------------------------------------------------------------------
+# Validation: every assumption the kernels make, checked before any launch.
+# ----------------------------------------------------------------------------------------------
 def validate(q, k, v, kind, scale, key_padding_mask):
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
@@ -66,6 +69,9 @@ def validate(q, k, v, kind, scale, key_padding_mask):
         raise ValueError(f"attention: scale must be a finite positive number, got {scale}")
 
 
+# ----------------------------------------------------------------------------------------------
+# Reference composite: the full logit matrix in plain torch ops (the naive way; the tests' oracle).
+# ----------------------------------------------------------------------------------------------
 def attention_ref(q, k, v, *, kind="l2", scale=None, key_padding_mask=None):
     """Materialised logits in plain torch ops; differentiable to any order."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
@@ -86,6 +92,9 @@ def attention_ref(q, k, v, *, kind="l2", scale=None, key_padding_mask=None):
     return probs @ v
 
 
+# ----------------------------------------------------------------------------------------------
+# "torch" composite: SDPA on exact operands, or the materialised form for small CPU calls.
+# ----------------------------------------------------------------------------------------------
 def attention_materialised(q, k, v, *, kind="l2", scale=None, key_padding_mask=None):
     """The composite's small-call form: L2 logits as dot logits at 2*scale plus the per-key bias -scale*||k||^2
     in one baddbmm, masking folded into the same bias, then softmax and bmm. It materialises Lq x Lk, so it
@@ -186,13 +195,8 @@ def attention_sdpa(q, k, v, *, kind="l2", scale=None, key_padding_mask=None):
 
 def _reference_grads(q, k, v, kind, scale, mask, grad_out):
     """Gradients through the reference with create_graph=True, so that higher orders are exact."""
-    with torch.enable_grad():
-        # view_as gives each argument its own graph node, so a tied q is k gets per-argument grads.
-        q_, k_, v_ = (t.view_as(t) if t.requires_grad else t for t in (q, k, v))
-        ref = attention_ref(q_, k_, v_, kind=kind, scale=scale, key_padding_mask=mask)
-        wanted = [t for t in (q_, k_, v_) if t.requires_grad]
-        grads = iter(torch.autograd.grad(ref, wanted, grad_out, create_graph=True))
-    return tuple(next(grads) if t.requires_grad else None for t in (q_, k_, v_))
+    return fused_op.reference_vjp(lambda q_, k_, v_: attention_ref(q_, k_, v_, kind=kind, scale=scale,
+                                                                   key_padding_mask=mask), (q, k, v), grad_out)
 
 
 class _SdpaAttention(torch.autograd.Function):
@@ -228,6 +232,9 @@ class _SdpaAttention(torch.autograd.Function):
         return (*(next(grads) if t.requires_grad else None for t in inner), None, None, None)
 
 
+# ----------------------------------------------------------------------------------------------
+# Triton path as torch.library custom ops: a forward op and a backward op, autograd glued on.
+# ----------------------------------------------------------------------------------------------
 _KIND_CODES = {"dot": 0, "l2": 1}
 
 
@@ -266,24 +273,28 @@ def _setup_context(ctx, inputs, output):
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, mask)
     ctx.options = (kind, scale)
+    ctx.trailing_inputs = 3                              # kind, scale, key_padding_mask
 
 
-def _make_backward(fused_backward):
-    """The autograd backward of a fused forward op, given its first-order backward (same arguments)."""
-    def backward(ctx, grad_out, _grad_lse):
+def _first_order(backward_op):
+    """The first-order backward of a fused forward op, through its backward op (same arguments)."""
+    def first_order(ctx, grad_out):
         q, k, v, out, lse, mask = ctx.saved_tensors
-        kind, scale = ctx.options
-        if torch.is_grad_enabled():
-            # create_graph=True: differentiate the reference so that higher orders are exact.
-            return (*_reference_grads(q, k, v, kind, scale, mask, grad_out), None, None, None)
-        dq, dk, dv = fused_backward(grad_out.contiguous(), q, k, v, out, lse, kind, scale, mask)
-        return dq, dk, dv, None, None, None
-    return backward
+        return backward_op(grad_out.contiguous(), q, k, v, out, lse, *ctx.options, mask)
+    return first_order
 
 
-_triton_fwd_op.register_autograd(_make_backward(_triton_bwd_op), setup_context=_setup_context)
+def _fused_reference_grads(ctx, grad_out):
+    q, k, v, _out, _lse, mask = ctx.saved_tensors
+    return _reference_grads(q, k, v, *ctx.options, mask, grad_out)
 
-# CUDA C++ path: csrc/attention.cpp registers the ops; fake kernels and autograd are added on first use.
+
+fused_op.register_autograd(_triton_fwd_op, _setup_context, _first_order(_triton_bwd_op), _fused_reference_grads)
+
+
+# ----------------------------------------------------------------------------------------------
+# CUDA C++ path (csrc/attention.cpp registers the ops; fake kernels and autograd added here at import).
+# ----------------------------------------------------------------------------------------------
 CUDA_MAX_HEAD_DIM = 128  # kAttentionMaxHeadDim in csrc/attention.h
 
 
@@ -291,12 +302,13 @@ def _cuda_backward(*args):
     return backend.cuda_extension_ops().attention_backward(*args)
 
 
-def cuda_forward_op():
-    """gigagan_kernels_cuda::attention_forward with its fake kernels and autograd registered."""
-    return backend.cuda_forward_op(OP_NAME, _forward_fake, _backward_fake, _make_backward(_cuda_backward),
-                                   _setup_context)
+fused_op.register_cuda_op(OP_NAME, _forward_fake, _backward_fake, _setup_context, _first_order(_cuda_backward),
+                          _fused_reference_grads)
 
 
+# ----------------------------------------------------------------------------------------------
+# Choosing a backend: auto's per-call order, from the cost model.
+# ----------------------------------------------------------------------------------------------
 _CUDA_ORDERS: dict = {}
 
 
@@ -326,6 +338,9 @@ def auto_cuda_order(q_shape, k_shape, v_shape, kind, masked, dtype) -> tuple:
     return order
 
 
+# ----------------------------------------------------------------------------------------------
+# Public function
+# ----------------------------------------------------------------------------------------------
 def attention(q, k, v, *, kind="l2", scale=None, key_padding_mask=None, impl="auto"):
     """Softmax attention with L2-distance ("l2") or dot-product ("dot") logits.
 
@@ -359,11 +374,11 @@ def attention(q, k, v, *, kind="l2", scale=None, key_padding_mask=None, impl="au
         return _SdpaAttention.apply(q, k, v, kind, scale, key_padding_mask)
     if chosen == "triton":
         from . import attention_triton as kernels
-        max_head_dim, fused_op = kernels.MAX_HEAD_DIM, _triton_fwd_op
+        max_head_dim, forward_op = kernels.MAX_HEAD_DIM, _triton_fwd_op
     else:
-        max_head_dim, fused_op = CUDA_MAX_HEAD_DIM, cuda_forward_op()
+        max_head_dim, forward_op = CUDA_MAX_HEAD_DIM, backend.cuda_op(OP_NAME)
     for name, dim in (("q", q.shape[-1]), ("v", v.shape[-1])):
         if dim > max_head_dim:
             raise ValueError(f"attention(impl={chosen!r}): {name} head dim {dim} exceeds {max_head_dim}")
-    out, _ = fused_op(q, k, v, kind, scale, key_padding_mask)
+    out, _ = forward_op(q, k, v, kind, scale, key_padding_mask)
     return out

@@ -66,27 +66,17 @@ def cuda_extension_ops():
 
 
 def cuda_extension_has(op: str) -> bool:
-    """Whether the built extension registers <op>_forward and <op>_backward (the names cuda_forward_op uses)."""
+    """Whether the built extension registers <op>_forward and <op>_backward."""
     ops = cuda_extension_ops()
     if ops is None:
         return False
     return all(hasattr(ops, f"{op}_{part}") for part in ("forward", "backward"))
 
 
-_cuda_registered: set = set()
-
-
-def cuda_forward_op(op: str, forward_fake, backward_fake, autograd_backward, setup_context):
-    """gigagan_kernels_cuda::<op>_forward, with the fake kernels of <op>_forward and <op>_backward and the
-    forward's autograd registered from Python on first use (the C++ side registers only CUDA kernels)."""
-    ops = cuda_extension_ops()
-    if op not in _cuda_registered:
-        torch.library.register_fake(f"gigagan_kernels_cuda::{op}_forward")(forward_fake)
-        torch.library.register_fake(f"gigagan_kernels_cuda::{op}_backward")(backward_fake)
-        torch.library.register_autograd(f"gigagan_kernels_cuda::{op}_forward", autograd_backward,
-                                        setup_context=setup_context)
-        _cuda_registered.add(op)
-    return getattr(ops, f"{op}_forward")
+def cuda_op(op: str):
+    """gigagan_kernels_cuda::<op>_forward (its fake kernels and autograd are registered when the op's module is
+    imported: fused_op.register_cuda_op)."""
+    return getattr(cuda_extension_ops(), f"{op}_forward")
 
 
 @contextlib.contextmanager

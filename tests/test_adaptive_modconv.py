@@ -354,7 +354,7 @@ def test_opcheck_cuda_ops(impl):
     """The CUDA C++ ops with the fake kernels and autograd registered from Python."""
     inputs = make_inputs(2, 5, 4, 6, 7, 3, 3, dtype=torch.float32, device="cuda", seed=2, bias=True, noise="pixel")
     x, bank, logits, style, bias, noise = (inputs[k] for k in INPUT_NAMES)
-    op = amc.cuda_forward_op()
+    op = torch.ops.gigagan_kernels_cuda.adaptive_modconv2d_forward
     fwd_args = (x.requires_grad_(), bank.requires_grad_(), logits.requires_grad_(), style.requires_grad_(),
                 bias.requires_grad_(), noise, True, 1e-8, "lrelu", math.sqrt(2), 0.9, True)
     torch.library.opcheck(op, fwd_args)

@@ -165,7 +165,7 @@ def test_opcheck_custom_ops(device):
 @pytest.mark.parametrize("impl", [CUDA_IMPL])
 def test_opcheck_cuda_ops(impl):
     q, k, v, m = make_qkv(1, 2, 19, 11, 16, 16, dtype=torch.float32, device="cuda", seed=8, mask="random")
-    op = attn_mod.cuda_forward_op()
+    op = torch.ops.gigagan_kernels_cuda.attention_forward
     args = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), "l2", 0.25, m)
     torch.library.opcheck(op, args)
     with torch.no_grad():

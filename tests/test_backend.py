@@ -126,9 +126,8 @@ def _toolchain_present() -> bool:
 @pytest.mark.skipif(not _toolchain_present(), reason="needs a CUDA build of torch and nvcc to build the extension")
 def test_cuda_extension_builds_and_registers_its_ops():
     """setup.py built gigagan_kernels._C (CI has nvcc and the CUDA torch); importing it registers every op with
-    the documented schema, and the Python side gives each a fake kernel, so shapes propagate without a GPU."""
-    import importlib
-
+    the documented schema, and importing gigagan_kernels gives each a fake kernel and the forwards their
+    autograd, so raw torch.ops calls propagate shapes and gradients without a GPU."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     ops = backend.cuda_extension_ops()
     assert ops is not None, "gigagan_kernels._C did not build or import: run `pip install --no-build-isolation -e .`"
@@ -138,18 +137,19 @@ def test_cuda_extension_builds_and_registers_its_ops():
     for op in ("adaptive_modconv2d", "attention"):
         assert backend.cuda_extension_has(op) and backend.unavailable_reason("cuda", torch.device("cuda"), op) is None
     assert not backend.cuda_extension_has("no_such_op")
-    amc = importlib.import_module("gigagan_kernels.adaptive_modconv")
-    attn = importlib.import_module("gigagan_kernels.attention")
     with FakeTensorMode():
-        x = torch.empty(2, 4, 5, 7, device="cuda", dtype=torch.bfloat16)
+        x = torch.empty(2, 4, 5, 7, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         bank, logits, style = (torch.empty(*s, device="cuda", dtype=torch.bfloat16)
                                for s in ((3, 6, 4, 3, 3), (2, 3), (2, 4)))
-        y, lin, d = amc.cuda_forward_op()(x, bank, logits, style, None, None, True, 1e-8, "lrelu", 1.4, None, True)
+        y, lin, d = ops.adaptive_modconv2d_forward(x, bank, logits, style, None, None, True, 1e-8, "lrelu", 1.4,
+                                                   None, True)
         assert (y.shape, lin.shape, d.shape, d.dtype) == ((2, 6, 5, 7), (2, 6, 5, 7), (2, 6), torch.float32)
+        assert y.grad_fn is not None                                     # autograd registered at import
         grads = ops.adaptive_modconv2d_backward(y, d, x, bank, logits, style, True)
         assert [g.shape for g in grads] == [x.shape, bank.shape, logits.shape, style.shape]
         q, k, v = (torch.empty(2, 3, L, 16, device="cuda", dtype=torch.float16) for L in (9, 5, 5))
-        out, lse = attn.cuda_forward_op()(q, k, v, "l2", 0.25, None)
+        out, lse = ops.attention_forward(q.requires_grad_(), k, v, "l2", 0.25, None)
         assert (out.shape, lse.shape, lse.dtype) == ((2, 3, 9, 16), (2, 3, 9), torch.float32)
+        assert out.grad_fn is not None
         assert [g.shape for g in ops.attention_backward(out, q, k, v, out, lse, "l2", 0.25, None)] == [q.shape,
                                                                                                       k.shape, v.shape]

@@ -1,0 +1,162 @@
+"""What the static kernel report (kernel_report.py) compiles: every Triton config the dispatcher can pick, per
+input dtype, with the argument types the launchers pass and the integer specialisations Triton's JIT makes at
+GigaGAN's shapes (pointers 16-byte aligned, "divisible" integers multiples of 16, "ones" equal to 1).
+
+Each spec: kernel, config (a name), dtype, tensor_cores (a GEMM that must use them), num_warps, num_stages,
+pointers {arg: type}, floats (fp32 args), constexprs, optional divisible / ones, optional targets (a config
+table kept per architecture compiles only for its own).
+"""
+from __future__ import annotations
+
+import torch
+
+from gigagan_kernels import adaptive_modconv_triton as mc
+from gigagan_kernels import attention_triton as at
+
+TL_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+def adaptive_modconv_specs():
+    specs = []
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        t = TL_NAMES[dtype]
+        dot = dict(DOT_DTYPE=mc.dot_dtype(dtype), DOT_PRECISION="tf32" if dtype == torch.float32 else "ieee")
+        launch = lambda cfg: {k: cfg[k] for k in ("num_warps", "num_stages")}  # noqa: E731
+        blocks = lambda cfg: {k: v for k, v in cfg.items() if k.startswith("BLOCK")}  # noqa: E731
+        # Strategy "fused", with the integer hints the JIT specialises at GigaGAN's shapes.
+        fused_hints = dict(ones=("stride_an", "stride_sc"),
+                           divisible=("Cin", "Cout", "stride_bank_n", "stride_bank_o", "stride_sb", "stride_xb",
+                                      "stride_xc", "stride_gzb", "stride_gzc", "stride_db", "stride_cb"))
+        for n_pad, table in mc.FUSED_FWD_CONFIGS.items():
+            for name, cfg in table.items():
+                specs.append(dict(
+                    kernel=mc._fused_fwd_kernel, config=f"n{n_pad}{name}", dtype=t, tensor_cores=True, **launch(cfg),
+                    pointers=dict(X_ptr=t, Bank_ptr=t, A_ptr="fp32", S_ptr=t, D_ptr="fp32", Bias_ptr=t,
+                                  Noise_ptr=t, Y_ptr=t, Lin_ptr=t),
+                    floats=("eps", "gain", "clamp"),
+                    constexprs=dict(KSIZE=3, DEMOD=True, HAS_BIAS=True, HAS_NOISE=True, ACT=mc.ACT_LRELU,
+                                    HAS_CLAMP=True, SAVE_LIN=True, N_PAD=n_pad, GROUP=cfg["GROUP"],
+                                    MIX_COLS=max(16, cfg["GROUP"]), **dot, **blocks(cfg)), **fused_hints))
+        for n_pad, table in mc.FUSED_DX_CONFIGS.items():
+            for name, cfg in table.items():
+                specs.append(dict(
+                    kernel=mc._fused_dx_kernel, config=f"n{n_pad}{name}", dtype=t, tensor_cores=True, **launch(cfg),
+                    pointers=dict(GZ_ptr=t, X_ptr=t, Bank_ptr=t, A_ptr="fp32", S_ptr=t, DX_ptr=t, DS_ptr="fp32"),
+                    floats=(), constexprs=dict(KSIZE=3, N_PAD=n_pad, GROUP=cfg["GROUP"],
+                                               MIX_COLS=max(16, cfg["GROUP"]), **dot, **blocks(cfg)),
+                    **fused_hints))
+        for n_pad, cfg in mc.FUSED_DBANK_CONFIGS.items():
+            specs.append(dict(
+                kernel=mc._fused_dbank_kernel, config=f"n{n_pad}", dtype=t, tensor_cores=True, **launch(cfg),
+                pointers=dict(GZ_ptr=t, X_ptr=t, Bank_ptr=t, A_ptr="fp32", S_ptr=t, C_ptr="fp32", DBank_ptr=t,
+                              DAPart_ptr="fp32", DSR_ptr="fp32"),
+                floats=(), constexprs=dict(KSIZE=3, DEMOD=True, N_PAD=n_pad, GROUP=cfg["GROUP"],
+                                           MIX_COLS=max(16, cfg["GROUP"]), **dot, **blocks(cfg)), **fused_hints))
+        # Strategy "weights": N_PAD 16 covers N <= 16 (GigaGAN's 4 and 8), 32 the rest. The integer hints are
+        # what the JIT specialises at GigaGAN's shapes (channels multiples of 16, contiguous a and s,
+        # channels-last x and pixel-major gz in the implicit GEMMs).
+        split = dtype != torch.float32
+        mixing = dict(ones=("stride_an", "stride_sc"),
+                      divisible=("Cin", "Cout", "stride_bank_n", "stride_bank_o", "stride_sb", "stride_wb",
+                                 "stride_gwb", "stride_cb", "stride_db"))
+        for n_pad in (16, 32):
+            for gb, cfg in mc.BUILD_CONFIGS.items():
+                specs.append(dict(
+                    kernel=mc._build_weights_kernel, config=f"g{gb}n{n_pad}", dtype=t, tensor_cores=True, **launch(cfg),
+                    pointers=dict(Bank_ptr=t, A_ptr="fp32", S_ptr=t, Wt_ptr=t, D_ptr="fp32"), floats=("eps",),
+                    constexprs=dict(KK=9, DEMOD=True, N_PAD=n_pad, GROUP_B=gb, SPLIT_A=split, **dot,
+                                    **blocks(cfg)), **mixing))
+            for gb, cfg in mc.REDUCE_CONFIGS.items():
+                for dbank_type in sorted({t, "fp32"}):      # fp32 when several launches accumulate
+                    specs.append(dict(
+                        kernel=mc._reduce_dweights_kernel, config=f"g{gb}n{n_pad}-{dbank_type}", dtype=t,
+                        tensor_cores=True, **launch(cfg),
+                        pointers=dict(GW_ptr=t, Bank_ptr=t, A_ptr="fp32", S_ptr=t, C_ptr="fp32", DBank_ptr=dbank_type,
+                                      DAPart_ptr="fp32", DSPart_ptr="fp32"),
+                        floats=(), constexprs=dict(DEMOD=True, N_PAD=n_pad, GROUP_B=gb, **dot, **blocks(cfg)),
+                        **mixing))
+        epilogue = dict(DEMOD=True, HAS_BIAS=True, HAS_NOISE=True, ACT=mc.ACT_LRELU, HAS_CLAMP=True, SAVE_LIN=True)
+        for name, cfg in mc.CONV_FWD_CONFIGS.items():
+            specs.append(dict(
+                kernel=mc._conv_fwd_kernel, config=name, dtype=t, tensor_cores=True, **launch(cfg),
+                pointers=dict(X_ptr=t, Wt_ptr=t, D_ptr="fp32", Bias_ptr=t, Noise_ptr=t, Y_ptr=t, Lin_ptr=t),
+                floats=("gain", "clamp"), constexprs=dict(KSIZE=3, **epilogue, **dot, **blocks(cfg)),
+                ones=("stride_xc", "stride_yw", "stride_nw"),
+                divisible=("Cin", "Cout", "H", "W", "stride_xb", "stride_xh", "stride_xw", "stride_wb", "stride_db",
+                           "stride_nb", "stride_nc", "stride_nh", "stride_yb", "stride_yc", "stride_yh")))
+        for name, cfg in mc.CONV_DX_CONFIGS.items():
+            specs.append(dict(
+                kernel=mc._conv_dx_kernel, config=name, dtype=t, tensor_cores=True, **launch(cfg),
+                pointers=dict(GZ_ptr=t, Wt_ptr=t, DX_ptr=t), floats=(),
+                constexprs=dict(KSIZE=3, **dot, **blocks(cfg)), ones=("stride_gzc", "stride_dxw"),
+                divisible=("Cin", "Cout", "H", "W", "stride_gzb", "stride_gzp", "stride_wb", "stride_dxb",
+                           "stride_dxc", "stride_dxh")))
+        for name, cfg in mc.CONV_DWEIGHT_CONFIGS.items():
+            specs.append(dict(
+                kernel=mc._conv_dweight_kernel, config=name, dtype=t, tensor_cores=True, **launch(cfg),
+                pointers=dict(GZ_ptr=t, X_ptr=t, GW_ptr=t), floats=(),
+                constexprs=dict(KSIZE=3, **dot, **blocks(cfg)), ones=("stride_gzc", "stride_xc"),
+                divisible=("Cin", "Cout", "H", "W", "stride_gzb", "stride_gzp", "stride_xb", "stride_xh",
+                           "stride_xw", "stride_gwb")))
+        for kernel in (mc._im2col_kernel, mc._col2im_kernel):
+            specs.append(dict(
+                kernel=kernel, config="default", dtype=t, tensor_cores=False, **launch(mc.COLUMNS_CONFIG),
+                pointers={name: t for name in kernel.arg_names if name.endswith("_ptr")}, floats=(),
+                constexprs=dict(KSIZE=3, **blocks(mc.COLUMNS_CONFIG))))
+        specs.append(dict(
+            kernel=mc._epilogue_fwd_kernel, config="default", dtype=t, tensor_cores=False, **launch(mc.EPILOGUE_CONFIG),
+            pointers=dict(Conv_ptr=t, D_ptr="fp32", Bias_ptr=t, Noise_ptr=t, Y_ptr=t, Lin_ptr=t),
+            floats=("gain", "clamp"), constexprs=dict(**epilogue, **blocks(mc.EPILOGUE_CONFIG))))
+        for noise_grad in (1, 2):
+            specs.append(dict(
+                kernel=mc._epilogue_bwd_kernel, config=f"noise{noise_grad}", dtype=t, tensor_cores=False,
+                **launch(mc.EPILOGUE_CONFIG),
+                pointers=dict(GY_ptr=t, Lin_ptr=t, D_ptr="fp32", Bias_ptr=t, Noise_ptr=t, GZ_ptr=t, CPart_ptr="fp32",
+                              BiasPart_ptr="fp32", NoisePart_ptr="fp32"),
+                floats=("gain", "clamp"),
+                constexprs=dict(DEMOD=True, HAS_BIAS=True, HAS_NOISE=True, NOISE_GRAD=noise_grad, ACT=mc.ACT_LRELU,
+                                HAS_CLAMP=True, **blocks(mc.EPILOGUE_CONFIG))))
+    return specs
+
+
+def attention_specs():
+    """Every attention config the dispatcher can pick, per dtype and kind."""
+    specs = []
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        t = TL_NAMES[dtype]
+        width = "fp32" if dtype == torch.float32 else "16bit"
+        precision = "tf32" if width == "fp32" else "ieee"
+        for kind in (at.KIND_L2, at.KIND_DOT):
+            for (bd, w), cfg in at.FWD_CONFIGS.items():
+                if w == width:
+                    specs.append(dict(
+                        kernel=at._attn_fwd_kernel, config=f"d{bd}-{'l2' if kind else 'dot'}", dtype=t,
+                        tensor_cores=True, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+                        pointers=dict(Q_ptr=t, K_ptr=t, V_ptr=t, Bias_ptr="fp32", O_ptr=t, LSE_ptr="fp32"),
+                        floats=("qk_scale",), divisible=("D", "DV"),
+                        ones=("stride_qd", "stride_kd", "stride_vd", "stride_od"),
+                        constexprs=dict(HAS_BIAS=kind == at.KIND_L2, DOT_PRECISION=precision, BLOCK_M=cfg["BLOCK_M"],
+                                        BLOCK_N=cfg["BLOCK_N"], BLOCK_D=bd, BLOCK_DV=bd)))
+            for (bd, w, arch), cfg in at.BWD_CONFIGS.items():
+                if w == width:
+                    specs.append(dict(
+                        kernel=at._attn_bwd_kernel, config=f"d{bd}-{'l2' if kind else 'dot'}-{arch}", dtype=t,
+                        targets=(90,) if arch == "sm90" else (80,),
+                        tensor_cores=True, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+                        pointers=dict(Q_ptr=t, K_ptr=t, V_ptr=t, Bias_ptr="fp32", DO_ptr=t, LSE_ptr="fp32",
+                                      Delta_ptr="fp32", DQacc_ptr="fp32", DK_ptr=t, DV_ptr=t),
+                        floats=("qk_scale", "grad_scale"), divisible=("D", "DV"),
+                        ones=("stride_qd", "stride_kd", "stride_vd", "stride_dod", "stride_dkd", "stride_dvd"),
+                        constexprs=dict(KIND=kind, HAS_BIAS=kind == at.KIND_L2, DOT_PRECISION=precision,
+                                        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=bd, BLOCK_DV=bd)))
+        specs.append(dict(
+            kernel=at._key_bias_kernel, config="d128-l2-masked", dtype=t, tensor_cores=False,
+            num_warps=at.KEY_BIAS_CONFIG["num_warps"], num_stages=at.KEY_BIAS_CONFIG["num_stages"],
+            pointers=dict(K_ptr=t, Mask_ptr="i8", Bias_ptr="fp32"), floats=("bias_scale",),
+            constexprs=dict(KIND=at.KIND_L2, HAS_MASK=True, BLOCK_N=at.KEY_BIAS_CONFIG["BLOCK_N"], BLOCK_D=128)))
+        specs.append(dict(
+            kernel=at._attn_bwd_delta_kernel, config="d128", dtype=t, tensor_cores=False,
+            num_warps=at.DELTA_CONFIG["num_warps"], num_stages=at.DELTA_CONFIG["num_stages"],
+            pointers=dict(O_ptr=t, DO_ptr=t, Delta_ptr="fp32"), floats=(),
+            constexprs=dict(BLOCK_M=at.DELTA_CONFIG["BLOCK_M"], BLOCK_DV=128)))
+    return specs
