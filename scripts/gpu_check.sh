@@ -3,7 +3,10 @@
 # Phases, each under its own time limit so that one slow phase cannot cost the others their results:
 #   build  the CUDA extension against this machine's torch (sm_90 unless TORCH_CUDA_ARCH_LIST says otherwise),
 #   model  meanwhile, the model tests on the GPU (ref, torch and Triton; not the extension);
-#   ops    the op tests on CUDA tensors: bf16 / fp16 / fp32, large shapes, impl="cuda", against float64;
+#   cuda   first once the extension is built: every impl="cuda" test (each xdist worker a process of its own, so
+#          a crash loses one test, not the verdicts of the others), then compute-sanitizer memcheck on a small
+#          forward + backward of each op (scripts/cuda_memcheck.py);
+#   ops    the other op tests on CUDA tensors: bf16 / fp16 / fp32, large shapes, Triton, against float64;
 #   bench  the benchmarks at GigaGAN shapes: adaptive_modconv2d in bf16 and fp16 first (every provider: ref, peer,
 #          torch, triton and its two strategies, auto, cuda, the floors), then the end-to-end cases (the training
 #          step with auto among them), then attention; CSV, SUMMARY.md, plots. BENCH_ARGS replaces that plan with
@@ -27,7 +30,7 @@ PY=${PYTHON:-python3}
 OUT_DIR=$(mkdir -p "${OUT:-benchmarks/results}" && cd "${OUT:-benchmarks/results}" && pwd)
 WORK=$(mktemp -d)
 BUDGET=${GPU_CHECK_SECONDS:-470}      # under 8 minutes, building included
-PHASES=",${GPU_CHECK_PHASES:-build,model,ops,bench,train},"
+PHASES=",${GPU_CHECK_PHASES:-build,model,cuda,ops,bench,train},"
 START=$SECONDS
 left() { echo $(( BUDGET - (SECONDS - START) )); }
 # cap MAX RESERVE: a phase's limit, at most MAX seconds and leaving RESERVE for the phases after it
@@ -39,7 +42,7 @@ say() { echo "[gpu_check +$((SECONDS - START))s] $*" | tee -a "$LOG"; }
 # limit, or a worker that crashed, still says which tests passed and failed.
 verdicts() { for v in PASSED FAILED ERROR SKIPPED; do printf '%s %s  ' "$(grep -c " $v " "$1")" "$v"; done
              echo "(crashed workers: $(grep -c 'node down' "$1"))"; }
-build_rc=0 model_rc=0 ops_rc=0 bench_rc=0 train_rc=0
+build_rc=0 model_rc=0 cuda_rc=0 memcheck_rc=0 ops_rc=0 bench_rc=0 train_rc=0
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee -a "$LOG"
 if [ -d .whl ] && ! "$PY" -c "import open_clip" 2>/dev/null; then
@@ -67,20 +70,35 @@ if want build; then
   "$PY" -c "from gigagan_kernels import backend; print('cuda extension ops:', {op: backend.cuda_extension_has(op) for op in ('adaptive_modconv2d', 'attention')})" 2>&1 | tee -a "$LOG"
 fi
 
+if want cuda && [ "$build_rc" -eq 0 ]; then
+  timeout "$(cap 90 $(( BUDGET / 2 )))" "$PY" -m pytest tests/test_adaptive_modconv.py tests/test_attention.py \
+    tests/test_backend.py -k cuda -v -rfE -p no:cacheprovider -n 8 > "$WORK/cuda_tests.log" 2>&1
+  cuda_rc=$?
+  say "impl=cuda tests rc=$cuda_rc: $(verdicts "$WORK/cuda_tests.log")"
+  sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+  if [ -n "$sanitizer" ]; then
+    timeout "$(cap 60 $(( BUDGET * 2 / 5 )))" "$sanitizer" --tool memcheck --error-exitcode 3 --print-limit 20 \
+      "$PY" scripts/cuda_memcheck.py > "$OUT_DIR/memcheck.log" 2>&1
+    memcheck_rc=$?
+    say "compute-sanitizer memcheck rc=$memcheck_rc: $(grep -c 'Invalid\|ERROR SUMMARY: [1-9]' "$OUT_DIR/memcheck.log") findings; $(grep 'ERROR SUMMARY' "$OUT_DIR/memcheck.log")"
+  else
+    say "compute-sanitizer not found: no memcheck"
+  fi
+fi
 if want ops; then
   timeout "$(cap 150 $(( BUDGET * 2 / 5 )))" "$PY" -m pytest tests/test_adaptive_modconv.py tests/test_attention.py \
-    tests/test_backend.py -v -rfE -p no:cacheprovider -n 12 > "$WORK/op_tests.log" 2>&1
+    tests/test_backend.py -k "not cuda" -v -rfE -p no:cacheprovider -n 12 > "$WORK/op_tests.log" 2>&1
   ops_rc=$?
   say "op tests rc=$ops_rc: $(verdicts "$WORK/op_tests.log")"
 fi
-cat "$WORK"/model_tests.log "$WORK"/op_tests.log > "$OUT_DIR/tests.log" 2>/dev/null
+cat "$WORK"/model_tests.log "$WORK"/cuda_tests.log "$WORK"/op_tests.log > "$OUT_DIR/tests.log" 2>/dev/null
 
 if want bench; then
   # A CUDA kernel that faults poisons the process's context: then time the others and leave cuda out.
   no_cuda=()
-  if [ "$build_rc" -ne 0 ] || grep -q "illegal memory access\|CUDA error\|unspecified launch failure" "$WORK/op_tests.log" 2>/dev/null; then
+  if [ "$build_rc" -ne 0 ] || [ "$memcheck_rc" -ne 0 ] || grep -q "illegal memory access\|CUDA error\|unspecified launch failure" "$WORK/cuda_tests.log" 2>/dev/null; then
     no_cuda=(--providers ref,ref_cl,peer,torch,triton,triton_weights,triton_fused,auto,floor,floor_cl,floor_weights,sdpa_bias,lucidrains,lucidrains_patched)
-    say "cuda left out of the benchmarks (build rc=$build_rc, or a CUDA fault in the op tests)"
+    say "cuda left out of the benchmarks (build rc=$build_rc, memcheck rc=$memcheck_rc, or a CUDA fault in its tests)"
   fi
   bench() {  # bench SECONDS ARGS...: one benchmarks run into the shared CSV, under its own time limit
     local limit=$1; shift
@@ -118,5 +136,5 @@ fi
 extras=$(cd "$WORK" && ls results/SUMMARY.md results/*.png main/*.png main/log.jsonl 2>/dev/null)
 [ -n "$extras" ] && tar -czf "$OUT_DIR/extras.tgz" -C "$WORK" $extras
 [ "$OUT_DIR" = "$PWD/benchmarks/results" ] && cp "$WORK"/results/* benchmarks/results/ 2>/dev/null
-say "done: build rc=$build_rc model tests rc=$model_rc op tests rc=$ops_rc bench rc=$bench_rc train rc=$train_rc"
-exit $(( build_rc || model_rc || ops_rc || bench_rc || train_rc ))
+say "done: build rc=$build_rc model tests rc=$model_rc cuda tests rc=$cuda_rc memcheck rc=$memcheck_rc op tests rc=$ops_rc bench rc=$bench_rc train rc=$train_rc"
+exit $(( build_rc || model_rc || cuda_rc || memcheck_rc || ops_rc || bench_rc || train_rc ))

@@ -35,3 +35,11 @@ def test_supervised_bound_script_trains_g_and_writes_a_loadable_checkpoint(tmp_p
     bad = subprocess.run(cmd[:-4] + ["--fast", "no_such_module"], cwd=ROOT, env=train_env(), capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode == 2 and "matches no parameter of G" in bad.stderr
+
+
+def test_cuda_memcheck_script_needs_a_gpu():
+    """scripts/cuda_memcheck.py (what the GPU check runs under compute-sanitizer) imports and says why it cannot run
+    here, with its own exit code, instead of failing inside a kernel call."""
+    proc = subprocess.run([sys.executable, "scripts/cuda_memcheck.py"], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT, env=train_env())
+    assert proc.returncode == 2 and "needs a CUDA device" in proc.stderr, proc.stderr[-2000:]
