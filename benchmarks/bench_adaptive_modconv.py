@@ -6,7 +6,8 @@ Providers:
   peer            lucidrains/gigagan-pytorch's own AdaptiveConv2DMod (gigagan-pytorch 0.3.0, style = mod + 1),
                   with the epilogue its blocks apply after it (noise, bias, leaky ReLU * sqrt 2)
   torch           the plain-torch composite (its cheapest form per call)
-  triton          the Triton kernels, strategy picked per shape; triton_weights / triton_fused force one
+  triton          the Triton kernels, strategy picked per shape; triton_weights / triton_fused force one;
+                  triton_fused@<tiles> runs "fused" with the FUSED_SWEEP tiles <tiles> (stages3, o64, r16)
   auto            what a user gets by default (impl="auto")
   cuda            the CUDA C++ extension, when built
   floor           a dense F.conv2d (cuDNN) of the same shape with one shared weight: the lower bound
@@ -21,6 +22,7 @@ warm-up runs that search.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -43,8 +45,10 @@ CPU_SHAPES = {
     "cpu_torgb": dict(B=4, Cin=32, Cout=3, H=32, W=32, N=1, k=1),
     "cpu_d_predictor_4x4": dict(B=64, Cin=64, Cout=64, H=4, W=4, N=1, k=3),   # the tiny D's psi at batch 16
 }
+# The "fused" strategy with the tiles of adaptive_modconv_triton.FUSED_SWEEP (timed last: a sweep, not a product).
+FUSED_SWEEP_PROVIDERS = ("triton_fused@stages3", "triton_fused@o64", "triton_fused@r16")
 PROVIDERS = ("ref", "ref_cl", "peer", "torch", "triton", "triton_weights", "triton_fused", "auto", "cuda", "floor",
-             "floor_cl", "floor_weights")
+             "floor_cl", "floor_weights") + FUSED_SWEEP_PROVIDERS
 PEER_PACKAGE = "gigagan-pytorch==0.3.0"
 
 
@@ -118,10 +122,12 @@ def forward_fn(provider: str, inp: dict):
     if provider == "ref":
         return (lambda: adaptive_modconv2d_ref(*params, noise=inp["noise"], activation="lrelu")), params
     if provider.startswith("triton_"):
-        strategy = provider.split("_", 1)[1]
+        strategy, _, tiles = provider.split("_", 1)[1].partition("@")
 
         def run_strategy():
-            with adaptive_modconv.use_strategy(strategy):
+            from gigagan_kernels import adaptive_modconv_triton as kernels
+            with adaptive_modconv.use_strategy(strategy), (kernels.use_fused_tiles(tiles) if tiles else
+                                                           contextlib.nullcontext()):
                 return adaptive_modconv2d(*params, noise=inp["noise"], activation="lrelu", impl="triton")
         return run_strategy, params
     return (lambda: adaptive_modconv2d(*params, noise=inp["noise"], activation="lrelu", impl=provider)), params

@@ -27,27 +27,31 @@ def adaptive_modconv_specs():
         fused_hints = dict(ones=("stride_an", "stride_sc"),
                            divisible=("Cin", "Cout", "stride_bank_n", "stride_bank_o", "stride_sb", "stride_xb",
                                       "stride_xc", "stride_gzb", "stride_gzc", "stride_db", "stride_cb"))
-        for n_pad, table in mc.FUSED_FWD_CONFIGS.items():
-            for name, cfg in table.items():
-                specs.append(dict(
-                    kernel=mc._fused_fwd_kernel, config=f"n{n_pad}{name}", dtype=t, tensor_cores=True, **launch(cfg),
-                    pointers=dict(X_ptr=t, Bank_ptr=t, A_ptr="fp32", S_ptr=t, D_ptr="fp32", Bias_ptr=t,
-                                  Noise_ptr=t, Y_ptr=t, Lin_ptr=t),
-                    floats=("eps", "gain", "clamp"),
-                    constexprs=dict(KSIZE=3, DEMOD=True, HAS_BIAS=True, HAS_NOISE=True, ACT=mc.ACT_LRELU,
-                                    HAS_CLAMP=True, SAVE_LIN=True, N_PAD=n_pad, GROUP=cfg["GROUP"],
-                                    MIX_COLS=max(16, cfg["GROUP"]), **dot, **blocks(cfg)), **fused_hints))
-        for n_pad, table in mc.FUSED_DX_CONFIGS.items():
-            for name, cfg in table.items():
-                specs.append(dict(
-                    kernel=mc._fused_dx_kernel, config=f"n{n_pad}{name}", dtype=t, tensor_cores=True, **launch(cfg),
-                    pointers=dict(GZ_ptr=t, X_ptr=t, Bank_ptr=t, A_ptr="fp32", S_ptr=t, DX_ptr=t, DS_ptr="fp32"),
-                    floats=(), constexprs=dict(KSIZE=3, N_PAD=n_pad, GROUP=cfg["GROUP"],
-                                               MIX_COLS=max(16, cfg["GROUP"]), **dot, **blocks(cfg)),
-                    **fused_hints))
-        for n_pad, cfg in mc.FUSED_DBANK_CONFIGS.items():
+        fwd_configs = [(f"n{n_pad}{name}", n_pad, cfg) for n_pad, table in mc.FUSED_FWD_CONFIGS.items()
+                       for name, cfg in table.items()]
+        fwd_configs += [(f"n16-sweep-{name}", 16, tiles["fwd"]) for name, tiles in mc.FUSED_SWEEP.items()
+                        if tiles["fwd"] not in mc.FUSED_FWD_CONFIGS[16].values()]
+        dbank_configs = [(f"n{n_pad}", n_pad, cfg) for n_pad, cfg in mc.FUSED_DBANK_CONFIGS.items()]
+        dbank_configs += [(f"n16-sweep-{name}", 16, tiles["dbank"]) for name, tiles in mc.FUSED_SWEEP.items()
+                          if tiles["dbank"] != mc.FUSED_DBANK_CONFIGS[16]]
+        for config, n_pad, cfg in fwd_configs:
             specs.append(dict(
-                kernel=mc._fused_dbank_kernel, config=f"n{n_pad}", dtype=t, tensor_cores=True, **launch(cfg),
+                kernel=mc._fused_fwd_kernel, config=config, dtype=t, tensor_cores=True, **launch(cfg),
+                pointers=dict(X_ptr=t, Bank_ptr=t, A_ptr="fp32", S_ptr=t, D_ptr="fp32", Bias_ptr=t,
+                              Noise_ptr=t, Y_ptr=t, Lin_ptr=t),
+                floats=("eps", "gain", "clamp"),
+                constexprs=dict(KSIZE=3, DEMOD=True, HAS_BIAS=True, HAS_NOISE=True, ACT=mc.ACT_LRELU,
+                                HAS_CLAMP=True, SAVE_LIN=True, N_PAD=n_pad, GROUP=cfg["GROUP"],
+                                MIX_COLS=max(16, cfg["GROUP"]), **dot, **blocks(cfg)), **fused_hints))
+            dx = {("BLOCK_I" if name == "BLOCK_O" else name): v for name, v in cfg.items()}
+            specs.append(dict(
+                kernel=mc._fused_dx_kernel, config=config, dtype=t, tensor_cores=True, **launch(dx),
+                pointers=dict(GZ_ptr=t, X_ptr=t, Bank_ptr=t, A_ptr="fp32", S_ptr=t, DX_ptr=t, DS_ptr="fp32"),
+                floats=(), constexprs=dict(KSIZE=3, N_PAD=n_pad, GROUP=dx["GROUP"], MIX_COLS=max(16, dx["GROUP"]),
+                                           **dot, **blocks(dx)), **fused_hints))
+        for config, n_pad, cfg in dbank_configs:
+            specs.append(dict(
+                kernel=mc._fused_dbank_kernel, config=config, dtype=t, tensor_cores=True, **launch(cfg),
                 pointers=dict(GZ_ptr=t, X_ptr=t, Bank_ptr=t, A_ptr="fp32", S_ptr=t, C_ptr="fp32", DBank_ptr=t,
                               DAPart_ptr="fp32", DSR_ptr="fp32"),
                 floats=(), constexprs=dict(KSIZE=3, DEMOD=True, N_PAD=n_pad, GROUP=cfg["GROUP"],

@@ -20,8 +20,10 @@ the host launchers.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -855,11 +857,6 @@ FUSED_FWD_CONFIGS = {
     }
     for n_pad in (16, 32)
 }
-FUSED_DX_CONFIGS = {
-    n_pad: {key: {("BLOCK_I" if name == "BLOCK_O" else name): v for name, v in cfg.items()}
-            for key, cfg in table.items()}
-    for n_pad, table in FUSED_FWD_CONFIGS.items()
-}
 # The bank-gradient kernel: the N bank tiles of a (Cout, r) slice and their fp32 gradient stay on chip
 # across the batch, with one group's per-sample gradients at a time. Tall r tiles: a gz tile is reused
 # across the whole r tile, while the activations' 9 taps come mostly from L1.
@@ -868,6 +865,38 @@ FUSED_DBANK_CONFIGS = {
     32: dict(GROUP=8, BLOCK_O=16, BLOCK_K=16, BLOCK_P=16, num_warps=8, num_stages=2),
 }
 MAX_FILTERS = max(FUSED_DBANK_CONFIGS)
+# Alternatives the GPU check times beside the defaults (N <= 16, more than 16 pixels per sample), each spill-free
+# in the static report: a deeper pipeline, wider output tiles (more MACs per gathered activation, the bank mixed
+# once per 32 pixels), shorter bank-gradient r tiles. use_fused_tiles forces one.
+FUSED_SWEEP = {
+    "stages3": dict(fwd=dict(FUSED_FWD_CONFIGS[16]["p64"], num_stages=3), dbank=FUSED_DBANK_CONFIGS[16]),
+    "o64": dict(fwd=dict(GROUP=8, BLOCK_P=32, BLOCK_O=64, BLOCK_K=16, num_warps=8, num_stages=2),
+                dbank=FUSED_DBANK_CONFIGS[16]),
+    "r16": dict(fwd=FUSED_FWD_CONFIGS[16]["p64"],
+                dbank=dict(GROUP=8, BLOCK_O=16, BLOCK_K=16, BLOCK_P=32, num_warps=8, num_stages=2)),
+}
+_fused_tiles = threading.local()
+
+
+@contextlib.contextmanager
+def use_fused_tiles(name: str):
+    """Run the "fused" strategy with the FUSED_SWEEP tiles `name` (where they apply), e.g. to time them."""
+    if name not in FUSED_SWEEP:
+        raise ValueError(f"use_fused_tiles(name): expected one of {tuple(FUSED_SWEEP)}, got {name!r}")
+    from .backend import thread_override
+    with thread_override(_fused_tiles, name):
+        yield
+
+
+def fused_configs(N: int, P: int) -> tuple:
+    """(forward, dx, bank-gradient) configs of the "fused" strategy for a bank of N filters and P pixels."""
+    n_pad = bank_pad(N)
+    fwd, dbank = pick_pixel_config(FUSED_FWD_CONFIGS[n_pad], P), FUSED_DBANK_CONFIGS[n_pad]
+    forced = getattr(_fused_tiles, "value", None)
+    if forced is not None and n_pad == 16 and P > 16:
+        fwd, dbank = FUSED_SWEEP[forced]["fwd"], FUSED_SWEEP[forced]["dbank"]
+    dx = {("BLOCK_I" if k == "BLOCK_O" else k): v for k, v in fwd.items()}
+    return fwd, dx, dbank
 
 
 def pick_pixel_config(table: dict, P: int) -> dict:
@@ -1267,7 +1296,7 @@ def fused_forward(x, bank, a, s, bias, noise, *, demodulate, eps, activation_cod
     y = torch.empty((B, Cout, H, W), device=x.device, dtype=x.dtype, memory_format=memory_format)
     lin = torch.empty_like(y) if save_lin else y.new_empty((0,))
     d = (torch.empty if demodulate else torch.ones)((B, Cout), device=x.device, dtype=torch.float32)
-    cfg = pick_pixel_config(FUSED_FWD_CONFIGS[bank_pad(N)], H * W)
+    cfg = fused_configs(N, H * W)[0]
     grid = _flat_grid(triton.cdiv(B, cfg["GROUP"]), triton.cdiv(H * W, cfg["BLOCK_P"]),
                       triton.cdiv(Cout, cfg["BLOCK_O"]))
     _fused_fwd_kernel[grid](
@@ -1296,7 +1325,7 @@ def fused_backward(gz, c, x, bank, a, s, *, demodulate):
     ds = torch.zeros((B, Cin), device=x.device, dtype=torch.float32)
     # The dx kernel also produces the style gradient's sum_p dxs * x, so it runs even when x needs no grad.
     dx = torch.empty_like(x)
-    cfg = pick_pixel_config(FUSED_DX_CONFIGS[bank_pad(N)], H * W)
+    _, cfg, dbank_cfg = fused_configs(N, H * W)
     grid = _flat_grid(triton.cdiv(B, cfg["GROUP"]), triton.cdiv(H * W, cfg["BLOCK_P"]),
                       triton.cdiv(Cin, cfg["BLOCK_I"]))
     _fused_dx_kernel[grid](
@@ -1305,7 +1334,7 @@ def fused_backward(gz, c, x, bank, a, s, *, demodulate):
         a.stride(0), a.stride(1), s.stride(0), s.stride(1), ds.stride(0), *dx.stride(),
         KSIZE=k, **_fused_constexprs(x.dtype, N, cfg),
     )
-    cfg = FUSED_DBANK_CONFIGS[bank_pad(N)]
+    cfg = dbank_cfg
     num_programs = triton.cdiv(Cout, cfg["BLOCK_O"]) * triton.cdiv(R, cfg["BLOCK_K"])
     dbank = torch.empty_like(bank)
     da_part = torch.empty((num_programs, B, N), device=x.device, dtype=torch.float32)

@@ -279,25 +279,22 @@ def _triton_fused(card, s: Shape):
     the bank once per K step for the group (a dot on the bank rows), then run the per-sample GEMMs as one
     batched dot; dx the same way; the bank gradient from on-chip per-sample gradients. Tiles are the
     launchers' own config tables, padding included."""
-    from .adaptive_modconv_triton import (FUSED_DBANK_CONFIGS, FUSED_DX_CONFIGS, FUSED_FWD_CONFIGS, bank_pad,
-                                          pick_pixel_config)
+    from .adaptive_modconv_triton import bank_pad, fused_configs
     e = s.element_size
     n_pad = bank_pad(s.N)
     kk = s.k * s.k
+    fwd_cfg, dx_cfg, c = fused_configs(s.N, s.P)
 
-    def conv(name, table, channels_out, reduction, hbm_bytes):
-        c = pick_pixel_config(table[n_pad], s.P)
-        g, bp, bk = c["GROUP"], c["BLOCK_P"], c["BLOCK_K"]
-        bo = c.get("BLOCK_O", c.get("BLOCK_I"))
+    def conv(name, cfg, channels_out, reduction, hbm_bytes):
+        g, bp, bk = cfg["GROUP"], cfg["BLOCK_P"], cfg["BLOCK_K"]
+        bo = cfg.get("BLOCK_O", cfg.get("BLOCK_I"))
         programs = -(-s.B // g) * -(-s.P // bp) * -(-channels_out // bo)
         mix_flops = 2 * bo * bk * n_pad * max(16, g)
         step_flops = 2 * g * bp * bo * bk + mix_flops
         step_l2 = (s.N * bo * bk + g * bp * bk) * e
         return _group_kernel(card, name, programs, -(-reduction // bk), step_flops, step_l2, hbm_bytes=hbm_bytes)
 
-    fwd = [conv("fused forward (mix, GEMM, d, epilogue)", FUSED_FWD_CONFIGS, s.Cout, s.R,
-                (s.bank + s.x + 3 * s.y) * e)]
-    c = FUSED_DBANK_CONFIGS[n_pad]
+    fwd = [conv("fused forward (mix, GEMM, d, epilogue)", fwd_cfg, s.Cout, s.R, (s.bank + s.x + 3 * s.y) * e)]
     g, bo, bk, bp = c["GROUP"], c["BLOCK_O"], c["BLOCK_K"], c["BLOCK_P"]
     programs = -(-s.Cout // bo) * -(-s.R // bk)
     groups = -(-s.B // g)
@@ -308,7 +305,7 @@ def _triton_fused(card, s: Shape):
                           2 * g * bo * bk * bp, (g * bo * bp + g * bp * bk) * e,
                           per_program=groups * 4 * card.group_step, hbm_bytes=(2 * s.bank + s.x + s.y) * e)
     bwd = [_stage(card, "epilogue backward (1 kernel)", hbm_bytes=3 * s.y * e),
-           conv("dx (group-mixed tiles)", FUSED_DX_CONFIGS, s.Cin, s.Cout * kk, (s.bank + 2 * s.x + s.y) * e),
+           conv("dx (group-mixed tiles)", dx_cfg, s.Cin, s.Cout * kk, (s.bank + 2 * s.x + s.y) * e),
            dbank]
     return fwd, bwd
 

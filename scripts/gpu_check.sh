@@ -97,7 +97,7 @@ if want bench; then
   # A CUDA kernel that faults poisons the process's context: then time the others and leave cuda out.
   no_cuda=()
   if [ "$build_rc" -ne 0 ] || [ "$memcheck_rc" -ne 0 ] || grep -q "illegal memory access\|CUDA error\|unspecified launch failure" "$WORK/cuda_tests.log" 2>/dev/null; then
-    no_cuda=(--providers ref,ref_cl,peer,torch,triton,triton_weights,triton_fused,auto,floor,floor_cl,floor_weights,sdpa_bias,lucidrains,lucidrains_patched)
+    no_cuda=(--providers ref,ref_cl,peer,torch,triton,triton_weights,triton_fused,auto,floor,floor_cl,floor_weights,triton_fused@stages3,triton_fused@o64,triton_fused@r16,sdpa_bias,lucidrains,lucidrains_patched)
     say "cuda left out of the benchmarks (build rc=$build_rc, memcheck rc=$memcheck_rc, or a CUDA fault in its tests)"
   fi
   bench() {  # bench SECONDS ARGS...: one benchmarks run into the shared CSV, under its own time limit

@@ -469,6 +469,24 @@ def test_fused_strategy_tiles(shape, dtype, demodulate, device, poison_outputs):
     check_against_reference(inputs, "triton:fused", dtype, activation="lrelu", demodulate=demodulate)
 
 
+@pytest.mark.parametrize("tiles", ["stages3", "o64", "r16"])
+def test_fused_strategy_sweep_tiles(tiles, device, poison_outputs):
+    """Every alternative the GPU check sweeps (FUSED_SWEEP) against the float64 oracle, across two groups and (o64)
+    two pixel tiles per sample."""
+    from gigagan_kernels import adaptive_modconv_triton as kernels
+    from benchmarks.bench_adaptive_modconv import FUSED_SWEEP_PROVIDERS
+    assert FUSED_SWEEP_PROVIDERS == tuple(f"triton_fused@{name}" for name in kernels.FUSED_SWEEP)
+    inputs = make_inputs(10, 6, 40, 8, 8, 5, 3, dtype=torch.float16, device=device, seed=31, bias=True, noise="pixel")
+    with kernels.use_fused_tiles(tiles):
+        fwd, _, dbank = kernels.fused_configs(5, 64)
+        assert (fwd, dbank) == (kernels.FUSED_SWEEP[tiles]["fwd"], kernels.FUSED_SWEEP[tiles]["dbank"])
+        check_against_reference(inputs, "triton:fused", torch.float16, activation="lrelu")
+    assert kernels.fused_configs(5, 64)[0] == kernels.FUSED_FWD_CONFIGS[16]["p64"]
+    with pytest.raises(ValueError, match="use_fused_tiles"):
+        with kernels.use_fused_tiles("huge"):
+            pass
+
+
 def test_fused_strategy_int32_limit():
     from gigagan_kernels import adaptive_modconv_triton as kernels
     assert kernels.fused_unsupported((32, 1024, 8, 8), (8, 1024, 1024, 3, 3)) is None
