@@ -536,6 +536,22 @@ def _group_mix(bank, a_t, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 
 
 @triton.jit
+def _group_program(B, P, W, GROUP: tl.constexpr, BLOCK_P: tl.constexpr):
+    """A group-kernel program's place: (channel tile, pixel tile, first sample of its group, the group's local
+    sample indices and mask, its pixel tile's indices, mask, rows and columns). Groups vary fastest, so the
+    programs that read one bank slice run together (L2 reuse)."""
+    num_g = tl.cdiv(B, GROUP)
+    num_p = tl.cdiv(P, BLOCK_P)
+    pid = tl.program_id(0)
+    pid_p = (pid // num_g) % num_p
+    group_start = (pid % num_g) * GROUP
+    offs_gl = tl.arange(0, GROUP)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    return (pid // (num_g * num_p), pid_p, group_start, offs_gl, group_start + offs_gl < B, offs_p, offs_p < P,
+            offs_p // W, offs_p % W)
+
+
+@triton.jit
 def _fused_fwd_kernel(
     X_ptr, Bank_ptr, A_ptr, S_ptr, D_ptr, Bias_ptr, Noise_ptr, Y_ptr, Lin_ptr,
     B, Cin, Cout, H, W, N, eps, gain, clamp,
@@ -560,21 +576,7 @@ def _fused_fwd_kernel(
     PAD: tl.constexpr = KSIZE // 2
     P = H * W
     R = Cin * KK
-    num_g = tl.cdiv(B, GROUP)
-    num_p = tl.cdiv(P, BLOCK_P)
-    pid = tl.program_id(0)
-    # Groups vary fastest: the programs that read one bank slice run together (L2 reuse).
-    pid_g = pid % num_g
-    pid_p = (pid // num_g) % num_p
-    pid_o = pid // (num_g * num_p)
-    group_start = pid_g * GROUP
-
-    offs_gl = tl.arange(0, GROUP)
-    g_mask = group_start + offs_gl < B
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_mask = offs_p < P
-    oh = offs_p // W
-    ow = offs_p % W
+    pid_o, pid_p, group_start, offs_gl, g_mask, offs_p, p_mask, oh, ow = _group_program(B, P, W, GROUP, BLOCK_P)
     offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
     o_mask = offs_o < Cout
     offs_n = tl.arange(0, N_PAD)
@@ -652,20 +654,7 @@ def _fused_dx_kernel(
     KK: tl.constexpr = KSIZE * KSIZE
     PAD: tl.constexpr = KSIZE // 2
     P = H * W
-    num_g = tl.cdiv(B, GROUP)
-    num_p = tl.cdiv(P, BLOCK_P)
-    pid = tl.program_id(0)
-    pid_g = pid % num_g
-    pid_p = (pid // num_g) % num_p
-    pid_i = pid // (num_g * num_p)
-    group_start = pid_g * GROUP
-
-    offs_gl = tl.arange(0, GROUP)
-    g_mask = group_start + offs_gl < B
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_mask = offs_p < P
-    oh = offs_p // W
-    ow = offs_p % W
+    pid_i, _, group_start, offs_gl, g_mask, offs_p, p_mask, oh, ow = _group_program(B, P, W, GROUP, BLOCK_P)
     offs_i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
     i_mask = offs_i < Cin
     offs_n = tl.arange(0, N_PAD)
