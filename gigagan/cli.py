@@ -170,14 +170,13 @@ def cmd_sample(args) -> int:
         os.makedirs(args.outdir, exist_ok=True)
         if not os.access(args.outdir, os.W_OK):
             raise UsageError(f"--outdir {args.outdir}: not writable")
+    names = [f"{j // args.per_prompt:05d}-{j % args.per_prompt:03d}.png" for j in range(len(prompts))]
     images, done = [], 0
     for batch in _generate_batches(_load(args).generator, args, prompts):
         if args.outdir is None:
             images.append(batch.cpu())
         else:
-            names = [f"{j // args.per_prompt:05d}-{j % args.per_prompt:03d}.png"
-                     for j in range(done, done + len(batch))]
-            save_images(batch, args.outdir, names)
+            save_images(batch, args.outdir, names[done:done + len(batch)])
         done += len(batch)
     if args.outdir is None:
         save_grid(torch.cat(images), args.out, captions=prompts, columns=args.columns)
@@ -186,8 +185,7 @@ def cmd_sample(args) -> int:
     manifest = os.path.join(args.outdir, "prompts.jsonl")
     with open(manifest + ".tmp", "w", encoding="utf-8") as f:
         for j, prompt in enumerate(prompts):
-            f.write(json.dumps({"file": f"{j // args.per_prompt:05d}-{j % args.per_prompt:03d}.png", "prompt": prompt,
-                                "seed": args.seed, "index": j}) + "\n")
+            f.write(json.dumps({"file": names[j], "prompt": prompt, "seed": args.seed, "index": j}) + "\n")
     os.replace(manifest + ".tmp", manifest)
     print(f"wrote {len(prompts)} images and prompts.jsonl to {args.outdir}")
     return 0

@@ -865,6 +865,10 @@ FUSED_SWEEP = {
                 dbank=dict(GROUP=8, BLOCK_O=16, BLOCK_K=16, BLOCK_P=32, num_warps=8, num_stages=2)),
 }
 _fused_tiles = threading.local()
+# The largest group any fused config takes: what bounds its int32 in-group offsets.
+MAX_FUSED_GROUP = max([c["GROUP"] for t in FUSED_FWD_CONFIGS.values() for c in t.values()]
+                      + [c["GROUP"] for c in FUSED_DBANK_CONFIGS.values()]
+                      + [c["GROUP"] for t in FUSED_SWEEP.values() for c in t.values()])
 
 
 @contextlib.contextmanager
@@ -1260,8 +1264,7 @@ def fused_unsupported(x_shape, bank_shape) -> str | None:
     inside the bank are int32."""
     B, Cin, H, W = x_shape
     N, Cout, _, k, _ = bank_shape
-    group = max(max(c["GROUP"] for c in t.values()) for t in FUSED_FWD_CONFIGS.values())
-    group = max(group, max(c["GROUP"] for c in FUSED_DBANK_CONFIGS.values()))
+    group = MAX_FUSED_GROUP
     if group * max(Cin, Cout) * H * W >= 2**31 or N * Cout * Cin * k * k >= 2**31:
         return (f"a group of {group} samples of {max(Cin, Cout) * H * W} elements, or a bank of "
                 f"{N * Cout * Cin * k * k}, exceeds the 'fused' strategy's int32 offsets")

@@ -37,7 +37,11 @@ def init_distributed(device_type: Optional[str] = None):
 def agree(flags, device, world: int, op=dist.ReduceOp.MAX) -> list:
     """Flags (bools or 0-d tensors) reduced over every rank (MAX: any rank's; MIN: all ranks'), read back in
     one host sync."""
-    t = torch.stack([torch.as_tensor(f, dtype=torch.float32, device=device).reshape(()) for f in flags])
+    # Host values travel in one copy; device values are gathered on the device.
+    t = torch.tensor([0.0 if torch.is_tensor(f) else float(f) for f in flags], device=device)
+    on_device = [i for i, f in enumerate(flags) if torch.is_tensor(f)]
+    if on_device:
+        t[on_device] = torch.stack([flags[i].to(device=device, dtype=torch.float32).reshape(()) for i in on_device])
     if world > 1:
         dist.all_reduce(t, op=op)
     return [v > 0 for v in t.tolist()]
