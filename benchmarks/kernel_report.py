@@ -129,9 +129,9 @@ def build_report(jobs: int | None = None):
 # ----------------------------------------------------------------------------------------------
 # The CUDA extension: every kernel in the built library, per target, read with cuobjdump.
 # ----------------------------------------------------------------------------------------------
-# Kernels whose work is a GEMM and must run on tensor cores; the rest are small elementwise passes.
-_CUDA_GEMM_KERNELS = ("modconv_forward_kernel", "modconv_grad_x_kernel", "modconv_grad_bank_kernel",
-                      "attention_forward_kernel", "attention_grad_kv_kernel", "attention_grad_q_kernel")
+# Kernels whose work is a GEMM and must run on tensor cores. The modconv's GEMMs are cuBLAS / cuDNN calls from
+# csrc/adaptive_modconv.cpp; its kernels are the memory-bound passes around them (FMAs, no MMA).
+_CUDA_GEMM_KERNELS = ("attention_forward_kernel", "attention_grad_kv_kernel", "attention_grad_q_kernel")
 _CUDA_DTYPES = {"float": "fp32", "__half": "fp16", "__nv_bfloat16": "bf16"}
 
 

@@ -1,506 +1,519 @@
-// CUDA kernels for sample-adaptive kernel-selection modulated convolution (docs/design.md §2).
-//
-// Notation: a = softmax(select_logits) [B,N], s = style [B,Cin], K[b] = sum_n a[b,n] W[n],
-// d[b,o] = rsqrt(sum_{i,t} (K[b,o,i,t] s[b,i])^2 + eps). Because s scales input channels and d output
-// channels,  lin[b,o,p] = d[b,o] * sum_{i,t} K[b,o,i,t] * s[b,i] x[b,i,p+off(t)],  so every GEMM mixes
-// the N bank tiles with a[b] while staging them into shared memory and modulates the *activations*.
-// No [B,Cout,Cin,k,k] tensor exists anywhere. The GEMMs run on tensor cores (WMMA: fp16/bf16, TF32 for
-// fp32) with fp32 accumulation. The same decomposition as the Triton kernels (adaptive_modconv_triton.py):
-//   softmax rows -> demodulation coefficients -> forward implicit GEMM with the fused epilogue;
-//   backward: input gradient (transposed implicit GEMM, also the style gradient's sum_p dxs*x) and the
-//   bank / selection / style gradient, then the softmax backward.
+// CUDA kernels of sample-adaptive kernel-selection modulated convolution, the "weights" decomposition
+// (docs/design.md §2; benchmarks/NOTES.md, "CUDA C++ v2"). No torch headers: the GEMMs run in
+// adaptive_modconv.cpp as cuBLAS batched GEMMs through ATen; here are the memory-bound passes around them,
+// each one read of its inputs:
+//   build_weights_kernel       the bank row read once per group of samples (16-byte loads), mixed with a[b] on
+//                              FMAs, times s, written once; d's sum of squares in the same pass
+//   im2col_kernel / col2im     columns in the weights' row order (r = i*k*k + t) for the batched GEMMs
+//   epilogue_forward_kernel    d, noise, bias, lrelu * gain, clamp, and lin for the backward
+//   epilogue_backward_kernel   a warp per (b, o): gz = d g, the demodulation term c, dbias's per-sample sums
+//   reduce_weight_grad_kernel  gw -> dbank, dselect, dstyle, with the bank slice and its gradient in registers
+// Index math: a thread owns E consecutive elements of a weight row; its channel index is one division per
+// chunk, then stepped, never a division per element.
+#include <algorithm>
+
 #include "adaptive_modconv.h"
 #include "common.cuh"
 
 namespace gigagan {
 namespace {
 
-template <typename T>
-__global__ void softmax_rows_kernel(const T* logits, int64_t stride_b, int64_t stride_n, float* a, int B, int N) {
-    const int b = blockIdx.x * blockDim.x + threadIdx.x;
-    if (b >= B) return;
-    const T* row = logits + b * stride_b;
-    float row_max = -INFINITY;
-    for (int n = 0; n < N; ++n) row_max = fmaxf(row_max, to_float(row[n * stride_n]));
-    float total = 0.f;
-    for (int n = 0; n < N; ++n) total += expf(to_float(row[n * stride_n]) - row_max);
-    for (int n = 0; n < N; ++n) a[(int64_t)b * N + n] = expf(to_float(row[n * stride_n]) - row_max) / total;
-}
-
-// d[b,o]: one warp per (b, o), lanes stride over the contiguous (channel, tap) index of the bank row.
-template <typename T>
-__global__ void demodulation_kernel(ModconvForwardParams p) {
-    const ModconvShape sh = p.shape;
-    __shared__ float a_s[kModconvMaxFilters];
-    const int b = blockIdx.y;
-    if (threadIdx.x < sh.N) a_s[threadIdx.x] = p.a[(int64_t)b * sh.N + threadIdx.x];
-    __syncthreads();
-    const int lane = threadIdx.x % kWarpSize;
-    const int o = blockIdx.x * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
-    if (o >= sh.Cout) return;
-    const int KK = sh.ksize * sh.ksize;
-    const int64_t k_total = (int64_t)sh.Cin * KK;
-    const int64_t bank_n = (int64_t)sh.Cout * k_total;
-    const T* bank = static_cast<const T*>(p.weight_bank) + o * k_total;
-    const T* style = static_cast<const T*>(p.style) + b * p.stride_style[0];
-    float sumsq = 0.f;
-    for (int64_t k = lane; k < k_total; k += kWarpSize) {
-        float w = 0.f;
-        for (int n = 0; n < sh.N; ++n) w += a_s[n] * to_float(bank[n * bank_n + k]);
-        w *= to_float(style[(k / KK) * p.stride_style[1]]);
-        sumsq += w * w;
-    }
-    sumsq = warp_sum(sumsq);
-    if (lane == 0) p.d[(int64_t)b * sh.Cout + o] = rsqrtf(sumsq + p.eps);
-}
-
-// Pixel-tiled implicit GEMMs: BM pixels x BN channels per block, BK reduction steps, warps WARPS_M x WARPS_N.
-template <int BM_, int BN_, int BK_, int WARPS_M_, int WARPS_N_>
-struct PixelTile {
-    static constexpr int BM = BM_, BN = BN_, BK = BK_, WARPS_M = WARPS_M_, WARPS_N = WARPS_N_;
-    static constexpr int THREADS = kWarpSize * WARPS_M * WARPS_N;
-    static constexpr int FM = BM / WARPS_M / 16, FN = BN / WARPS_N / 16;
-    static_assert(FM >= 1 && FN >= 1 && FM * WARPS_M * 16 == BM && FN * WARPS_N * 16 == BN, "bad warp layout");
-};
-// One table for forward and input gradient, picked by pixels per image like the Triton configs.
-using TileP16 = PixelTile<16, 128, 32, 1, 4>;   // 4x4 layers: a 16-pixel M tile, wide channel tile
-using TileP64 = PixelTile<64, 64, 32, 2, 2>;    // 8x8 layers: one M tile per image
-using TileP128 = PixelTile<128, 64, 32, 4, 2>;  // larger images
-
-template <typename T, typename Cfg>
-struct PixelTileSmem {
-    static constexpr int LDA = padded<T>(Cfg::BK), LDB = padded<T>(Cfg::BN), LDC = padded<float>(Cfg::BN);
-    static constexpr int A_BYTES = smem_round(Cfg::BM * LDA * sizeof(T));
-    static constexpr int OPERAND_BYTES = A_BYTES + smem_round(Cfg::BK * LDB * sizeof(T));
-    static constexpr int OUT_BYTES = Cfg::BM * LDC * sizeof(float);
-    // The fp32 output tile reuses the operand tiles after the reduction loop.
-    static constexpr int BYTES = OPERAND_BYTES > OUT_BYTES ? OPERAND_BYTES : OUT_BYTES;
-};
-
-// Where a pixel-tiled block works: sample b, pixels [p0, p0 + BM), channels [n0, n0 + BN), and this
-// warp's output tiles. Pixel tiles vary fastest in the grid, then samples, so the blocks that read one
-// channel slice of the bank run together (L2 reuse).
-template <typename Cfg>
-struct PixelTileBlock {
-    int P, p0, n0, m_warp, n_warp;
-    int64_t b;
-    __device__ explicit PixelTileBlock(const ModconvShape& sh) {
-        P = sh.H * sh.W;
-        const int num_p = (P + Cfg::BM - 1) / Cfg::BM;
-        p0 = (blockIdx.x % num_p) * Cfg::BM;
-        b = blockIdx.x / num_p;
-        n0 = blockIdx.y * Cfg::BN;
-        const int warp = threadIdx.x / kWarpSize;
-        m_warp = (warp / Cfg::WARPS_N) * Cfg::FM * 16;
-        n_warp = (warp % Cfg::WARPS_N) * Cfg::FN * 16;
-    }
-    // a[b, :] into shared memory, zero-padded to kModconvMaxFilters.
-    __device__ void load_selection(float* a_s, const float* a, int N) const {
-        for (int n = threadIdx.x; n < kModconvMaxFilters; n += Cfg::THREADS) a_s[n] = n < N ? a[b * N + n] : 0.f;
-    }
-};
-
-// y = epilogue(d * conv(x * s, K[b])): M = pixels of one sample, N = Cout, K = Cin * k * k.
-template <typename T, typename Cfg>
-__global__ void __launch_bounds__(Cfg::THREADS, 1) modconv_forward_kernel(ModconvForwardParams p) {
-    using Smem = PixelTileSmem<T, Cfg>;
-    constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK;
-    __shared__ __align__(128) unsigned char smem[Smem::BYTES];
-    __shared__ float a_s[kModconvMaxFilters];
-    T* As = reinterpret_cast<T*>(smem);                   // [BM][LDA]: s * x, gathered (im2col on the fly)
-    T* Bs = reinterpret_cast<T*>(smem + Smem::A_BYTES);   // [BK][LDB]: the bank mixed with a[b]
-    float* Cs = reinterpret_cast<float*>(smem);            // [BM][LDC]: after the loop
-
-    const ModconvShape sh = p.shape;
-    const PixelTileBlock<Cfg> tile(sh);
-    const int P = tile.P, p0 = tile.p0, co0 = tile.n0, m_warp = tile.m_warp, n_warp = tile.n_warp;
-    const int64_t b = tile.b;
-    const int KK = sh.ksize * sh.ksize, pad = sh.ksize / 2;
-    const int k_total = sh.Cin * KK;
-    const int64_t bank_n = (int64_t)sh.Cout * k_total;
-    tile.load_selection(a_s, p.a, sh.N);
-
-    const T* x = static_cast<const T*>(p.x) + b * p.stride_x[0];
-    const T* style = static_cast<const T*>(p.style) + b * p.stride_style[0];
-    const T* bank = static_cast<const T*>(p.weight_bank);
-    AccFrag<T> acc[Cfg::FM][Cfg::FN];
-    zero_tiles(acc);
-    __syncthreads();
-
-    for (int k0 = 0; k0 < k_total; k0 += BK) {
-        // Pixels vary fastest across threads: coalesced reads of an NCHW row.
-        for (int idx = threadIdx.x; idx < BM * BK; idx += Cfg::THREADS) {
-            const int m = idx % BM, kk = idx / BM;
-            const int pix = p0 + m, k = k0 + kk;
-            float v = 0.f;
-            if (pix < P && k < k_total) {
-                const int ci = k / KK, tap = k - ci * KK;
-                const int ih = pix / sh.W + tap / sh.ksize - pad, iw = pix % sh.W + tap % sh.ksize - pad;
-                if (ih >= 0 && ih < sh.H && iw >= 0 && iw < sh.W)
-                    v = to_float(x[ci * p.stride_x[1] + ih * p.stride_x[2] + iw * p.stride_x[3]]) *
-                        to_float(style[ci * p.stride_style[1]]);
-            }
-            As[m * Smem::LDA + kk] = from_float<T>(v);
-        }
-        // The reduction index is the bank's own contiguous (channel, tap) order: coalesced, no repack.
-        for (int idx = threadIdx.x; idx < BK * BN; idx += Cfg::THREADS) {
-            const int kk = idx % BK, n = idx / BK;
-            const int co = co0 + n, k = k0 + kk;
-            float v = 0.f;
-            if (co < sh.Cout && k < k_total) {
-                const T* w = bank + (int64_t)co * k_total + k;
-                for (int f = 0; f < sh.N; ++f) v += a_s[f] * to_float(w[f * bank_n]);
-            }
-            Bs[kk * Smem::LDB + n] = from_float<T>(v);
-        }
-        __syncthreads();
-        warp_mma<T, false, false, Cfg::FM, Cfg::FN, BK>(acc, As, Smem::LDA, Bs, Smem::LDB, m_warp, n_warp);
-        __syncthreads();
-    }
-    store_tiles(acc, Cs, Smem::LDC, m_warp, n_warp);
-    __syncthreads();
-
-    const float* d = p.d + b * sh.Cout;
-    const T* noise = static_cast<const T*>(p.noise);
-    const T* bias = static_cast<const T*>(p.bias);
-    T* y = static_cast<T*>(p.y);
-    T* lin = static_cast<T*>(p.lin);
-    for (int idx = threadIdx.x; idx < BM * BN; idx += Cfg::THREADS) {
-        const int m = idx % BM, n = idx / BM;
-        const int pix = p0 + m, co = co0 + n;
-        if (pix >= P || co >= sh.Cout) continue;
-        const int oh = pix / sh.W, ow = pix % sh.W;
-        float v = Cs[m * Smem::LDC + n] * d[co];
-        const int64_t y_off = b * p.stride_y[0] + co * p.stride_y[1] + oh * p.stride_y[2] + ow * p.stride_y[3];
-        if (lin) lin[y_off] = from_float<T>(v);
-        if (noise)
-            v += to_float(noise[b * p.stride_noise[0] + co * p.stride_noise[1] + oh * p.stride_noise[2] +
-                                ow * p.stride_noise[3]]);
-        if (bias) v += to_float(bias[co]);
-        if (p.lrelu) v = v > 0.f ? v : 0.2f * v;
-        v *= p.gain;
-        if (p.has_clamp) v = fminf(fmaxf(v, -p.clamp), p.clamp);
-        y[y_off] = from_float<T>(v);
-    }
-}
-
-// dxs = conv_transpose(gz, K[b]); dx = dxs * s; grad_style[b,i] += sum_p dxs * x.
-// M = pixels, N = Cin, K = (Cout, tap); a tap that reads x at p+off in the forward reads gz at p-off.
-template <typename T, typename Cfg>
-__global__ void __launch_bounds__(Cfg::THREADS, 1) modconv_grad_x_kernel(ModconvBackwardParams p) {
-    using Smem = PixelTileSmem<T, Cfg>;
-    constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK;
-    __shared__ __align__(128) unsigned char smem[Smem::BYTES];
-    __shared__ float a_s[kModconvMaxFilters];
-    T* As = reinterpret_cast<T*>(smem);
-    T* Bs = reinterpret_cast<T*>(smem + Smem::A_BYTES);
-    float* Cs = reinterpret_cast<float*>(smem);
-
-    const ModconvShape sh = p.shape;
-    const PixelTileBlock<Cfg> tile(sh);
-    const int P = tile.P, p0 = tile.p0, ci0 = tile.n0, m_warp = tile.m_warp, n_warp = tile.n_warp;
-    const int64_t b = tile.b;
-    const int KK = sh.ksize * sh.ksize, pad = sh.ksize / 2;
-    const int k_total = sh.Cout * KK;
-    const int64_t bank_row = (int64_t)sh.Cin * KK;
-    const int64_t bank_n = (int64_t)sh.Cout * bank_row;
-    tile.load_selection(a_s, p.a, sh.N);
-
-    const T* gz = static_cast<const T*>(p.grad_z) + b * sh.Cout * (int64_t)P;
-    const T* bank = static_cast<const T*>(p.weight_bank);
-    AccFrag<T> acc[Cfg::FM][Cfg::FN];
-    zero_tiles(acc);
-    __syncthreads();
-
-    for (int k0 = 0; k0 < k_total; k0 += BK) {
-        for (int idx = threadIdx.x; idx < BM * BK; idx += Cfg::THREADS) {
-            const int m = idx % BM, kk = idx / BM;
-            const int pix = p0 + m, k = k0 + kk;
-            float v = 0.f;
-            if (pix < P && k < k_total) {
-                const int co = k / KK, tap = k - co * KK;
-                const int ih = pix / sh.W - (tap / sh.ksize - pad), iw = pix % sh.W - (tap % sh.ksize - pad);
-                if (ih >= 0 && ih < sh.H && iw >= 0 && iw < sh.W) v = to_float(gz[(int64_t)co * P + ih * sh.W + iw]);
-            }
-            As[m * Smem::LDA + kk] = from_float<T>(v);
-        }
-        for (int idx = threadIdx.x; idx < BK * BN; idx += Cfg::THREADS) {
-            const int kk = idx % BK, n = idx / BK;
-            const int ci = ci0 + n, k = k0 + kk;
-            float v = 0.f;
-            if (ci < sh.Cin && k < k_total) {
-                const int co = k / KK, tap = k - co * KK;
-                const T* w = bank + co * bank_row + (int64_t)ci * KK + tap;
-                for (int f = 0; f < sh.N; ++f) v += a_s[f] * to_float(w[f * bank_n]);
-            }
-            Bs[kk * Smem::LDB + n] = from_float<T>(v);
-        }
-        __syncthreads();
-        warp_mma<T, false, false, Cfg::FM, Cfg::FN, BK>(acc, As, Smem::LDA, Bs, Smem::LDB, m_warp, n_warp);
-        __syncthreads();
-    }
-    store_tiles(acc, Cs, Smem::LDC, m_warp, n_warp);
-    __syncthreads();
-
-    const T* x = static_cast<const T*>(p.x) + b * p.stride_x[0];
-    const T* style = static_cast<const T*>(p.style) + b * p.stride_style[0];
-    T* grad_x = static_cast<T*>(p.grad_x) + b * p.stride_grad_x[0];
-    for (int idx = threadIdx.x; idx < BM * BN; idx += Cfg::THREADS) {
-        const int m = idx % BM, n = idx / BM;
-        const int pix = p0 + m, ci = ci0 + n;
-        float xs_grad = 0.f;
-        if (pix < P && ci < sh.Cin) {
-            const int oh = pix / sh.W, ow = pix % sh.W;
-            const float v = Cs[m * Smem::LDC + n];
-            grad_x[ci * p.stride_grad_x[1] + oh * p.stride_grad_x[2] + ow * p.stride_grad_x[3]] =
-                from_float<T>(v * to_float(style[ci * p.stride_style[1]]));
-            xs_grad = v * to_float(x[ci * p.stride_x[1] + oh * p.stride_x[2] + ow * p.stride_x[3]]);
-        }
-        Cs[m * Smem::LDC + n] = xs_grad;
-    }
-    __syncthreads();
-    for (int n = threadIdx.x; n < BN; n += Cfg::THREADS) {
-        const int ci = ci0 + n;
-        if (ci >= sh.Cin) continue;
-        float total = 0.f;
-        for (int m = 0; m < BM; ++m) total += Cs[m * Smem::LDC + n];
-        atomicAdd(p.grad_style + b * sh.Cin + ci, total);
-    }
-}
-
-// Bank gradient tiles: BCO x BCI filter entries of one tap per block; warps WARPS_M x WARPS_N x WARPS_K
-// (the last splits the pixel reduction). Each thread keeps EPT entries of all N bank tiles and of their
-// gradients in registers, so NPAD * EPT bounds the register budget (<= 32 floats per array).
-template <int NPAD_, int BCO_, int BCI_, int BP_, int WARPS_M_, int WARPS_N_, int WARPS_K_>
-struct BankTile {
-    static constexpr int NPAD = NPAD_, BCO = BCO_, BCI = BCI_, BP = BP_;
-    static constexpr int WARPS_M = WARPS_M_, WARPS_N = WARPS_N_, WARPS_K = WARPS_K_;
-    static constexpr int THREADS = kWarpSize * WARPS_M * WARPS_N * WARPS_K;
-    static constexpr int FM = BCO / WARPS_M / 16, FN = BCI / WARPS_N / 16, KSLICE = BP / WARPS_K;
-    static constexpr int EPT = BCO * BCI / THREADS;
-    static_assert(EPT * THREADS == BCO * BCI, "tile entries must split evenly over threads");
-    static_assert(FM * WARPS_M * 16 == BCO && FN * WARPS_N * 16 == BCI, "bad warp layout");
-};
-using BankN1 = BankTile<1, 32, 64, 32, 2, 2, 1>;
-using BankN2 = BankTile<2, 16, 32, 32, 1, 2, 2>;
-using BankN4 = BankTile<4, 16, 16, 64, 1, 1, 4>;
-using BankN8 = BankTile<8, 16, 16, 64, 1, 1, 4>;
-using BankN16 = BankTile<16, 16, 16, 64, 1, 1, 4>;
-using BankN32 = BankTile<32, 16, 16, 64, 1, 1, 4>;
-
-// Per (Cout tile, Cin tile, tap), looping over samples; G[b] exists only on chip:
-//   G[b,o,i]   = sum_p gz[b,o,p] xs[b,i,p+off]  -  c[b,o] s[b,i]^2 K[b,o,i]   (second term: demodulation)
-//   dW[n]     += a[b,n] G[b]        da[b,n] += <W[n], G[b]>        ds[b,i] += -s[b,i] sum_o c[b,o] K[b,o,i]^2
-template <typename T, typename Cfg>
-__global__ void __launch_bounds__(Cfg::THREADS, 1) modconv_grad_bank_kernel(ModconvBackwardParams p) {
-    constexpr int BCO = Cfg::BCO, BCI = Cfg::BCI, BP = Cfg::BP, NPAD = Cfg::NPAD, EPT = Cfg::EPT;
-    constexpr int LDA = padded<T>(BP), LDB = padded<T>(BCI), LDC = padded<float>(BCI);
-    constexpr int A_BYTES = smem_round(BCO * LDA * sizeof(T)), B_BYTES = smem_round(BP * LDB * sizeof(T));
-    __shared__ __align__(128) unsigned char smem[A_BYTES + B_BYTES + Cfg::WARPS_K * BCO * LDC * sizeof(float)];
-    __shared__ float a_s[NPAD], da_s[NPAD], s_s[BCI], ds_s[BCI], c_s[BCO];
-    T* As = reinterpret_cast<T*>(smem);                               // [BCO][LDA]: gz (Cout x pixels)
-    T* Bs = reinterpret_cast<T*>(smem + A_BYTES);                     // [BP][LDB]: s * x shifted by the tap
-    float* Cs = reinterpret_cast<float*>(smem + A_BYTES + B_BYTES);   // [WARPS_K][BCO][LDC]
-
-    const ModconvShape sh = p.shape;
-    const int P = sh.H * sh.W, KK = sh.ksize * sh.ksize, pad = sh.ksize / 2;
-    const int co0 = blockIdx.x * BCO, ci0 = blockIdx.y * BCI, tap = blockIdx.z;
-    const int dh = tap / sh.ksize - pad, dw = tap % sh.ksize - pad;
-    const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-    const int wk = warp / (Cfg::WARPS_M * Cfg::WARPS_N), wmn = warp % (Cfg::WARPS_M * Cfg::WARPS_N);
-    const int m_warp = (wmn / Cfg::WARPS_N) * Cfg::FM * 16, n_warp = (wmn % Cfg::WARPS_N) * Cfg::FN * 16;
-
-    const T* bank = static_cast<const T*>(p.weight_bank);
-    float bank_r[NPAD][EPT], grad_r[NPAD][EPT];
-#pragma unroll
-    for (int e = 0; e < EPT; ++e) {
-        const int elem = threadIdx.x + e * Cfg::THREADS;
-        const int co = co0 + elem / BCI, ci = ci0 + elem % BCI;
-#pragma unroll
-        for (int n = 0; n < NPAD; ++n) {
-            const bool valid = n < sh.N && co < sh.Cout && ci < sh.Cin;
-            bank_r[n][e] = valid ? to_float(bank[(((int64_t)n * sh.Cout + co) * sh.Cin + ci) * KK + tap]) : 0.f;
-            grad_r[n][e] = 0.f;
-        }
-    }
-
-    for (int b = 0; b < sh.B; ++b) {
-        for (int n = threadIdx.x; n < NPAD; n += Cfg::THREADS) {
-            a_s[n] = n < sh.N ? p.a[(int64_t)b * sh.N + n] : 0.f;
-            da_s[n] = 0.f;
-        }
-        const T* style = static_cast<const T*>(p.style) + b * p.stride_style[0];
-        for (int i = threadIdx.x; i < BCI; i += Cfg::THREADS) {
-            s_s[i] = ci0 + i < sh.Cin ? to_float(style[(ci0 + i) * p.stride_style[1]]) : 0.f;
-            ds_s[i] = 0.f;
-        }
-        for (int i = threadIdx.x; i < BCO; i += Cfg::THREADS)
-            c_s[i] = p.demodulate && co0 + i < sh.Cout ? p.c[(int64_t)b * sh.Cout + co0 + i] : 0.f;
-        AccFrag<T> acc[Cfg::FM][Cfg::FN];
-        zero_tiles(acc);
-        __syncthreads();
-
-        const T* gz = static_cast<const T*>(p.grad_z) + (int64_t)b * sh.Cout * P;
-        const T* x = static_cast<const T*>(p.x) + b * p.stride_x[0];
-        for (int p0 = 0; p0 < P; p0 += BP) {
-            for (int idx = threadIdx.x; idx < BCO * BP; idx += Cfg::THREADS) {
-                const int pl = idx % BP, co_l = idx / BP;
-                const int pix = p0 + pl, co = co0 + co_l;
-                const float v = pix < P && co < sh.Cout ? to_float(gz[(int64_t)co * P + pix]) : 0.f;
-                As[co_l * LDA + pl] = from_float<T>(v);
-            }
-            for (int idx = threadIdx.x; idx < BP * BCI; idx += Cfg::THREADS) {
-                const int pl = idx % BP, ci_l = idx / BP;
-                const int pix = p0 + pl, ci = ci0 + ci_l;
-                const int ih = pix / sh.W + dh, iw = pix % sh.W + dw;
-                float v = 0.f;
-                if (pix < P && ci < sh.Cin && ih >= 0 && ih < sh.H && iw >= 0 && iw < sh.W)
-                    v = to_float(x[ci * p.stride_x[1] + ih * p.stride_x[2] + iw * p.stride_x[3]]) * s_s[ci_l];
-                Bs[pl * LDB + ci_l] = from_float<T>(v);
-            }
-            __syncthreads();
-            warp_mma<T, false, false, Cfg::FM, Cfg::FN, Cfg::KSLICE>(acc, As + wk * Cfg::KSLICE, LDA,
-                                                                     Bs + wk * Cfg::KSLICE * LDB, LDB, m_warp, n_warp);
-            __syncthreads();
-        }
-        store_tiles(acc, Cs + wk * BCO * LDC, LDC, m_warp, n_warp);
-        __syncthreads();
-
-        float da_part[NPAD];
-#pragma unroll
-        for (int n = 0; n < NPAD; ++n) da_part[n] = 0.f;
-#pragma unroll
-        for (int e = 0; e < EPT; ++e) {
-            const int elem = threadIdx.x + e * Cfg::THREADS;
-            const int co_l = elem / BCI, ci_l = elem % BCI;
-            float g = 0.f;
-#pragma unroll
-            for (int k = 0; k < Cfg::WARPS_K; ++k) g += Cs[(k * BCO + co_l) * LDC + ci_l];
-            if (p.demodulate) {
-                float mixed = 0.f;
-#pragma unroll
-                for (int n = 0; n < NPAD; ++n) mixed += a_s[n] * bank_r[n][e];
-                const float s = s_s[ci_l], c_mixed = c_s[co_l] * mixed;
-                g -= c_mixed * s * s;
-                if (c_mixed != 0.f) atomicAdd(&ds_s[ci_l], -s * c_mixed * mixed);
-            }
-#pragma unroll
-            for (int n = 0; n < NPAD; ++n) {
-                grad_r[n][e] += a_s[n] * g;
-                da_part[n] += bank_r[n][e] * g;
-            }
-        }
-#pragma unroll
-        for (int n = 0; n < NPAD; ++n) {
-            const float total = warp_sum(da_part[n]);
-            if (lane == 0) atomicAdd(&da_s[n], total);
-        }
-        __syncthreads();
-        for (int n = threadIdx.x; n < sh.N; n += Cfg::THREADS) atomicAdd(p.grad_a + (int64_t)b * sh.N + n, da_s[n]);
-        if (p.demodulate)
-            for (int i = threadIdx.x; i < BCI && ci0 + i < sh.Cin; i += Cfg::THREADS)
-                atomicAdd(p.grad_style + (int64_t)b * sh.Cin + ci0 + i, ds_s[i]);
-        __syncthreads();  // the next sample overwrites a_s, da_s, s_s, ds_s and c_s
-    }
-
-    T* grad_bank = static_cast<T*>(p.grad_bank);
-#pragma unroll
-    for (int e = 0; e < EPT; ++e) {
-        const int elem = threadIdx.x + e * Cfg::THREADS;
-        const int co = co0 + elem / BCI, ci = ci0 + elem % BCI;
-        if (co >= sh.Cout || ci >= sh.Cin) continue;
-#pragma unroll
-        for (int n = 0; n < NPAD; ++n)
-            if (n < sh.N) grad_bank[(((int64_t)n * sh.Cout + co) * sh.Cin + ci) * KK + tap] = from_float<T>(grad_r[n][e]);
-    }
-}
-
-__global__ void softmax_backward_kernel(const float* a, const float* grad_a, float* grad_logits, int B, int N) {
-    const int b = blockIdx.x * blockDim.x + threadIdx.x;
-    if (b >= B) return;
-    const float* a_row = a + (int64_t)b * N;
-    const float* g_row = grad_a + (int64_t)b * N;
-    float dot = 0.f;
-    for (int n = 0; n < N; ++n) dot += a_row[n] * g_row[n];
-    for (int n = 0; n < N; ++n) grad_logits[(int64_t)b * N + n] = a_row[n] * (g_row[n] - dot);
-}
+constexpr int kThreads = 256;
+constexpr int kBuildGroup = 8;          // samples mixed per read of a bank row (8 x E fp32 accumulators)
 
 int ceil_div(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
 
-template <typename T>
-void launch_softmax(const void* logits, const int64_t* stride, float* a, int B, int N, cudaStream_t stream) {
-    softmax_rows_kernel<T><<<ceil_div(B, 128), 128, 0, stream>>>(static_cast<const T*>(logits), stride[0], stride[1],
-                                                                  a, B, N);
-}
+template <typename T> constexpr int vector_elements() { return 16 / static_cast<int>(sizeof(T)); }
 
-template <typename T, typename Cfg>
-void launch_forward_gemm(const ModconvForwardParams& p, cudaStream_t stream) {
-    const ModconvShape& sh = p.shape;
-    const dim3 grid(ceil_div(sh.H * sh.W, Cfg::BM) * sh.B, ceil_div(sh.Cout, Cfg::BN));
-    modconv_forward_kernel<T, Cfg><<<grid, Cfg::THREADS, 0, stream>>>(p);
-}
-
-template <typename T, typename Cfg>
-void launch_grad_x(const ModconvBackwardParams& p, cudaStream_t stream) {
-    const ModconvShape& sh = p.shape;
-    const dim3 grid(ceil_div(sh.H * sh.W, Cfg::BM) * sh.B, ceil_div(sh.Cin, Cfg::BN));
-    modconv_grad_x_kernel<T, Cfg><<<grid, Cfg::THREADS, 0, stream>>>(p);
-}
-
-template <typename T, typename Cfg>
-void launch_grad_bank(const ModconvBackwardParams& p, cudaStream_t stream) {
-    const ModconvShape& sh = p.shape;
-    const dim3 grid(ceil_div(sh.Cout, Cfg::BCO), ceil_div(sh.Cin, Cfg::BCI), sh.ksize * sh.ksize);
-    modconv_grad_bank_kernel<T, Cfg><<<grid, Cfg::THREADS, 0, stream>>>(p);
-}
-
-template <typename T>
-void forward(const ModconvForwardParams& p, cudaStream_t stream) {
-    const ModconvShape& sh = p.shape;
-    launch_softmax<T>(p.select_logits, p.stride_logits, p.a, sh.B, sh.N, stream);
-    if (p.demodulate) {
-        constexpr int kWarps = 8;
-        demodulation_kernel<T><<<dim3(ceil_div(sh.Cout, kWarps), sh.B), kWarps * kWarpSize, 0, stream>>>(p);
+// The channel of each of E consecutive row elements starting at e (one division, then stepped).
+template <int E>
+__device__ __forceinline__ void channels_of(int (&channel)[E], int e, int KK) {
+    int i = e / KK, t = e - i * KK;
+#pragma unroll
+    for (int j = 0; j < E; ++j) {
+        channel[j] = i;
+        if (++t == KK) { t = 0; ++i; }
     }
-    const int P = sh.H * sh.W;
-    if (P <= 16) launch_forward_gemm<T, TileP16>(p, stream);
-    else if (P <= 64) launch_forward_gemm<T, TileP64>(p, stream);
-    else launch_forward_gemm<T, TileP128>(p, stream);
+}
+
+// style[b, channel[j]] for E consecutive elements; a channel's taps share one load.
+template <typename T, int E>
+__device__ __forceinline__ void style_of(float (&s)[E], const T* style_row, int64_t stride_c, const int (&channel)[E]) {
+    s[0] = to_float(style_row[channel[0] * stride_c]);
+#pragma unroll
+    for (int j = 1; j < E; ++j) s[j] = channel[j] == channel[j - 1] ? s[j - 1] : to_float(style_row[channel[j] * stride_c]);
+}
+
+template <typename T, int E>
+__device__ __forceinline__ void load_row(float (&dst)[E], const T* src, bool vectorized, int count) {
+    if (vectorized) {
+        load_floats<T, E>(dst, src);
+    } else {
+#pragma unroll
+        for (int j = 0; j < E; ++j) dst[j] = j < count ? to_float(src[j]) : 0.f;
+    }
+}
+
+template <typename T, int E>
+__device__ __forceinline__ void store_row(T* dst, const float (&src)[E], bool vectorized, int count) {
+    if (vectorized) {
+        store_floats<T, E>(dst, src);
+    } else {
+#pragma unroll
+        for (int j = 0; j < E; ++j)
+            if (j < count) dst[j] = from_float<T>(src[j]);
+    }
+}
+
+// Block-wide sum of one value per thread; every thread gets the total. `scratch` holds kThreads/32 floats.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    v = warp_sum(v);
+    const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float total = 0.f;
+#pragma unroll
+    for (int w = 0; w < kThreads / kWarpSize; ++w) total += scratch[w];
+    return total;
+}
+
+// ---- build -----------------------------------------------------------------------------------------------
+// Grid (sample groups, Cout): the groups of one output channel run side by side, so its bank row comes from
+// HBM once and from L2 for the other groups.
+template <typename T, int E>
+__global__ void __launch_bounds__(kThreads) build_weights_kernel(BuildWeightsParams p) {
+    __shared__ float a_s[kBuildGroup][kModconvMaxFilters];
+    __shared__ float scratch[kThreads / kWarpSize];
+    const int b0 = blockIdx.x * kBuildGroup;
+    const int group = min(kBuildGroup, p.B - b0);
+    const int64_t o = blockIdx.y;
+    for (int idx = threadIdx.x; idx < kBuildGroup * kModconvMaxFilters; idx += kThreads) {
+        const int g = idx / kModconvMaxFilters, n = idx % kModconvMaxFilters;
+        a_s[g][n] = g < group && n < p.N ? p.a[(int64_t)(b0 + g) * p.N + n] : 0.f;
+    }
+    __syncthreads();
+    const int R = p.Cin * p.KK;
+    const int64_t bank_n = (int64_t)p.Cout * R;
+    const T* bank_row = static_cast<const T*>(p.weight_bank) + o * R;
+    const T* style = static_cast<const T*>(p.style);
+    T* out = static_cast<T*>(p.weights);
+    float sumsq[kBuildGroup] = {};
+    for (int e = threadIdx.x * E; e < R; e += kThreads * E) {
+        const int count = min(E, R - e);
+        float mixed[kBuildGroup][E] = {};
+        for (int n = 0; n < p.N; ++n) {
+            float w[E];
+            load_row<T, E>(w, bank_row + n * bank_n + e, p.vectorized, count);
+#pragma unroll
+            for (int g = 0; g < kBuildGroup; ++g) {
+                const float an = a_s[g][n];
+#pragma unroll
+                for (int j = 0; j < E; ++j) mixed[g][j] = fmaf(an, w[j], mixed[g][j]);
+            }
+        }
+        int channel[E];
+        channels_of<E>(channel, e, p.KK);
+#pragma unroll
+        for (int j = 0; j < E; ++j) channel[j] = min(channel[j], p.Cin - 1);  // the tail past R is never stored
+#pragma unroll
+        for (int g = 0; g < kBuildGroup; ++g) {
+            if (g >= group) break;
+            const int64_t b = b0 + g;
+            float s[E];
+            style_of<T, E>(s, style + b * p.stride_style[0], p.stride_style[1], channel);
+#pragma unroll
+            for (int j = 0; j < E; ++j) {
+                mixed[g][j] *= s[j];
+                if (j < count) sumsq[g] = fmaf(mixed[g][j], mixed[g][j], sumsq[g]);
+            }
+            store_row<T, E>(out + (b * p.Cout + o) * R + e, mixed[g], p.vectorized, count);
+        }
+    }
+    if (p.d == nullptr) return;
+#pragma unroll
+    for (int g = 0; g < kBuildGroup; ++g) {
+        if (g >= group) break;  // uniform across the block
+        const float total = block_sum(sumsq[g], scratch);
+        if (threadIdx.x == 0) p.d[(int64_t)(b0 + g) * p.Cout + o] = rsqrtf(total + p.eps);
+    }
+}
+
+// ---- columns ---------------------------------------------------------------------------------------------
+// Flat over one sample's (row, pixel) pairs, pixels fastest (coalesced columns); grid.y is the sample.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) im2col_kernel(ColumnsParams p) {
+    const int KK = p.ksize * p.ksize, pad = p.ksize / 2, P = p.H * p.W;
+    const int idx = blockIdx.x * kThreads + threadIdx.x;
+    if (idx >= p.Cin * KK * P) return;
+    const int r = idx / P, pix = idx - r * P;
+    const int i = r / KK, t = r - i * KK;
+    const int64_t b = blockIdx.y;
+    const int h = pix / p.W + t / p.ksize - pad, w = pix % p.W + t % p.ksize - pad;
+    const T* x = static_cast<const T*>(p.x);
+    T value = from_float<T>(0.f);
+    if (h >= 0 && h < p.H && w >= 0 && w < p.W)
+        value = x[b * p.stride_x[0] + i * p.stride_x[1] + h * p.stride_x[2] + w * p.stride_x[3]];
+    static_cast<T*>(p.cols)[b * KK * p.Cin * P + idx] = value;
+}
+
+// A thread per (i, q) of one sample, summing its k*k taps in fp32.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) col2im_kernel(ColumnsParams p) {
+    const int KK = p.ksize * p.ksize, pad = p.ksize / 2, P = p.H * p.W;
+    const int idx = blockIdx.x * kThreads + threadIdx.x;
+    if (idx >= p.Cin * P) return;
+    const int i = idx / P, q = idx - i * P;
+    const int64_t b = blockIdx.y;
+    const int qh = q / p.W, qw = q % p.W;
+    const T* cols = static_cast<const T*>(p.cols) + (b * KK * p.Cin + (int64_t)i * KK) * P;
+    float acc = 0.f;
+    for (int t = 0; t < KK; ++t) {
+        const int h = qh - (t / p.ksize - pad), w = qw - (t % p.ksize - pad);
+        if (h >= 0 && h < p.H && w >= 0 && w < p.W) acc += to_float(cols[(int64_t)t * P + h * p.W + w]);
+    }
+    static_cast<T*>(p.grad_x)[b * p.stride_x[0] + i * p.stride_x[1] + qh * p.stride_x[2] + qw * p.stride_x[3]] =
+        from_float<T>(acc);
+}
+
+// ---- epilogues -------------------------------------------------------------------------------------------
+__device__ __forceinline__ float lrelu_gain(float v, bool lrelu, float gain) {
+    return (lrelu && v < 0.f ? 0.2f * v : v) * gain;
+}
+
+// Flat over one sample's (o, pixel) pairs; grid.y is the sample.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) epilogue_forward_kernel(EpilogueForwardParams p) {
+    const int P = p.H * p.W;
+    const int idx = blockIdx.x * kThreads + threadIdx.x;
+    if (idx >= p.Cout * P) return;
+    const int o = idx / P, pix = idx - o * P;
+    const int64_t b = blockIdx.y;
+    const int h = pix / p.W, w = pix % p.W;
+    float v = to_float(static_cast<const T*>(p.conv)[b * p.stride_conv[0] + o * p.stride_conv[1] +
+                                                      h * p.stride_conv[2] + w * p.stride_conv[3]]);
+    if (p.d) v *= p.d[b * p.Cout + o];
+    const int64_t y_offset = b * p.stride_y[0] + o * p.stride_y[1] + h * p.stride_y[2] + w * p.stride_y[3];
+    if (p.lin) static_cast<T*>(p.lin)[y_offset] = from_float<T>(v);
+    if (p.noise)
+        v += to_float(static_cast<const T*>(p.noise)[b * p.stride_noise[0] + o * p.stride_noise[1] +
+                                                     h * p.stride_noise[2] + w * p.stride_noise[3]]);
+    if (p.bias) v += to_float(static_cast<const T*>(p.bias)[o]);
+    v = lrelu_gain(v, p.lrelu, p.gain);
+    if (p.has_clamp) v = fminf(fmaxf(v, -p.clamp), p.clamp);
+    static_cast<T*>(p.y)[y_offset] = from_float<T>(v);
 }
 
 template <typename T>
-void backward(const ModconvBackwardParams& p, cudaStream_t stream) {
-    const ModconvShape& sh = p.shape;
-    launch_softmax<T>(p.select_logits, p.stride_logits, p.a, sh.B, sh.N, stream);
-    const int P = sh.H * sh.W;
-    if (P <= 16) launch_grad_x<T, TileP16>(p, stream);
-    else if (P <= 64) launch_grad_x<T, TileP64>(p, stream);
-    else launch_grad_x<T, TileP128>(p, stream);
-    if (sh.N <= 1) launch_grad_bank<T, BankN1>(p, stream);
-    else if (sh.N <= 2) launch_grad_bank<T, BankN2>(p, stream);
-    else if (sh.N <= 4) launch_grad_bank<T, BankN4>(p, stream);
-    else if (sh.N <= 8) launch_grad_bank<T, BankN8>(p, stream);
-    else if (sh.N <= 16) launch_grad_bank<T, BankN16>(p, stream);
-    else launch_grad_bank<T, BankN32>(p, stream);
-    softmax_backward_kernel<<<ceil_div(sh.B, 128), 128, 0, stream>>>(p.a, p.grad_a, p.grad_logits, sh.B, sh.N);
+__global__ void __launch_bounds__(kThreads) epilogue_backward_kernel(EpilogueBackwardParams p) {
+    const int warps = kThreads / kWarpSize;
+    const int row = blockIdx.x * warps + threadIdx.x / kWarpSize;  // b * Cout + o
+    const int lane = threadIdx.x % kWarpSize;
+    if (row >= p.B * p.Cout) return;
+    const int64_t b = row / p.Cout;
+    const int o = row - static_cast<int>(b) * p.Cout;
+    const int P = p.H * p.W;
+    const T* grad_y = static_cast<const T*>(p.grad_y) + b * p.stride_grad_y[0] + o * p.stride_grad_y[1];
+    const T* lin = static_cast<const T*>(p.lin) + b * p.stride_lin[0] + o * p.stride_lin[1];
+    const T* noise = p.noise ? static_cast<const T*>(p.noise) + b * p.stride_noise[0] + o * p.stride_noise[1] : nullptr;
+    const float bias = p.bias ? to_float(static_cast<const T*>(p.bias)[o]) : 0.f;
+    const float d = p.d[row];
+    T* grad_z = static_cast<T*>(p.grad_z) + (int64_t)row * P;
+    float* grad_lin = p.grad_lin ? p.grad_lin + (int64_t)row * P : nullptr;
+    float g_lin = 0.f, g_sum = 0.f;
+    for (int pix = lane; pix < P; pix += kWarpSize) {
+        const int h = pix / p.W, w = pix % p.W;
+        const float l = to_float(lin[h * p.stride_lin[2] + w * p.stride_lin[3]]);
+        float v = l + bias;
+        if (noise) v += to_float(noise[h * p.stride_noise[2] + w * p.stride_noise[3]]);
+        const float slope = (p.lrelu && v < 0.f ? 0.2f : 1.f) * p.gain;
+        float g = to_float(grad_y[h * p.stride_grad_y[2] + w * p.stride_grad_y[3]]) * slope;
+        if (p.has_clamp) {
+            const float act = v * slope;
+            if (!(act >= -p.clamp && act <= p.clamp)) g = 0.f;
+        }
+        grad_z[pix] = from_float<T>(g * d);
+        if (grad_lin) grad_lin[pix] = g;
+        g_lin = fmaf(g, l, g_lin);
+        g_sum += g;
+    }
+    g_lin = warp_sum(g_lin);
+    g_sum = warp_sum(g_sum);
+    if (lane == 0) {
+        if (p.c) p.c[row] = g_lin * d * d;
+        if (p.bias_part) p.bias_part[row] = g_sum;
+    }
 }
+
+// ---- weight-gradient reduction ---------------------------------------------------------------------------
+// Sums NV values over the warp's 32 lanes in log2(32) halving steps (NV - 1 + 5 - log2(NV) shuffles, not 5 NV):
+// each step keeps the half of the values that the lane's bit selects and adds the partner's copy of it.
+// Lane l returns the total of value l / (32 / NV).
+template <int NV>
+__device__ __forceinline__ float warp_reduce_scatter(float (&v)[NV]) {
+    static_assert(NV >= 1 && NV <= kWarpSize && (NV & (NV - 1)) == 0, "NV must be a power of two <= 32");
+    const int lane = threadIdx.x % kWarpSize;
+    int count = NV;
+#pragma unroll
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+        const bool upper = (lane & offset) != 0;
+        if (count > 1) {
+            const int half = count / 2;
+#pragma unroll
+            for (int k = 0; k < NV / 2; ++k) {
+                if (k >= half) break;
+                const float keep = upper ? v[half + k] : v[k];
+                const float give = upper ? v[k] : v[half + k];
+                v[k] = keep + __shfl_xor_sync(0xffffffffu, give, offset);
+            }
+            count = half;
+        } else {
+            v[0] += __shfl_xor_sync(0xffffffffu, v[0], offset);
+        }
+    }
+    return v[0];
+}
+
+// NMAX bank slices of E elements and their gradients live in registers: NMAX * E <= 64 keeps the kernel under
+// 255 registers (16-byte rows up to N = 8; 8- and 4-byte rows for N <= 16 and 32).
+template <typename T, typename TOut, int NMAX, int E>
+__global__ void __launch_bounds__(kThreads) reduce_weight_grad_kernel(ReduceParams p) {
+    __shared__ float a_s[kModconvReduceSamples][NMAX];
+    __shared__ float da_s[kModconvReduceSamples][NMAX];
+    extern __shared__ float ds_s[];  // [B][channels_per_block]
+    const int CI = p.channels_per_block;
+    const int i0 = blockIdx.x * CI;
+    const int channels = min(CI, p.Cin - i0);
+    const int R = p.Cin * p.KK;
+    const int elements = channels * p.KK;
+    for (int idx = threadIdx.x; idx < kModconvReduceSamples * NMAX; idx += kThreads) {
+        const int b = idx / NMAX, n = idx % NMAX;
+        a_s[b][n] = b < p.B && n < p.N ? p.a[b * p.N + n] : 0.f;
+        da_s[b][n] = 0.f;
+    }
+    for (int idx = threadIdx.x; idx < p.B * CI; idx += kThreads) ds_s[idx] = 0.f;
+    __syncthreads();
+
+    const int64_t bank_n = (int64_t)p.Cout * R;
+    const T* bank = static_cast<const T*>(p.weight_bank);
+    const T* grad_w = static_cast<const T*>(p.grad_weights);
+    const T* style = static_cast<const T*>(p.style);
+    TOut* grad_bank = static_cast<TOut*>(p.grad_bank);
+    const int o_begin = blockIdx.y * p.outputs_per_block;
+    const int o_end = min(p.Cout, o_begin + p.outputs_per_block);
+    const int lane = threadIdx.x % kWarpSize;
+
+    // The block's (channel, tap) elements in passes of kThreads * E (one pass unless k is large); every thread
+    // runs every pass, so the warp-wide reductions see all lanes.
+    for (int o = o_begin; o < o_end; ++o) {
+        for (int base = 0; base < elements; base += kThreads * E) {
+            const int e_local = base + threadIdx.x * E;
+            const bool active = e_local < elements;
+            const int count = active ? min(E, elements - e_local) : 0;
+            const int e = i0 * p.KK + e_local;
+            int channel[E];
+            channels_of<E>(channel, e_local, p.KK);  // local channel index, 0..CI-1
+#pragma unroll
+            for (int j = 0; j < E; ++j) channel[j] = min(channel[j], max(channels - 1, 0));
+            float w[NMAX][E], dw[NMAX][E];
+#pragma unroll
+            for (int n = 0; n < NMAX; ++n) {
+#pragma unroll
+                for (int j = 0; j < E; ++j) w[n][j] = dw[n][j] = 0.f;
+                if (n < p.N && active)
+                    load_row<T, E>(w[n], bank + n * bank_n + (int64_t)o * R + e, p.vectorized, count);
+            }
+            for (int b = 0; b < p.B; ++b) {
+                float g[E] = {}, s[E] = {}, mix[E] = {};
+                if (active) {
+                    load_row<T, E>(g, grad_w + ((int64_t)b * p.Cout + o) * R + e, p.vectorized, count);
+                    style_of<T, E>(s, style + b * p.stride_style[0] + (int64_t)i0 * p.stride_style[1],
+                                   p.stride_style[1], channel);
+#pragma unroll
+                    for (int n = 0; n < NMAX; ++n)
+#pragma unroll
+                        for (int j = 0; j < E; ++j) mix[j] = fmaf(a_s[b][n], w[n][j], mix[j]);
+                    if (p.c) {
+                        const float c = p.c[(int64_t)b * p.Cout + o];
+#pragma unroll
+                        for (int j = 0; j < E; ++j) g[j] -= c * mix[j] * s[j];
+                    }
+                    // dstyle: G * Wmix over the taps of each channel, one shared-memory atomic per channel run.
+                    float run = 0.f;
+#pragma unroll
+                    for (int j = 0; j < E; ++j) {
+                        run = fmaf(g[j], mix[j], run);
+                        const bool last = j == E - 1 || channel[j + 1 < E ? j + 1 : j] != channel[j] || j + 1 >= count;
+                        if (last && j < count) {
+                            atomicAdd(&ds_s[b * CI + channel[j]], run);
+                            run = 0.f;
+                        }
+                    }
+                }
+                // G s, then dbank and this thread's share of dselect, summed over the warp in one pass.
+#pragma unroll
+                for (int j = 0; j < E; ++j) g[j] *= s[j];
+                float part[NMAX];
+#pragma unroll
+                for (int n = 0; n < NMAX; ++n) {
+                    part[n] = 0.f;
+#pragma unroll
+                    for (int j = 0; j < E; ++j) {
+                        dw[n][j] = fmaf(a_s[b][n], g[j], dw[n][j]);
+                        part[n] = fmaf(w[n][j], g[j], part[n]);
+                    }
+                }
+                const float total = warp_reduce_scatter<NMAX>(part);
+                if (lane % (kWarpSize / NMAX) == 0) atomicAdd(&da_s[b][lane / (kWarpSize / NMAX)], total);
+            }
+            if (active) {
+#pragma unroll
+                for (int n = 0; n < NMAX; ++n) {
+                    if (n >= p.N) break;
+                    TOut* dst = grad_bank + n * bank_n + (int64_t)o * R + e;
+                    if (p.accumulate) {
+                        float prev[E];
+                        load_row<TOut, E>(prev, dst, p.vectorized, count);
+#pragma unroll
+                        for (int j = 0; j < E; ++j) dw[n][j] += prev[j];
+                    }
+                    store_row<TOut, E>(dst, dw[n], p.vectorized, count);
+                }
+            }
+        }
+    }
+    __syncthreads();
+    const int64_t block = (int64_t)blockIdx.y * gridDim.x + blockIdx.x;
+    for (int idx = threadIdx.x; idx < p.B * p.N; idx += kThreads)
+        p.da_part[block * p.B * p.N + idx] = da_s[idx / p.N][idx % p.N];
+    for (int idx = threadIdx.x; idx < p.B * channels; idx += kThreads) {
+        const int b = idx / channels, ci = idx - b * channels;
+        p.ds_part[((int64_t)blockIdx.y * p.B + b) * p.Cin + i0 + ci] = ds_s[b * CI + ci];
+    }
+}
+
+// ---- launchers -------------------------------------------------------------------------------------------
+template <typename T>
+void launch_build(const BuildWeightsParams& p, cudaStream_t stream) {
+    const dim3 grid(ceil_div(p.B, kBuildGroup), p.Cout);
+    if (p.vectorized) build_weights_kernel<T, vector_elements<T>()><<<grid, kThreads, 0, stream>>>(p);
+    else build_weights_kernel<T, 4><<<grid, kThreads, 0, stream>>>(p);
+}
+
+template <typename T, typename TOut, int NMAX>
+void launch_reduce_n(const ReduceParams& p, const ReduceTiles& tiles, cudaStream_t stream) {
+    const dim3 grid(tiles.channel_blocks, tiles.output_blocks);
+    const size_t smem = sizeof(float) * p.B * p.channels_per_block;
+    constexpr int E = std::min(64 / NMAX, vector_elements<T>());
+    reduce_weight_grad_kernel<T, TOut, NMAX, E><<<grid, kThreads, smem, stream>>>(p);
+}
+
+template <typename T, typename TOut>
+void launch_reduce(const ReduceParams& p, const ReduceTiles& tiles, cudaStream_t stream) {
+    const dim3 grid(tiles.channel_blocks, tiles.output_blocks);
+    const size_t smem = sizeof(float) * p.B * p.channels_per_block;
+    // Unaligned rows (Cin not a multiple of 8): one element a thread, any N.
+    if (!p.vectorized) reduce_weight_grad_kernel<T, TOut, 32, 1><<<grid, kThreads, smem, stream>>>(p);
+    else if (p.N <= 4) launch_reduce_n<T, TOut, 4>(p, tiles, stream);
+    else if (p.N <= 8) launch_reduce_n<T, TOut, 8>(p, tiles, stream);
+    else if (p.N <= 16) launch_reduce_n<T, TOut, 16>(p, tiles, stream);
+    else launch_reduce_n<T, TOut, 32>(p, tiles, stream);
+}
+
+template <typename T>
+void launch_reduce_dtype(const ReduceParams& p, cudaStream_t stream) {
+    const ReduceTiles tiles = reduce_tiles(p.N, p.Cout, p.Cin, p.KK, p.vectorized, sizeof(T));
+    if (p.fp32_grad_bank) launch_reduce<T, float>(p, tiles, stream);
+    else launch_reduce<T, T>(p, tiles, stream);
+}
+
+template <template <typename> class Launch, typename Params>
+cudaError_t dispatch(const Params& p, DType dtype, cudaStream_t stream) {
+    switch (dtype) {
+        case DType::kFloat32: Launch<float>::run(p, stream); break;
+        case DType::kFloat16: Launch<half>::run(p, stream); break;
+        case DType::kBFloat16: Launch<__nv_bfloat16>::run(p, stream); break;
+    }
+    return cudaGetLastError();
+}
+
+template <typename T> struct BuildLaunch { static void run(const BuildWeightsParams& p, cudaStream_t s) { launch_build<T>(p, s); } };
+template <typename T> struct Im2colLaunch {
+    static void run(const ColumnsParams& p, cudaStream_t s) {
+        im2col_kernel<T><<<dim3(ceil_div((int64_t)p.Cin * p.ksize * p.ksize * p.H * p.W, kThreads), p.B), kThreads, 0,
+                           s>>>(p);
+    }
+};
+template <typename T> struct Col2imLaunch {
+    static void run(const ColumnsParams& p, cudaStream_t s) {
+        col2im_kernel<T><<<dim3(ceil_div((int64_t)p.Cin * p.H * p.W, kThreads), p.B), kThreads, 0, s>>>(p);
+    }
+};
+template <typename T> struct EpilogueForwardLaunch {
+    static void run(const EpilogueForwardParams& p, cudaStream_t s) {
+        epilogue_forward_kernel<T><<<dim3(ceil_div((int64_t)p.Cout * p.H * p.W, kThreads), p.B), kThreads, 0, s>>>(p);
+    }
+};
+template <typename T> struct EpilogueBackwardLaunch {
+    static void run(const EpilogueBackwardParams& p, cudaStream_t s) {
+        epilogue_backward_kernel<T><<<ceil_div((int64_t)p.B * p.Cout, kThreads / kWarpSize), kThreads, 0, s>>>(p);
+    }
+};
+template <typename T> struct ReduceLaunch { static void run(const ReduceParams& p, cudaStream_t s) { launch_reduce_dtype<T>(p, s); } };
 
 }  // namespace
 
-void adaptive_modconv2d_forward_cuda(const ModconvForwardParams& p, DType dtype, cudaStream_t stream) {
-    switch (dtype) {
-        case DType::kFloat32: forward<float>(p, stream); break;
-        case DType::kFloat16: forward<half>(p, stream); break;
-        case DType::kBFloat16: forward<__nv_bfloat16>(p, stream); break;
-    }
+ReduceTiles reduce_tiles(int N, int Cout, int Cin, int KK, bool vectorized, int element_size) {
+    const int nmax = N <= 4 ? 4 : N <= 8 ? 8 : N <= 16 ? 16 : 32;
+    const int E = vectorized ? std::min(64 / nmax, 16 / element_size) : 1;
+    // Channels per block: the block's threads cover all taps of them; a multiple of 8 keeps rows 16-byte aligned.
+    int channels = std::max(1, kThreads * E / KK);
+    if (vectorized) channels = std::max(8, channels / 8 * 8);
+    channels = std::min({channels, Cin, 256});
+    const int channel_blocks = ceil_div(Cin, channels);
+    // ~4 blocks per SM of a 132-SM card; each walks outputs_per_block output channels.
+    const int outputs = std::max(1, ceil_div((int64_t)Cout * channel_blocks, 4 * 132));
+    return ReduceTiles{E, channels, outputs, channel_blocks, ceil_div(Cout, outputs)};
 }
 
-void adaptive_modconv2d_backward_cuda(const ModconvBackwardParams& p, DType dtype, cudaStream_t stream) {
-    switch (dtype) {
-        case DType::kFloat32: backward<float>(p, stream); break;
-        case DType::kFloat16: backward<half>(p, stream); break;
-        case DType::kBFloat16: backward<__nv_bfloat16>(p, stream); break;
-    }
+WeightsPlan plan_weights(int64_t B, int64_t Cin, int64_t H, int64_t W, int64_t Cout, int64_t k, int64_t element_size,
+                         bool needs_grad, int keep, int64_t workspace) {
+    const int64_t P = H * W, R = Cin * k * k;
+    WeightsPlan plan{};
+    const int64_t weights = Cout * R * element_size;   // one sample's weights (or their gradient)
+    const int64_t cols = R * P * element_size;         // its columns
+    const int64_t out = Cout * P * element_size;       // the batched GEMM's output before the epilogue
+    plan.keep = keep < 0 ? needs_grad && B * weights <= workspace / 2 : keep != 0;
+    const int64_t left = workspace - (plan.keep ? B * weights : 0);
+    const auto balanced = [B](int64_t most) {          // the fewest chunks of at most `most`, evenly
+        most = std::max<int64_t>(1, std::min(B, most));
+        const int64_t chunks = (B + most - 1) / most;
+        return (B + chunks - 1) / chunks;
+    };
+    plan.forward_chunk = balanced(left / (cols + out + (plan.keep ? 0 : weights)));
+    // Backward, per sample: the weights (unless kept) with the columns' gradient, then the columns with the
+    // weight gradient; never all four at once.
+    plan.backward_chunk = balanced(left / (weights + cols));
+    return plan;
+}
+
+cudaError_t build_weights_cuda(const BuildWeightsParams& p, DType dtype, cudaStream_t stream) {
+    return dispatch<BuildLaunch>(p, dtype, stream);
+}
+cudaError_t im2col_cuda(const ColumnsParams& p, DType dtype, cudaStream_t stream) {
+    return dispatch<Im2colLaunch>(p, dtype, stream);
+}
+cudaError_t col2im_cuda(const ColumnsParams& p, DType dtype, cudaStream_t stream) {
+    return dispatch<Col2imLaunch>(p, dtype, stream);
+}
+cudaError_t epilogue_forward_cuda(const EpilogueForwardParams& p, DType dtype, cudaStream_t stream) {
+    return dispatch<EpilogueForwardLaunch>(p, dtype, stream);
+}
+cudaError_t epilogue_backward_cuda(const EpilogueBackwardParams& p, DType dtype, cudaStream_t stream) {
+    return dispatch<EpilogueBackwardLaunch>(p, dtype, stream);
+}
+cudaError_t reduce_weight_grad_cuda(const ReduceParams& p, DType dtype, cudaStream_t stream) {
+    return dispatch<ReduceLaunch>(p, dtype, stream);
 }
 
 }  // namespace gigagan

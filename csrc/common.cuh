@@ -98,6 +98,24 @@ __device__ __forceinline__ void load_tiles(Frag (&acc)[FM][FN], const float* c, 
             wmma::load_matrix_sync(acc[i][j], c + (m0 + 16 * i) * ldc + n0 + 16 * j, ldc, wmma::mem_row_major);
 }
 
+// E consecutive elements, loaded or stored as one access (E * sizeof(T) = 16 bytes: one LDG.128/STG.128).
+template <typename T, int E> struct alignas(sizeof(T) * E) Vec {
+    T v[E];
+};
+
+template <typename T, int E> __device__ __forceinline__ void load_floats(float (&dst)[E], const T* src) {
+    const Vec<T, E> vec = *reinterpret_cast<const Vec<T, E>*>(src);
+#pragma unroll
+    for (int j = 0; j < E; ++j) dst[j] = to_float(vec.v[j]);
+}
+
+template <typename T, int E> __device__ __forceinline__ void store_floats(T* dst, const float (&src)[E]) {
+    Vec<T, E> vec;
+#pragma unroll
+    for (int j = 0; j < E; ++j) vec.v[j] = from_float<T>(src[j]);
+    *reinterpret_cast<Vec<T, E>*>(dst) = vec;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int offset = kWarpSize / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);

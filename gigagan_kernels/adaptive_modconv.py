@@ -313,37 +313,6 @@ def _triton_bwd_op(grad_y: torch.Tensor, x: torch.Tensor, weight_bank: torch.Ten
     return dx, dbank, dlogits.to(select_logits.dtype), ds.to(style.dtype), dbias, dnoise
 
 
-def _epilogue_backward(grad_y, x, bias, noise, lin, d, demodulate, activation, gain, clamp):
-    """Backward of noise/bias/activation/gain/clamp on the activation-sized tensors, in torch ops (the CUDA
-    extension's path; the Triton path runs this as one kernel). Returns gz = d * dL/dlin (x's dtype),
-    c = d^2 sum_p dL/dlin * lin (fp32; the demodulation term of the bank and style gradients), dbias and
-    dnoise (empty when absent)."""
-    # Recover the pre-activation v from lin (the demodulated conv before the epilogue).
-    lin32 = lin.float()
-    v = lin32
-    if noise is not None:
-        v = v + noise.float()
-    if bias is not None:
-        v = v + bias.float()[None, :, None, None]
-    g = grad_y.float()
-    if activation == "lrelu":
-        g = g * torch.where(v > 0, gain, gain * LRELU_SLOPE)
-        act = torch.where(v > 0, v, v * LRELU_SLOPE) * gain
-    else:
-        g = g * gain
-        act = v * gain
-    if clamp is not None:
-        g = g * ((act >= -clamp) & (act <= clamp))
-    dbias = g.sum(dim=(0, 2, 3)).to(bias.dtype) if bias is not None else grad_y.new_empty((0,))
-    dnoise = g.sum_to_size(noise.shape).to(noise.dtype) if noise is not None else grad_y.new_empty((0,))
-    if demodulate:
-        c = (g * lin32).sum(dim=(2, 3)) * d * d
-    else:
-        c = d.new_zeros(d.shape)
-    gz = (g * d[:, :, None, None]).to(x.dtype)
-    return gz, c, dbias, dnoise
-
-
 @_triton_bwd_op.register_fake
 def _(grad_y, x, weight_bank, select_logits, style, bias, noise, lin, d, kept_weights, demodulate, activation, gain,
       clamp, strategy):
@@ -354,13 +323,13 @@ def _(grad_y, x, weight_bank, select_logits, style, bias, noise, lin, d, kept_we
 
 
 def _setup_context(ctx, inputs, output):
-    """Shared by the Triton op (extra inputs: strategy, keep_weights; extra output: the kept weights) and the
-    CUDA op (neither)."""
+    """Shared by the Triton op (extra inputs: strategy, keep_weights) and the CUDA op (workspace, keep_weights);
+    both return the kept per-sample weights as a fourth output, and take the first extra input back."""
     x, weight_bank, select_logits, style, bias, noise, demodulate, eps, activation, gain, clamp, save_lin = inputs[:12]
     y, lin, d = output[:3]
     ctx.save_for_backward(x, weight_bank, select_logits, style, bias, noise, lin if save_lin else y, d, *output[3:])
     ctx.options = (demodulate, eps, activation, gain, clamp)
-    ctx.backend_options = tuple(inputs[12:13])          # the Triton strategy
+    ctx.backend_options = tuple(inputs[12:13])          # the Triton strategy, or the CUDA workspace
     ctx.trailing_inputs = len(inputs) - 6
 
 
@@ -389,27 +358,67 @@ def _reference_grads(ctx, grad_y):
 fused_op.register_autograd(_triton_fwd_op, _setup_context, _first_order(_triton_bwd_op), _reference_grads)
 
 
+# The per-sample tensors of the "weights" decomposition (Triton's strategy and the CUDA path) live in a budget.
+WORKSPACE_ENV = "GIGAGAN_KERNELS_MODCONV_WORKSPACE_MB"
+# The reference keeps ~5.5 copies of the per-sample weights alive for its backward (3.4 GiB at GigaGAN's
+# 1024-channel layers, B = 32); 1.5 GiB holds the weights of such a layer once, plus their gradient.
+DEFAULT_WORKSPACE_MB = 1536
+
+
+def workspace_bytes() -> int:
+    """The budget for the "weights" strategy's per-sample tensors (weights, their gradient, im2col columns),
+    from GIGAGAN_KERNELS_MODCONV_WORKSPACE_MB (default 1536 MiB)."""
+    raw = os.environ.get(WORKSPACE_ENV, "").strip()
+    if not raw:
+        return DEFAULT_WORKSPACE_MB << 20
+    try:
+        mb = float(raw)
+    except ValueError:
+        raise ValueError(f"{WORKSPACE_ENV} must be a number of MiB, got {raw!r}") from None
+    if not mb > 0:
+        raise ValueError(f"{WORKSPACE_ENV} must be > 0 MiB, got {raw!r}")
+    return int(mb * 2**20)
+
+
 # ----------------------------------------------------------------------------------------------
 # CUDA C++ path (csrc/adaptive_modconv.cpp registers the ops; fake kernels and autograd added here at import).
 # ----------------------------------------------------------------------------------------------
 CUDA_MAX_FILTERS = 32  # kModconvMaxFilters in csrc/adaptive_modconv.h
 
 
-def _cuda_backward(grad_y, x, weight_bank, select_logits, style, bias, noise, lin, d, demodulate, activation, gain,
-                   clamp):
-    ops = backend.cuda_extension_ops()
-    gz, c, dbias, dnoise = _epilogue_backward(grad_y, x, bias, noise, lin, d, demodulate, activation, gain, clamp)
-    dx, dbank, dlogits, dstyle = ops.adaptive_modconv2d_backward(gz, c, x, weight_bank, select_logits, style,
-                                                                 demodulate)
-    return dx, dbank, dlogits, dstyle, dbias, dnoise
+def _cuda_backward(*args):
+    return backend.cuda_extension_ops().adaptive_modconv2d_backward(*args)
 
 
-def _cuda_backward_fake(grad_z, c, x, weight_bank, select_logits, style, demodulate):
+def _cuda_plan(x_shape, bank_shape, element_size: int, *, needs_grad: bool, keep: int = -1, workspace=None):
+    """(forward_chunk, backward_chunk, keep) of the CUDA path: csrc's plan_weights, the Triton "weights" plan of
+    its batched-GEMM form."""
+    from . import _C
+    B, Cin, H, W = x_shape
+    _, Cout, _, k, _ = bank_shape
+    return _C.modconv_plan_weights(B, Cin, H, W, Cout, k, element_size, needs_grad, keep,
+                                   workspace_bytes() if workspace is None else workspace)
+
+
+def _cuda_forward_fake(x, weight_bank, select_logits, style, bias, noise, demodulate, eps, activation, gain, clamp,
+                       save_lin, workspace, keep_weights):
+    y, lin, d = _forward_fake(x, weight_bank, select_logits, style, bias, noise, demodulate, eps, activation, gain,
+                              clamp, save_lin)
+    keep = keep_weights and _cuda_plan(x.shape, weight_bank.shape, x.element_size(), needs_grad=True,
+                                       workspace=workspace)[2]
+    return y, lin, d, x.new_empty(_wt_shape(x, weight_bank) if keep else (0,))
+
+
+def _cuda_backward_fake(grad_y, x, weight_bank, select_logits, style, bias, noise, lin, d, kept, demodulate,
+                        activation, gain, clamp, workspace):
+    empty = grad_y.new_empty((0,))
     return (torch.empty_like(x), torch.empty_like(weight_bank, memory_format=torch.contiguous_format),
-            torch.empty_like(select_logits), torch.empty_like(style))
+            torch.empty_like(select_logits), torch.empty_like(style),
+            torch.empty_like(bias) if bias is not None else empty,
+            torch.empty_like(noise) if noise is not None else empty)
 
 
-fused_op.register_cuda_op(OP_NAME, _forward_fake, _cuda_backward_fake, _setup_context, _first_order(_cuda_backward),
+fused_op.register_cuda_op(OP_NAME, _cuda_forward_fake, _cuda_backward_fake, _setup_context, _first_order(_cuda_backward),
                           _reference_grads)
 
 
@@ -469,7 +478,6 @@ def auto_cuda_order(x_shape, bank_shape, mode: str = "fwd+bwd") -> tuple:
 
 
 def _workspace():
-    from .adaptive_modconv_triton import workspace_bytes
     return workspace_bytes() if backend.triton_installed() else None
 
 
@@ -559,7 +567,7 @@ def adaptive_modconv2d(x, weight_bank, select_logits, style, bias=None, *, demod
     args = (x, weight_bank, select_logits, style, bias, noise, bool(demodulate), float(eps), activation or "linear",
             gain, clamp, save_lin)
     if chosen == "cuda":
-        return backend.cuda_op(OP_NAME)(*args)[0]
+        return backend.cuda_op(OP_NAME)(*args, workspace_bytes(), needs_grad)[0]
     strategy = triton_strategy(x.shape, weight_bank.shape, mode)
     keep = strategy == "weights" and kernels.plan_weights(x.shape, weight_bank.shape, x.element_size(),
                                                           needs_grad=needs_grad).keep

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import threading
 from dataclasses import dataclass
 
@@ -1096,27 +1095,6 @@ def reduce_dweights(gw, bank, a, s, c, dbank, da, ds, *, demodulate, accumulate)
     ds.copy_(ds_part.sum(0)[:B])
 
 
-WORKSPACE_ENV = "GIGAGAN_KERNELS_MODCONV_WORKSPACE_MB"
-# The reference keeps ~5.5 copies of the per-sample weights alive for its backward (3.4 GiB at GigaGAN's
-# 1024-channel layers, B = 32); 1.5 GiB holds the weights of such a layer once, plus their gradient.
-DEFAULT_WORKSPACE_MB = 1536
-
-
-def workspace_bytes() -> int:
-    """The budget for the "weights" strategy's per-sample tensors (weights, their gradient, im2col columns),
-    from GIGAGAN_KERNELS_MODCONV_WORKSPACE_MB (default 1536 MiB)."""
-    raw = os.environ.get(WORKSPACE_ENV, "").strip()
-    if not raw:
-        return DEFAULT_WORKSPACE_MB << 20
-    try:
-        mb = float(raw)
-    except ValueError:
-        raise ValueError(f"{WORKSPACE_ENV} must be a number of MiB, got {raw!r}") from None
-    if not mb > 0:
-        raise ValueError(f"{WORKSPACE_ENV} must be > 0 MiB, got {raw!r}")
-    return int(mb * 2**20)
-
-
 @dataclass(frozen=True)
 class WeightsPlan:
     """How the "weights" strategy runs one call: the GEMM form, and sample chunks that fit the workspace.
@@ -1160,7 +1138,9 @@ def plan_weights(x_shape, bank_shape, element_size: int, *, needs_grad: bool, ke
     """keep=None decides whether to keep the weights (the forward); the backward passes what was kept."""
     B, Cin, H, W = x_shape
     _, Cout, _, k, _ = bank_shape
-    workspace = workspace_bytes() if workspace is None else workspace
+    if workspace is None:
+        from .adaptive_modconv import workspace_bytes
+        workspace = workspace_bytes()
     P, R = H * W, Cin * k * k
     gemm = gemm or ("bmm" if P <= Cout else "implicit")
     weights = Cout * R * element_size                               # one sample's weights (or their gradient)

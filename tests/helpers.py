@@ -14,10 +14,14 @@ RTOL = {torch.float32: 2e-3 if torch.cuda.is_available() else 1e-5, torch.float1
 
 
 def uses_tf32(impl: str, x: torch.Tensor) -> bool:
-    """Whether impl's fp32 dots on x run in TF32: the CUDA extension's always do; Triton's follow
-    torch.backends.cudnn.allow_tf32, which conftest turns off for the tests."""
-    return x.is_cuda and x.dtype == torch.float32 and (impl == "cuda" or (impl == "triton"
-                                                                         and torch.backends.cudnn.allow_tf32))
+    """Whether adaptive_modconv2d's fp32 dots on x run in TF32. The Triton kernels and the CUDA extension's
+    cuDNN convolutions follow torch.backends.cudnn.allow_tf32 (conftest turns it off for the tests), the
+    extension's cuBLAS GEMMs torch.backends.cuda.matmul.allow_tf32 (off by default)."""
+    if not (x.is_cuda and x.dtype == torch.float32):
+        return False
+    if impl == "cuda":
+        return torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32
+    return impl.startswith("triton") and torch.backends.cudnn.allow_tf32
 
 
 def round_to_tf32(t):

@@ -351,19 +351,67 @@ def test_opcheck_custom_ops(strategy, keep, device):
 @pytest.mark.gpu
 @pytest.mark.parametrize("impl", [CUDA_IMPL])
 def test_opcheck_cuda_ops(impl):
-    """The CUDA C++ ops with the fake kernels and autograd registered from Python."""
+    """The CUDA C++ ops with the fake kernels and autograd registered from Python, with the weights kept and not."""
     inputs = make_inputs(2, 5, 4, 6, 7, 3, 3, dtype=torch.float32, device="cuda", seed=2, bias=True, noise="pixel")
     x, bank, logits, style, bias, noise = (inputs[k] for k in INPUT_NAMES)
     op = torch.ops.gigagan_kernels_cuda.adaptive_modconv2d_forward
-    fwd_args = (x.requires_grad_(), bank.requires_grad_(), logits.requires_grad_(), style.requires_grad_(),
-                bias.requires_grad_(), noise, True, 1e-8, "lrelu", math.sqrt(2), 0.9, True)
-    torch.library.opcheck(op, fwd_args)
-    with torch.no_grad():
-        y, lin, d = op(*fwd_args)
-    gz = torch.randn_like(y)
-    c = torch.randn(d.shape, device="cuda")
-    torch.library.opcheck(torch.ops.gigagan_kernels_cuda.adaptive_modconv2d_backward,
-                          (gz, c, x.detach(), bank.detach(), logits.detach(), style.detach(), True))
+    for workspace in (2**20, 100):
+        fwd_args = (x.requires_grad_(), bank.requires_grad_(), logits.requires_grad_(), style.requires_grad_(),
+                    bias.requires_grad_(), noise, True, 1e-8, "lrelu", math.sqrt(2), 0.9, True, workspace, True)
+        torch.library.opcheck(op, fwd_args)
+        with torch.no_grad():
+            y, lin, d, kept = op(*fwd_args)
+        assert kept.shape == ((2, 4, 5 * 9) if workspace > 100 else (0,))
+        bwd_args = (torch.randn_like(y), x.detach(), bank.detach(), logits.detach(), style.detach(), bias.detach(),
+                    noise, lin, d, kept, True, "lrelu", math.sqrt(2), 0.9, workspace)
+        torch.library.opcheck(torch.ops.gigagan_kernels_cuda.adaptive_modconv2d_backward, bwd_args)
+
+
+# The CUDA path's own tiling: sample chunks under the workspace (both GEMM forms), reductions over more samples
+# than one launch takes (the bank gradient accumulates in fp32), and rows that are not 16-byte multiples.
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", [CUDA_IMPL])
+@pytest.mark.parametrize("shape, dtype, workspace_samples", [
+    ((5, 6, 7, 2, 3, 3, 3), torch.float32, 2.5),      # bmm (P <= Cout), Cin*k*k = 54: scalar rows, 3 chunks
+    ((5, 8, 7, 2, 3, 3, 3), torch.float16, 12),       # bmm, 16-byte rows, weights kept
+    ((5, 8, 4, 6, 5, 5, 3), torch.bfloat16, 2.5),     # columns larger than the weights (P > Cout), rebuilt
+    ((35, 16, 12, 3, 3, 12, 1), torch.float16, 64),   # 2 reduction launches (32 + 3 samples), N = 12, k = 1
+    ((34, 24, 16, 4, 4, 20, 3), torch.float32, 64),   # N = 20 (the 32-filter tiles), 2 launches
+])
+def test_cuda_weights_tiles(impl, shape, dtype, workspace_samples, monkeypatch, poison_outputs):
+    B, Cin, Cout, H, W, N, k = shape
+    element = torch.empty((), dtype=dtype).element_size()
+    per_sample = (Cout * Cin * k * k + Cin * k * k * H * W + Cout * H * W) * element
+    monkeypatch.setenv(amc.WORKSPACE_ENV, str(workspace_samples * per_sample / 2**20))
+    forward_chunk, backward_chunk, _ = amc._cuda_plan((B, Cin, H, W), (N, Cout, Cin, k, k), element,
+                                                      needs_grad=True)
+    assert workspace_samples > 10 or (B % forward_chunk and B % backward_chunk)
+    inputs = make_inputs(*shape, dtype=dtype, device="cuda", seed=sum(shape), bias=True, noise="pixel")
+    check_against_reference(inputs, "cuda", dtype, activation="lrelu", clamp=2.0)
+
+
+@pytest.mark.skipif(not amc.backend.cuda_extension_has(amc.OP_NAME), reason="the CUDA extension is not built")
+def test_cuda_plan_follows_the_weights_budget():
+    """csrc's plan_weights is the Triton plan of the batched-GEMM form, and the weight-gradient reduction's tiles
+    cover every channel and output channel."""
+    from gigagan_kernels import _C
+    from gigagan_kernels import adaptive_modconv_triton as kernels
+    rng = random.Random(5)
+    for _ in range(200):
+        B, Cin, Cout, H, W = (rng.randint(1, 64) for _ in range(5))
+        k, N, element = rng.choice((1, 3, 5)), rng.randint(1, 32), rng.choice((2, 4))
+        workspace, needs_grad = rng.randint(1, 2**24), rng.random() < 0.7
+        plan = amc._cuda_plan((B, Cin, H, W), (N, Cout, Cin, k, k), element, needs_grad=needs_grad,
+                              workspace=workspace)
+        expected = kernels.plan_weights((B, Cin, H, W), (N, Cout, Cin, k, k), element, needs_grad=needs_grad,
+                                        workspace=workspace, gemm="bmm")
+        assert plan == (expected.forward_chunk, expected.backward_chunk, expected.keep)
+        for vectorized in (False, True):
+            E, channels, outputs, channel_blocks, output_blocks = _C.modconv_reduce_tiles(N, Cout, Cin, k * k,
+                                                                                          vectorized, element)
+            assert E >= 1 and (not vectorized or channels % 8 == 0 or channels == Cin)
+            assert channel_blocks * channels >= Cin > (channel_blocks - 1) * channels
+            assert output_blocks * outputs >= Cout > (output_blocks - 1) * outputs
 
 
 @pytest.mark.parametrize("impl", ["auto", CUDA_IMPL])
@@ -429,7 +477,7 @@ def test_weights_strategy_in_chunks(gemm, workspace_samples, keep, device, monke
     from gigagan_kernels import adaptive_modconv_triton as kernels
     B, Cin, Cout, H, W, N, k = 5, 6, 7, 2, 3, 3, 3         # weights (the kept tensor) dominate columns
     per_sample = (Cout * Cin * k * k + (Cin * k * k * H * W + Cout * H * W if gemm == "bmm" else 0)) * 4
-    monkeypatch.setenv(kernels.WORKSPACE_ENV, str(workspace_samples * per_sample / 2**20))
+    monkeypatch.setenv(amc.WORKSPACE_ENV, str(workspace_samples * per_sample / 2**20))
     plan = kernels.plan_weights((B, Cin, H, W), (N, Cout, Cin, k, k), 4, needs_grad=True, gemm=gemm)
     assert plan.keep == keep
     assert keep or (B % plan.forward_chunk and B % plan.backward_chunk)
@@ -497,19 +545,19 @@ def test_plan_weights_budget(monkeypatch):
     """GigaGAN's 1024-channel 8x8 layer at B = 32 (bf16): the 604 MB of weights are kept under the default
     workspace and the backward runs in one chunk; under 512 MiB they are rebuilt, in two chunks."""
     from gigagan_kernels import adaptive_modconv_triton as kernels
-    monkeypatch.delenv(kernels.WORKSPACE_ENV, raising=False)
+    monkeypatch.delenv(amc.WORKSPACE_ENV, raising=False)
     shape, bank = (32, 1024, 8, 8), (8, 1024, 1024, 3, 3)
     plan = kernels.plan_weights(shape, bank, 2, needs_grad=True)
     assert plan == kernels.WeightsPlan("bmm", 32, 32, True)
     assert not kernels.plan_weights(shape, bank, 2, needs_grad=False).keep
-    monkeypatch.setenv(kernels.WORKSPACE_ENV, "512")
+    monkeypatch.setenv(amc.WORKSPACE_ENV, "512")
     plan = kernels.plan_weights(shape, bank, 2, needs_grad=True)
     assert plan == kernels.WeightsPlan("bmm", 16, 16, False)
     assert kernels.plan_weights((16, 256, 64, 64), (4, 256, 256, 3, 3), 2, needs_grad=True).gemm == "implicit"
     for bad in ("0", "-3", "lots"):
-        monkeypatch.setenv(kernels.WORKSPACE_ENV, bad)
-        with pytest.raises(ValueError, match=kernels.WORKSPACE_ENV):
-            kernels.workspace_bytes()
+        monkeypatch.setenv(amc.WORKSPACE_ENV, bad)
+        with pytest.raises(ValueError, match=amc.WORKSPACE_ENV):
+            amc.workspace_bytes()
 
 
 def test_triton_strategy_choice(monkeypatch):

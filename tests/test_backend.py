@@ -107,9 +107,12 @@ def test_poison_fixture_really_poisons(poison_outputs):
 CUDA_OPS = {
     "adaptive_modconv2d_forward": "(Tensor x, Tensor weight_bank, Tensor select_logits, Tensor style, Tensor? bias, "
                                   "Tensor? noise, bool demodulate, float eps, str activation, float gain, "
-                                  "float? clamp, bool save_lin) -> (Tensor, Tensor, Tensor)",
-    "adaptive_modconv2d_backward": "(Tensor grad_z, Tensor c, Tensor x, Tensor weight_bank, Tensor select_logits, "
-                                   "Tensor style, bool demodulate) -> (Tensor, Tensor, Tensor, Tensor)",
+                                  "float? clamp, bool save_lin, int workspace, bool keep_weights) "
+                                  "-> (Tensor, Tensor, Tensor, Tensor)",
+    "adaptive_modconv2d_backward": "(Tensor grad_y, Tensor x, Tensor weight_bank, Tensor select_logits, "
+                                   "Tensor style, Tensor? bias, Tensor? noise, Tensor lin, Tensor d, Tensor kept, "
+                                   "bool demodulate, str activation, float gain, float? clamp, int workspace) "
+                                   "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
     "attention_forward": "(Tensor q, Tensor k, Tensor v, str kind, float scale, Tensor? key_padding_mask) "
                          "-> (Tensor, Tensor)",
     "attention_backward": "(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, str kind, "
@@ -141,12 +144,16 @@ def test_cuda_extension_builds_and_registers_its_ops():
         x = torch.empty(2, 4, 5, 7, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         bank, logits, style = (torch.empty(*s, device="cuda", dtype=torch.bfloat16)
                                for s in ((3, 6, 4, 3, 3), (2, 3), (2, 4)))
-        y, lin, d = ops.adaptive_modconv2d_forward(x, bank, logits, style, None, None, True, 1e-8, "lrelu", 1.4,
-                                                   None, True)
+        y, lin, d, kept = ops.adaptive_modconv2d_forward(x, bank, logits, style, None, None, True, 1e-8, "lrelu",
+                                                         1.4, None, True, 2**20, True)
         assert (y.shape, lin.shape, d.shape, d.dtype) == ((2, 6, 5, 7), (2, 6, 5, 7), (2, 6), torch.float32)
+        assert kept.shape == (2, 6, 4 * 9)                               # the weights fit half the workspace
+        assert ops.adaptive_modconv2d_forward(x, bank, logits, style, None, None, True, 1e-8, "lrelu", 1.4, None,
+                                              True, 100, True)[3].shape == (0,)
         assert y.grad_fn is not None                                     # autograd registered at import
-        grads = ops.adaptive_modconv2d_backward(y, d, x, bank, logits, style, True)
-        assert [g.shape for g in grads] == [x.shape, bank.shape, logits.shape, style.shape]
+        grads = ops.adaptive_modconv2d_backward(y, x, bank, logits, style, None, None, lin, d, kept, True, "lrelu",
+                                                1.4, None, 2**20)
+        assert [g.shape for g in grads] == [x.shape, bank.shape, logits.shape, style.shape, (0,), (0,)]
         q, k, v = (torch.empty(2, 3, L, 16, device="cuda", dtype=torch.float16) for L in (9, 5, 5))
         out, lse = ops.attention_forward(q.requires_grad_(), k, v, "l2", 0.25, None)
         assert (out.shape, lse.shape, lse.dtype) == ((2, 3, 9, 16), (2, 3, 9), torch.float32)

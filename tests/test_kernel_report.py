@@ -21,8 +21,8 @@ def test_kernel_report_check_passes():
         assert f"| {name}" in proc.stdout
     assert "sm_80" in proc.stdout and "sm_90" in proc.stdout
     if kernel_report.cuda_extension_path() is not None:
-        for name in ("modconv_forward_kernel", "modconv_grad_x_kernel", "modconv_grad_bank_kernel",
-                     "demodulation_kernel",
+        for name in ("build_weights_kernel", "im2col_kernel", "col2im_kernel", "epilogue_forward_kernel",
+                     "epilogue_backward_kernel", "reduce_weight_grad_kernel",
                      "attention_forward_kernel", "attention_delta_kernel", "attention_grad_kv_kernel",
                      "attention_grad_q_kernel"):
             for target in ("sm_80", "sm_90"):
