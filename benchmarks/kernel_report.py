@@ -131,7 +131,7 @@ def build_report(jobs: int | None = None):
 # ----------------------------------------------------------------------------------------------
 # Kernels whose work is a GEMM and must run on tensor cores. The modconv's GEMMs are cuBLAS / cuDNN calls from
 # csrc/adaptive_modconv.cpp; its kernels are the memory-bound passes around them (FMAs, no MMA).
-_CUDA_GEMM_KERNELS = ("attention_forward_kernel", "attention_grad_kv_kernel", "attention_grad_q_kernel")
+_CUDA_GEMM_KERNELS = ("attention_forward_kernel", "attention_backward_kernel")
 _CUDA_DTYPES = {"float": "fp32", "__half": "fp16", "__nv_bfloat16": "bf16"}
 
 

@@ -79,13 +79,35 @@ AttentionParams check_common(const at::Tensor& q, const at::Tensor& k, const at:
     p.qk_scale = static_cast<float>((p.l2 ? 2.0 * scale : scale) * kLog2e);
     p.bias_scale = p.l2 ? static_cast<float>(scale * kLog2e) : 0.f;
     p.grad_scale = static_cast<float>(p.l2 ? 2.0 * scale : scale);
+    return p;
+}
+
+// What the kernels read: unit stride along the head dim, 16-byte aligned rows, and ceil(dim / 8) * 8 readable
+// columns (zero past dim). A tensor that is not so already (a transposed view, an odd head dim) is copied.
+at::Tensor kernel_layout(const at::Tensor& t) {
+    const int64_t dim = t.size(3), padded = (dim + 7) / 8 * 8, per16 = 16 / t.element_size();
+    const bool ok = t.stride(3) == 1 && dim == padded && t.stride(2) % per16 == 0 && t.stride(1) % per16 == 0 &&
+                    t.stride(0) % per16 == 0 && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+    if (ok) return t;
+    at::Tensor copy = at::zeros({t.size(0), t.size(1), t.size(2), padded}, t.options());
+    copy.narrow(3, 0, dim).copy_(t);
+    return copy;
+}
+
+void set_inputs(AttentionParams& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
     p.q = q.data_ptr();
     p.k = k.data_ptr();
     p.v = v.data_ptr();
     copy_strides(p.stride_q, q);
     copy_strides(p.stride_k, k);
     copy_strides(p.stride_v, v);
-    return p;
+}
+
+at::Tensor key_bias_workspace(AttentionParams& p, const at::Tensor& q) {
+    p.Lk_pad = (p.Lk + kAttentionKeyTile - 1) / kAttentionKeyTile * kAttentionKeyTile;
+    at::Tensor key_bias = at::empty({int64_t{p.B} * p.H, p.Lk_pad}, q.options().dtype(at::kFloat));
+    p.key_bias = key_bias.data_ptr<float>();
+    return key_bias;
 }
 
 std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -98,6 +120,9 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& q, const at::Tensor
     at::Tensor lse = at::empty({p.B, p.H, p.Lq}, q.options().dtype(at::kFloat));
     if (out.numel() == 0 && lse.numel() == 0) return {out, lse};
     TORCH_CHECK(p.Lk > 0, kOp, "k has no keys (Lk=0); the Python wrapper routes that case to the reference");
+    const at::Tensor q_k = kernel_layout(q), k_k = kernel_layout(k), v_k = kernel_layout(v);
+    set_inputs(p, q_k, k_k, v_k);
+    const at::Tensor key_bias = key_bias_workspace(p, q);
     p.out = out.data_ptr();
     copy_strides(p.stride_out, out);
     p.lse = lse.data_ptr<float>();
@@ -120,23 +145,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad_o
     const at::IntArrayRef out_shape(out_dims);
     TORCH_CHECK(grad_out.sizes() == out_shape, kOp, "grad_out must have shape ", out_shape, ", got ", grad_out.sizes());
     TORCH_CHECK(out.sizes() == out_shape, kOp, "out must have shape ", out_shape, ", got ", out.sizes());
-    TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.is_cuda() &&
-                    lse.sizes() == at::IntArrayRef({p.B, p.H, p.Lq}),
-                kOp, "lse must be a float32 CUDA tensor of shape [B, H, Lq], got ", lse.scalar_type(), " ",
-                lse.sizes());
+    const std::array<int64_t, 3> lse_dims{p.B, p.H, p.Lq};
+    TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.is_cuda() && lse.sizes() == at::IntArrayRef(lse_dims), kOp,
+                "lse must be a float32 CUDA tensor of shape [B, H, Lq], got ", lse.scalar_type(), " ", lse.sizes());
     const c10::cuda::CUDAGuard guard(q.device());
     at::Tensor grad_q = at::empty_like(q), grad_k = at::empty_like(k), grad_v = at::empty_like(v);
     if (q.numel() == 0 || k.numel() == 0 || p.Lq == 0 || p.Lk == 0) {
         return {grad_q.zero_(), grad_k.zero_(), grad_v.zero_()};
     }
+    const at::Tensor q_k = kernel_layout(q), k_k = kernel_layout(k), v_k = kernel_layout(v);
+    const at::Tensor grad_out_k = kernel_layout(grad_out);
+    set_inputs(p, q_k, k_k, v_k);
+    const at::Tensor key_bias = key_bias_workspace(p, q);
     at::Tensor lse_c = lse.contiguous();
-    at::Tensor delta = at::empty({p.B, p.H, p.Lq}, q.options().dtype(at::kFloat));
+    const auto f32 = q.options().dtype(at::kFloat);
+    at::Tensor delta = at::empty({p.B, p.H, p.Lq}, f32);
+    at::Tensor grad_q_accum = at::zeros({p.B, p.H, p.Lq, p.D}, f32);
     p.out = const_cast<void*>(out.data_ptr());
     copy_strides(p.stride_out, out);
     p.lse = lse_c.data_ptr<float>();
-    p.grad_out = grad_out.data_ptr();
-    copy_strides(p.stride_grad_out, grad_out);
+    p.grad_out = grad_out_k.data_ptr();
+    copy_strides(p.stride_grad_out, grad_out_k);
     p.delta = delta.data_ptr<float>();
+    p.grad_q_accum = grad_q_accum.data_ptr<float>();
     p.grad_q = grad_q.data_ptr();
     p.grad_k = grad_k.data_ptr();
     p.grad_v = grad_v.data_ptr();

@@ -2,168 +2,219 @@
 //
 // L2 logits use  -s||q_i - k_j||^2 = 2s<q_i,k_j> - s||k_j||^2 - s||q_i||^2; the last term is constant
 // along a row and cancels in the softmax, so L2 is dot-product attention at scale 2s plus a per-key bias
-// -s||k_j||^2, computed from the key tile in shared memory. Softmax runs in base 2 with fp32 statistics
-// (online over key tiles); only the per-row log-sum-exp is saved. No Lq x Lk tensor reaches global memory.
+// -s||k_j||^2, computed once per key (key_bias_kernel, which also writes -inf for masked and padding keys).
+// Softmax runs in base 2 with fp32 statistics, online over key tiles; only the per-row log-sum-exp is saved.
 // Backward, with dS = P * (dP - delta), delta = rowsum(dO * O):
 //   dot: dQ = s dS K,   dK = s dS^T Q;     l2: dQ = 2s dS K,   dK = 2s (dS^T Q - k_j colsum(dS)_j)
 // (the l2 dQ term -2s q_i rowsum(dS) vanishes: rows of dS sum to zero). Same math as attention_triton.py.
-// The products run on tensor cores (WMMA; TF32 for fp32 inputs); tiles are staged in shared memory, and
-// the running output lives there too because WMMA accumulators cannot be rescaled per row in registers.
+//
+// Products run on mma.sync (common.cuh: m16n8k16 for fp16/bf16, 3xTF32 m16n8k8 for fp32) with the accumulators
+// in registers: the forward's running output is rescaled per row in place. K/V (forward) and Q/dO (backward)
+// tiles stream through shared memory with cp.async, double-buffered in the forward. The backward is one pass
+// over key blocks (FlashAttention-2): a block owns 16 keys a warp, walks the query tiles, keeps dK and dV in
+// registers, and adds each tile's dQ to an fp32 buffer with atomics.
 #include "attention.h"
 #include "common.cuh"
 
 namespace gigagan {
 namespace {
 
-constexpr int kThreads = 128;  // 4 warps
-constexpr int kFwdBM = 64, kFwdBN = 32;   // forward: query rows x key columns per step
-constexpr int kBwdBM = 32, kBwdBN = 32;   // backward: query rows x key columns per step
+__host__ __device__ inline int ceil_div(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
 
-// Loads rows [row0, row0 + ROWS) x columns [0, HD) of an [L, dim] slice into shared memory, zero padded.
-template <typename T, int ROWS, int HD>
-__device__ __forceinline__ void load_rows(T* dst, int ld, const T* src, int64_t stride_row, int64_t stride_col,
-                                          int row0, int L, int dim) {
-    for (int idx = threadIdx.x; idx < ROWS * HD; idx += kThreads) {
-        const int r = idx / HD, c = idx % HD;
-        const int row = row0 + r;
-        dst[r * ld + c] = row < L && c < dim ? src[row * stride_row + c * stride_col] : from_float<T>(0.f);
+// Shared-memory row stride: 16 bytes of padding stagger ldmatrix's eight row addresses across banks.
+template <typename T, int HD> __host__ __device__ constexpr int row_stride() { return HD + 16 / static_cast<int>(sizeof(T)); }
+
+// Rows [row0, row0 + ROWS) x the first HD columns of an [L, *] slice (unit column stride, 16-byte rows) into
+// shared memory by 16-byte cp.async; rows past L and chunks past `chunks` (ceil(dim / 8) * 8 columns) are zero.
+template <typename T, int ROWS, int HD, int THREADS>
+__device__ __forceinline__ void load_tile_async(T* dst, const T* src, int64_t stride_row, int row0, int L, int dim) {
+    constexpr int PER_CHUNK = 16 / sizeof(T);
+    constexpr int CHUNKS = HD / PER_CHUNK;
+    const int chunks = (dim + 7) / 8 * 8 / PER_CHUNK;
+    for (int idx = threadIdx.x; idx < ROWS * CHUNKS; idx += THREADS) {
+        const int r = idx / CHUNKS, c = idx % CHUNKS;
+        const bool valid = row0 + r < L && c < chunks;
+        cp_async16(dst + r * row_stride<T, HD>() + c * PER_CHUNK,
+                   valid ? src + (row0 + r) * stride_row + c * PER_CHUNK : src, valid);
     }
 }
 
-// bias[j] = -bias_scale ||k_j||^2 (0 for dot), or -inf for a padded or masked key.
-template <typename T, int BN, int HD>
-__device__ __forceinline__ void key_bias(float* bias, const T* Ks, int ld, const AttentionParams& p, int b, int n0) {
-    for (int j = threadIdx.x; j < BN; j += kThreads) {
-        const int key = n0 + j;
-        bool visible = key < p.Lk;
-        if (visible && p.mask) visible = p.mask[(int64_t)b * p.Lk + key] != 0;
-        float sq = 0.f;
-        if (p.l2)
-            for (int c = 0; c < HD; ++c) {
-                const float kv = to_float(Ks[j * ld + c]);
-                sq += kv * kv;
-            }
-        bias[j] = visible ? -p.bias_scale * sq : -INFINITY;
-    }
-}
-
-// This block's (b, h) slices of q, k, v and dO, and where its rows start in lse and delta.
+// key_bias[bh, j] = -bias_scale ||k_j||^2 (0 for dot), or -inf for a masked key or a padding column j >= Lk.
 template <typename T>
-struct HeadSlice {
-    int b, h;
-    int64_t row_base;
-    const T *q, *k, *v, *grad_out;
-    __device__ explicit HeadSlice(const AttentionParams& p)
-        : b(blockIdx.y / p.H), h(blockIdx.y % p.H), row_base(((int64_t)b * p.H + h) * p.Lq),
-          q(static_cast<const T*>(p.q) + b * p.stride_q[0] + h * p.stride_q[1]),
-          k(static_cast<const T*>(p.k) + b * p.stride_k[0] + h * p.stride_k[1]),
-          v(static_cast<const T*>(p.v) + b * p.stride_v[0] + h * p.stride_v[1]),
-          grad_out(p.grad_out ? static_cast<const T*>(p.grad_out) + b * p.stride_grad_out[0] +
-                                    h * p.stride_grad_out[1] : nullptr) {}
-};
+__global__ void key_bias_kernel(AttentionParams p) {
+    const int warps = blockDim.x / kWarpSize;
+    const int64_t idx = (int64_t)blockIdx.x * warps + threadIdx.x / kWarpSize;
+    const int lane = threadIdx.x % kWarpSize;
+    if (idx >= (int64_t)p.B * p.H * p.Lk_pad) return;
+    const int j = static_cast<int>(idx % p.Lk_pad);
+    const int64_t bh = idx / p.Lk_pad;
+    const int b = static_cast<int>(bh / p.H), h = static_cast<int>(bh % p.H);
+    bool visible = j < p.Lk;
+    if (visible && p.mask) visible = p.mask[(int64_t)b * p.Lk + j] != 0;
+    float sq = 0.f;
+    if (visible && p.l2) {
+        const T* k = static_cast<const T*>(p.k) + b * p.stride_k[0] + h * p.stride_k[1] + j * p.stride_k[2];
+        for (int c = lane; c < p.D; c += kWarpSize) {
+            const float kv = to_float(k[c]);
+            sq += kv * kv;
+        }
+        sq = warp_sum(sq);
+    }
+    if (lane == 0) p.key_bias[idx] = visible ? -p.bias_scale * sq : -INFINITY;
+}
+
+template <typename T>
+__device__ __forceinline__ const T* head(const void* base, const int64_t (&stride)[4], int b, int h) {
+    return static_cast<const T*>(base) + b * stride[0] + h * stride[1];
+}
+
+// ---- forward ---------------------------------------------------------------------------------------------
+// A block: 64 query rows, 16 per warp; key tiles of BN = 64, double-buffered. Per warp and key tile:
+// S = Q K^T (16 x BN, BN / 8 C tiles), the online softmax on its rows, O = O * alpha + P V with P taken straight
+// from S's registers as the A operand.
+constexpr int kFwdWarps = 4, kFwdThreads = kFwdWarps * kWarpSize;
+constexpr int kFwdBM = 16 * kFwdWarps;
 
 template <typename T, int HD>
 struct FwdSmem {
-    static constexpr int LDH = padded<T>(HD), LDS = padded<float>(kFwdBN), LDP = padded<T>(kFwdBN),
-                         LDO = padded<float>(HD);
+    // Key tiles of 64; 32 for fp32 at head dim 128, whose double-buffered K/V tiles would pass sm_80's 163 KB.
+    static constexpr int BN = sizeof(T) == 4 && HD > 64 ? 32 : 64;
+    static constexpr int LD = row_stride<T, HD>();
     static constexpr int Q = 0;
-    static constexpr int K = Q + smem_round(kFwdBM * LDH * sizeof(T));
-    static constexpr int V = K + smem_round(kFwdBN * LDH * sizeof(T));
-    static constexpr int S = V + smem_round(kFwdBN * LDH * sizeof(T));
-    static constexpr int P = S + smem_round(kFwdBM * LDS * sizeof(float));
-    static constexpr int O = P + smem_round(kFwdBM * LDP * sizeof(T));
-    static constexpr int ROWS = O + smem_round(kFwdBM * LDO * sizeof(float));   // alpha, l
-    static constexpr int BIAS = ROWS + smem_round(2 * kFwdBM * sizeof(float));
-    static constexpr int BYTES = BIAS + smem_round(kFwdBN * sizeof(float));
+    static constexpr int K = Q + smem_round(kFwdBM * LD * sizeof(T));     // [2][BN][LD]
+    static constexpr int V = K + 2 * smem_round(BN * LD * sizeof(T));     // [2][BN][LD]
+    static constexpr int BIAS = V + 2 * smem_round(BN * LD * sizeof(T));  // [2][BN] fp32
+    static constexpr int BYTES = BIAS + 2 * smem_round(BN * sizeof(float));
 };
 
 template <typename T, int HD>
-__global__ void __launch_bounds__(kThreads, 1) attention_forward_kernel(AttentionParams p) {
+__global__ void __launch_bounds__(kFwdThreads) attention_forward_kernel(AttentionParams p) {
     using L = FwdSmem<T, HD>;
-    constexpr int BM = kFwdBM, BN = kFwdBN;
+    using M = Mma<T>;
+    constexpr int LD = L::LD, BN = L::BN, NT = BN / 8, OT = HD / 8;
     extern __shared__ __align__(128) unsigned char smem[];
     T* Qs = reinterpret_cast<T*>(smem + L::Q);
-    T* Ks = reinterpret_cast<T*>(smem + L::K);
-    T* Vs = reinterpret_cast<T*>(smem + L::V);
-    float* Ss = reinterpret_cast<float*>(smem + L::S);
-    T* Ps = reinterpret_cast<T*>(smem + L::P);
-    float* Os = reinterpret_cast<float*>(smem + L::O);
-    float* alpha_s = reinterpret_cast<float*>(smem + L::ROWS);
-    float* l_s = alpha_s + BM;
-    float* bias_s = reinterpret_cast<float*>(smem + L::BIAS);
+    const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+    const int m0 = blockIdx.x * kFwdBM;
+    const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
+    const T* q = head<T>(p.q, p.stride_q, b, h);
+    const T* k = head<T>(p.k, p.stride_k, b, h);
+    const T* v = head<T>(p.v, p.stride_v, b, h);
+    const float* key_bias = p.key_bias + (int64_t)bh * p.Lk_pad;
+    auto k_tile = [&](int s) { return reinterpret_cast<T*>(smem + L::K + s * smem_round(BN * LD * sizeof(T))); };
+    auto v_tile = [&](int s) { return reinterpret_cast<T*>(smem + L::V + s * smem_round(BN * LD * sizeof(T))); };
+    auto bias_tile = [&](int s) { return reinterpret_cast<float*>(smem + L::BIAS + s * smem_round(BN * sizeof(float))); };
+    auto load_keys = [&](int n0, int s) {
+        load_tile_async<T, BN, HD, kFwdThreads>(k_tile(s), k, p.stride_k[2], n0, p.Lk, p.D);
+        load_tile_async<T, BN, HD, kFwdThreads>(v_tile(s), v, p.stride_v[2], n0, p.Lk, p.DV);
+        for (int c = threadIdx.x; c < BN / 4; c += kFwdThreads)   // key_bias rows are padded past Lk
+            cp_async16(bias_tile(s) + 4 * c, key_bias + n0 + 4 * c, true);
+    };
+    load_tile_async<T, kFwdBM, HD, kFwdThreads>(Qs, q, p.stride_q[2], m0, p.Lq, p.D);
+    load_keys(0, 0);
+    cp_async_commit();
 
-    const HeadSlice<T> at(p);
-    const int b = at.b, h = at.h;
-    const int m0 = blockIdx.x * BM;
-    load_rows<T, BM, HD>(Qs, L::LDH, at.q, p.stride_q[2], p.stride_q[3], m0, p.Lq, p.D);
-    for (int idx = threadIdx.x; idx < BM * L::LDO; idx += kThreads) Os[idx] = 0.f;
-
-    const int warp = threadIdx.x / kWarpSize;
-    // Two threads per query row, each owning half of the key columns of a step; they are adjacent lanes.
-    const int row = threadIdx.x / 2, half = threadIdx.x % 2;
-    float m_i = -1.0e30f;  // finite, so that a fully masked row never computes (-inf) - (-inf)
-    float l_i = 0.f;
-    for (int n0 = 0; n0 < p.Lk; n0 += BN) {
-        load_rows<T, BN, HD>(Ks, L::LDH, at.k, p.stride_k[2], p.stride_k[3], n0, p.Lk, p.D);
-        load_rows<T, BN, HD>(Vs, L::LDH, at.v, p.stride_v[2], p.stride_v[3], n0, p.Lk, p.DV);
+    float o[OT][4] = {};
+    float m_i[2] = {-1.0e30f, -1.0e30f};  // finite: a fully masked row never computes (-inf) - (-inf)
+    float l_i[2] = {0.f, 0.f};
+    const int tiles = ceil_div(p.Lk, BN);
+    for (int it = 0; it < tiles; ++it) {
+        const int stage = it % 2;
+        if (it + 1 < tiles) load_keys((it + 1) * BN, stage ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>();  // everything but the prefetch just issued
         __syncthreads();
-        key_bias<T, BN, HD>(bias_s, Ks, L::LDH, p, b, n0);
-        {
-            AccFrag<T> s_acc[1][BN / 16];
-            zero_tiles(s_acc);
-            warp_mma<T, false, true, 1, BN / 16, HD>(s_acc, Qs, L::LDH, Ks, L::LDH, warp * 16, 0);
-            store_tiles(s_acc, Ss, L::LDS, warp * 16, 0);
-        }
-        __syncthreads();
-        float* s_row = Ss + row * L::LDS + half * (BN / 2);
-        float row_max = -INFINITY;
+        const T* Ks = k_tile(stage);
+        const T* Vs = v_tile(stage);
+        const float* bias = bias_tile(stage);
+        float s[NT][4] = {};
 #pragma unroll
-        for (int j = 0; j < BN / 2; ++j) {
-            const float s = s_row[j] * p.qk_scale + bias_s[half * (BN / 2) + j];
-            s_row[j] = s;
-            row_max = fmaxf(row_max, s);
-        }
-        row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 1));
-        const float m_new = fmaxf(m_i, row_max);
-        float row_sum = 0.f;
-        T* p_row = Ps + row * L::LDP + half * (BN / 2);
+        for (int kk = 0; kk < HD; kk += M::K) {
+            typename M::FragA a;
+            M::load_a(a, Qs, LD, warp * 16, kk);
 #pragma unroll
-        for (int j = 0; j < BN / 2; ++j) {
-            const float prob = exp2f(s_row[j] - m_new);
-            p_row[j] = from_float<T>(prob);
-            row_sum += prob;
+            for (int j = 0; j < NT; ++j) {
+                typename M::FragB bf;
+                M::load_b_nk(bf, Ks, LD, kk, j * 8);
+                M::mma(s[j], a, bf);
+            }
         }
-        row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 1);
-        const float alpha = exp2f(m_i - m_new);
-        l_i = l_i * alpha + row_sum;
-        m_i = m_new;
-        if (half == 0) alpha_s[row] = alpha;
-        __syncthreads();
-        for (int idx = threadIdx.x; idx < BM * HD; idx += kThreads) Os[(idx / HD) * L::LDO + idx % HD] *= alpha_s[idx / HD];
-        __syncthreads();
-        {
-            AccFrag<T> o_acc[1][HD / 16];
-            load_tiles(o_acc, Os, L::LDO, warp * 16, 0);
-            warp_mma<T, false, false, 1, HD / 16, BN>(o_acc, Ps, L::LDP, Vs, L::LDH, warp * 16, 0);
-            store_tiles(o_acc, Os, L::LDO, warp * 16, 0);
+        // Online softmax over this thread's two rows (g, g + 8); a row lives in the 4 lanes of a quad.
+        float row_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+            const float b0 = bias[j * 8 + 2 * t], b1 = bias[j * 8 + 2 * t + 1];
+            s[j][0] = s[j][0] * p.qk_scale + b0;
+            s[j][1] = s[j][1] * p.qk_scale + b1;
+            s[j][2] = s[j][2] * p.qk_scale + b0;
+            s[j][3] = s[j][3] * p.qk_scale + b1;
+            row_max[0] = fmaxf(row_max[0], fmaxf(s[j][0], s[j][1]));
+            row_max[1] = fmaxf(row_max[1], fmaxf(s[j][2], s[j][3]));
         }
-        __syncthreads();
+        float alpha[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            row_max[r] = fmaxf(row_max[r], __shfl_xor_sync(0xffffffffu, row_max[r], 1));
+            row_max[r] = fmaxf(row_max[r], __shfl_xor_sync(0xffffffffu, row_max[r], 2));
+            const float m_new = fmaxf(m_i[r], row_max[r]);
+            alpha[r] = exp2f(m_i[r] - m_new);
+            m_i[r] = m_new;
+        }
+        float row_sum[2] = {0.f, 0.f};
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+            s[j][0] = exp2f(s[j][0] - m_i[0]);
+            s[j][1] = exp2f(s[j][1] - m_i[0]);
+            s[j][2] = exp2f(s[j][2] - m_i[1]);
+            s[j][3] = exp2f(s[j][3] - m_i[1]);
+            row_sum[0] += s[j][0] + s[j][1];
+            row_sum[1] += s[j][2] + s[j][3];
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 1);
+            row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 2);
+            l_i[r] = l_i[r] * alpha[r] + row_sum[r];
+        }
+#pragma unroll
+        for (int j = 0; j < OT; ++j) {
+            o[j][0] *= alpha[0];
+            o[j][1] *= alpha[0];
+            o[j][2] *= alpha[1];
+            o[j][3] *= alpha[1];
+        }
+#pragma unroll
+        for (int kk = 0; kk < BN / M::K; ++kk) {
+            typename M::FragA a;
+            M::a_from_c(a, s, kk);
+#pragma unroll
+            for (int j = 0; j < OT; ++j) {
+                typename M::FragB bf;
+                M::load_b_kn_paired(bf, Vs, LD, kk * M::K, j * 8);
+                M::mma(o[j], a, bf);
+            }
+        }
+        __syncthreads();  // this stage's tiles are refilled by the next iteration's prefetch
     }
-    if (half == 0) l_s[row] = l_i;
-    if (half == 0 && m0 + row < p.Lq) {
-        // +inf for a row with no visible key: its probabilities recompute as exactly 0 in the backward.
-        p.lse[((int64_t)b * p.H + h) * p.Lq + m0 + row] = l_i > 0.f ? m_i + log2f(l_i) : INFINITY;
-    }
-    __syncthreads();
     T* out = static_cast<T*>(p.out) + b * p.stride_out[0] + h * p.stride_out[1];
-    for (int idx = threadIdx.x; idx < BM * HD; idx += kThreads) {
-        const int r = idx / HD, c = idx % HD;
-        if (m0 + r >= p.Lq || c >= p.DV) continue;
-        const float l = l_s[r];
-        out[(m0 + r) * p.stride_out[2] + c * p.stride_out[3]] = from_float<T>(l > 0.f ? Os[r * L::LDO + c] / l : 0.f);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int row = m0 + warp * 16 + g + 8 * r;
+        if (row >= p.Lq) continue;
+        const float inv = l_i[r] > 0.f ? 1.f / l_i[r] : 0.f;
+#pragma unroll
+        for (int j = 0; j < OT; ++j) {
+            const int col = j * 8 + 2 * t;
+            if (col < p.DV) out[row * p.stride_out[2] + col * p.stride_out[3]] = from_float<T>(o[j][2 * r] * inv);
+            if (col + 1 < p.DV)
+                out[row * p.stride_out[2] + (col + 1) * p.stride_out[3]] = from_float<T>(o[j][2 * r + 1] * inv);
+        }
+        // +inf for a row with no visible key: its probabilities recompute as exactly 0 in the backward.
+        if (t == 0) p.lse[(int64_t)bh * p.Lq + row] = l_i[r] > 0.f ? m_i[r] + log2f(l_i[r]) : INFINITY;
     }
 }
 
+// ---- backward --------------------------------------------------------------------------------------------
 // delta[row] = sum_c dO[row, c] * O[row, c]: one warp per row.
 template <typename T>
 __global__ void attention_delta_kernel(AttentionParams p) {
@@ -183,201 +234,219 @@ __global__ void attention_delta_kernel(AttentionParams p) {
     if (lane == 0) p.delta[row] = total;
 }
 
-template <typename T, int HD>
-struct BwdSmem {
-    static constexpr int LDH = padded<T>(HD), LDS = padded<float>(kBwdBN), LDP = padded<T>(kBwdBN),
-                         LDO = padded<float>(HD);
-    static constexpr int ROWS_T = smem_round(kBwdBM * LDH * sizeof(T));     // a [32][HD] operand tile
-    static constexpr int SCORES = smem_round(kBwdBM * LDS * sizeof(float));  // a [32][32] fp32 tile
-    static constexpr int PROBS = smem_round(kBwdBM * LDP * sizeof(T));       // a [32][32] operand tile
-    static constexpr int ACC = smem_round(kBwdBM * LDO * sizeof(float));     // a [32][HD] fp32 accumulator
-    static constexpr int VEC = smem_round(kBwdBM * sizeof(float));
-    // dK/dV kernel: K, V, Q, dO | S, dP | P, dS | dK, dV | bias, lse, delta, colsum
-    static constexpr int DKDV_BYTES = 4 * ROWS_T + 2 * SCORES + 2 * PROBS + 2 * ACC + 4 * VEC;
-    // dQ kernel: Q, dO, K, V | S, dP | dS | dQ | bias, lse, delta
-    static constexpr int DQ_BYTES = 4 * ROWS_T + 2 * SCORES + PROBS + ACC + 3 * VEC;
+// A block owns 16 * WARPS keys (16 a warp) and walks the query tiles of BM rows. Per warp and tile, with the
+// keys as rows: S^T = K Q^T, dP^T = V dO^T, P^T and dS^T in registers, dV += P^T dO and dK += dS^T Q from
+// those registers; dS^T goes through shared memory for the tile's dQ = dS K, which the warps split and add to
+// grad_q_accum with atomics.
+template <typename T, int HD> struct BwdTile {
+    static constexpr int WARPS = sizeof(T) == 2 ? 8 : 4;       // fp32 tiles are twice the bytes
+    static constexpr int THREADS = WARPS * kWarpSize;
+    static constexpr int BN = 16 * WARPS;                      // keys per block
+    static constexpr int BM = HD > 64 ? 32 : 64;               // queries per step: S^T, dP^T, dK, dV in registers
+    static constexpr int LD = row_stride<T, HD>();
+    static constexpr int LDS = BM + 16 / static_cast<int>(sizeof(T));   // dS^T [BN][LDS]
+    static constexpr int K = 0;
+    static constexpr int V = K + smem_round(BN * LD * sizeof(T));
+    static constexpr int Q = V + smem_round(BN * LD * sizeof(T));
+    static constexpr int DO = Q + smem_round(BM * LD * sizeof(T));
+    static constexpr int DS = DO + smem_round(BM * LD * sizeof(T));
+    static constexpr int BIAS = DS + smem_round(BN * LDS * sizeof(T));
+    static constexpr int LSE = BIAS + smem_round(BN * sizeof(float));
+    static constexpr int DELTA = LSE + smem_round(BM * sizeof(float));
+    static constexpr int BYTES = DELTA + smem_round(BM * sizeof(float));
+    // dQ = dS K: (BM / 16) row tiles x (HD / 8) column tiles, dealt to the warps in column chunks.
+    static constexpr int ROW_TILES = BM / 16;
+    static constexpr int COL_CHUNKS = WARPS / ROW_TILES;
+    static constexpr int CHUNK_TILES = HD / 8 / COL_CHUNKS;
+    static_assert(WARPS % ROW_TILES == 0 && (HD / 8) % COL_CHUNKS == 0, "dQ tiles must divide among the warps");
 };
 
-// Rows [m0, m0 + BM) of the saved LSE and of delta; padding rows get LSE +inf, so their P is 0.
-template <int BM>
-__device__ __forceinline__ void load_row_stats(float* lse_s, float* delta_s, const AttentionParams& p,
-                                               int64_t row_base, int m0) {
-    for (int r = threadIdx.x; r < BM; r += kThreads) {
-        lse_s[r] = m0 + r < p.Lq ? p.lse[row_base + m0 + r] : INFINITY;
-        delta_s[r] = m0 + r < p.Lq ? p.delta[row_base + m0 + r] : 0.f;
-    }
-}
-
-// P and dS = P * (dP - delta) of one score entry, from the raw Q.K^T, the key's bias and the row's stats.
-__device__ __forceinline__ float2 prob_and_grad(float score, float bias, float lse, float dp, float delta,
-                                                const AttentionParams& p) {
-    const float prob = exp2f(score * p.qk_scale + bias - lse);
-    return make_float2(prob, prob * (dp - delta));
-}
-
-// S = Q K^T and dP = dO V^T for a [32 x 32] step: the four 16x16 tiles of each, one per warp.
 template <typename T, int HD>
-__device__ __forceinline__ void scores_and_dp(const T* Qs, const T* dOs, const T* Ks, const T* Vs, float* Ss,
-                                              float* dPs) {
-    using L = BwdSmem<T, HD>;
-    const int warp = threadIdx.x / kWarpSize;
-    const int m = (warp / 2) * 16, n = (warp % 2) * 16;
-    AccFrag<T> acc[1][1];
-    zero_tiles(acc);
-    warp_mma<T, false, true, 1, 1, HD>(acc, Qs, L::LDH, Ks, L::LDH, m, n);
-    store_tiles(acc, Ss, L::LDS, m, n);
-    zero_tiles(acc);
-    warp_mma<T, false, true, 1, 1, HD>(acc, dOs, L::LDH, Vs, L::LDH, m, n);
-    store_tiles(acc, dPs, L::LDS, m, n);
-}
-
-// C[32 x HD] (fp32, shared) += A[32 x 32] B[32 x HD]; A transposed in memory when A_COL. Tiles dealt to warps.
-template <typename T, int HD, bool A_COL>
-__device__ __forceinline__ void accumulate_rows(float* C, const T* A, const T* Bm) {
-    using L = BwdSmem<T, HD>;
-    constexpr int FN = HD / 16;
-    for (int f = threadIdx.x / kWarpSize; f < 2 * FN; f += kThreads / kWarpSize) {
-        const int m = (f / FN) * 16, n = (f % FN) * 16;
-        AccFrag<T> acc[1][1];
-        load_tiles(acc, C, L::LDO, m, n);
-        warp_mma<T, A_COL, false, 1, 1, 32>(acc, A, L::LDP, Bm, L::LDH, m, n);
-        store_tiles(acc, C, L::LDO, m, n);
-    }
-}
-
-// One block per 32 keys: loop over query tiles, accumulate dK and dV.
-template <typename T, int HD>
-__global__ void __launch_bounds__(kThreads, 1) attention_grad_kv_kernel(AttentionParams p) {
-    using L = BwdSmem<T, HD>;
-    constexpr int BM = kBwdBM, BN = kBwdBN;
+__global__ void __launch_bounds__(BwdTile<T, HD>::THREADS) attention_backward_kernel(AttentionParams p) {
+    using L = BwdTile<T, HD>;
+    using M = Mma<T>;
+    constexpr int LD = L::LD, BM = L::BM, NT = BM / 8, HT = HD / 8;
     extern __shared__ __align__(128) unsigned char smem[];
-    unsigned char* cursor = smem;
-    auto carve = [&](int bytes) { unsigned char* at = cursor; cursor += bytes; return at; };
-    T* Ks = reinterpret_cast<T*>(carve(L::ROWS_T));
-    T* Vs = reinterpret_cast<T*>(carve(L::ROWS_T));
-    T* Qs = reinterpret_cast<T*>(carve(L::ROWS_T));
-    T* dOs = reinterpret_cast<T*>(carve(L::ROWS_T));
-    float* Ss = reinterpret_cast<float*>(carve(L::SCORES));
-    float* dPs = reinterpret_cast<float*>(carve(L::SCORES));
-    T* Ps = reinterpret_cast<T*>(carve(L::PROBS));
-    T* dSs = reinterpret_cast<T*>(carve(L::PROBS));
-    float* dKs = reinterpret_cast<float*>(carve(L::ACC));
-    float* dVs = reinterpret_cast<float*>(carve(L::ACC));
-    float* bias_s = reinterpret_cast<float*>(carve(L::VEC));
-    float* lse_s = reinterpret_cast<float*>(carve(L::VEC));
-    float* delta_s = reinterpret_cast<float*>(carve(L::VEC));
-    float* colsum_s = reinterpret_cast<float*>(carve(L::VEC));
+    T* Ks = reinterpret_cast<T*>(smem + L::K);
+    T* Vs = reinterpret_cast<T*>(smem + L::V);
+    T* Qs = reinterpret_cast<T*>(smem + L::Q);
+    T* dOs = reinterpret_cast<T*>(smem + L::DO);
+    T* dSs = reinterpret_cast<T*>(smem + L::DS);
+    float* bias_s = reinterpret_cast<float*>(smem + L::BIAS);
+    float* lse_s = reinterpret_cast<float*>(smem + L::LSE);
+    float* delta_s = reinterpret_cast<float*>(smem + L::DELTA);
+    const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+    const int n0 = blockIdx.x * L::BN;
+    const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
+    const int key0 = warp * 16;  // this warp's keys within the block
+    const T* q = head<T>(p.q, p.stride_q, b, h);
+    const T* k = head<T>(p.k, p.stride_k, b, h);
+    const T* v = head<T>(p.v, p.stride_v, b, h);
+    const T* grad_out = head<T>(p.grad_out, p.stride_grad_out, b, h);
+    const int64_t row_base = (int64_t)bh * p.Lq;
+    load_tile_async<T, L::BN, HD, L::THREADS>(Ks, k, p.stride_k[2], n0, p.Lk, p.D);
+    load_tile_async<T, L::BN, HD, L::THREADS>(Vs, v, p.stride_v[2], n0, p.Lk, p.DV);
+    for (int j = threadIdx.x; j < L::BN; j += L::THREADS) bias_s[j] = p.key_bias[(int64_t)bh * p.Lk_pad + n0 + j];
+    cp_async_commit();
 
-    const HeadSlice<T> at(p);
-    const int n0 = blockIdx.x * BN;
-    load_rows<T, BN, HD>(Ks, L::LDH, at.k, p.stride_k[2], p.stride_k[3], n0, p.Lk, p.D);
-    load_rows<T, BN, HD>(Vs, L::LDH, at.v, p.stride_v[2], p.stride_v[3], n0, p.Lk, p.DV);
-    for (int idx = threadIdx.x; idx < BN * L::LDO; idx += kThreads) dKs[idx] = dVs[idx] = 0.f;
-    for (int j = threadIdx.x; j < BN; j += kThreads) colsum_s[j] = 0.f;
-    __syncthreads();
-    key_bias<T, BN, HD>(bias_s, Ks, L::LDH, p, at.b, n0);
-
+    float dk[HT][4] = {}, dv[HT][4] = {};
+    float colsum[2] = {0.f, 0.f};
     for (int m0 = 0; m0 < p.Lq; m0 += BM) {
-        load_rows<T, BM, HD>(Qs, L::LDH, at.q, p.stride_q[2], p.stride_q[3], m0, p.Lq, p.D);
-        load_rows<T, BM, HD>(dOs, L::LDH, at.grad_out, p.stride_grad_out[2], p.stride_grad_out[3], m0, p.Lq, p.DV);
-        load_row_stats<BM>(lse_s, delta_s, p, at.row_base, m0);
-        __syncthreads();
-        scores_and_dp<T, HD>(Qs, dOs, Ks, Vs, Ss, dPs);
-        __syncthreads();
-        for (int idx = threadIdx.x; idx < BM * BN; idx += kThreads) {
-            const int r = idx / BN, j = idx % BN;
-            const float2 pd = prob_and_grad(Ss[r * L::LDS + j], bias_s[j], lse_s[r], dPs[r * L::LDS + j], delta_s[r], p);
-            Ps[r * L::LDP + j] = from_float<T>(pd.x);
-            dSs[r * L::LDP + j] = from_float<T>(pd.y);
-            if (p.l2 && pd.y != 0.f) atomicAdd(&colsum_s[j], pd.y);
+        load_tile_async<T, BM, HD, L::THREADS>(Qs, q, p.stride_q[2], m0, p.Lq, p.D);
+        load_tile_async<T, BM, HD, L::THREADS>(dOs, grad_out, p.stride_grad_out[2], m0, p.Lq, p.DV);
+        cp_async_commit();
+        for (int r = threadIdx.x; r < BM; r += L::THREADS) {
+            // Padding rows: LSE +inf makes their P exactly 0.
+            lse_s[r] = m0 + r < p.Lq ? p.lse[row_base + m0 + r] : INFINITY;
+            delta_s[r] = m0 + r < p.Lq ? p.delta[row_base + m0 + r] : 0.f;
         }
+        cp_async_wait<0>();
         __syncthreads();
-        accumulate_rows<T, HD, true>(dVs, Ps, dOs);   // dV += P^T dO
-        accumulate_rows<T, HD, true>(dKs, dSs, Qs);   // dK += dS^T Q
-        __syncthreads();
+        float s[NT][4] = {}, dp[NT][4] = {};
+#pragma unroll
+        for (int kk = 0; kk < HD; kk += M::K) {
+            typename M::FragA ak, av;
+            M::load_a(ak, Ks, LD, key0, kk);
+            M::load_a(av, Vs, LD, key0, kk);
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+                typename M::FragB bq, bo;
+                M::load_b_nk(bq, Qs, LD, kk, j * 8);
+                M::load_b_nk(bo, dOs, LD, kk, j * 8);
+                M::mma(s[j], ak, bq);
+                M::mma(dp[j], av, bo);
+            }
+        }
+        // P^T and dS^T: rows are keys (key0 + g, key0 + g + 8), columns queries (8j + 2t, 8j + 2t + 1).
+        const float bias0 = bias_s[key0 + g], bias1 = bias_s[key0 + g + 8];
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int col = j * 8 + 2 * t + (e & 1);
+                const float prob = exp2f(s[j][e] * p.qk_scale + (e < 2 ? bias0 : bias1) - lse_s[col]);
+                const float ds = prob * (dp[j][e] - delta_s[col]);
+                s[j][e] = prob;
+                dp[j][e] = ds;
+                colsum[e / 2] += ds;
+            }
+            T* row0 = dSs + (key0 + g) * L::LDS + j * 8 + 2 * t;
+            T* row1 = row0 + 8 * L::LDS;
+            row0[0] = from_float<T>(dp[j][0]);
+            row0[1] = from_float<T>(dp[j][1]);
+            row1[0] = from_float<T>(dp[j][2]);
+            row1[1] = from_float<T>(dp[j][3]);
+        }
+#pragma unroll
+        for (int kk = 0; kk < BM / M::K; ++kk) {
+            typename M::FragA ap, ads;
+            M::a_from_c(ap, s, kk);
+            M::a_from_c(ads, dp, kk);
+#pragma unroll
+            for (int j = 0; j < HT; ++j) {
+                typename M::FragB bo, bq;
+                M::load_b_kn_paired(bo, dOs, LD, kk * M::K, j * 8);
+                M::load_b_kn_paired(bq, Qs, LD, kk * M::K, j * 8);
+                M::mma(dv[j], ap, bo);
+                M::mma(dk[j], ads, bq);
+            }
+        }
+        __syncthreads();  // dS^T complete
+        {
+            const int row_tile = warp % L::ROW_TILES, chunk = warp / L::ROW_TILES;
+            float dq[L::CHUNK_TILES][4] = {};
+#pragma unroll
+            for (int kk = 0; kk < L::BN; kk += M::K) {
+                typename M::FragA a;
+                M::load_a_t(a, dSs, L::LDS, row_tile * 16, kk);
+#pragma unroll
+                for (int j = 0; j < L::CHUNK_TILES; ++j) {
+                    typename M::FragB bk;
+                    M::load_b_kn(bk, Ks, LD, kk, (chunk * L::CHUNK_TILES + j) * 8);
+                    M::mma(dq[j], a, bk);
+                }
+            }
+            float* accum = p.grad_q_accum + row_base * p.D;
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const int row = m0 + row_tile * 16 + g + 8 * r;
+                if (row >= p.Lq) continue;
+#pragma unroll
+                for (int j = 0; j < L::CHUNK_TILES; ++j) {
+                    const int col = (chunk * L::CHUNK_TILES + j) * 8 + 2 * t;
+                    if (col < p.D) atomicAdd(accum + (int64_t)row * p.D + col, dq[j][2 * r]);
+                    if (col + 1 < p.D) atomicAdd(accum + (int64_t)row * p.D + col + 1, dq[j][2 * r + 1]);
+                }
+            }
+        }
+        __syncthreads();  // Q, dO and dS^T are overwritten by the next tile
     }
-    T* grad_k = static_cast<T*>(p.grad_k) + at.b * p.stride_grad_k[0] + at.h * p.stride_grad_k[1];
-    T* grad_v = static_cast<T*>(p.grad_v) + at.b * p.stride_grad_v[0] + at.h * p.stride_grad_v[1];
-    for (int idx = threadIdx.x; idx < BN * HD; idx += kThreads) {
-        const int j = idx / HD, c = idx % HD;
-        if (n0 + j >= p.Lk) continue;
-        if (c < p.D) {
-            float dk = dKs[j * L::LDO + c];
-            if (p.l2) dk -= to_float(Ks[j * L::LDH + c]) * colsum_s[j];
-            grad_k[(n0 + j) * p.stride_grad_k[2] + c * p.stride_grad_k[3]] = from_float<T>(dk * p.grad_scale);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        colsum[r] += __shfl_xor_sync(0xffffffffu, colsum[r], 1);
+        colsum[r] += __shfl_xor_sync(0xffffffffu, colsum[r], 2);
+    }
+    T* grad_k = static_cast<T*>(p.grad_k) + b * p.stride_grad_k[0] + h * p.stride_grad_k[1];
+    T* grad_v = static_cast<T*>(p.grad_v) + b * p.stride_grad_v[0] + h * p.stride_grad_v[1];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int local = key0 + g + 8 * r, key = n0 + local;
+        if (key >= p.Lk) continue;
+#pragma unroll
+        for (int j = 0; j < HT; ++j) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int col = j * 8 + 2 * t + e;
+                if (col < p.D) {
+                    float value = dk[j][2 * r + e];
+                    if (p.l2) value -= to_float(Ks[local * LD + col]) * colsum[r];
+                    grad_k[key * p.stride_grad_k[2] + col * p.stride_grad_k[3]] = from_float<T>(value * p.grad_scale);
+                }
+                if (col < p.DV)
+                    grad_v[key * p.stride_grad_v[2] + col * p.stride_grad_v[3]] = from_float<T>(dv[j][2 * r + e]);
+            }
         }
-        if (c < p.DV) grad_v[(n0 + j) * p.stride_grad_v[2] + c * p.stride_grad_v[3]] = from_float<T>(dVs[j * L::LDO + c]);
     }
 }
 
-// One block per 32 queries: loop over key tiles, accumulate dQ.
-template <typename T, int HD>
-__global__ void __launch_bounds__(kThreads, 1) attention_grad_q_kernel(AttentionParams p) {
-    using L = BwdSmem<T, HD>;
-    constexpr int BM = kBwdBM, BN = kBwdBN;
-    extern __shared__ __align__(128) unsigned char smem[];
-    unsigned char* cursor = smem;
-    auto carve = [&](int bytes) { unsigned char* at = cursor; cursor += bytes; return at; };
-    T* Qs = reinterpret_cast<T*>(carve(L::ROWS_T));
-    T* dOs = reinterpret_cast<T*>(carve(L::ROWS_T));
-    T* Ks = reinterpret_cast<T*>(carve(L::ROWS_T));
-    T* Vs = reinterpret_cast<T*>(carve(L::ROWS_T));
-    float* Ss = reinterpret_cast<float*>(carve(L::SCORES));
-    float* dPs = reinterpret_cast<float*>(carve(L::SCORES));
-    T* dSs = reinterpret_cast<T*>(carve(L::PROBS));
-    float* dQs = reinterpret_cast<float*>(carve(L::ACC));
-    float* bias_s = reinterpret_cast<float*>(carve(L::VEC));
-    float* lse_s = reinterpret_cast<float*>(carve(L::VEC));
-    float* delta_s = reinterpret_cast<float*>(carve(L::VEC));
-
-    const HeadSlice<T> at(p);
-    const int m0 = blockIdx.x * BM;
-    load_rows<T, BM, HD>(Qs, L::LDH, at.q, p.stride_q[2], p.stride_q[3], m0, p.Lq, p.D);
-    load_rows<T, BM, HD>(dOs, L::LDH, at.grad_out, p.stride_grad_out[2], p.stride_grad_out[3], m0, p.Lq, p.DV);
-    load_row_stats<BM>(lse_s, delta_s, p, at.row_base, m0);
-    for (int idx = threadIdx.x; idx < BM * L::LDO; idx += kThreads) dQs[idx] = 0.f;
-
-    for (int n0 = 0; n0 < p.Lk; n0 += BN) {
-        load_rows<T, BN, HD>(Ks, L::LDH, at.k, p.stride_k[2], p.stride_k[3], n0, p.Lk, p.D);
-        load_rows<T, BN, HD>(Vs, L::LDH, at.v, p.stride_v[2], p.stride_v[3], n0, p.Lk, p.DV);
-        __syncthreads();
-        key_bias<T, BN, HD>(bias_s, Ks, L::LDH, p, at.b, n0);
-        scores_and_dp<T, HD>(Qs, dOs, Ks, Vs, Ss, dPs);
-        __syncthreads();
-        for (int idx = threadIdx.x; idx < BM * BN; idx += kThreads) {
-            const int r = idx / BN, j = idx % BN;
-            dSs[r * L::LDP + j] = from_float<T>(
-                prob_and_grad(Ss[r * L::LDS + j], bias_s[j], lse_s[r], dPs[r * L::LDS + j], delta_s[r], p).y);
-        }
-        __syncthreads();
-        accumulate_rows<T, HD, false>(dQs, dSs, Ks);   // dQ += dS K
-        __syncthreads();
-    }
-    T* grad_q = static_cast<T*>(p.grad_q) + at.b * p.stride_grad_q[0] + at.h * p.stride_grad_q[1];
-    for (int idx = threadIdx.x; idx < BM * HD; idx += kThreads) {
-        const int r = idx / HD, c = idx % HD;
-        if (m0 + r >= p.Lq || c >= p.D) continue;
-        grad_q[(m0 + r) * p.stride_grad_q[2] + c * p.stride_grad_q[3]] = from_float<T>(dQs[r * L::LDO + c] * p.grad_scale);
-    }
+// grad_q = grad_scale * grad_q_accum, in q's dtype and grad_q's strides.
+template <typename T>
+__global__ void attention_scale_grad_q_kernel(AttentionParams p) {
+    const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (int64_t)p.B * p.H * p.Lq * p.D) return;
+    const int c = static_cast<int>(idx % p.D);
+    const int64_t row = idx / p.D;
+    const int i = static_cast<int>(row % p.Lq);
+    const int64_t bh = row / p.Lq;
+    const int b = static_cast<int>(bh / p.H), h = static_cast<int>(bh % p.H);
+    static_cast<T*>(p.grad_q)[b * p.stride_grad_q[0] + h * p.stride_grad_q[1] + i * p.stride_grad_q[2] +
+                              c * p.stride_grad_q[3]] = from_float<T>(p.grad_q_accum[idx] * p.grad_scale);
 }
 
-int ceil_div(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
-
+// ---- launchers -------------------------------------------------------------------------------------------
 // Raises the kernel's dynamic shared-memory limit past the 48 KB default when it needs more.
 template <typename Kernel>
-cudaError_t launch(Kernel kernel, dim3 grid, int smem_bytes, cudaStream_t stream, const AttentionParams& p) {
+cudaError_t launch(Kernel kernel, dim3 grid, int threads, int smem_bytes, cudaStream_t stream,
+                   const AttentionParams& p) {
     if (smem_bytes > 48 * 1024) {
         const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
         if (err != cudaSuccess) return err;
     }
-    kernel<<<grid, kThreads, smem_bytes, stream>>>(p);
-    return cudaSuccess;
+    kernel<<<grid, threads, smem_bytes, stream>>>(p);
+    return cudaGetLastError();
+}
+
+template <typename T>
+void launch_key_bias(const AttentionParams& p, cudaStream_t stream) {
+    constexpr int kWarps = 8;
+    key_bias_kernel<T><<<ceil_div((int64_t)p.B * p.H * p.Lk_pad, kWarps), kWarps * kWarpSize, 0, stream>>>(p);
 }
 
 template <typename T, int HD>
 cudaError_t forward(const AttentionParams& p, cudaStream_t stream) {
-    return launch(attention_forward_kernel<T, HD>, dim3(ceil_div(p.Lq, kFwdBM), p.B * p.H), FwdSmem<T, HD>::BYTES,
-                  stream, p);
+    launch_key_bias<T>(p, stream);
+    return launch(attention_forward_kernel<T, HD>, dim3(ceil_div(p.Lq, kFwdBM), p.B * p.H), kFwdThreads,
+                  FwdSmem<T, HD>::BYTES, stream, p);
 }
 
 template <typename T, int HD>
@@ -385,11 +454,14 @@ cudaError_t backward(const AttentionParams& p, cudaStream_t stream) {
     constexpr int kRowsPerBlock = 8;
     attention_delta_kernel<T><<<ceil_div((int64_t)p.B * p.H * p.Lq, kRowsPerBlock), kRowsPerBlock * kWarpSize, 0,
                                 stream>>>(p);
-    using L = BwdSmem<T, HD>;
-    cudaError_t err = launch(attention_grad_kv_kernel<T, HD>, dim3(ceil_div(p.Lk, kBwdBN), p.B * p.H),
-                             L::DKDV_BYTES, stream, p);
+    launch_key_bias<T>(p, stream);
+    using L = BwdTile<T, HD>;
+    const cudaError_t err = launch(attention_backward_kernel<T, HD>, dim3(ceil_div(p.Lk, L::BN), p.B * p.H),
+                                   L::THREADS, L::BYTES, stream, p);
     if (err != cudaSuccess) return err;
-    return launch(attention_grad_q_kernel<T, HD>, dim3(ceil_div(p.Lq, kBwdBM), p.B * p.H), L::DQ_BYTES, stream, p);
+    constexpr int kThreads = 256;
+    attention_scale_grad_q_kernel<T><<<ceil_div((int64_t)p.B * p.H * p.Lq * p.D, kThreads), kThreads, 0, stream>>>(p);
+    return cudaGetLastError();
 }
 
 // The head-dim tile: the smallest of 32, 64, 128 that holds both D and DV.

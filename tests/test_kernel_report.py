@@ -23,8 +23,8 @@ def test_kernel_report_check_passes():
     if kernel_report.cuda_extension_path() is not None:
         for name in ("build_weights_kernel", "im2col_kernel", "col2im_kernel", "epilogue_forward_kernel",
                      "epilogue_backward_kernel", "reduce_weight_grad_kernel",
-                     "attention_forward_kernel", "attention_delta_kernel", "attention_grad_kv_kernel",
-                     "attention_grad_q_kernel"):
+                     "key_bias_kernel", "attention_forward_kernel", "attention_delta_kernel",
+                     "attention_backward_kernel", "attention_scale_grad_q_kernel"):
             for target in ("sm_80", "sm_90"):
                 assert any(line.startswith("| cuda:") and f"| {name} " in line and f"| {target} " in line
                            for line in proc.stdout.splitlines()), (name, target)
