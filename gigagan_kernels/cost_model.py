@@ -44,6 +44,7 @@ class Card:
     group_mma: float            # FLOP/s per SM of the group kernels' batched mma.sync dots (unmeasured)
     group_l2: float             # B/s per SM of their gathered tiles from L2 (unmeasured)
     group_step: float           # s per loop step of a group kernel: latency its pipeline cannot hide (unmeasured)
+    cuda_core_fma: float        # fp32 FMA/s on the CUDA cores: 132 SMs x 128 lanes x 1.98 GHz (the card's peak)
 
 
 # Fit to nvidia_h200_2026-11-26.csv (bf16; see benchmarks/NOTES.md "The cost model" for the fit):
@@ -70,6 +71,7 @@ H200 = Card(
     # bf16 peak per SM, ~45 GB/s per SM (6 TB/s in all) of L2 gathers, and ~600 cycles per loop step
     # (an L2 round trip, the mix, two layout changes through shared memory, the batched dot).
     group_mma=400e12 / 132, group_l2=6e12 / 132, group_step=600 / 1.755e9,
+    cuda_core_fma=132 * 128 * 1.98e9,
 )
 
 
@@ -242,6 +244,33 @@ def _triton_weights(card, s: Shape):
     return fwd, bwd
 
 
+def _cuda_weights(card, s: Shape):
+    """The CUDA extension (csrc/adaptive_modconv.{cu,cpp}): the "weights" decomposition with cuBLAS batched GEMMs at
+    every resolution. Its build and reduction mix on FMAs: each is the slower of its HBM bytes and its FMAs (the
+    reduction's issue overhead, a warp reduce-scatter and loads per sample, taken as 25%). Bank re-reads by the
+    build's groups of 8 samples come from L2 and are not counted."""
+    from .adaptive_modconv_triton import plan_weights
+    e = s.element_size
+    plan = plan_weights((s.B, s.Cin, s.H, s.W), (s.N, s.Cout, s.Cin, s.k, s.k), e, needs_grad=True, gemm="bmm")
+    build = _stage(card, "build weights (FMA mix)", hbm_bytes=(s.bank + s.wts) * e, flops=s.N * s.wts,
+                   rate=card.cuda_core_fma)
+    fwd = [_stage(card, "softmax", launches=1), build,
+           _stage(card, "im2col", hbm_bytes=(s.x + s.cols) * e),
+           _stage(card, "bmm", flops=s.flops, rate=card.bmm, hbm_bytes=(s.wts + s.cols + s.y) * e),
+           _stage(card, "epilogue (1 kernel)", hbm_bytes=3 * s.y * e)]
+    bwd = [_stage(card, "epilogue backward (1 kernel)", hbm_bytes=3 * s.y * e + 4 * s.y)]   # + g (fp32) for dnoise
+    if not plan.keep:
+        bwd.append(Stage("rebuild weights", build.seconds, build.bound))
+    launches = -(-s.B // 32)
+    bwd += [_stage(card, "bmm: columns' gradient", flops=s.flops, rate=card.bmm, hbm_bytes=(s.wts + s.cols + s.y) * e),
+            _stage(card, "col2im + im2col", hbm_bytes=2 * (s.x + s.cols) * e, launches=2),
+            _stage(card, "bmm: weight gradient", flops=s.flops, rate=card.bmm, hbm_bytes=(s.wts + s.cols + s.y) * e),
+            _stage(card, "reduce: dbank, dselect, dstyle (FMA)", hbm_bytes=(s.wts + 2 * s.bank) * e,
+                   flops=1.25 * 3 * s.N * s.wts, rate=card.cuda_core_fma, launches=3 * launches),
+            _stage(card, "softmax backward, partial sums", launches=4)]
+    return fwd, bwd
+
+
 def _triton_fused_v1(card, s: Shape):
     """The first "fused" kernels (measured 2026-11-26): every (sample, pixel tile, Cout tile) program mixed its
     bank slice per K step on CUDA cores."""
@@ -336,6 +365,7 @@ FORMULATIONS = {
     "triton_weights": _triton_weights,
     "triton_fused": _triton_fused,
     "triton_fused_v1": _triton_fused_v1,
+    "cuda": _cuda_weights,
     "floor": _floor,
     "floor_weights": _floor_weights,
 }
@@ -380,6 +410,8 @@ class AttentionCard:
     triton_v1: tuple        # (fwd FLOP/s, bwd FLOP/s): the first Triton kernels (32-key tiles, 7-matmul backward)
     triton_fwd: float       # FLOP/s of today's Triton forward (64-key tiles, fp32 key bias): unmeasured
     triton_bwd: float       # FLOP/s of the one-pass backward incl. its dQ atomics: unmeasured
+    cuda_fwd: float         # FLOP/s of the CUDA extension's mma.sync forward: unmeasured
+    cuda_bwd: float         # FLOP/s of its one-pass backward (dQ atomics, 1 block of 8 warps per SM): unmeasured
     host: dict              # formulation -> (fwd s, bwd s, fwd+bwd s): the host floor of one call
 
 
@@ -402,12 +434,16 @@ H200_ATTENTION = AttentionCard(
     mem_efficient_fwd=(50e-6, 300e12), mem_efficient_bwd=(60e-6, 250e12),
     triton_v1=(271e12, 203e12),
     triton_fwd=380e12, triton_bwd=300e12,
+    # mma.sync (HMMA) cannot reach wgmma's rate on Hopper: FlashAttention-2, the same design, publishes ~60-70% of
+    # FlashAttention-3's wgmma kernels on H100. Taken as 280 / 230 TFLOP/s until the card measures them.
+    cuda_fwd=280e12, cuda_bwd=230e12,
     host={
         "ref": (0.125e-3, 0.50e-3, 1.0e-3), "torch_materialised": (0.11e-3, 0.50e-3, 0.95e-3),
         "sdpa_bias": (0.045e-3, 0.09e-3, 0.17e-3), "floor": (0.012e-3, 0.085e-3, 0.10e-3),
         "triton_v1": (0.055e-3, 0.45e-3, 0.95e-3),
         # unmeasured: v1's host work plus one launch forward (key bias) and two backward (key bias, dQ cast)
         "triton": (0.06e-3, 0.45e-3, 0.98e-3),
+        "cuda": (0.06e-3, 0.45e-3, 0.98e-3),     # unmeasured: the same custom-op autograd as Triton's
         # unmeasured: SDPA's own plus the augmentation ops and the autograd.Function replaying its graph; on
         # this project's CPU machine that wrapper cost 0.08 ms and the L2 augmentation 0.2 ms per fwd+bwd
         "torch": (0.07e-3, 0.20e-3, 0.30e-3),
@@ -522,6 +558,19 @@ def _attn_triton(card, s):
              _attn_stage(card, "dQ cast", hbm_bytes=dq_bytes + s.bytes(s.Lq * s.D))])
 
 
+def _attn_cuda(card, s):
+    """csrc/attention.{cu,cpp}: key bias (every call), forward on 64-key tiles; backward = delta, key bias, one
+    pass over 128-key blocks (dQ by fp32 atomics), dQ scaled and cast."""
+    key_bias = _attn_stage(card, "key bias", hbm_bytes=s.bytes(s.Lk * s.D))
+    dq_bytes = s.BH * s.Lq * s.D * 4
+    return ([key_bias, _attn_stage(card, "forward (64-key tiles, mma.sync)", flops=s.fwd_flops(64), rate=card.cuda_fwd)],
+            [_attn_stage(card, "delta, dQ buffer zeroed", hbm_bytes=s.bytes(2 * s.Lq * s.Dv) + dq_bytes, launches=2),
+             key_bias,
+             _attn_stage(card, "one-pass backward (5 matmuls, dQ atomics)", flops=2.5 * s.fwd_flops(128),
+                         rate=card.cuda_bwd),
+             _attn_stage(card, "dQ scale and cast", hbm_bytes=dq_bytes + s.bytes(s.Lq * s.D))])
+
+
 ATTENTION_FORMULATIONS = {
     "ref": _attn_ref,
     "torch_materialised": _attn_torch_materialised,
@@ -530,6 +579,7 @@ ATTENTION_FORMULATIONS = {
     "torch": _attn_torch,
     "triton_v1": _attn_triton_v1,
     "triton": _attn_triton,
+    "cuda": _attn_cuda,
 }
 
 
