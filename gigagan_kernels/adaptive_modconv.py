@@ -471,7 +471,8 @@ def triton_strategy(x_shape, bank_shape, mode: str = "fwd+bwd") -> str:
 def auto_cuda_order(x_shape, bank_shape, mode: str = "fwd+bwd") -> tuple:
     """impl="auto"'s order of preference on CUDA for one call, fastest first: Triton (its faster strategy) or
     the torch composite (its faster form), as the cost model predicts a forward + backward (or a forward
-    alone, mode "fwd"); the CUDA extension last (opt-in: it measured slower than Triton, benchmarks/NOTES.md)."""
+    alone, mode "fwd"); the CUDA extension last (opt-in: v1 measured slower than Triton, and the cost model
+    predicts v2 a few percent slower still; benchmarks/NOTES.md, "CUDA C++ v2")."""
     if not backend.triton_installed():
         return ("torch", "cuda")
     return _cuda_choices(tuple(x_shape), tuple(bank_shape), _workspace(), mode)[2]

@@ -316,7 +316,8 @@ def auto_cuda_order(q_shape, k_shape, v_shape, kind, masked, dtype) -> tuple:
     """impl="auto"'s order of preference on CUDA for one call, fastest first as the cost model predicts
     forward + backward (gigagan_kernels/cost_model.py, fit to the committed H200 measurements): the SDPA
     composite ("torch") or the Triton kernels; Triton only where its kernels run (head dims <= 128, fp32 /
-    fp16 / bf16); the CUDA extension last (opt-in: unmeasured since its fix). Under torch.compile Triton
+    fp16 / bf16); the CUDA extension last (opt-in: unmeasured since its rewrite on mma.sync, and predicted
+    slower than Triton's wgmma forward; benchmarks/NOTES.md, "CUDA C++ v2"). Under torch.compile Triton
     comes first, since the composite is first-order only there. A plain dict cache, which dynamo traces."""
     key = (tuple(q_shape), tuple(k_shape), tuple(v_shape), kind, bool(masked), dtype)
     if key not in _CUDA_ORDERS:
