@@ -545,30 +545,29 @@ def _attn_triton_v1(card, s):
              _attn_stage(card, "dK/dV and dQ kernels (7 matmuls)", flops=3.5 * s.fwd_flops(32), rate=rb, launches=2)])
 
 
-def _attn_triton(card, s):
-    """attention_triton.py: key bias, forward; backward = delta, key bias, one pass (dQ by fp32 atomics), dQ cast."""
-    key_bias = _attn_stage(card, "key bias", hbm_bytes=s.bytes(s.Lk * s.D) if s.kind == "l2" or s.masked else 0,
-                           launches=1 if s.kind == "l2" or s.masked else 0)
+def _attn_one_pass(card, s, fwd_rate, bwd_rate, *, key_bias_always):
+    """A flash forward on 64-key tiles after a key-bias pass; backward = delta, key bias, one pass (dQ by fp32
+    atomics), dQ scaled and cast."""
+    needs_bias = key_bias_always or s.kind == "l2" or s.masked
+    key_bias = _attn_stage(card, "key bias", hbm_bytes=s.bytes(s.Lk * s.D) if needs_bias else 0,
+                           launches=1 if needs_bias else 0)
     dq_bytes = s.BH * s.Lq * s.D * 4
-    return ([key_bias, _attn_stage(card, "forward (64-key tiles)", flops=s.fwd_flops(64), rate=card.triton_fwd)],
+    return ([key_bias, _attn_stage(card, "forward (64-key tiles)", flops=s.fwd_flops(64), rate=fwd_rate)],
             [_attn_stage(card, "delta, dQ buffer zeroed", hbm_bytes=s.bytes(2 * s.Lq * s.Dv) + dq_bytes, launches=2),
              key_bias,
              _attn_stage(card, "one-pass backward (5 matmuls, dQ atomics)", flops=2.5 * s.fwd_flops(128),
-                         rate=card.triton_bwd),
+                         rate=bwd_rate),
              _attn_stage(card, "dQ cast", hbm_bytes=dq_bytes + s.bytes(s.Lq * s.D))])
 
 
+def _attn_triton(card, s):
+    """attention_triton.py: the key bias only where it is not zero (l2 or a mask)."""
+    return _attn_one_pass(card, s, card.triton_fwd, card.triton_bwd, key_bias_always=False)
+
+
 def _attn_cuda(card, s):
-    """csrc/attention.{cu,cpp}: key bias (every call), forward on 64-key tiles; backward = delta, key bias, one
-    pass over 128-key blocks (dQ by fp32 atomics), dQ scaled and cast."""
-    key_bias = _attn_stage(card, "key bias", hbm_bytes=s.bytes(s.Lk * s.D))
-    dq_bytes = s.BH * s.Lq * s.D * 4
-    return ([key_bias, _attn_stage(card, "forward (64-key tiles, mma.sync)", flops=s.fwd_flops(64), rate=card.cuda_fwd)],
-            [_attn_stage(card, "delta, dQ buffer zeroed", hbm_bytes=s.bytes(2 * s.Lq * s.Dv) + dq_bytes, launches=2),
-             key_bias,
-             _attn_stage(card, "one-pass backward (5 matmuls, dQ atomics)", flops=2.5 * s.fwd_flops(128),
-                         rate=card.cuda_bwd),
-             _attn_stage(card, "dQ scale and cast", hbm_bytes=dq_bytes + s.bytes(s.Lq * s.D))])
+    """csrc/attention.{cu,cpp}: mma.sync, the key bias on every call, backward blocks of 128 keys."""
+    return _attn_one_pass(card, s, card.cuda_fwd, card.cuda_bwd, key_bias_always=True)
 
 
 ATTENTION_FORMULATIONS = {
