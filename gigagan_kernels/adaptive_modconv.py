@@ -418,8 +418,8 @@ def _cuda_backward_fake(grad_y, x, weight_bank, select_logits, style, bias, nois
             torch.empty_like(noise) if noise is not None else empty)
 
 
-fused_op.register_cuda_op(OP_NAME, _cuda_forward_fake, _cuda_backward_fake, _setup_context, _first_order(_cuda_backward),
-                          _reference_grads)
+fused_op.register_cuda_op(OP_NAME, _cuda_forward_fake, _cuda_backward_fake, _setup_context,
+                          _first_order(_cuda_backward), _reference_grads)
 
 
 # ----------------------------------------------------------------------------------------------
