@@ -233,6 +233,7 @@ def test_epilogues(dtype, lrelu, clamp, noise):
     (torch.bfloat16, 12, 16, 4, 3, 7),    # N <= 16
     (torch.float32, 20, 8, 3, 5, 4),      # N <= 32, 5x5
     (torch.float32, 2, 300, 2, 1, 3),     # 1x1 with more channels than a block takes: 2 channel blocks
+    (torch.float16, 2, 8, 1100, 1, 2),    # more output channels than blocks: 3 walked by each block
 ])
 @pytest.mark.parametrize("accumulate", [False, True])
 def test_reduce_weight_grad(dtype, N, Cin, Cout, k, B, accumulate):
