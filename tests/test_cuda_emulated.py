@@ -8,6 +8,9 @@ statement of csrc/common.cuh the emulated instruction. Each launcher is compared
 outputs poisoned first. What it cannot see: timing, races between blocks (blocks run one at a time), and the
 hardware's own rounding inside an MMA (the emulator accumulates in float64). Needs g++ (C++20) and the CUDA
 headers; skipped without them.
+
+test_kernels_under_address_sanitizer runs the same cases again with the kernels built under AddressSanitizer:
+an out-of-bounds read or write of a tensor or of shared memory fails it (compute-sanitizer's memcheck, on a CPU).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -32,6 +36,7 @@ CSRC = os.path.join(ROOT, "csrc")
 EMULATION = os.path.join(ROOT, "tests", "cuda_emulation")
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 LOG2E = 1.4426950408889634
+SANITIZE_ENV = "GIGAGAN_EMULATION_ASAN"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -89,8 +94,9 @@ def library():
                for name in ("adaptive_modconv.cu", "adaptive_modconv.h", "attention.cu", "attention.h", "common.cuh")}
     harness = {name: open(os.path.join(EMULATION, name)).read()
                for name in ("shim.h", "harness_modconv.cpp", "harness_attention.cpp")}
+    sanitize = os.environ.get(SANITIZE_ENV) == "1"
     digest = hashlib.sha256(repr(sorted({**sources, **harness}.items())).encode()).hexdigest()[:16]
-    build = os.path.join(ROOT, "build", "cuda_emulation", digest)
+    build = os.path.join(ROOT, "build", "cuda_emulation", digest + ("-asan" if sanitize else ""))
     path = os.path.join(build, "libemulated_kernels.so")
     if not os.path.isfile(path):
         os.makedirs(build, exist_ok=True)
@@ -99,14 +105,17 @@ def library():
                 text = _rewrite_kernels(text)
             elif name == "common.cuh":
                 text = _rewrite_common(text)
-            with open(os.path.join(build, name), "w") as f:
+            # Written whole and renamed: xdist workers may build the same version side by side.
+            with open(os.path.join(build, f"{name}.{os.getpid()}"), "w") as f:
                 f.write(text)
+            os.replace(os.path.join(build, f"{name}.{os.getpid()}"), os.path.join(build, name))
         cmd = [compiler, "-std=c++20", "-O1", "-shared", "-fPIC", "-w", f"-I{build}", f"-I{EMULATION}",
+               *(("-fsanitize=address", "-fno-omit-frame-pointer", "-g") if sanitize else ()),
                f"-I{include}", os.path.join(EMULATION, "harness_modconv.cpp"),
-               os.path.join(EMULATION, "harness_attention.cpp"), "-o", path + ".tmp"]
+               os.path.join(EMULATION, "harness_attention.cpp"), "-o", f"{path}.{os.getpid()}"]
         done = subprocess.run(cmd, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-4000:]
-        os.replace(path + ".tmp", path)
+        os.replace(f"{path}.{os.getpid()}", path)
     return ctypes.CDLL(path)
 
 
@@ -359,3 +368,22 @@ def test_attention_forward_and_backward(case):
     expected = torch.autograd.grad(ref, (q64, k64, v64), grad_out.double())
     for name, got, want in zip(("dq", "dk", "dv"), grads, expected):
         _close(got, want, tol * 2, name)
+
+
+def test_kernels_under_address_sanitizer():
+    """Every case above once more, in a process with the kernels built under AddressSanitizer."""
+    if os.environ.get(SANITIZE_ENV) == "1":
+        pytest.skip("this process is the sanitized run")
+    library()  # skips without a compiler
+    runtime = subprocess.run(["g++", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    if not os.path.isabs(runtime) or not os.path.isfile(runtime):
+        pytest.skip("no AddressSanitizer runtime (libasan.so) for g++")
+    env = dict(os.environ, **{SANITIZE_ENV: "1", "LD_PRELOAD": runtime,
+                              "ASAN_OPTIONS": "detect_leaks=0:detect_stack_use_after_return=0:abort_on_error=0"})
+    env.pop("PYTEST_XDIST_WORKER", None)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                           os.path.abspath(__file__)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    report = done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.returncode == 0 and "AddressSanitizer" not in report, report
+    passed = re.search(r"(\d+) passed", done.stdout)
+    assert passed and int(passed.group(1)) >= 30, report

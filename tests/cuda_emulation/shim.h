@@ -12,6 +12,7 @@
 #include <ucontext.h>
 #include <vector_types.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -110,7 +111,7 @@ void launch(Kernel kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t, Arg
         for (unsigned y = 0; y < grid.y; ++y)
             for (unsigned x = 0; x < grid.x; ++x) {
                 block_index = uint3{x, y, z};
-                dynamic_shared.assign(smem + 16, 0xff);  // NaN-poisoned: a kernel must write what it reads
+                dynamic_shared.assign(std::max<size_t>(smem, 1), 0xff);  // NaN-poisoned; exact size for ASan
                 block_barrier = Barrier{threads};
                 warp_barriers.assign((threads + 31) / 32, Barrier{});
                 for (int w = 0; w < int(warp_barriers.size()); ++w) warp_barriers[w].expected = std::min(32, threads - 32 * w);
