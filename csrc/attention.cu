@@ -68,20 +68,23 @@ __device__ __forceinline__ const T* head(const void* base, const int64_t (&strid
     return static_cast<const T*>(base) + b * stride[0] + h * stride[1];
 }
 
-// ---- forward ---------------------------------------------------------------------------------------------
-// A block: 64 query rows, 16 per warp; key tiles of BN = 64, double-buffered. Per warp and key tile:
-// S = Q K^T (16 x BN, BN / 8 C tiles), the online softmax on its rows, O = O * alpha + P V with P taken straight
-// from S's registers as the A operand.
+// ---- forward ----------------------------------------------------------------------------------------------
+// A block: 4 warps, each owning RT tiles of 16 query rows; key tiles of BN double-buffered. Per warp and key
+// tile: S = Q K^T (RT x BN / 8 C tiles), the online softmax on its rows, O = O * alpha + P V with P taken straight
+// from S's registers as the A operand. A warp's RT row tiles share every K and V fragment it loads: with RT = 2,
+// one ldmatrix feeds two MMAs, which keeps shared memory from bounding the loop (FlashAttention-2's 128-row
+// blocks). RT = 1 where S and O of two row tiles would not fit in registers (head dim 128, fp32).
 constexpr int kFwdWarps = 4, kFwdThreads = kFwdWarps * kWarpSize;
-constexpr int kFwdBM = 16 * kFwdWarps;
 
 template <typename T, int HD>
 struct FwdSmem {
+    static constexpr int RT = HD <= 64 && sizeof(T) == 2 ? 2 : 1;
+    static constexpr int BM = 16 * RT * kFwdWarps;
     // Key tiles of 64; 32 for fp32 at head dim 128, whose double-buffered K/V tiles would pass sm_80's 163 KB.
     static constexpr int BN = sizeof(T) == 4 && HD > 64 ? 32 : 64;
     static constexpr int LD = row_stride<T, HD>();
     static constexpr int Q = 0;
-    static constexpr int K = Q + smem_round(kFwdBM * LD * sizeof(T));     // [2][BN][LD]
+    static constexpr int K = Q + smem_round(BM * LD * sizeof(T));         // [2][BN][LD]
     static constexpr int V = K + 2 * smem_round(BN * LD * sizeof(T));     // [2][BN][LD]
     static constexpr int BIAS = V + 2 * smem_round(BN * LD * sizeof(T));  // [2][BN] fp32
     static constexpr int BYTES = BIAS + 2 * smem_round(BN * sizeof(float));
@@ -91,12 +94,13 @@ template <typename T, int HD>
 __global__ void __launch_bounds__(kFwdThreads) attention_forward_kernel(AttentionParams p) {
     using L = FwdSmem<T, HD>;
     using M = Mma<T>;
-    constexpr int LD = L::LD, BN = L::BN, NT = BN / 8, OT = HD / 8;
+    constexpr int LD = L::LD, BN = L::BN, RT = L::RT, NT = BN / 8, OT = HD / 8;
     extern __shared__ __align__(128) unsigned char smem[];
     T* Qs = reinterpret_cast<T*>(smem + L::Q);
     const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
-    const int m0 = blockIdx.x * kFwdBM;
+    const int m0 = blockIdx.x * L::BM;
     const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
+    const int row0 = warp * 16 * RT;  // this warp's first row within the block
     const T* q = head<T>(p.q, p.stride_q, b, h);
     const T* k = head<T>(p.k, p.stride_k, b, h);
     const T* v = head<T>(p.v, p.stride_v, b, h);
@@ -110,13 +114,15 @@ __global__ void __launch_bounds__(kFwdThreads) attention_forward_kernel(Attentio
         for (int c = threadIdx.x; c < BN / 4; c += kFwdThreads)   // key_bias rows are padded past Lk
             cp_async16(bias_tile(s) + 4 * c, key_bias + n0 + 4 * c, true);
     };
-    load_tile_async<T, kFwdBM, HD, kFwdThreads>(Qs, q, p.stride_q[2], m0, p.Lq, p.D);
+    load_tile_async<T, L::BM, HD, kFwdThreads>(Qs, q, p.stride_q[2], m0, p.Lq, p.D);
     load_keys(0, 0);
     cp_async_commit();
 
-    float o[OT][4] = {};
-    float m_i[2] = {-1.0e30f, -1.0e30f};  // finite: a fully masked row never computes (-inf) - (-inf)
-    float l_i[2] = {0.f, 0.f};
+    float o[RT][OT][4] = {};
+    // Per row tile, this thread's rows g and g + 8. Finite: a fully masked row never computes (-inf) - (-inf).
+    float m_i[RT][2], l_i[RT][2] = {};
+#pragma unroll
+    for (int rt = 0; rt < RT; ++rt) m_i[rt][0] = m_i[rt][1] = -1.0e30f;
     const int tiles = ceil_div(p.Lk, BN);
     for (int it = 0; it < tiles; ++it) {
         const int stage = it % 2;
@@ -127,90 +133,101 @@ __global__ void __launch_bounds__(kFwdThreads) attention_forward_kernel(Attentio
         const T* Ks = k_tile(stage);
         const T* Vs = v_tile(stage);
         const float* bias = bias_tile(stage);
-        float s[NT][4] = {};
+        float s[RT][NT][4] = {};
 #pragma unroll
         for (int kk = 0; kk < HD; kk += M::K) {
-            typename M::FragA a;
-            M::load_a(a, Qs, LD, warp * 16, kk);
+            typename M::FragA a[RT];
+#pragma unroll
+            for (int rt = 0; rt < RT; ++rt) M::load_a(a[rt], Qs, LD, row0 + 16 * rt, kk);
 #pragma unroll
             for (int j = 0; j < NT; ++j) {
                 typename M::FragB bf;
                 M::load_b_nk(bf, Ks, LD, kk, j * 8);
-                M::mma(s[j], a, bf);
+#pragma unroll
+                for (int rt = 0; rt < RT; ++rt) M::mma(s[rt][j], a[rt], bf);
             }
         }
-        // Online softmax over this thread's two rows (g, g + 8); a row lives in the 4 lanes of a quad.
-        float row_max[2] = {-INFINITY, -INFINITY};
+        // Online softmax over this thread's rows; a row lives in the 4 lanes of a quad.
 #pragma unroll
-        for (int j = 0; j < NT; ++j) {
-            const float b0 = bias[j * 8 + 2 * t], b1 = bias[j * 8 + 2 * t + 1];
-            s[j][0] = s[j][0] * p.qk_scale + b0;
-            s[j][1] = s[j][1] * p.qk_scale + b1;
-            s[j][2] = s[j][2] * p.qk_scale + b0;
-            s[j][3] = s[j][3] * p.qk_scale + b1;
-            row_max[0] = fmaxf(row_max[0], fmaxf(s[j][0], s[j][1]));
-            row_max[1] = fmaxf(row_max[1], fmaxf(s[j][2], s[j][3]));
-        }
-        float alpha[2];
+        for (int rt = 0; rt < RT; ++rt) {
+            float row_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            row_max[r] = fmaxf(row_max[r], __shfl_xor_sync(0xffffffffu, row_max[r], 1));
-            row_max[r] = fmaxf(row_max[r], __shfl_xor_sync(0xffffffffu, row_max[r], 2));
-            const float m_new = fmaxf(m_i[r], row_max[r]);
-            alpha[r] = exp2f(m_i[r] - m_new);
-            m_i[r] = m_new;
-        }
-        float row_sum[2] = {0.f, 0.f};
+            for (int j = 0; j < NT; ++j) {
+                const float b0 = bias[j * 8 + 2 * t], b1 = bias[j * 8 + 2 * t + 1];
+                s[rt][j][0] = s[rt][j][0] * p.qk_scale + b0;
+                s[rt][j][1] = s[rt][j][1] * p.qk_scale + b1;
+                s[rt][j][2] = s[rt][j][2] * p.qk_scale + b0;
+                s[rt][j][3] = s[rt][j][3] * p.qk_scale + b1;
+                row_max[0] = fmaxf(row_max[0], fmaxf(s[rt][j][0], s[rt][j][1]));
+                row_max[1] = fmaxf(row_max[1], fmaxf(s[rt][j][2], s[rt][j][3]));
+            }
+            float alpha[2];
 #pragma unroll
-        for (int j = 0; j < NT; ++j) {
-            s[j][0] = exp2f(s[j][0] - m_i[0]);
-            s[j][1] = exp2f(s[j][1] - m_i[0]);
-            s[j][2] = exp2f(s[j][2] - m_i[1]);
-            s[j][3] = exp2f(s[j][3] - m_i[1]);
-            row_sum[0] += s[j][0] + s[j][1];
-            row_sum[1] += s[j][2] + s[j][3];
-        }
+            for (int r = 0; r < 2; ++r) {
+                row_max[r] = fmaxf(row_max[r], __shfl_xor_sync(0xffffffffu, row_max[r], 1));
+                row_max[r] = fmaxf(row_max[r], __shfl_xor_sync(0xffffffffu, row_max[r], 2));
+                const float m_new = fmaxf(m_i[rt][r], row_max[r]);
+                alpha[r] = exp2f(m_i[rt][r] - m_new);
+                m_i[rt][r] = m_new;
+            }
+            float row_sum[2] = {0.f, 0.f};
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 1);
-            row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 2);
-            l_i[r] = l_i[r] * alpha[r] + row_sum[r];
-        }
+            for (int j = 0; j < NT; ++j) {
+                s[rt][j][0] = exp2f(s[rt][j][0] - m_i[rt][0]);
+                s[rt][j][1] = exp2f(s[rt][j][1] - m_i[rt][0]);
+                s[rt][j][2] = exp2f(s[rt][j][2] - m_i[rt][1]);
+                s[rt][j][3] = exp2f(s[rt][j][3] - m_i[rt][1]);
+                row_sum[0] += s[rt][j][0] + s[rt][j][1];
+                row_sum[1] += s[rt][j][2] + s[rt][j][3];
+            }
 #pragma unroll
-        for (int j = 0; j < OT; ++j) {
-            o[j][0] *= alpha[0];
-            o[j][1] *= alpha[0];
-            o[j][2] *= alpha[1];
-            o[j][3] *= alpha[1];
+            for (int r = 0; r < 2; ++r) {
+                row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 1);
+                row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 2);
+                l_i[rt][r] = l_i[rt][r] * alpha[r] + row_sum[r];
+            }
+#pragma unroll
+            for (int j = 0; j < OT; ++j) {
+                o[rt][j][0] *= alpha[0];
+                o[rt][j][1] *= alpha[0];
+                o[rt][j][2] *= alpha[1];
+                o[rt][j][3] *= alpha[1];
+            }
         }
 #pragma unroll
         for (int kk = 0; kk < BN / M::K; ++kk) {
-            typename M::FragA a;
-            M::a_from_c(a, s, kk);
+            typename M::FragA a[RT];
+#pragma unroll
+            for (int rt = 0; rt < RT; ++rt) M::a_from_c(a[rt], s[rt], kk);
 #pragma unroll
             for (int j = 0; j < OT; ++j) {
                 typename M::FragB bf;
                 M::load_b_kn_paired(bf, Vs, LD, kk * M::K, j * 8);
-                M::mma(o[j], a, bf);
+#pragma unroll
+                for (int rt = 0; rt < RT; ++rt) M::mma(o[rt][j], a[rt], bf);
             }
         }
         __syncthreads();  // this stage's tiles are refilled by the next iteration's prefetch
     }
     T* out = static_cast<T*>(p.out) + b * p.stride_out[0] + h * p.stride_out[1];
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int row = m0 + warp * 16 + g + 8 * r;
-        if (row >= p.Lq) continue;
-        const float inv = l_i[r] > 0.f ? 1.f / l_i[r] : 0.f;
+    for (int rt = 0; rt < RT; ++rt) {
 #pragma unroll
-        for (int j = 0; j < OT; ++j) {
-            const int col = j * 8 + 2 * t;
-            if (col < p.DV) out[row * p.stride_out[2] + col * p.stride_out[3]] = from_float<T>(o[j][2 * r] * inv);
-            if (col + 1 < p.DV)
-                out[row * p.stride_out[2] + (col + 1) * p.stride_out[3]] = from_float<T>(o[j][2 * r + 1] * inv);
+        for (int r = 0; r < 2; ++r) {
+            const int row = m0 + row0 + 16 * rt + g + 8 * r;
+            if (row >= p.Lq) continue;
+            const float inv = l_i[rt][r] > 0.f ? 1.f / l_i[rt][r] : 0.f;
+#pragma unroll
+            for (int j = 0; j < OT; ++j) {
+                const int col = j * 8 + 2 * t;
+                if (col < p.DV)
+                    out[row * p.stride_out[2] + col * p.stride_out[3]] = from_float<T>(o[rt][j][2 * r] * inv);
+                if (col + 1 < p.DV)
+                    out[row * p.stride_out[2] + (col + 1) * p.stride_out[3]] = from_float<T>(o[rt][j][2 * r + 1] * inv);
+            }
+            // +inf for a row with no visible key: its probabilities recompute as exactly 0 in the backward.
+            if (t == 0) p.lse[(int64_t)bh * p.Lq + row] = l_i[rt][r] > 0.f ? m_i[rt][r] + log2f(l_i[rt][r]) : INFINITY;
         }
-        // +inf for a row with no visible key: its probabilities recompute as exactly 0 in the backward.
-        if (t == 0) p.lse[(int64_t)bh * p.Lq + row] = l_i[r] > 0.f ? m_i[r] + log2f(l_i[r]) : INFINITY;
     }
 }
 
@@ -445,7 +462,7 @@ void launch_key_bias(const AttentionParams& p, cudaStream_t stream) {
 template <typename T, int HD>
 cudaError_t forward(const AttentionParams& p, cudaStream_t stream) {
     launch_key_bias<T>(p, stream);
-    return launch(attention_forward_kernel<T, HD>, dim3(ceil_div(p.Lq, kFwdBM), p.B * p.H), kFwdThreads,
+    return launch(attention_forward_kernel<T, HD>, dim3(ceil_div(p.Lq, FwdSmem<T, HD>::BM), p.B * p.H), kFwdThreads,
                   FwdSmem<T, HD>::BYTES, stream, p);
 }
 

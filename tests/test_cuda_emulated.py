@@ -335,6 +335,7 @@ ATTENTION_CASES = [
     (torch.bfloat16, 1, 1, 20, 130, 64, 64, "l2", "random"),       # 3 key tiles forward, 2 key blocks backward
     (torch.float32, 1, 1, 33, 17, 100, 100, "l2", "random"),       # head-dim tile 128, fp32's 32-key tiles
     (torch.float16, 1, 1, 66, 40, 128, 128, "dot", None),          # 32-query backward tiles at head dim 128
+    (torch.bfloat16, 1, 2, 150, 70, 64, 48, "dot", "random"),      # two 128-row forward blocks (2 row tiles a warp)
 ]
 
 
