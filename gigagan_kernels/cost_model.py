@@ -210,6 +210,17 @@ def _torch_weights(card, s: Shape):
     return fwd, bwd
 
 
+def _batched_gemm_stages(card, s: Shape):
+    """The "weights" decomposition's GEMMs on im2col columns, with the forward epilogue: (forward, backward)."""
+    e = s.element_size
+    gemm = dict(flops=s.flops, rate=card.bmm, hbm_bytes=(s.wts + s.cols + s.y) * e)
+    return ([_stage(card, "im2col", hbm_bytes=(s.x + s.cols) * e), _stage(card, "bmm", **gemm),
+             _stage(card, "epilogue (1 kernel)", hbm_bytes=3 * s.y * e)],
+            [_stage(card, "bmm: columns' gradient", **gemm),
+             _stage(card, "col2im + im2col", hbm_bytes=2 * (s.x + s.cols) * e, launches=2),
+             _stage(card, "bmm: weight gradient", **gemm)])
+
+
 def _triton_weights(card, s: Shape):
     """The "weights" strategy (gigagan_kernels/adaptive_modconv_triton.py): build the per-sample weights once
     (mix on tensor cores, style, sum of squares), then tensor-core GEMMs, fused epilogues and one reduction.
@@ -225,14 +236,9 @@ def _triton_weights(card, s: Shape):
     if not plan.keep:
         bwd.append(Stage("rebuild weights", build.seconds, build.bound))
     if bmm:
-        fwd += [_stage(card, "im2col", hbm_bytes=(s.x + s.cols) * e),
-                _stage(card, "bmm", flops=s.flops, rate=card.bmm, hbm_bytes=(s.wts + s.cols + s.y) * e),
-                _stage(card, "epilogue (1 kernel)", hbm_bytes=3 * s.y * e)]
-        bwd += [_stage(card, "bmm: columns' gradient", flops=s.flops, rate=card.bmm,
-                       hbm_bytes=(s.wts + s.cols + s.y) * e),
-                _stage(card, "col2im + im2col", hbm_bytes=2 * (s.x + s.cols) * e, launches=2),
-                _stage(card, "bmm: weight gradient", flops=s.flops, rate=card.bmm,
-                       hbm_bytes=(s.wts + s.cols + s.y) * e)]
+        gemm_fwd, gemm_bwd = _batched_gemm_stages(card, s)
+        fwd += gemm_fwd
+        bwd += gemm_bwd
     else:
         fwd += [_stage(card, "implicit GEMM + epilogue", flops=s.flops, rate=card.implicit_gemm,
                        hbm_bytes=(s.wts + s.x + 2 * s.y) * e)]
@@ -254,18 +260,14 @@ def _cuda_weights(card, s: Shape):
     plan = plan_weights((s.B, s.Cin, s.H, s.W), (s.N, s.Cout, s.Cin, s.k, s.k), e, needs_grad=True, gemm="bmm")
     build = _stage(card, "build weights (FMA mix)", hbm_bytes=(s.bank + s.wts) * e, flops=s.N * s.wts,
                    rate=card.cuda_core_fma)
-    fwd = [_stage(card, "softmax", launches=1), build,
-           _stage(card, "im2col", hbm_bytes=(s.x + s.cols) * e),
-           _stage(card, "bmm", flops=s.flops, rate=card.bmm, hbm_bytes=(s.wts + s.cols + s.y) * e),
-           _stage(card, "epilogue (1 kernel)", hbm_bytes=3 * s.y * e)]
+    gemm_fwd, gemm_bwd = _batched_gemm_stages(card, s)
+    fwd = [_stage(card, "softmax", launches=1), build] + gemm_fwd
     bwd = [_stage(card, "epilogue backward (1 kernel)", hbm_bytes=3 * s.y * e + 4 * s.y)]   # + g (fp32) for dnoise
     if not plan.keep:
         bwd.append(Stage("rebuild weights", build.seconds, build.bound))
     launches = -(-s.B // 32)
-    bwd += [_stage(card, "bmm: columns' gradient", flops=s.flops, rate=card.bmm, hbm_bytes=(s.wts + s.cols + s.y) * e),
-            _stage(card, "col2im + im2col", hbm_bytes=2 * (s.x + s.cols) * e, launches=2),
-            _stage(card, "bmm: weight gradient", flops=s.flops, rate=card.bmm, hbm_bytes=(s.wts + s.cols + s.y) * e),
-            _stage(card, "reduce: dbank, dselect, dstyle (FMA)", hbm_bytes=(s.wts + 2 * s.bank) * e,
+    bwd += gemm_bwd
+    bwd += [_stage(card, "reduce: dbank, dselect, dstyle (FMA)", hbm_bytes=(s.wts + 2 * s.bank) * e,
                    flops=1.25 * 3 * s.N * s.wts, rate=card.cuda_core_fma, launches=3 * launches),
             _stage(card, "softmax backward, partial sums", launches=4)]
     return fwd, bwd
