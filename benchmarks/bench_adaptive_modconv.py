@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from gigagan_kernels import adaptive_modconv, adaptive_modconv2d, adaptive_modconv2d_ref
 from gigagan_kernels import backend
+from gigagan_kernels.ops.adaptive_modconv2d import plans
 
 from .common import bench_main, run_suite
 
@@ -45,7 +46,7 @@ CPU_SHAPES = {
     "cpu_torgb": dict(B=4, Cin=32, Cout=3, H=32, W=32, N=1, k=1),
     "cpu_d_predictor_4x4": dict(B=64, Cin=64, Cout=64, H=4, W=4, N=1, k=3),   # the tiny D's psi at batch 16
 }
-# The "fused" strategy with the tiles of adaptive_modconv_triton.FUSED_SWEEP (timed last: a sweep, not a product).
+# The "fused" strategy with the tiles of ops/adaptive_modconv2d/plans.FUSED_SWEEP (timed last: a sweep, not a product).
 FUSED_SWEEP_PROVIDERS = ("triton_fused@stages3", "triton_fused@o64", "triton_fused@r16")
 PROVIDERS = ("ref", "ref_cl", "peer", "torch", "triton", "triton_weights", "triton_fused", "auto", "cuda", "floor",
              "floor_cl", "floor_weights") + FUSED_SWEEP_PROVIDERS
@@ -125,8 +126,7 @@ def forward_fn(provider: str, inp: dict):
         strategy, _, tiles = provider.split("_", 1)[1].partition("@")
 
         def run_strategy():
-            from gigagan_kernels import adaptive_modconv_triton as kernels
-            with adaptive_modconv.use_strategy(strategy), (kernels.use_fused_tiles(tiles) if tiles else
+            with adaptive_modconv.use_strategy(strategy), (plans.use_fused_tiles(tiles) if tiles else
                                                            contextlib.nullcontext()):
                 return adaptive_modconv2d(*params, noise=inp["noise"], activation="lrelu", impl="triton")
         return run_strategy, params

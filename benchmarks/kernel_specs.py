@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from gigagan_kernels import adaptive_modconv_triton as mc
-from gigagan_kernels import attention_triton as at
+from gigagan_kernels.ops.adaptive_modconv2d import plans as mc
+from gigagan_kernels.ops.adaptive_modconv2d import triton_common as mc_common
+from gigagan_kernels.ops.adaptive_modconv2d import triton_fused as mc_fused
+from gigagan_kernels.ops.adaptive_modconv2d import triton_weights as mc_weights
+from gigagan_kernels.ops.adaptive_modconv2d.common import ACT_LRELU
+from gigagan_kernels.ops.attention import plans as at
+from gigagan_kernels.ops.attention import triton_flash as at_flash
 
 TL_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
@@ -20,7 +25,7 @@ def adaptive_modconv_specs():
     specs = []
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         t = TL_NAMES[dtype]
-        dot = dict(DOT_DTYPE=mc.dot_dtype(dtype), DOT_PRECISION="tf32" if dtype == torch.float32 else "ieee")
+        dot = dict(DOT_DTYPE=mc_common.dot_dtype(dtype), DOT_PRECISION="tf32" if dtype == torch.float32 else "ieee")
         launch = lambda cfg: {k: cfg[k] for k in ("num_warps", "num_stages")}  # noqa: E731
         blocks = lambda cfg: {k: v for k, v in cfg.items() if k.startswith("BLOCK")}  # noqa: E731
         # Strategy "fused", with the integer hints the JIT specialises at GigaGAN's shapes.
@@ -36,22 +41,22 @@ def adaptive_modconv_specs():
                           if tiles["dbank"] != mc.FUSED_DBANK_CONFIGS[16]]
         for config, n_pad, cfg in fwd_configs:
             specs.append(dict(
-                kernel=mc._fused_fwd_kernel, config=config, dtype=t, tensor_cores=True, **launch(cfg),
+                kernel=mc_fused._fused_fwd_kernel, config=config, dtype=t, tensor_cores=True, **launch(cfg),
                 pointers=dict(X_ptr=t, Bank_ptr=t, A_ptr="fp32", S_ptr=t, D_ptr="fp32", Bias_ptr=t,
                               Noise_ptr=t, Y_ptr=t, Lin_ptr=t),
                 floats=("eps", "gain", "clamp"),
-                constexprs=dict(KSIZE=3, DEMOD=True, HAS_BIAS=True, HAS_NOISE=True, ACT=mc.ACT_LRELU,
+                constexprs=dict(KSIZE=3, DEMOD=True, HAS_BIAS=True, HAS_NOISE=True, ACT=ACT_LRELU,
                                 HAS_CLAMP=True, SAVE_LIN=True, N_PAD=n_pad, GROUP=cfg["GROUP"],
                                 MIX_COLS=max(16, cfg["GROUP"]), **dot, **blocks(cfg)), **fused_hints))
             dx = {("BLOCK_I" if name == "BLOCK_O" else name): v for name, v in cfg.items()}
             specs.append(dict(
-                kernel=mc._fused_dx_kernel, config=config, dtype=t, tensor_cores=True, **launch(dx),
+                kernel=mc_fused._fused_dx_kernel, config=config, dtype=t, tensor_cores=True, **launch(dx),
                 pointers=dict(GZ_ptr=t, X_ptr=t, Bank_ptr=t, A_ptr="fp32", S_ptr=t, DX_ptr=t, DS_ptr="fp32"),
                 floats=(), constexprs=dict(KSIZE=3, N_PAD=n_pad, GROUP=dx["GROUP"], MIX_COLS=max(16, dx["GROUP"]),
                                            **dot, **blocks(dx)), **fused_hints))
         for config, n_pad, cfg in dbank_configs:
             specs.append(dict(
-                kernel=mc._fused_dbank_kernel, config=config, dtype=t, tensor_cores=True, **launch(cfg),
+                kernel=mc_fused._fused_dbank_kernel, config=config, dtype=t, tensor_cores=True, **launch(cfg),
                 pointers=dict(GZ_ptr=t, X_ptr=t, Bank_ptr=t, A_ptr="fp32", S_ptr=t, C_ptr="fp32", DBank_ptr=t,
                               DAPart_ptr="fp32", DSR_ptr="fp32"),
                 floats=(), constexprs=dict(KSIZE=3, DEMOD=True, N_PAD=n_pad, GROUP=cfg["GROUP"],
@@ -66,23 +71,24 @@ def adaptive_modconv_specs():
         for n_pad in (16, 32):
             for gb, cfg in mc.BUILD_CONFIGS.items():
                 specs.append(dict(
-                    kernel=mc._build_weights_kernel, config=f"g{gb}n{n_pad}", dtype=t, tensor_cores=True, **launch(cfg),
+                    kernel=mc_weights._build_weights_kernel, config=f"g{gb}n{n_pad}", dtype=t, tensor_cores=True,
+                    **launch(cfg),
                     pointers=dict(Bank_ptr=t, A_ptr="fp32", S_ptr=t, Wt_ptr=t, D_ptr="fp32"), floats=("eps",),
                     constexprs=dict(KK=9, DEMOD=True, N_PAD=n_pad, GROUP_B=gb, SPLIT_A=split, **dot,
                                     **blocks(cfg)), **mixing))
             for gb, cfg in mc.REDUCE_CONFIGS.items():
                 for dbank_type in sorted({t, "fp32"}):      # fp32 when several launches accumulate
                     specs.append(dict(
-                        kernel=mc._reduce_dweights_kernel, config=f"g{gb}n{n_pad}-{dbank_type}", dtype=t,
+                        kernel=mc_weights._reduce_dweights_kernel, config=f"g{gb}n{n_pad}-{dbank_type}", dtype=t,
                         tensor_cores=True, **launch(cfg),
                         pointers=dict(GW_ptr=t, Bank_ptr=t, A_ptr="fp32", S_ptr=t, C_ptr="fp32", DBank_ptr=dbank_type,
                                       DAPart_ptr="fp32", DSPart_ptr="fp32"),
                         floats=(), constexprs=dict(DEMOD=True, N_PAD=n_pad, GROUP_B=gb, **dot, **blocks(cfg)),
                         **mixing))
-        epilogue = dict(DEMOD=True, HAS_BIAS=True, HAS_NOISE=True, ACT=mc.ACT_LRELU, HAS_CLAMP=True, SAVE_LIN=True)
+        epilogue = dict(DEMOD=True, HAS_BIAS=True, HAS_NOISE=True, ACT=ACT_LRELU, HAS_CLAMP=True, SAVE_LIN=True)
         for name, cfg in mc.CONV_FWD_CONFIGS.items():
             specs.append(dict(
-                kernel=mc._conv_fwd_kernel, config=name, dtype=t, tensor_cores=True, **launch(cfg),
+                kernel=mc_weights._conv_fwd_kernel, config=name, dtype=t, tensor_cores=True, **launch(cfg),
                 pointers=dict(X_ptr=t, Wt_ptr=t, D_ptr="fp32", Bias_ptr=t, Noise_ptr=t, Y_ptr=t, Lin_ptr=t),
                 floats=("gain", "clamp"), constexprs=dict(KSIZE=3, **epilogue, **dot, **blocks(cfg)),
                 ones=("stride_xc", "stride_yw", "stride_nw"),
@@ -90,35 +96,36 @@ def adaptive_modconv_specs():
                            "stride_nb", "stride_nc", "stride_nh", "stride_yb", "stride_yc", "stride_yh")))
         for name, cfg in mc.CONV_DX_CONFIGS.items():
             specs.append(dict(
-                kernel=mc._conv_dx_kernel, config=name, dtype=t, tensor_cores=True, **launch(cfg),
+                kernel=mc_weights._conv_dx_kernel, config=name, dtype=t, tensor_cores=True, **launch(cfg),
                 pointers=dict(GZ_ptr=t, Wt_ptr=t, DX_ptr=t), floats=(),
                 constexprs=dict(KSIZE=3, **dot, **blocks(cfg)), ones=("stride_gzc", "stride_dxw"),
                 divisible=("Cin", "Cout", "H", "W", "stride_gzb", "stride_gzp", "stride_wb", "stride_dxb",
                            "stride_dxc", "stride_dxh")))
         for name, cfg in mc.CONV_DWEIGHT_CONFIGS.items():
             specs.append(dict(
-                kernel=mc._conv_dweight_kernel, config=name, dtype=t, tensor_cores=True, **launch(cfg),
+                kernel=mc_weights._conv_dweight_kernel, config=name, dtype=t, tensor_cores=True, **launch(cfg),
                 pointers=dict(GZ_ptr=t, X_ptr=t, GW_ptr=t), floats=(),
                 constexprs=dict(KSIZE=3, **dot, **blocks(cfg)), ones=("stride_gzc", "stride_xc"),
                 divisible=("Cin", "Cout", "H", "W", "stride_gzb", "stride_gzp", "stride_xb", "stride_xh",
                            "stride_xw", "stride_gwb")))
-        for kernel in (mc._im2col_kernel, mc._col2im_kernel):
+        for kernel in (mc_weights._im2col_kernel, mc_weights._col2im_kernel):
             specs.append(dict(
                 kernel=kernel, config="default", dtype=t, tensor_cores=False, **launch(mc.COLUMNS_CONFIG),
                 pointers={name: t for name in kernel.arg_names if name.endswith("_ptr")}, floats=(),
                 constexprs=dict(KSIZE=3, **blocks(mc.COLUMNS_CONFIG))))
         specs.append(dict(
-            kernel=mc._epilogue_fwd_kernel, config="default", dtype=t, tensor_cores=False, **launch(mc.EPILOGUE_CONFIG),
+            kernel=mc_weights._epilogue_fwd_kernel, config="default", dtype=t, tensor_cores=False,
+            **launch(mc.EPILOGUE_CONFIG),
             pointers=dict(Conv_ptr=t, D_ptr="fp32", Bias_ptr=t, Noise_ptr=t, Y_ptr=t, Lin_ptr=t),
             floats=("gain", "clamp"), constexprs=dict(**epilogue, **blocks(mc.EPILOGUE_CONFIG))))
         for noise_grad in (1, 2):
             specs.append(dict(
-                kernel=mc._epilogue_bwd_kernel, config=f"noise{noise_grad}", dtype=t, tensor_cores=False,
+                kernel=mc_common._epilogue_bwd_kernel, config=f"noise{noise_grad}", dtype=t, tensor_cores=False,
                 **launch(mc.EPILOGUE_CONFIG),
                 pointers=dict(GY_ptr=t, Lin_ptr=t, D_ptr="fp32", Bias_ptr=t, Noise_ptr=t, GZ_ptr=t, CPart_ptr="fp32",
                               BiasPart_ptr="fp32", NoisePart_ptr="fp32"),
                 floats=("gain", "clamp"),
-                constexprs=dict(DEMOD=True, HAS_BIAS=True, HAS_NOISE=True, NOISE_GRAD=noise_grad, ACT=mc.ACT_LRELU,
+                constexprs=dict(DEMOD=True, HAS_BIAS=True, HAS_NOISE=True, NOISE_GRAD=noise_grad, ACT=ACT_LRELU,
                                 HAS_CLAMP=True, **blocks(mc.EPILOGUE_CONFIG))))
     return specs
 
@@ -130,36 +137,36 @@ def attention_specs():
         t = TL_NAMES[dtype]
         width = "fp32" if dtype == torch.float32 else "16bit"
         precision = "tf32" if width == "fp32" else "ieee"
-        for kind in (at.KIND_L2, at.KIND_DOT):
+        for kind in (at_flash.KIND_L2, at_flash.KIND_DOT):
             for (bd, w), cfg in at.FWD_CONFIGS.items():
                 if w == width:
                     specs.append(dict(
-                        kernel=at._attn_fwd_kernel, config=f"d{bd}-{'l2' if kind else 'dot'}", dtype=t,
+                        kernel=at_flash._attn_fwd_kernel, config=f"d{bd}-{'l2' if kind else 'dot'}", dtype=t,
                         tensor_cores=True, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
                         pointers=dict(Q_ptr=t, K_ptr=t, V_ptr=t, Bias_ptr="fp32", O_ptr=t, LSE_ptr="fp32"),
                         floats=("qk_scale",), divisible=("D", "DV"),
                         ones=("stride_qd", "stride_kd", "stride_vd", "stride_od"),
-                        constexprs=dict(HAS_BIAS=kind == at.KIND_L2, DOT_PRECISION=precision, BLOCK_M=cfg["BLOCK_M"],
-                                        BLOCK_N=cfg["BLOCK_N"], BLOCK_D=bd, BLOCK_DV=bd)))
+                        constexprs=dict(HAS_BIAS=kind == at_flash.KIND_L2, DOT_PRECISION=precision,
+                                        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=bd, BLOCK_DV=bd)))
             for (bd, w, arch), cfg in at.BWD_CONFIGS.items():
                 if w == width:
                     specs.append(dict(
-                        kernel=at._attn_bwd_kernel, config=f"d{bd}-{'l2' if kind else 'dot'}-{arch}", dtype=t,
+                        kernel=at_flash._attn_bwd_kernel, config=f"d{bd}-{'l2' if kind else 'dot'}-{arch}", dtype=t,
                         targets=(90,) if arch == "sm90" else (80,),
                         tensor_cores=True, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
                         pointers=dict(Q_ptr=t, K_ptr=t, V_ptr=t, Bias_ptr="fp32", DO_ptr=t, LSE_ptr="fp32",
                                       Delta_ptr="fp32", DQacc_ptr="fp32", DK_ptr=t, DV_ptr=t),
                         floats=("qk_scale", "grad_scale"), divisible=("D", "DV"),
                         ones=("stride_qd", "stride_kd", "stride_vd", "stride_dod", "stride_dkd", "stride_dvd"),
-                        constexprs=dict(KIND=kind, HAS_BIAS=kind == at.KIND_L2, DOT_PRECISION=precision,
+                        constexprs=dict(KIND=kind, HAS_BIAS=kind == at_flash.KIND_L2, DOT_PRECISION=precision,
                                         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=bd, BLOCK_DV=bd)))
         specs.append(dict(
-            kernel=at._key_bias_kernel, config="d128-l2-masked", dtype=t, tensor_cores=False,
+            kernel=at_flash._key_bias_kernel, config="d128-l2-masked", dtype=t, tensor_cores=False,
             num_warps=at.KEY_BIAS_CONFIG["num_warps"], num_stages=at.KEY_BIAS_CONFIG["num_stages"],
             pointers=dict(K_ptr=t, Mask_ptr="i8", Bias_ptr="fp32"), floats=("bias_scale",),
-            constexprs=dict(KIND=at.KIND_L2, HAS_MASK=True, BLOCK_N=at.KEY_BIAS_CONFIG["BLOCK_N"], BLOCK_D=128)))
+            constexprs=dict(KIND=at_flash.KIND_L2, HAS_MASK=True, BLOCK_N=at.KEY_BIAS_CONFIG["BLOCK_N"], BLOCK_D=128)))
         specs.append(dict(
-            kernel=at._attn_bwd_delta_kernel, config="d128", dtype=t, tensor_cores=False,
+            kernel=at_flash._attn_bwd_delta_kernel, config="d128", dtype=t, tensor_cores=False,
             num_warps=at.DELTA_CONFIG["num_warps"], num_stages=at.DELTA_CONFIG["num_stages"],
             pointers=dict(O_ptr=t, DO_ptr=t, Delta_ptr="fp32"), floats=(),
             constexprs=dict(BLOCK_M=at.DELTA_CONFIG["BLOCK_M"], BLOCK_DV=128)))

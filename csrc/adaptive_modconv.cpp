@@ -1,6 +1,6 @@
 // Torch side of the CUDA adaptive modulated convolution: argument checks that name the argument,
 // allocation, dtype dispatch and the launch on the current stream; torch.library registration.
-// Autograd and fake (meta) kernels are added from Python (gigagan_kernels/adaptive_modconv.py).
+// Autograd and fake (meta) kernels are added from Python (gigagan_kernels/ops/adaptive_modconv2d/cuda.py).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>

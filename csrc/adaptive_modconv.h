@@ -106,7 +106,7 @@ struct ReduceTiles {
 };
 ReduceTiles reduce_tiles(int N, int Cout, int Cin, int KK, bool vectorized, int element_size);
 
-// Sample chunks under the workspace budget: plan_weights of gigagan_kernels/adaptive_modconv_triton.py with its
+// Sample chunks under the workspace budget: plan_weights of gigagan_kernels/ops/adaptive_modconv2d/plans.py with its
 // batched-GEMM form (a test checks they agree). keep: the forward's weights stay for the backward.
 struct WeightsPlan {
     int64_t forward_chunk, backward_chunk;

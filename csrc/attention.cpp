@@ -1,6 +1,6 @@
 // Torch side of the CUDA flash-style attention: argument checks that name the argument, allocation,
 // dtype dispatch and the launch on the current stream; torch.library registration. Autograd and fake
-// kernels are added from Python (gigagan_kernels/attention.py).
+// kernels are added from Python (gigagan_kernels/ops/attention/cuda.py).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>

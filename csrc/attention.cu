@@ -6,7 +6,7 @@
 // Softmax runs in base 2 with fp32 statistics, online over key tiles; only the per-row log-sum-exp is saved.
 // Backward, with dS = P * (dP - delta), delta = rowsum(dO * O):
 //   dot: dQ = s dS K,   dK = s dS^T Q;     l2: dQ = 2s dS K,   dK = 2s (dS^T Q - k_j colsum(dS)_j)
-// (the l2 dQ term -2s q_i rowsum(dS) vanishes: rows of dS sum to zero). Same math as attention_triton.py.
+// (the l2 dQ term -2s q_i rowsum(dS) vanishes: rows of dS sum to zero). Same math as ops/attention/triton_flash.py.
 //
 // Products run on mma.sync (common.cuh: m16n8k16 for fp16/bf16, 3xTF32 m16n8k8 for fp32) with the accumulators
 // in registers: the forward's running output is rescaled per row in place. K/V (forward) and Q/dO (backward)

@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .ops.adaptive_modconv2d.plans import bank_pad, fused_configs, group_size, plan_weights
+
 MODES = ("fwd", "bwd", "fwd+bwd")
 
 
@@ -222,10 +224,9 @@ def _batched_gemm_stages(card, s: Shape):
 
 
 def _triton_weights(card, s: Shape):
-    """The "weights" strategy (gigagan_kernels/adaptive_modconv_triton.py): build the per-sample weights once
-    (mix on tensor cores, style, sum of squares), then tensor-core GEMMs, fused epilogues and one reduction.
-    Its plan (GEMM form, whether the backward rebuilds the weights) is the launcher's own."""
-    from .adaptive_modconv_triton import group_size, plan_weights
+    """The "weights" strategy (gigagan_kernels/ops/adaptive_modconv2d/triton_weights.py): build the per-sample
+    weights once (mix on tensor cores, style, sum of squares), then tensor-core GEMMs, fused epilogues and one
+    reduction. Its plan (GEMM form, whether the backward rebuilds the weights) is the launcher's own."""
     e = s.element_size
     plan = plan_weights((s.B, s.Cin, s.H, s.W), (s.N, s.Cout, s.Cin, s.k, s.k), e, needs_grad=True)
     bank_reads = -(-s.B // group_size(s.B))
@@ -255,7 +256,6 @@ def _cuda_weights(card, s: Shape):
     every resolution. Its build and reduction mix on FMAs: each is the slower of its HBM bytes and its FMAs (the
     reduction's issue overhead, a warp reduce-scatter and loads per sample, taken as 25%). Bank re-reads by the
     build's groups of 8 samples come from L2 and are not counted."""
-    from .adaptive_modconv_triton import plan_weights
     e = s.element_size
     plan = plan_weights((s.B, s.Cin, s.H, s.W), (s.N, s.Cout, s.Cin, s.k, s.k), e, needs_grad=True, gemm="bmm")
     build = _stage(card, "build weights (FMA mix)", hbm_bytes=(s.bank + s.wts) * e, flops=s.N * s.wts,
@@ -306,11 +306,10 @@ def _group_kernel(card, name, programs, steps, step_flops, step_l2_bytes, *, per
 
 
 def _triton_fused(card, s: Shape):
-    """The "fused" strategy (gigagan_kernels/adaptive_modconv_triton.py): programs over a group of samples mix
-    the bank once per K step for the group (a dot on the bank rows), then run the per-sample GEMMs as one
-    batched dot; dx the same way; the bank gradient from on-chip per-sample gradients. Tiles are the
-    launchers' own config tables, padding included."""
-    from .adaptive_modconv_triton import bank_pad, fused_configs
+    """The "fused" strategy (gigagan_kernels/ops/adaptive_modconv2d/triton_fused.py): programs over a group of
+    samples mix the bank once per K step for the group (a dot on the bank rows), then run the per-sample GEMMs as
+    one batched dot; dx the same way; the bank gradient from on-chip per-sample gradients. Tiles are the launchers'
+    own config tables, padding included."""
     e = s.element_size
     n_pad = bank_pad(s.N)
     kk = s.k * s.k
@@ -516,14 +515,16 @@ def _attn_sdpa_bias(card, s):
                          hbm_bytes=2 * bias, launches=0)])
 
 
-def _attn_torch(card, s):
-    """Today's torch composite (attention.attention_sdpa): SDPA on augmented operands for L2 (head dim
-    rounded up to a multiple of 8 past D + 2, q/k/v concatenated, the output sliced), flash without a mask,
-    memory-efficient with one (plus the empty-row fix: two tiny ops and one pass over the output)."""
+def _attn_torch(card, s, kernel=None):
+    """The torch composite's SDPA form (ops/attention/torch_sdpa.py): SDPA on augmented operands for L2 (head dim
+    rounded up to a multiple of 8 past D + 2, q/k/v concatenated, the output sliced) on `kernel`, by default
+    flash without a mask and memory-efficient with one, as torch picks (plus the empty-row fix: two tiny ops and
+    one pass over the output)."""
+    kernel = kernel or ("efficient" if s.masked else "flash")
     width = -(-max(s.D + 2, s.Dv) // 8) * 8 if s.kind == "l2" else None
-    (ff, rf), (fb, rb) = (card.mem_efficient_fwd, card.mem_efficient_bwd) if s.masked else (card.flash_fwd,
-                                                                                             card.flash_bwd)
-    tile = 64 if s.masked else 128
+    (ff, rf), (fb, rb) = (card.mem_efficient_fwd, card.mem_efficient_bwd) if kernel == "efficient" else \
+        (card.flash_fwd, card.flash_bwd)
+    tile = 64 if kernel == "efficient" else 128
     fwd, bwd = [], []
     if width:
         rows = (s.Lq * (s.D + width), s.Lk * (s.D + width + s.Dv + width))
@@ -533,7 +534,7 @@ def _attn_torch(card, s):
     if s.masked:
         fwd.append(_attn_stage(card, "empty-row fix", hbm_bytes=s.bytes(2 * s.Lq * s.Dv), launches=3))
         bwd.append(_attn_stage(card, "empty-row fix backward", hbm_bytes=s.bytes(2 * s.Lq * s.Dv), launches=1))
-    name = "SDPA memory-efficient" if s.masked else "SDPA flash"
+    name = "SDPA memory-efficient" if kernel == "efficient" else "SDPA flash"
     fwd.append(_attn_stage(card, name, fixed=ff, flops=s.fwd_flops(tile, width), rate=rf, launches=0))
     bwd.append(_attn_stage(card, name + " backward", fixed=fb, flops=2.5 * s.fwd_flops(tile, width), rate=rb,
                            launches=0))
@@ -563,7 +564,7 @@ def _attn_one_pass(card, s, fwd_rate, bwd_rate, *, key_bias_always):
 
 
 def _attn_triton(card, s):
-    """attention_triton.py: the key bias only where it is not zero (l2 or a mask)."""
+    """ops/attention/triton_flash.py: the key bias only where it is not zero (l2 or a mask)."""
     return _attn_one_pass(card, s, card.triton_fwd, card.triton_bwd, key_bias_always=False)
 
 

@@ -23,8 +23,8 @@ import types
 import torch
 import torch.nn.functional as F
 
-from .adaptive_modconv import adaptive_modconv2d
-from .attention import attention
+from .ops.adaptive_modconv2d import adaptive_modconv2d
+from .ops.attention import attention
 
 _ORIGINAL = "_gigagan_kernels_original_forward"
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.profiler import record_function
 
-from .adaptive_modconv import adaptive_modconv2d
+from .ops.adaptive_modconv2d import adaptive_modconv2d
 
 
 def _keep_grad_strides(param: nn.Parameter) -> nn.Parameter:
@@ -129,7 +129,7 @@ class L2SelfAttention(nn.Module):
 
     @record_function("gigagan_kernels.attention")
     def forward(self, x: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
-        from .attention import attention
+        from .ops.attention import attention
         B, C, H, W = x.shape
         tokens = x.flatten(2).transpose(1, 2)                       # [B, HW, C]
         context = tokens
@@ -161,7 +161,7 @@ class CrossAttention(nn.Module):
     @record_function("gigagan_kernels.attention")
     def forward(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, C, H, W]; text [B, T, text_dim]; text_mask [B, T] bool, True = a real token."""
-        from .attention import attention
+        from .ops.attention import attention
         B, C, H, W = x.shape
         tokens = x.flatten(2).transpose(1, 2)
         text = text.to(tokens.dtype)

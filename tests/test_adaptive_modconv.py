@@ -8,6 +8,8 @@ import torch
 
 import gigagan_kernels as gk
 from gigagan_kernels import adaptive_modconv as amc
+from gigagan_kernels import backend
+from gigagan_kernels.ops.adaptive_modconv2d import common, cuda, dispatch, triton_op, triton_weights
 from gigagan_kernels import cost_model
 from gigagan_kernels.nn import AdaptiveModConv2d, EqualizedConv2d
 
@@ -25,16 +27,15 @@ def forced_path(impl):
     if not impl.startswith("triton:"):
         yield impl
         return
-    from gigagan_kernels import adaptive_modconv_triton as kernels
     strategy, _, gemm = impl.split(":")[1].partition("-")
-    plan = kernels.plan_weights
+    plan = triton_weights.plan_weights
     if gemm:
-        kernels.plan_weights = lambda *args, **kwargs: plan(*args, **{**kwargs, "gemm": gemm})
+        triton_weights.plan_weights = lambda *args, **kwargs: plan(*args, **{**kwargs, "gemm": gemm})
     try:
         with amc.use_strategy(strategy):
             yield "triton"
     finally:
-        kernels.plan_weights = plan
+        triton_weights.plan_weights = plan
 
 INPUT_NAMES = ("x", "weight_bank", "select_logits", "style", "bias", "noise")
 
@@ -87,7 +88,7 @@ def away_from_kinks(ref_inputs, activation=None, gain=None, clamp=None, **option
         margin = 1e-2 * pre.abs().max().clamp_min(1e-30)
         keep = (pre.abs() > margin).double() if activation == "lrelu" else torch.ones_like(pre)
         if clamp is not None:
-            g = amc._default_gain(activation) if gain is None else gain
+            g = common.default_gain(activation) if gain is None else gain
             act = torch.where(pre > 0, pre, pre * 0.2) * g if activation == "lrelu" else pre * g
             keep = keep * ((act.abs() - clamp).abs() > margin * abs(g)).double()
     return keep
@@ -247,7 +248,7 @@ def test_random_shape_sweep(case, impl, device, poison_outputs):
 @pytest.mark.parametrize("case", range(0, SWEEP_CASES, 3))
 def test_torch_composite_every_form(case, form, monkeypatch):
     """impl="torch" picks a form per call by cost; force each one over the sweep's shapes."""
-    monkeypatch.setattr(amc, "torch_form", lambda *args: form)
+    monkeypatch.setattr(dispatch, "torch_form", lambda *args: form)
     test_random_shape_sweep(case, "torch", "cpu", None)
 
 
@@ -319,7 +320,7 @@ def test_second_order_gradients_r1(impl, device):
 @pytest.mark.parametrize("form", amc.TORCH_FORMS)
 def test_torch_composite_double_backward_gradgradcheck(form, device, monkeypatch):
     """Every form of the composite differentiates to second order exactly (R1 of a plain-torch model)."""
-    monkeypatch.setattr(amc, "torch_form", lambda *args: form)
+    monkeypatch.setattr(dispatch, "torch_form", lambda *args: form)
     inputs = make_inputs(2, 3, 2, 4, 4, 2, 3, dtype=torch.float64, device=device, seed=9, bias=True)
     args = [inputs[k].requires_grad_() for k in ("x", "weight_bank", "select_logits", "style", "bias")]
     fn = lambda *a: gk.adaptive_modconv2d(*a, activation="lrelu", impl="torch")  # noqa: E731
@@ -339,13 +340,13 @@ def test_opcheck_custom_ops(strategy, keep, device):
     x, bank, logits, style, bias, noise = (inputs[k] for k in INPUT_NAMES)
     fwd_args = (x.requires_grad_(), bank.requires_grad_(), logits.requires_grad_(), style.requires_grad_(),
                 bias.requires_grad_(), noise, True, 1e-8, "lrelu", math.sqrt(2), 0.9, True, strategy, keep)
-    torch.library.opcheck(amc._triton_fwd_op, fwd_args)
+    torch.library.opcheck(triton_op.triton_forward_op, fwd_args)
     with torch.no_grad():
-        y, lin, d, kept = amc._triton_fwd_op(*fwd_args)
+        y, lin, d, kept = triton_op.triton_forward_op(*fwd_args)
     assert kept.shape == ((2, 4, 5 * 9) if keep else (0,))
     bwd_args = (torch.randn_like(y), x.detach(), bank.detach(), logits.detach(), style.detach(), bias.detach(),
                 noise, lin, d, kept, True, "lrelu", math.sqrt(2), 0.9, strategy)
-    torch.library.opcheck(amc._triton_bwd_op, bwd_args)
+    torch.library.opcheck(triton_op.triton_backward_op, bwd_args)
 
 
 @pytest.mark.gpu
@@ -383,14 +384,14 @@ def test_cuda_weights_tiles(impl, shape, dtype, workspace_samples, monkeypatch, 
     element = torch.empty((), dtype=dtype).element_size()
     per_sample = (Cout * Cin * k * k + Cin * k * k * H * W + Cout * H * W) * element
     monkeypatch.setenv(amc.WORKSPACE_ENV, str(workspace_samples * per_sample / 2**20))
-    forward_chunk, backward_chunk, _ = amc._cuda_plan((B, Cin, H, W), (N, Cout, Cin, k, k), element,
+    forward_chunk, backward_chunk, _ = cuda.cuda_plan((B, Cin, H, W), (N, Cout, Cin, k, k), element,
                                                       needs_grad=True)
     assert workspace_samples > 10 or (B % forward_chunk and B % backward_chunk)
     inputs = make_inputs(*shape, dtype=dtype, device="cuda", seed=sum(shape), bias=True, noise="pixel")
     check_against_reference(inputs, "cuda", dtype, activation="lrelu", clamp=2.0)
 
 
-@pytest.mark.skipif(not amc.backend.cuda_extension_has(amc.OP_NAME), reason="the CUDA extension is not built")
+@pytest.mark.skipif(not backend.cuda_extension_has(amc.OP_NAME), reason="the CUDA extension is not built")
 def test_cuda_plan_follows_the_weights_budget():
     """csrc's plan_weights is the Triton plan of the batched-GEMM form, and the weight-gradient reduction's tiles
     cover every channel and output channel."""
@@ -401,7 +402,7 @@ def test_cuda_plan_follows_the_weights_budget():
         B, Cin, Cout, H, W = (rng.randint(1, 64) for _ in range(5))
         k, N, element = rng.choice((1, 3, 5)), rng.randint(1, 32), rng.choice((2, 4))
         workspace, needs_grad = rng.randint(1, 2**24), rng.random() < 0.7
-        plan = amc._cuda_plan((B, Cin, H, W), (N, Cout, Cin, k, k), element, needs_grad=needs_grad,
+        plan = cuda.cuda_plan((B, Cin, H, W), (N, Cout, Cin, k, k), element, needs_grad=needs_grad,
                               workspace=workspace)
         expected = kernels.plan_weights((B, Cin, H, W), (N, Cout, Cin, k, k), element, needs_grad=needs_grad,
                                         workspace=workspace, gemm="bmm")
@@ -488,8 +489,7 @@ def test_weights_strategy_in_chunks(gemm, workspace_samples, keep, device, monke
 
 def test_weights_strategy_reduction_in_groups(device, monkeypatch, poison_outputs):
     """More samples than one reduction launch takes: the bank gradient accumulates over launches in fp32."""
-    from gigagan_kernels import adaptive_modconv_triton as kernels
-    monkeypatch.setattr(kernels, "reduce_group", lambda bank_shape: 2)
+    monkeypatch.setattr(triton_weights, "reduce_group", lambda bank_shape: 2)
     inputs = make_inputs(5, 6, 5, 4, 4, 3, 3, dtype=torch.float16, device=device, seed=12, bias=True, noise="full")
     check_against_reference(inputs, "triton:weights-bmm", torch.float16, activation="lrelu")
 

@@ -15,6 +15,7 @@ from tests.helpers import assert_close, CUDA_IMPL, FUSED_IMPLS
 
 # The package exports the function `attention`, which shadows the submodule of the same name.
 attn_mod = importlib.import_module("gigagan_kernels.attention")
+triton_op = importlib.import_module("gigagan_kernels.ops.attention.triton_op")
 
 # Every fast path: each form of the torch composite (it picks one per call), then the fused kernels.
 FAST_IMPLS = [f"torch:{form}" for form in attn_mod.TORCH_FORMS] + FUSED_IMPLS
@@ -154,10 +155,10 @@ def test_reference_gradgradcheck(device):
 def test_opcheck_custom_ops(device):
     q, k, v, m = make_qkv(1, 2, 19, 11, 16, 16, dtype=torch.float32, device=device, seed=8, mask="random")
     args = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), "l2", 0.25, m)
-    torch.library.opcheck(attn_mod._triton_fwd_op, args)
+    torch.library.opcheck(triton_op.triton_forward_op, args)
     with torch.no_grad():
-        out, lse = attn_mod._triton_fwd_op(*args)
-    torch.library.opcheck(attn_mod._triton_bwd_op, (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out,
+        out, lse = triton_op.triton_forward_op(*args)
+    torch.library.opcheck(triton_op.triton_backward_op, (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out,
                                                      lse, "l2", 0.25, m))
 
 

@@ -1,0 +1,88 @@
+"""Sample-adaptive kernel-selection modulated convolution (GigaGAN, paper eqs. 1-2; docs/design.md §2).
+
+For each sample b:
+    a[b]  = softmax(select_logits[b])                 K[b] = sum_n a[b,n] W[n]
+    K'[b] = K[b] * style[b][None, :, None, None]       d[b,o] = rsqrt(sum K'[b,o]^2 + eps)
+    y[b]  = conv2d(x[b], K'[b] * d[b], "same")  ->  + noise  ->  + bias  ->  lrelu * gain  ->  clamp
+
+The package, after xformers' ops/fmha: this file holds the public function; common.py the contract and
+validation; one file per backend (reference.py "ref", torch_forms.py "torch", triton_op.py "triton" with its
+strategies triton_weights.py and triton_fused.py, cuda.py "cuda"); plans.py the launch tables and plans;
+dispatch.py the choice among them.
+
+Gradient order: first-order gradients of the fused paths run fused kernels. Under create_graph=True (R1) the
+backward is recomputed through the reference composite, so gradients of every order are exact for every impl.
+"""
+from __future__ import annotations
+
+import torch
+
+from ... import backend
+from . import cuda
+from .autograd import needs_lin
+from .common import OP_NAME, default_gain, validate, workspace_bytes
+from .dispatch import auto_cuda_order, triton_strategy
+from .plans import MAX_FILTERS, plan_weights
+from .reference import adaptive_modconv2d_ref
+from .torch_forms import adaptive_modconv2d_torch
+from .triton_op import triton_forward_op
+
+__all__ = ["adaptive_modconv2d", "adaptive_modconv2d_ref", "adaptive_modconv2d_torch", "validate"]
+
+
+def adaptive_modconv2d(x, weight_bank, select_logits, style, bias=None, *, demodulate=True, eps=1e-8, noise=None,
+                       activation=None, gain=None, clamp=None, impl="auto"):
+    """Sample-adaptive kernel-selection modulated convolution with a fused epilogue.
+
+    Args:
+        x: [B, Cin, H, W]; any strides (channels_last included).
+        weight_bank: [N, Cout, Cin, k, k] with odd k.
+        select_logits: [B, N] filter-selection logits (softmax is applied here).
+        style: [B, Cin] per-input-channel modulation.
+        bias: [Cout] or None.
+        demodulate: scale each output filter to unit norm (StyleGAN2 demodulation).
+        eps: added under the demodulation rsqrt.
+        noise: broadcastable to [B, Cout, H, W], already scaled; added before the bias.
+        activation: None / "linear" or "lrelu" (slope 0.2).
+        gain: output gain, default sqrt(2) for "lrelu" and 1 otherwise (StyleGAN2 bias_act).
+        clamp: clamp the output to [-clamp, clamp] after the gain.
+        impl: "auto", "ref", "torch", "triton" or "cuda" (see gigagan_kernels.backend).
+
+    All tensors share one device and dtype (fp32, fp16 or bf16); accumulation is fp32.
+    Supports gradients of every order for every impl: first-order backward of the fused
+    paths runs fused kernels; under create_graph=True it goes through the reference.
+    """
+    validate(x, weight_bank, select_logits, style, bias, noise, activation, gain, clamp, eps)
+    activation = None if activation == "linear" else activation
+    gain = default_gain(activation) if gain is None else float(gain)
+    clamp = None if clamp is None else float(clamp)
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight_bank, select_logits, style, bias, noise))
+    mode = "fwd+bwd" if needs_grad else "fwd"
+    chosen = backend.resolve_impl(impl, x.device, OP_NAME, x.dtype,
+                                  auto_cuda_order(x.shape, weight_bank.shape, mode) if x.is_cuda else None)
+    B, _, H, W = x.shape
+    Cout = weight_bank.shape[1]
+    if B > 0 and 0 in (Cout, H, W):
+        # An empty output, the same on every backend, attached to every input (whose gradients are zero).
+        inputs = [t for t in (x, weight_bank, select_logits, style, bias, noise) if t is not None]
+        return x.new_zeros((B, Cout, H, W)) + sum(t.sum() for t in inputs) * 0
+    if chosen == "ref" or B == 0:      # an empty batch: the ref keeps y attached to every input
+        return adaptive_modconv2d_ref(x, weight_bank, select_logits, style, bias, demodulate=demodulate, eps=eps,
+                                      noise=noise, activation=activation, gain=gain, clamp=clamp)
+    if chosen == "torch":
+        return adaptive_modconv2d_torch(x, weight_bank, select_logits, style, bias, demodulate=demodulate, eps=eps,
+                                        noise=noise, activation=activation, gain=gain, clamp=clamp)
+    max_filters = MAX_FILTERS if chosen == "triton" else cuda.CUDA_MAX_FILTERS
+    if weight_bank.shape[0] > max_filters:
+        raise ValueError(f"adaptive_modconv2d(impl={chosen!r}): weight_bank has N={weight_bank.shape[0]} filters; "
+                         f"the {chosen} kernels support N <= {max_filters}")
+    save_lin = needs_grad and needs_lin(activation, gain, clamp, bias, noise)
+    args = (x, weight_bank, select_logits, style, bias, noise, bool(demodulate), float(eps), activation or "linear",
+            gain, clamp, save_lin)
+    if chosen == "cuda":
+        return backend.cuda_op(OP_NAME)(*args, workspace_bytes(), needs_grad)[0]
+    strategy = triton_strategy(x.shape, weight_bank.shape, mode)
+    keep = strategy == "weights" and plan_weights(x.shape, weight_bank.shape, x.element_size(),
+                                                  needs_grad=needs_grad).keep
+    return triton_forward_op(*args, strategy, keep)[0]
