@@ -21,7 +21,7 @@ import typing
 
 from gigagan_kernels.backend import ENV_VAR, IMPLS
 
-from .training import TrainConfig
+from .training.config import TrainConfig, config_flag
 
 
 IMPL_CHOICES = ("auto",) + IMPLS
@@ -36,11 +36,6 @@ def _add_sampling_args(p, out_required: bool = True):
     p.add_argument("--impl", default=None, choices=IMPL_CHOICES, help=IMPL_HELP)
     p.add_argument("--device", default=None)
     p.add_argument("--out", required=out_required, help="output PNG")
-
-
-def config_flag(field) -> str:
-    """The command-line flag of a config dataclass field."""
-    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
 
 
 def _floats(text: str) -> tuple:

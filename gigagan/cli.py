@@ -77,8 +77,7 @@ def _load(args, need: str = "base"):
 
 def _flag(field: str) -> str:
     """The flag of a TrainConfig field, as `gigagan train` generates it."""
-    from .__main__ import config_flag
-    from .training import TrainConfig
+    from .training.config import TrainConfig, config_flag
     by_name = {f.name: f for f in dataclasses.fields(TrainConfig)}
     return config_flag(by_name[field]) if field in by_name else "--" + field.replace("_", "-")
 

@@ -27,6 +27,11 @@ def _option(default, help: str, *, flag: Optional[str] = None, choices: Optional
                                                         "nargs": nargs})
 
 
+def config_flag(field) -> str:
+    """The command-line flag of a config dataclass field."""
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
 @dataclass
 class TrainConfig:
     preset: str = _option("tiny", "the model preset: tiny, small or paper")
