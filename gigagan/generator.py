@@ -25,7 +25,6 @@ from torch.profiler import record_function
 from gigagan_kernels.nn import AdaptiveModConv2d, CrossAttention, EqualizedLinear, L2SelfAttention
 
 from .config import GeneratorConfig
-from .latent import conditional_w_mean, truncate
 from .text import CLIPText, FrozenCLIPText, TextEncoder, TextFeatures
 
 NOISE_MODES = ("random", "none")
@@ -78,6 +77,21 @@ class MappingNetwork(nn.Module):
             with torch.no_grad():
                 self.w_avg.lerp_(x.detach().float().mean(dim=0).to(self.w_avg.dtype), 1.0 - self.w_avg_beta)
         return x
+
+
+def truncate(w: torch.Tensor, w_mean: torch.Tensor, w_mean_c: torch.Tensor, psi: float) -> torch.Tensor:
+    """Text-conditioned truncation: w' = lerp(w_mean_c, lerp(w_mean, w, psi), psi)."""
+    return torch.lerp(w_mean_c.to(w.dtype), torch.lerp(w_mean.to(w.dtype).expand_as(w), w, psi), psi)
+
+
+@torch.no_grad()
+def conditional_w_mean(mapping: MappingNetwork, t_global: torch.Tensor, num_samples: int = 256,
+                       seed: int = 0) -> torch.Tensor:
+    """w_mean_c: the mean of M(z, t) over z ~ N(0, I), for each caption's t_global [B, dim] -> [B, w_dim]."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    z = torch.randn(num_samples, mapping.z_dim, generator=gen).to(t_global.device, t_global.dtype)
+    means = [mapping(z, t[None].expand(num_samples, -1)).mean(dim=0) for t in t_global]
+    return torch.stack(means)
 
 
 class SynthesisBlock(nn.Module):

@@ -7,27 +7,12 @@ coarse ones (4 px up), [crossover, num_ws) the fine ones.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch
 
-if TYPE_CHECKING:                     # annotations only: generator.py imports this module for truncation
-    from .generator import Generator, MappingNetwork
-
-
-def truncate(w: torch.Tensor, w_mean: torch.Tensor, w_mean_c: torch.Tensor, psi: float) -> torch.Tensor:
-    """Text-conditioned truncation: w' = lerp(w_mean_c, lerp(w_mean, w, psi), psi)."""
-    return torch.lerp(w_mean_c.to(w.dtype), torch.lerp(w_mean.to(w.dtype).expand_as(w), w, psi), psi)
-
-
-@torch.no_grad()
-def conditional_w_mean(mapping: MappingNetwork, t_global: torch.Tensor, num_samples: int = 256,
-                       seed: int = 0) -> torch.Tensor:
-    """w_mean_c: the mean of M(z, t) over z ~ N(0, I), for each caption's t_global [B, dim] -> [B, w_dim]."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    z = torch.randn(num_samples, mapping.z_dim, generator=gen).to(t_global.device, t_global.dtype)
-    means = [mapping(z, t[None].expand(num_samples, -1)).mean(dim=0) for t in t_global]
-    return torch.stack(means)
+# Truncation lives beside MappingNetwork, whose w_avg it uses (the generator truncates too); still importable here.
+from .generator import Generator, conditional_w_mean, truncate
 
 
 def _check_crossover(G: Generator, crossover: int) -> None:
