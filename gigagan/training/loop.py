@@ -14,7 +14,6 @@ import json
 import math
 import os
 import random
-import signal
 import sys
 import time
 import warnings
@@ -39,6 +38,7 @@ from .distributed import agree, init_distributed, wrap
 from .ema import EMA
 from .errors import CheckpointError, Preempted, TrainingError, signal_name
 from .loss import PHASES, CaptionPool, GigaGANLoss, MicroBatch, UpsamplerLoss
+from .signals import StopSignals
 
 
 class Trainer:
@@ -83,8 +83,7 @@ class Trainer:
         self.captions = CaptionPool(self.model.clip, log=self.log)
         self.step, self.bad_steps_total, self.bad_steps_in_row, self.skipped_samples = 0, 0, 0, 0
         self.batches_seen = 0                             # the data position, which a resume continues from
-        self.stop_signal = None
-        self._writing, self._pending_preempt = False, None  # a second signal waits for a checkpoint write
+        self.signals = StopSignals()
         self._run_dir = None
         self.sample_prompts = [""] * 8 if cfg.unconditional else fixed_prompts(8)
         self.sample_z = torch.randn(8, self.G.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
@@ -191,14 +190,8 @@ class Trainer:
         if not self.is_main:
             return None
         os.makedirs(self.cfg.out, exist_ok=True)
-        self._writing = True
-        try:
-            path = self.run_dir.save(self.state_dict(), self.step, self.cfg.keep_checkpoints)
-        finally:
-            self._writing = False
-        if self._pending_preempt is not None:
-            raise Preempted(self._pending_preempt)
-        return path
+        with self.signals.deferred():
+            return self.run_dir.save(self.state_dict(), self.step, self.cfg.keep_checkpoints)
 
     def resume(self, fresh_if_none: bool = False) -> bool:
         """Load the newest whole checkpoint of cfg.out: rank 0 finds it (moving bad files aside), every rank
@@ -358,19 +351,6 @@ class Trainer:
                     self.tb.add_scalar(k, v, record["step"])
 
     # -- the loop ----------------------------------------------------------------------------------
-    def _install_signal_handlers(self):
-        """SIGTERM / SIGINT: the first asks for a checkpoint and a stop at the next step; a second stops at once,
-        after the checkpoint write in flight if there is one."""
-        def handler(signum, frame):
-            if self.stop_signal is None:
-                self.stop_signal = signum
-            elif self._writing:
-                self._pending_preempt = signum
-            else:
-                raise Preempted(signum)
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-        return previous
-
     def _loader(self, dataset):
         cfg = self.cfg
         # Its own generator: creating a loader must not draw from the global RNG, or a resumed run's
@@ -445,14 +425,10 @@ class Trainer:
                 self.run_dir.release()
 
     def _fit(self, resume: bool, fresh_if_none: bool) -> dict:
-        previous = self._install_signal_handlers()
-        try:
+        with self.signals.caught():
             if resume:
                 self.resume(fresh_if_none)
             return self._train_loop()
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
 
     def _open_outputs(self, dataset):
         """The optional TensorBoard writer, the upsampler's fixed sample images, the start-of-run line and the
@@ -511,8 +487,9 @@ class Trainer:
                         not usable, batch is None, deadline if self.step > first_step else None)
                     if signalled:
                         path = self.save_checkpoint()
-                        self.log(f"signal {signal_name(self.stop_signal)}: saved {path} at step {self.step}; exiting")
-                        return {"step": self.step, "stopped_by_signal": True, "signal": self.stop_signal,
+                        self.log(f"signal {signal_name(self.signals.received)}: saved {path} at step "
+                                 f"{self.step}; exiting")
+                        return {"step": self.step, "stopped_by_signal": True, "signal": self.signals.received,
                                 "checkpoint": path}
                     if no_data:
                         raise TrainingError(f"a rank received no data at all from --data {cfg.data} (rank "
@@ -584,10 +561,10 @@ class Trainer:
     def _agree(self, missing: bool, no_data: bool, deadline: Optional[float] = None) -> tuple:
         """(a rank lacks a usable batch, a rank has no data at all, a stop signal arrived, the time budget is
         spent), agreed by every rank, so that all take the same branch at the same step."""
-        flags = agree([missing, no_data, self.stop_signal is not None,
+        flags = agree([missing, no_data, self.signals.received is not None,
                        deadline is not None and time.perf_counter() >= deadline], self.device, self.world)
-        if flags[2] and self.stop_signal is None:
-            self.stop_signal = "peer"
+        if flags[2] and self.signals.received is None:
+            self.signals.received = "peer"
         return tuple(flags)
 
 
