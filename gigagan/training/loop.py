@@ -11,10 +11,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import math
 import os
 import random
-import sys
 import time
 import warnings
 from typing import Optional
@@ -26,9 +24,8 @@ from gigagan_kernels import use_impl
 
 from ..augment import parse_policy
 from ..config import GigaGANConfig, apply_overrides, get_preset, upsampler_discriminator_config
-from ..data import StepSampler, TarShards, collate_pairs, fixed_prompts, make_dataset
+from ..data import StepSampler, TarShards, collate_pairs, make_dataset
 from ..discriminator import Discriminator
-from ..extras import require
 from ..model import GigaGAN
 from ..rundir import RunDirectory, RunDirError
 from . import optim
@@ -38,6 +35,7 @@ from .distributed import agree, init_distributed, wrap
 from .ema import EMA
 from .errors import CheckpointError, Preempted, TrainingError, signal_name
 from .loss import PHASES, CaptionPool, GigaGANLoss, MicroBatch, UpsamplerLoss
+from .outputs import IntervalMeans, ProgressBar, SampleGrids, ScalarLog, StepProfiler
 from .signals import StopSignals
 
 
@@ -85,9 +83,7 @@ class Trainer:
         self.batches_seen = 0                             # the data position, which a resume continues from
         self.signals = StopSignals()
         self._run_dir = None
-        self.sample_prompts = [""] * 8 if cfg.unconditional else fixed_prompts(8)
-        self.sample_z = torch.randn(8, self.G.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
-        self.tb = None
+        self.samples = SampleGrids(cfg, self.G.z_dim)
 
     def _build_networks(self) -> None:
         """GigaGAN (text towers, G, D); for the upsampler its own MS-I/O D and the perceptual network; the CLIP
@@ -303,52 +299,8 @@ class Trainer:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     # -- outputs -----------------------------------------------------------------------------------
-    @torch.no_grad()
     def write_samples(self, path: str) -> None:
-        from ..images import save_grid
-        z = self.sample_z.to(self.device)
-        with use_impl(self.cfg.impl):
-            if self.cfg.model == "upsampler":
-                # Rows: the low-res input (nearest-neighbour enlarged), the upsampler's output, the real image.
-                real = self.sample_real.to(self.device)
-                low = self.loss.low_res(real)
-                out = self.G_ema(low, self.sample_prompts, z, noise_mode="none")[0].clamp(-1, 1)
-                enlarged = torch.nn.functional.interpolate(low, size=out.shape[-2:], mode="nearest")
-                save_grid(torch.cat([enlarged, out, real]), path, columns=len(real))
-                return
-            imgs = self.G_ema(z, self.sample_prompts, noise_mode="none")[0]
-        save_grid(imgs, path, captions=self.sample_prompts, columns=4)
-
-    def _start_profiler(self):
-        """torch.profiler over the next profile_steps steps: CPU ops, CUDA kernels, and the named ranges of the
-        model (G.text_encoder, G.mapping, G.level<R>px, D.level<R>px, gigagan_kernels.* for the fused ops)."""
-        activities = [torch.profiler.ProfilerActivity.CPU]
-        if self.device.type == "cuda":
-            activities.append(torch.profiler.ProfilerActivity.CUDA)
-        profiler = torch.profiler.profile(activities=activities, record_shapes=True)
-        profiler.start()
-        return profiler
-
-    def _finish_profiler(self, profiler, steps: int) -> None:
-        profiler.stop()
-        directory = os.path.join(self.cfg.out, "profile")
-        os.makedirs(directory, exist_ok=True)
-        trace = os.path.join(directory, "trace.json")
-        profiler.export_chrome_trace(trace + ".tmp")
-        os.replace(trace + ".tmp", trace)
-        key = "self_cuda_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
-        with open(os.path.join(directory, "summary.txt"), "w") as f:
-            f.write(f"{steps} steps from step {self.step - steps}, {self.device}, impl {self.cfg.impl}\n")
-            f.write(profiler.key_averages().table(sort_by=key, row_limit=40) + "\n")
-        self.log(f"profile: {steps} steps traced into {trace} (chrome://tracing, Perfetto) and summary.txt")
-
-    def _write_log(self, record: dict) -> None:
-        with open(os.path.join(self.cfg.out, "log.jsonl"), "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    self.tb.add_scalar(k, v, record["step"])
+        self.samples.write(path, self.G_ema, self.loss, self.device)
 
     # -- the loop ----------------------------------------------------------------------------------
     def _loader(self, dataset):
@@ -430,51 +382,25 @@ class Trainer:
                 self.resume(fresh_if_none)
             return self._train_loop()
 
-    def _open_outputs(self, dataset):
-        """The optional TensorBoard writer, the upsampler's fixed sample images, the start-of-run line and the
-        progress bar (rank 0)."""
+    def _train_loop(self) -> dict:
         cfg = self.cfg
-        if cfg.tensorboard and self.is_main:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:                       # an optional output: training goes on without it
-                warnings.warn(f"--tensorboard: no TensorBoard logs ({e}; pip install tensorboard); log.jsonl "
-                              "has every scalar", stacklevel=3)
-            else:
-                self.tb = SummaryWriter(os.path.join(cfg.out, "tb"))
+        dataset = make_dataset(cfg.data, self.resolution, seed=cfg.seed, captions=not cfg.unconditional)
+        scalars = ScalarLog(cfg.out, tensorboard=cfg.tensorboard and self.is_main)
         if cfg.model == "upsampler":
-            # Fixed real images for the sample grids: the dataset's first valid samples.
-            pairs = [p for p in (dataset[i] for i in range(min(len(dataset), 16))) if p[0] is not None][:4] \
-                if not isinstance(dataset, torch.utils.data.IterableDataset) else []
-            if not pairs:
-                pairs = [(torch.zeros(3, self.resolution, self.resolution), "")]
-            self.sample_real = torch.stack([p[0] for p in pairs])
-            self.sample_prompts = [p[1] for p in pairs]
-            self.sample_z = self.sample_z[:len(pairs)]
+            self.samples.take_real_images(dataset, self.resolution)
         n_params = sum(p.numel() for m in (self.G, self.D) for p in m.parameters() if p.requires_grad) / 1e6
         self.log(f"training {self.model_config.name} {cfg.model} ({n_params:.2f}M trainable G+D parameters) "
                  f"on {self.device} x{self.world}, impl {cfg.impl}, data {cfg.data}, "
                  f"steps {self.step}->{cfg.steps}"
                  + (f" or {cfg.max_minutes:g} minutes" if cfg.max_minutes is not None else "")
                  + f", batch {cfg.batch_size}/rank, precision {self.precision}")
-        if not (self.is_main and cfg.progress):
-            return None
-        tqdm = require("tqdm", "the progress bar (--no-progress runs without it)").tqdm
-        # With a time budget the step count reached is unknown: the bar counts steps without a total.
-        return tqdm(total=cfg.steps if cfg.max_minutes is None else None, initial=self.step, desc="train",
-                    dynamic_ncols=True, file=sys.stderr)
-
-    def _train_loop(self) -> dict:
-        cfg = self.cfg
-        dataset = make_dataset(cfg.data, self.resolution, seed=cfg.seed, captions=not cfg.unconditional)
-        bar = self._open_outputs(dataset)
+        bar = ProgressBar(self.is_main and cfg.progress, cfg.steps if cfg.max_minutes is None else None, self.step)
+        profiler = StepProfiler(cfg.profile_steps if self.is_main else 0, cfg.out, self.device, cfg.impl, self.log)
+        interval = IntervalMeans(self.device)
+        bad_batches, tried, why = 0, 0, collections.Counter()    # batches in a row with no usable sample
         t_last, images_since = time.perf_counter(), 0
         deadline = None if cfg.max_minutes is None else t_last + 60.0 * cfg.max_minutes
-        interval = IntervalMeans(self.device)
-        out_of_time = False
-        bad_batches, tried, why = 0, 0, collections.Counter()    # batches in a row with no usable sample
-        first_step = self.step
-        profiler, profiled = None, 0
+        first_step, out_of_time = self.step, False
         try:
             with use_impl(cfg.impl):
                 batches = self._batches(dataset)
@@ -515,42 +441,31 @@ class Trainer:
                     bad_batches, tried = 0, 0
                     why.clear()
                     images, captions, _ = batch
-                    if profiler is None and self.is_main and cfg.profile_steps and self.step == first_step + 1:
-                        profiler = self._start_profiler()
+                    # The profiler traces from the second step: the first carries the warm-up.
+                    if self.step == first_step + 1:
+                        profiler.start()
                     stats = self.train_step(images, captions)
-                    if profiler is not None:
-                        profiled += 1
-                        if profiled == cfg.profile_steps:
-                            self._finish_profiler(profiler, profiled)
-                            profiler = None
+                    profiler.step_done(self.step)
                     images_since += images.shape[0] * self.world
                     interval.add(stats)
-                    if bar is not None:
-                        bar.update(1)
+                    bar.update()
                     if self.is_main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                         now = time.perf_counter()
-                        means = interval.read()                   # the interval's one read of the statistics
-                        record = {"step": self.step, **means,
+                        record = {"step": self.step, **interval.read(),   # the interval's one read of the statistics
                                   "images_per_s": images_since / max(now - t_last, 1e-9),
                                   "bad_steps": self.bad_steps_total, "skipped_samples": self.skipped_samples,
                                   "time": time.time()}
                         t_last, images_since = now, 0
-                        self._write_log(record)
-                        if bar is not None:
-                            bar.set_postfix(d=f"{means.get('loss_d', math.nan):.3f}",
-                                            g=f"{means.get('loss_g', math.nan):.3f}",
-                                            img_s=f"{record['images_per_s']:.1f}")
+                        scalars.write(record)
+                        bar.show(record)
                     if self.is_main and cfg.sample_every and self.step % cfg.sample_every == 0:
                         self.write_samples(os.path.join(cfg.out, f"samples-{self.step:08d}.png"))
                     if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
                         self.save_checkpoint()
         finally:
-            if bar is not None:
-                bar.close()
-            if self.tb is not None:
-                self.tb.close()
-            if profiler is not None:                      # training ended before the profiled steps did
-                self._finish_profiler(profiler, profiled)
+            bar.close()
+            scalars.close()
+            profiler.finish(self.step)                    # training ended before the profiled steps did
         if self.step % max(cfg.ckpt_every, 1) != 0 or not cfg.ckpt_every:
             self.save_checkpoint()
         if self.is_main:
@@ -566,31 +481,6 @@ class Trainer:
         if flags[2] and self.signals.received is None:
             self.signals.received = "peer"
         return tuple(flags)
-
-
-class IntervalMeans:
-    """Means of each step statistic over a log interval, kept on the device (non-finite values left out) and
-    read back once per interval."""
-
-    def __init__(self, device):
-        self.device = device
-        self.sums, self.counts = {}, {}
-
-    def add(self, stats: dict) -> None:
-        for name, value in stats.items():
-            if name == "skipped":
-                continue
-            v = torch.as_tensor(value, dtype=torch.float32, device=self.device)
-            ok = torch.isfinite(v)
-            self.sums[name] = self.sums.get(name, 0.0) + torch.where(ok, v, 0.0)
-            self.counts[name] = self.counts.get(name, 0) + ok.float()
-
-    def read(self) -> dict:
-        names = list(self.sums)
-        values = (torch.stack([self.sums[n] for n in names] + [self.counts[n] for n in names]).tolist()
-                  if names else [])
-        self.sums, self.counts = {}, {}
-        return {n: values[i] / values[len(names) + i] for i, n in enumerate(names) if values[len(names) + i] > 0}
 
 
 def _set_trainable(optimizer, flag: bool) -> None:

@@ -1,0 +1,174 @@
+"""The loop's side outputs, none of which changes training: log.jsonl (and TensorBoard) with the means of each
+log interval, the progress bar, the sample grids and the profiler's trace. Only rank 0 writes them."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import warnings
+from typing import Optional
+
+import torch
+
+from gigagan_kernels import use_impl
+
+from ..data import fixed_prompts
+from ..extras import require
+
+
+class IntervalMeans:
+    """Means of each step statistic over a log interval, kept on the device (non-finite values left out) and
+    read back once per interval."""
+
+    def __init__(self, device):
+        self.device = device
+        self.sums, self.counts = {}, {}
+
+    def add(self, stats: dict) -> None:
+        for name, value in stats.items():
+            if name == "skipped":
+                continue
+            v = torch.as_tensor(value, dtype=torch.float32, device=self.device)
+            ok = torch.isfinite(v)
+            self.sums[name] = self.sums.get(name, 0.0) + torch.where(ok, v, 0.0)
+            self.counts[name] = self.counts.get(name, 0) + ok.float()
+
+    def read(self) -> dict:
+        names = list(self.sums)
+        values = (torch.stack([self.sums[n] for n in names] + [self.counts[n] for n in names]).tolist()
+                  if names else [])
+        self.sums, self.counts = {}, {}
+        return {n: values[i] / values[len(names) + i] for i, n in enumerate(names) if values[len(names) + i] > 0}
+
+
+class ScalarLog:
+    """log.jsonl, one JSON record per log interval, and its numbers in TensorBoard when asked for."""
+
+    def __init__(self, out: str, tensorboard: bool):
+        self.path = os.path.join(out, "log.jsonl")
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:                       # an optional output: training goes on without it
+                warnings.warn(f"--tensorboard: no TensorBoard logs ({e}; pip install tensorboard); log.jsonl "
+                              "has every scalar", stacklevel=3)
+            else:
+                self.tb = SummaryWriter(os.path.join(out, "tb"))
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+class ProgressBar:
+    """A tqdm bar on stderr when shown, else nothing. With a time budget the step count reached is unknown: the
+    bar then counts steps without a total."""
+
+    def __init__(self, shown: bool, total: Optional[int], initial: int):
+        self.bar = None
+        if shown:
+            tqdm = require("tqdm", "the progress bar (--no-progress runs without it)").tqdm
+            self.bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True, file=sys.stderr)
+
+    def update(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def show(self, record: dict) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(d=f"{record.get('loss_d', math.nan):.3f}", g=f"{record.get('loss_g', math.nan):.3f}",
+                                 img_s=f"{record['images_per_s']:.1f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class SampleGrids:
+    """The fixed latents and prompts of the sample grids, the same all run long so that grids compare; for the
+    upsampler also fixed real images, from which its inputs are made."""
+
+    def __init__(self, cfg, z_dim: int):
+        self.cfg = cfg
+        self.prompts = [""] * 8 if cfg.unconditional else fixed_prompts(8)
+        self.z = torch.randn(8, z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
+        self.real = None
+
+    def take_real_images(self, dataset, resolution: int) -> None:
+        """The upsampler's real images: the dataset's first valid samples (one black image when there are none
+        to index)."""
+        pairs = [p for p in (dataset[i] for i in range(min(len(dataset), 16))) if p[0] is not None][:4] \
+            if not isinstance(dataset, torch.utils.data.IterableDataset) else []
+        if not pairs:
+            pairs = [(torch.zeros(3, resolution, resolution), "")]
+        self.real = torch.stack([p[0] for p in pairs])
+        self.prompts = [p[1] for p in pairs]
+        self.z = self.z[:len(pairs)]
+
+    @torch.no_grad()
+    def write(self, path: str, G_ema, loss, device) -> None:
+        from ..images import save_grid
+        z = self.z.to(device)
+        with use_impl(self.cfg.impl):
+            if self.cfg.model == "upsampler":
+                # Rows: the low-res input (nearest-neighbour enlarged), the upsampler's output, the real image.
+                real = self.real.to(device)
+                low = loss.low_res(real)
+                out = G_ema(low, self.prompts, z, noise_mode="none")[0].clamp(-1, 1)
+                enlarged = torch.nn.functional.interpolate(low, size=out.shape[-2:], mode="nearest")
+                save_grid(torch.cat([enlarged, out, real]), path, columns=len(real))
+                return
+            imgs = G_ema(z, self.prompts, noise_mode="none")[0]
+        save_grid(imgs, path, captions=self.prompts, columns=4)
+
+
+class StepProfiler:
+    """torch.profiler over `steps` training steps (none when 0): CPU ops, CUDA kernels, and the named ranges of
+    the model (G.text_encoder, G.mapping, G.level<R>px, D.level<R>px, gigagan_kernels.* for the fused ops),
+    written to profile/trace.json and profile/summary.txt."""
+
+    def __init__(self, steps: int, out: str, device, impl: str, log):
+        self.steps, self.out, self.device, self.impl, self.log = steps, out, device, impl, log
+        self.profiler, self.traced = None, 0
+
+    def start(self) -> None:
+        if not self.steps or self.profiler is not None:
+            return
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if self.device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        self.profiler = torch.profiler.profile(activities=activities, record_shapes=True)
+        self.profiler.start()
+
+    def step_done(self, step: int) -> None:
+        if self.profiler is not None:
+            self.traced += 1
+            if self.traced == self.steps:
+                self.finish(step)
+
+    def finish(self, step: int) -> None:
+        """Stop and write what was traced (fewer steps when training ended first)."""
+        if self.profiler is None:
+            return
+        self.profiler.stop()
+        directory = os.path.join(self.out, "profile")
+        os.makedirs(directory, exist_ok=True)
+        trace = os.path.join(directory, "trace.json")
+        self.profiler.export_chrome_trace(trace + ".tmp")
+        os.replace(trace + ".tmp", trace)
+        key = "self_cuda_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
+        with open(os.path.join(directory, "summary.txt"), "w") as f:
+            f.write(f"{self.traced} steps from step {step - self.traced}, {self.device}, impl {self.impl}\n")
+            f.write(self.profiler.key_averages().table(sort_by=key, row_limit=40) + "\n")
+        self.log(f"profile: {self.traced} steps traced into {trace} (chrome://tracing, Perfetto) and summary.txt")
+        self.profiler = None
