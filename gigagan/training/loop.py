@@ -27,15 +27,16 @@ from ..config import GigaGANConfig, apply_overrides, get_preset, upsampler_discr
 from ..data import StepSampler, TarShards, collate_pairs, make_dataset
 from ..discriminator import Discriminator
 from ..model import GigaGAN
-from ..rundir import RunDirectory, RunDirError
+from ..rundir import RunDirectory
 from . import optim
-from .checkpoint import load_checkpoint, rng_state, set_rng_state
+from .checkpoint import rng_state, set_rng_state
 from .config import TrainConfig
 from .distributed import agree, init_distributed, wrap
 from .ema import EMA
 from .errors import CheckpointError, Preempted, TrainingError, signal_name
 from .loss import PHASES, CaptionPool, GigaGANLoss, MicroBatch, UpsamplerLoss
 from .outputs import IntervalMeans, ProgressBar, SampleGrids, ScalarLog, StepProfiler
+from .run_dir import checkpoint_to_resume, claim_run_dir, set_up_on_rank0
 from .signals import StopSignals
 
 
@@ -192,17 +193,7 @@ class Trainer:
     def resume(self, fresh_if_none: bool = False) -> bool:
         """Load the newest whole checkpoint of cfg.out: rank 0 finds it (moving bad files aside), every rank
         loads that file. None there is an error unless fresh_if_none."""
-        path, state = None, None
-        if self.is_main:
-            state = self.run_dir.load_latest(load_checkpoint, (CheckpointError,))
-            path = state["path"] if state is not None else None
-        if self.world > 1:
-            box = [path]
-            dist.broadcast_object_list(box, src=0)
-            path = box[0]
-            if not self.is_main and path is not None:
-                state = load_checkpoint(path)
-                state["path"] = path
+        path, state = checkpoint_to_resume(self.run_dir, self.is_main, self.world)
         if path is None:
             if not fresh_if_none:
                 raise CheckpointError(f"resume: no loadable checkpoint in {self.cfg.out} (bad ones are moved to "
@@ -332,41 +323,12 @@ class Trainer:
                 while True:
                     yield None
 
-    def _setup_on_rank0(self, setup) -> None:
-        """Run rank 0's set-up of the run directory; every rank learns whether it failed, so none waits on a
-        collective that rank 0 will never reach."""
-        error = None
-        if self.is_main:
-            try:
-                setup()
-            except (RunDirError, OSError) as e:
-                error = e
-        failed, = agree([error is not None], self.device, self.world)
-        if failed and error is None:
-            raise TrainingError(f"rank 0 could not set up {self.cfg.out}; its log says why")
-        if error is not None:
-            raise error
-
-    def _claim_run_dir(self, resume: bool, overwrite: bool) -> None:
-        run_dir = self.run_dir
-        run_dir.lock()
-        try:
-            if not resume and run_dir.holds_run():
-                if not overwrite:
-                    newest = (run_dir.checkpoints(check_untracked=False) or ["a checkpoint"])[0]
-                    raise RunDirError(f"{self.cfg.out} holds another run ({newest}): pass --resume to continue it, "
-                                      "--overwrite to start a new run there (the old run's files move to "
-                                      f"{os.path.join(self.cfg.out, 'previous-runs')}), or choose another --out")
-                self.log(f"overwrite: moved the previous run's files to {run_dir.archive_run()}")
-        except BaseException:
-            run_dir.release()
-            raise
-
     def fit(self, resume: bool = False, overwrite: bool = False, fresh_if_none: bool = False) -> dict:
         """Train until cfg.steps or cfg.max_minutes. resume: continue from the newest whole checkpoint in cfg.out
         (an error when there is none, unless fresh_if_none). Without resume, a directory that holds another
         run's checkpoints is refused unless overwrite, which moves that run's files aside."""
-        self._setup_on_rank0(lambda: self._claim_run_dir(resume, overwrite))
+        set_up_on_rank0(lambda: claim_run_dir(self.run_dir, resume, overwrite, self.log), self.is_main,
+                        self.device, self.world, self.cfg.out)
         try:
             return self._fit(resume, fresh_if_none)
         except Preempted as e:
