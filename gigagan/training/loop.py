@@ -8,7 +8,6 @@ follows G, or the step is skipped on every rank (counted; fp16 overflow only low
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import os
@@ -24,11 +23,12 @@ from gigagan_kernels import use_impl
 
 from ..augment import parse_policy
 from ..config import GigaGANConfig, apply_overrides, get_preset, upsampler_discriminator_config
-from ..data import StepSampler, TarShards, collate_pairs, make_dataset
+from ..data import make_dataset
 from ..discriminator import Discriminator
 from ..model import GigaGAN
 from ..rundir import RunDirectory
 from . import optim
+from .batches import UnusableBatches, rank_batches
 from .checkpoint import rng_state, set_rng_state
 from .config import TrainConfig
 from .distributed import agree, init_distributed, wrap
@@ -294,35 +294,6 @@ class Trainer:
         self.samples.write(path, self.G_ema, self.loss, self.device)
 
     # -- the loop ----------------------------------------------------------------------------------
-    def _loader(self, dataset):
-        cfg = self.cfg
-        # Its own generator: creating a loader must not draw from the global RNG, or a resumed run's
-        # z and noise would drift from an uninterrupted run's.
-        common = dict(batch_size=cfg.batch_size, collate_fn=collate_pairs, num_workers=cfg.num_workers,
-                      drop_last=True, pin_memory=self.device.type == "cuda",
-                      generator=torch.Generator().manual_seed(cfg.seed + self.rank))
-        if isinstance(dataset, TarShards):
-            # Endless and placed after the batches already trained on: a resume continues the same stream.
-            common["num_workers"] = dataset.position(self.rank, self.world, cfg.batch_size, self.batches_seen,
-                                                     cfg.num_workers)
-            return torch.utils.data.DataLoader(dataset, **common)
-        if isinstance(dataset, torch.utils.data.IterableDataset):
-            return torch.utils.data.DataLoader(dataset, **common)
-        sampler = StepSampler(len(dataset), cfg.batch_size, self.rank, self.world, cfg.seed, self.batches_seen)
-        return torch.utils.data.DataLoader(dataset, sampler=sampler, **common)
-
-    def _batches(self, dataset):
-        """This rank's batches, pass after pass (a finite stream starts over); None forever when a fresh pass
-        yields nothing at all (e.g. more ranks than shards)."""
-        while True:
-            empty_pass = True
-            for batch in self._loader(dataset):
-                empty_pass = False
-                yield batch
-            if empty_pass:
-                while True:
-                    yield None
-
     def fit(self, resume: bool = False, overwrite: bool = False, fresh_if_none: bool = False) -> dict:
         """Train until cfg.steps or cfg.max_minutes. resume: continue from the newest whole checkpoint in cfg.out
         (an error when there is none, unless fresh_if_none). Without resume, a directory that holds another
@@ -358,14 +329,13 @@ class Trainer:
                  + f", batch {cfg.batch_size}/rank, precision {self.precision}")
         bar = ProgressBar(self.is_main and cfg.progress, cfg.steps if cfg.max_minutes is None else None, self.step)
         profiler = StepProfiler(cfg.profile_steps if self.is_main else 0, cfg.out, self.device, cfg.impl, self.log)
-        interval = IntervalMeans(self.device)
-        bad_batches, tried, why = 0, 0, collections.Counter()    # batches in a row with no usable sample
+        interval, unusable = IntervalMeans(self.device), UnusableBatches(cfg, self.rank)
         t_last, images_since = time.perf_counter(), 0
         deadline = None if cfg.max_minutes is None else t_last + 60.0 * cfg.max_minutes
         first_step, out_of_time = self.step, False
         try:
             with use_impl(cfg.impl):
-                batches = self._batches(dataset)
+                batches = rank_batches(dataset, cfg, self.rank, self.world, self.device, lambda: self.batches_seen)
                 while self.step < cfg.steps:
                     batch = next(batches)
                     usable = batch is not None and batch[0].shape[0] > 0
@@ -389,19 +359,8 @@ class Trainer:
                     # The batch is used (trained on or skipped) only now: a stop above leaves it to a resume.
                     self.batches_seen += 1
                     self.skipped_samples += sum(batch[2].values())
-                    tried += cfg.batch_size
-                    why.update(batch[2])
-                    if missing:
-                        bad_batches += 1
-                        if bad_batches >= cfg.max_bad_batches:
-                            reasons = ", ".join(f"{n} {r}" for r, n in why.most_common()) or "none counted here"
-                            raise TrainingError(
-                                f"no usable sample in {bad_batches} batches in a row from --data {cfg.data} "
-                                f"({tried} samples tried on rank {self.rank}; dropped: {reasons}). Check the data; "
-                                f"max_bad_batches (--max-bad-batches) sets the limit")
+                    if not unusable.usable(batch[2], missing):
                         continue
-                    bad_batches, tried = 0, 0
-                    why.clear()
                     images, captions, _ = batch
                     # The profiler traces from the second step: the first carries the warm-up.
                     if self.step == first_step + 1:
