@@ -97,3 +97,9 @@ def test_the_import_graph_sees_function_level_and_type_checking_imports(tmp_path
     assert graph["pkg.a"] == {"pkg.b"} and graph["pkg.b"] == {"pkg.a"}
     assert graph["pkg.sub.c"] == {"pkg.b", "pkg.sub.d"} and graph["pkg.sub.d"] == {"pkg.sub.c"}
     assert _circles(graph) == [["pkg.a", "pkg.b"], ["pkg.sub.c", "pkg.sub.d"]]
+
+
+def test_the_training_loop_reads_in_at_most_300_lines():
+    """loop.py is the loop, read top to bottom as nanoGPT's train.py; its parts live in the modules beside it."""
+    lines = (ROOT / "gigagan" / "training" / "loop.py").read_text().splitlines()
+    assert len(lines) <= 300, f"gigagan/training/loop.py has {len(lines)} lines"

@@ -2,7 +2,10 @@
 
 - config.py: TrainConfig, every setting with its default, range and flag stated once;
 - loss.py: the base model's and the upsampler's objectives, one accumulate_gradients(phase, batch) each;
-- loop.py: the Trainer (networks, optimisers, the step through the phases, the loop);
+- state.py: TrainState (networks, optimisers, EMA, precision, counters, the step through the phases);
+- loop.py: the Trainer, a TrainState and the loop that feeds it (set-up, first step, steps, intervals, end);
+- batches.py (this rank's batches), outputs.py (log, samples, progress bar, profiler), run_dir.py (claiming
+  the run directory, resuming on every rank), signals.py (SIGTERM/SIGINT);
 - ema.py, optim.py, checkpoint.py (loading, resume state, export), distributed.py (torchrun), errors.py.
 
     gigagan train --preset tiny --steps 600 --out runs/tiny            # one process

@@ -1,181 +1,49 @@
-"""The trainer: builds the networks, optimisers and loss for a TrainConfig, steps through the phases, and runs
-the loop (data, logging, samples, checkpoints, signals, the time budget) on one process or under torchrun.
+"""The training loop: the Trainer feeds a TrainState (state.py: the networks, optimisers and one step) batches
+until cfg.steps or cfg.max_minutes, on one process or under torchrun, and around that claims the run
+directory, resumes, saves checkpoints, logs and stops cleanly on a signal. Its phases, in order:
 
-A step: the frozen text towers encode each micro-batch's captions once; phase "D" then phase "G" each zero
-their optimiser's gradients and call the loss's accumulate_gradients on every micro-batch; one collective
-then says whether every rank's losses and gradients are finite; AdamW steps both networks and the EMA
-follows G, or the step is skipped on every rank (counted; fp16 overflow only lowers the loss scale).
+  set-up       claim the run directory and resume (fit), then the data and the side outputs (outputs.py);
+               the time budget starts last
+  first step   always taken (the budget is checked only after it) and not profiled, for its one-time costs
+  step loop    every rank agrees on the step's branch (a stop signal, no data, out of time, a batch to
+               skip), then trains on the batch
+  intervals    the log record, sample grids and checkpoints every log_every, sample_every, ckpt_every steps
+  the end      a last checkpoint and the final samples
+
+The run directory (run_dir.py), the batches (batches.py) and the stop signals (signals.py) have modules of
+their own.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
-import random
 import time
-import warnings
 from typing import Optional
-
-import torch
-import torch.distributed as dist
 
 from gigagan_kernels import use_impl
 
-from ..augment import parse_policy
-from ..config import GigaGANConfig, apply_overrides, get_preset, upsampler_discriminator_config
+from ..config import GigaGANConfig
 from ..data import make_dataset
-from ..discriminator import Discriminator
-from ..model import GigaGAN
 from ..rundir import RunDirectory
-from . import optim
 from .batches import UnusableBatches, rank_batches
-from .checkpoint import rng_state, set_rng_state
 from .config import TrainConfig
-from .distributed import agree, init_distributed, wrap
-from .ema import EMA
+from .distributed import agree
 from .errors import CheckpointError, Preempted, TrainingError, signal_name
-from .loss import PHASES, CaptionPool, GigaGANLoss, MicroBatch, UpsamplerLoss
 from .outputs import IntervalMeans, ProgressBar, SampleGrids, ScalarLog, StepProfiler
 from .run_dir import checkpoint_to_resume, claim_run_dir, set_up_on_rank0
 from .signals import StopSignals
+from .state import TrainState
 
 
-class Trainer:
+class Trainer(TrainState):
+    """A TrainState and the loop that trains it (fit), with its checkpoints and samples in cfg.out."""
+
     def __init__(self, cfg: TrainConfig, model_config: Optional[GigaGANConfig] = None, log=None):
-        self.cfg = cfg
-        cfg.validate()
-        self.rank, self.world, self.device = init_distributed(cfg.device)
-        self.is_main = self.rank == 0
-        self._log = log or (lambda msg: print(msg, flush=True))
-        torch.manual_seed(cfg.seed)                       # identical initial weights on every rank
-        random.seed(cfg.seed)
-        self.model_config = apply_overrides(model_config or get_preset(cfg.preset), cfg.model_overrides)
-        if cfg.text_encoder_pretrained:
-            text = dataclasses.replace(self.model_config.text, clip_pretrained=cfg.text_encoder_pretrained)
-            self.model_config = dataclasses.replace(self.model_config, text=text)
-        self._build_networks()
-        self.ema = EMA(self.G, cfg.ema_half_life_images, cfg.ema_rampup)
-        self.G_ema = self.ema.model
-        self.G_ema.text_encoder.clip = self.model.clip    # share the frozen tower instead of a copy
-        self.opt_g = optim.adamw(optim.param_groups(self.G, cfg.attention_weight_decay), cfg)
-        d_groups = optim.param_groups(self.D, cfg.attention_weight_decay)
-        if self.vision_head is not None:
-            d_groups.append({"params": list(self.vision_head.parameters()), "weight_decay": 0.0})
-        self.opt_d = optim.adamw(d_groups, cfg)
-        self.G_ddp, self.D_ddp = wrap(self.G, self.device, self.world), wrap(self.D, self.device, self.world)
-        self.vision_head_ddp = wrap(self.vision_head, self.device, self.world)
-        # Mixed precision: autocast in bf16 or fp16; fp16 adds dynamic loss scaling (one scaler for both
-        # optimisers); a scaled step whose gradients overflow is skipped and the scale lowered, not counted bad.
-        self.precision = cfg.precision if cfg.precision != "auto" else ("bf16" if self.device.type == "cuda"
-                                                                         else "fp32")
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        self.autocast = (torch.autocast(self.device.type, dtype=dtype) if dtype is not None
-                         else torch.autocast(self.device.type, enabled=False))
-        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
-        common = dict(G=self.G, D=self.D, G_ddp=self.G_ddp, D_ddp=self.D_ddp, cfg=cfg,
-                      augment_policy=parse_policy(cfg.augment), autocast=self.autocast, backward=self._backward,
-                      guidance=self.guidance, vision_head=self.vision_head, vision_head_ddp=self.vision_head_ddp)
-        self.loss = (UpsamplerLoss(perceptual=self.perceptual, **common) if cfg.model == "upsampler"
-                     else GigaGANLoss(**common))
-        # Recent distinct captions: the matching-aware loss's mismatched captions where rolling the batch
-        # would pair a caption with itself (a batch of one, or repeated captions).
-        self.captions = CaptionPool(self.model.clip, log=self.log)
-        self.step, self.bad_steps_total, self.bad_steps_in_row, self.skipped_samples = 0, 0, 0, 0
-        self.batches_seen = 0                             # the data position, which a resume continues from
+        super().__init__(cfg, model_config, log)
         self.signals = StopSignals()
         self._run_dir = None
         self.samples = SampleGrids(cfg, self.G.z_dim)
 
-    def _build_networks(self) -> None:
-        """GigaGAN (text towers, G, D); for the upsampler its own MS-I/O D and the perceptual network; the CLIP
-        guidance and vision-aided head when their losses are on. Only rank 0 warns (e.g. of random weights)."""
-        cfg = self.cfg
-        with warnings.catch_warnings():
-            if not self.is_main:
-                warnings.simplefilter("ignore")
-            self.model = GigaGAN(self.model_config).to(self.device)
-            self.perceptual = None
-            if cfg.model == "upsampler":
-                if self.model.upsampler is None:
-                    raise ValueError(f"preset {self.model_config.name!r} has no upsampler to train")
-                self.G = self.model.upsampler
-                torch.manual_seed(cfg.seed + 1)
-                self.D = Discriminator(upsampler_discriminator_config(self.model_config),
-                                       self.model.clip).to(self.device)
-                self.resolution = self.G.out_resolution
-                if cfg.perceptual_weight > 0:
-                    from ..perceptual import PerceptualFeatures
-                    self.perceptual = PerceptualFeatures(cfg.perceptual_weights).to(self.device)
-            else:
-                self.G, self.D = self.model.generator, self.model.discriminator
-                self.resolution = self.G.resolution
-        self.guidance, self.vision_head = None, None
-        if cfg.clip_weight > 0 or cfg.vision_aided_weight > 0:
-            from ..clip_guidance import FrozenCLIP, VisionAidedHead
-            self.guidance = FrozenCLIP(cfg.guidance_clip, cfg.guidance_clip_pretrained).to(self.device)
-            if self.guidance.pretrained_from is None and not cfg.allow_random_clip:
-                raise ValueError("clip_weight and vision_aided_weight need pretrained CLIP weights: set "
-                                 "guidance_clip_pretrained (--guidance-clip-pretrained) to a local checkpoint or a "
-                                 "cached open_clip tag. With a random CLIP these losses are noise; "
-                                 "allow_random_clip (--allow-random-clip) overrides, for smoke tests only.")
-            if cfg.vision_aided_weight > 0:
-                self.vision_head = VisionAidedHead(self.guidance.embed_dim).to(self.device)
-
-    @property
-    def g_params(self) -> list:
-        return [p for group in self.opt_g.param_groups for p in group["params"]]
-
-    @property
-    def d_params(self) -> list:
-        return [p for group in self.opt_d.param_groups for p in group["params"]]
-
-    def log(self, msg: str) -> None:
-        if self.is_main:
-            self._log(msg)
-
-    # -- state -------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {"step": self.step, "config": self.model_config.to_json(),
-                "train_config": json.dumps(dataclasses.asdict(self.cfg)),
-                "model": self.model.state_dict(), "g_ema": self.G_ema.state_dict(),
-                "upsampler_discriminator": self.D.state_dict() if self.cfg.model == "upsampler" else {},
-                "vision_aided_head": self.vision_head.state_dict() if self.vision_head is not None else {},
-                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(), "rng": rng_state(),
-                "counters": {"bad_steps_total": self.bad_steps_total, "skipped_samples": self.skipped_samples,
-                             "batches_seen": self.batches_seen},
-                "caption_pool": list(self.captions.recent),
-                "grad_scaler": self.scaler.state_dict() if self.scaler is not None else {}}
-
-    def load_state_dict(self, state: dict) -> None:
-        saved = GigaGANConfig.from_dict(json.loads(state["config"]))
-        if saved != self.model_config:
-            raise CheckpointError(f"checkpoint {state.get('path', '')} was made with preset {saved.name!r} and a "
-                                  f"different model config than this run ({self.model_config.name!r})")
-        trained = json.loads(state.get("train_config", "{}")).get("model", "base")
-        if trained != self.cfg.model:
-            raise CheckpointError(f"checkpoint {state.get('path', '')} trained the {trained} model, not the "
-                                  f"{self.cfg.model}")
-        self.model.load_state_dict(state["model"])
-        if self.cfg.model == "upsampler":
-            self.D.load_state_dict(state["upsampler_discriminator"])
-        if self.vision_head is not None:
-            if not state.get("vision_aided_head"):
-                raise CheckpointError(f"checkpoint {state.get('path', '')} has no vision-aided head; this run has "
-                                      "vision_aided_weight > 0")
-            self.vision_head.load_state_dict(state["vision_aided_head"])
-        self.G_ema.load_state_dict(state["g_ema"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        self.step = int(state["step"])
-        self.bad_steps_total = int(state["counters"]["bad_steps_total"])
-        self.skipped_samples = int(state["counters"]["skipped_samples"])
-        self.batches_seen = int(state["counters"]["batches_seen"])
-        self.captions.recent.clear()
-        self.captions.recent.extend(state.get("caption_pool", []))
-        if self.scaler is not None and state.get("grad_scaler"):
-            self.scaler.load_state_dict(state["grad_scaler"])
-        set_rng_state(state["rng"])
-
+    # -- checkpoints and samples -------------------------------------------------------------------
     @property
     def run_dir(self) -> RunDirectory:
         if self._run_dir is None or self._run_dir.path != self.cfg.out:
@@ -205,92 +73,8 @@ class Trainer:
         self.log(f"resumed from {path} at step {self.step}")
         return True
 
-    # -- one training step ---------------------------------------------------------------------
-    def _micro_batches(self, images: torch.Tensor, captions: list) -> list:
-        """The step's micro-batches, with the frozen text towers' outputs (computed once, used by both phases)."""
-        cfg = self.cfg
-        micro = max(1, min(cfg.grad_accum, images.shape[0]))
-        batches, start = [], 0
-        for real in images.chunk(micro):
-            caps = captions[start:start + real.shape[0]]
-            start += real.shape[0]
-            batches.append((real, caps, self.model.clip.encode(caps)))
-        return [MicroBatch(real, text, self.captions.mismatched(text, caps) if cfg.matching_aware else None,
-                           self.guidance.encode_text(caps) if self.guidance is not None else None)
-                for real, caps, text in batches]
-
-    def train_step(self, images: torch.Tensor, captions: list) -> dict:
-        """One step of both phases. Returns the step's terms (0-d tensors, means over micro-batches), "skipped"
-        and, under fp16, "loss_scale"."""
-        cfg = self.cfg
-        images = images.to(self.device, non_blocking=True)
-        do_r1 = cfg.r1_gamma > 0 and cfg.r1_interval > 0 and self.step % cfg.r1_interval == 0
-        batches = self._micro_batches(images, captions)
-        stats, finite = {}, []
-        for phase in PHASES:
-            trained, frozen = (self.opt_d, self.opt_g) if phase == "D" else (self.opt_g, self.opt_d)
-            _set_trainable(trained, True)
-            _set_trainable(frozen, False)
-            trained.zero_grad(set_to_none=True)
-            losses = []
-            for k, batch in enumerate(batches):
-                loss, terms = self.loss.accumulate_gradients(phase, batch, sync=k == len(batches) - 1, r1=do_r1,
-                                                             scale=1.0 / len(batches))
-                losses.append(loss)
-                for name, value in terms.items():
-                    stats[name] = stats.get(name, 0.0) + value / len(batches)
-            finite.append(torch.stack([torch.isfinite(loss).all() for loss in losses]).all())
-        _set_trainable(self.opt_d, True)
-        if self.scaler is not None:
-            self.scaler.unscale_(self.opt_d)
-            self.scaler.unscale_(self.opt_g)
-        grads = [p.grad for p in self.g_params + self.d_params if p.grad is not None]
-        finite.append(torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else True)
-        # The step's one host sync: every rank skips together.
-        d_ok, g_losses_ok, grads_ok = agree(finite, self.device, self.world, op=dist.ReduceOp.MIN)
-        if d_ok and g_losses_ok and grads_ok:
-            if self.scaler is not None:
-                self.scaler.step(self.opt_d)
-                self.scaler.step(self.opt_g)
-                self.scaler.update()
-                stats["loss_scale"] = float(self.scaler.get_scale())
-            else:
-                self.opt_d.step()
-                self.opt_g.step()
-            self.ema.update(self.step, images.shape[0] * self.world)
-            self.bad_steps_in_row = 0
-            stats["skipped"] = False
-        elif self.scaler is not None and d_ok and g_losses_ok:
-            # fp16 overflow in the scaled gradients: expected while the scale settles, so not a bad step.
-            self.scaler.update()                          # found_inf from unscale_ halves the scale
-            self.opt_d.zero_grad(set_to_none=True)
-            self.opt_g.zero_grad(set_to_none=True)
-            stats["skipped"] = True
-            stats["loss_scale"] = float(self.scaler.get_scale())
-            self.log(f"step {self.step}: fp16 gradients overflowed; step skipped, loss scale now "
-                     f"{stats['loss_scale']:g}")
-        else:
-            self.opt_d.zero_grad(set_to_none=True)
-            self.opt_g.zero_grad(set_to_none=True)
-            self.bad_steps_total += 1
-            self.bad_steps_in_row += 1
-            stats["skipped"] = True
-            self.log(f"step {self.step}: non-finite loss (D {float(stats['loss_d']):.4g}, G "
-                     f"{float(stats['loss_g']):.4g}); step skipped ({self.bad_steps_in_row} in a row, "
-                     f"{self.bad_steps_total} in total)")
-            if self.bad_steps_in_row >= cfg.max_bad_steps:
-                raise TrainingError(f"training stopped: {self.bad_steps_in_row} non-finite steps in a row at step "
-                                    f"{self.step} (max_bad_steps={cfg.max_bad_steps}). Lower the learning rate, "
-                                    "raise r1_gamma, or resume from an earlier checkpoint.")
-        self.captions.remember(captions)
-        self.step += 1
-        return stats
-
-    def _backward(self, loss: torch.Tensor) -> None:
-        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-
-    # -- outputs -----------------------------------------------------------------------------------
     def write_samples(self, path: str) -> None:
+        """A PNG grid of G_ema's images for the fixed latents and prompts."""
         self.samples.write(path, self.G_ema, self.loss, self.device)
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -301,7 +85,10 @@ class Trainer:
         set_up_on_rank0(lambda: claim_run_dir(self.run_dir, resume, overwrite, self.log), self.is_main,
                         self.device, self.world, self.cfg.out)
         try:
-            return self._fit(resume, fresh_if_none)
+            with self.signals.caught():
+                if resume:
+                    self.resume(fresh_if_none)
+                return self._train_loop()
         except Preempted as e:
             self.log(f"{signal_name(e.signum)} again: stopped at step {self.step}")
             return {"step": self.step, "stopped_by_signal": True, "signal": e.signum, "forced": True}
@@ -309,14 +96,9 @@ class Trainer:
             if self.is_main:
                 self.run_dir.release()
 
-    def _fit(self, resume: bool, fresh_if_none: bool) -> dict:
-        with self.signals.caught():
-            if resume:
-                self.resume(fresh_if_none)
-            return self._train_loop()
-
     def _train_loop(self) -> dict:
         cfg = self.cfg
+        # -- set-up: the data and the side outputs
         dataset = make_dataset(cfg.data, self.resolution, seed=cfg.seed, captions=not cfg.unconditional)
         scalars = ScalarLog(cfg.out, tensorboard=cfg.tensorboard and self.is_main)
         if cfg.model == "upsampler":
@@ -330,6 +112,8 @@ class Trainer:
         bar = ProgressBar(self.is_main and cfg.progress, cfg.steps if cfg.max_minutes is None else None, self.step)
         profiler = StepProfiler(cfg.profile_steps if self.is_main else 0, cfg.out, self.device, cfg.impl, self.log)
         interval, unusable = IntervalMeans(self.device), UnusableBatches(cfg, self.rank)
+        # The time budget starts here, after the set-up. The first step is always taken and is not profiled:
+        # it carries the one-time costs (kernel compilation and the like).
         t_last, images_since = time.perf_counter(), 0
         deadline = None if cfg.max_minutes is None else t_last + 60.0 * cfg.max_minutes
         first_step, out_of_time = self.step, False
@@ -337,10 +121,10 @@ class Trainer:
             with use_impl(cfg.impl):
                 batches = rank_batches(dataset, cfg, self.rank, self.world, self.device, lambda: self.batches_seen)
                 while self.step < cfg.steps:
+                    # -- agree: every rank takes the same branch; all skip a batch that one rank lacks, and
+                    # all stop together. The budget is checked only once this fit() has made a step.
                     batch = next(batches)
                     usable = batch is not None and batch[0].shape[0] > 0
-                    # Every rank takes the same branch: all skip a batch that one rank lacks, all stop together.
-                    # The time budget is checked after each step (this invocation always makes one).
                     missing, no_data, signalled, out_of_time = self._agree(
                         not usable, batch is None, deadline if self.step > first_step else None)
                     if signalled:
@@ -362,7 +146,8 @@ class Trainer:
                     if not unusable.usable(batch[2], missing):
                         continue
                     images, captions, _ = batch
-                    # The profiler traces from the second step: the first carries the warm-up.
+
+                    # -- the step (the profiler starts at the second)
                     if self.step == first_step + 1:
                         profiler.start()
                     stats = self.train_step(images, captions)
@@ -370,9 +155,12 @@ class Trainer:
                     images_since += images.shape[0] * self.world
                     interval.add(stats)
                     bar.update()
+
+                    # -- at intervals: the log record (the interval's one read of the statistics), samples,
+                    # a checkpoint
                     if self.is_main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                         now = time.perf_counter()
-                        record = {"step": self.step, **interval.read(),   # the interval's one read of the statistics
+                        record = {"step": self.step, **interval.read(),
                                   "images_per_s": images_since / max(now - t_last, 1e-9),
                                   "bad_steps": self.bad_steps_total, "skipped_samples": self.skipped_samples,
                                   "time": time.time()}
@@ -387,6 +175,7 @@ class Trainer:
             bar.close()
             scalars.close()
             profiler.finish(self.step)                    # training ended before the profiled steps did
+        # -- the end: a checkpoint of the last step (unless one was just written) and the final samples
         if self.step % max(cfg.ckpt_every, 1) != 0 or not cfg.ckpt_every:
             self.save_checkpoint()
         if self.is_main:
@@ -402,10 +191,3 @@ class Trainer:
         if flags[2] and self.signals.received is None:
             self.signals.received = "peer"
         return tuple(flags)
-
-
-def _set_trainable(optimizer, flag: bool) -> None:
-    """Toggle the optimised parameters only; frozen ones (the CLIP tower) stay frozen."""
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            p.requires_grad_(flag)
