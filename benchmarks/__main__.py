@@ -1,13 +1,14 @@
 """Run the benchmark suite on the available device, append to the CSV, print the summary.
 
     python -m benchmarks [--quick] [--ops adaptive_modconv2d] [--providers ref,triton] [--dtypes bfloat16,float16]
-                         [--csv PATH] [--no-plots]
+                         [--csv PATH] [--no-plots] [--max-seconds S]
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import os
+import time
 
 import torch
 
@@ -29,6 +30,8 @@ def main(argv=None):
     parser.add_argument("--csv", default=DEFAULT_CSV)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="a time budget: cases not started by then are skipped, and listed as skipped")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     try:
@@ -45,10 +48,11 @@ def main(argv=None):
         known = {p for module in modules.values() for p in module.PROVIDERS}
         if unknown := set(wanted) - known:
             parser.error(f"--providers: unknown {sorted(unknown)}; choose from {sorted(known)}")
+    deadline = time.monotonic() + args.max_seconds if args.max_seconds else None
     for op, module in modules.items():
         print(f"{op}:")
         providers = tuple(p for p in module.PROVIDERS if p in wanted) if wanted else module.PROVIDERS
-        module.run(device, csv_path=args.csv, quick=args.quick, providers=providers, dtypes=dtypes)
+        module.run(device, csv_path=args.csv, quick=args.quick, providers=providers, dtypes=dtypes, deadline=deadline)
     text, paths = summary.write(args.csv, os.path.dirname(os.path.abspath(args.csv)), not args.no_plots)
     print("\n" + text)
     for p in paths:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+import time
 import warnings
 
 import torch
@@ -83,8 +84,10 @@ def _case_fn(name, batch, device, model, trainer):
     raise KeyError(name)
 
 
-def run(device: torch.device, shapes=None, providers=PROVIDERS, dtypes=None, csv_path=None, quick=False, log=print):
-    """dtypes is ignored: the model runs under bf16 autocast on a GPU and in fp32 on a CPU."""
+def run(device: torch.device, shapes=None, providers=PROVIDERS, dtypes=None, csv_path=None, quick=False, log=print,
+        deadline=None):
+    """dtypes is ignored: the model runs under bf16 autocast on a GPU and in fp32 on a CPU. deadline
+    (time.monotonic()): cases not started by then are skipped, and said so."""
     import importlib.util
     if importlib.util.find_spec("open_clip") is None:         # e.g. a bare GPU box with only torch and triton
         log(f"  {OP}: skipped (the model needs open_clip_torch; pip install -r requirements.txt)")
@@ -107,6 +110,8 @@ def run(device: torch.device, shapes=None, providers=PROVIDERS, dtypes=None, csv
                 if name.startswith("lucidrains") != (provider in LUCIDRAINS_PROVIDERS):
                     continue                                # lucidrains' models run only under their providers
                 why = available(provider, device)
+                if deadline is not None and time.monotonic() > deadline:
+                    why = "the benchmark's time budget is spent"
                 if why:
                     log(f"  {OP} {name} {provider}: skipped ({why})")
                     continue

@@ -68,20 +68,37 @@ class Timing:
     p80_ms: float
 
 
+# A row whose spread (p80 - p20) exceeds this share of its median is marked noisy, and no speed-up is drawn from it.
+NOISY_SPREAD = 0.2
+
+
 def time_fn(fn, device: torch.device, *, warmup_ms: float = 25, rep_ms: float = 100, cpu_reps: int = 5) -> Timing:
-    """Median / p20 / p80 of fn() in ms: triton.testing.do_bench (CUDA events) on GPU, perf_counter on CPU."""
+    """Median / p20 / p80 of fn() in ms: triton.testing.do_bench on GPU (warm-up, CUDA events, an L2 flush between
+    runs); on CPU torch.utils.benchmark's blocked_autorange after a warm-up call, over at least cpu_reps blocks."""
     if device.type == "cuda":
         import triton.testing
         med, p20, p80 = triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
         return Timing(med, p20, p80)
-    fn()  # warm-up
+    import torch.utils.benchmark as benchmark
+    fn()  # warm-up (and, for impl="auto", the first call's tuning)
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     samples = []
-    for _ in range(cpu_reps):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e3)
+    deadline = time.perf_counter() + 4 * rep_ms / 1e3
+    while len(samples) < cpu_reps or (time.perf_counter() < deadline and len(samples) < 4 * cpu_reps):
+        samples += [s * 1e3 for s in timer.blocked_autorange(min_run_time=rep_ms / 1e3 / cpu_reps).times]
     q = statistics.quantiles(samples, n=10, method="inclusive") if len(samples) > 1 else samples * 9
     return Timing(statistics.median(samples), q[1], q[7])
+
+
+def is_noisy(t: Timing) -> bool:
+    return t.median_ms > 0 and (t.p80_ms - t.p20_ms) / t.median_ms > NOISY_SPREAD
+
+
+def load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
 
 
 def peak_memory_mb(fn, device: torch.device) -> float | None:
@@ -129,12 +146,16 @@ def read_rows(path: str) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def record(writer: ResultWriter, op, shape_name, params, provider, mode, dtype, t: Timing, mem) -> None:
-    """The rows of one timed case: median, p20, p80 and, on CUDA, peak memory."""
+def record(writer: ResultWriter, op, shape_name, params, provider, mode, dtype, t: Timing, mem, *,
+           noisy: bool = False) -> None:
+    """The rows of one timed case: median, p20, p80, on CUDA peak memory, and a "noisy" flag (value 1) when the
+    spread is wide or the case contradicts another (fwd+bwd below fwd)."""
     for metric, value in (("median_ms", t.median_ms), ("p20_ms", t.p20_ms), ("p80_ms", t.p80_ms)):
         writer.add(op, shape_name, params, provider, mode, dtype, metric, value, "ms")
     if mem is not None:
         writer.add(op, shape_name, params, provider, mode, dtype, "peak_mem_mb", mem, "MiB")
+    if noisy or is_noisy(t):
+        writer.add(op, shape_name, params, provider, mode, dtype, "noisy", 1, "flag")
 
 
 def bench_case(op, shape_name, shape, provider, fwd, wrt, device, dtype, modes, writer: ResultWriter, *,
@@ -155,19 +176,25 @@ def bench_case(op, shape_name, shape, provider, fwd, wrt, device, dtype, modes, 
         with torch.no_grad() if mode == "fwd" else torch.enable_grad():
             t = time_fn(fn, device, **rep)
             mem = peak_memory_mb(fn, device)
-        record(writer, op, shape_name, shape, provider, mode, dtype, t, mem)
+        below_fwd = mode == "fwd+bwd" and "fwd" in out and t.median_ms < out["fwd"][0].median_ms
+        record(writer, op, shape_name, shape, provider, mode, dtype, t, mem, noisy=below_fwd)
         out[mode] = (t, mem)
     return out
 
 
 def run_suite(op, device, *, gpu_shapes, cpu_shapes, providers, setup, available, shapes=None, modes=MODES,
-              dtype=None, dtypes=None, csv_path=DEFAULT_CSV, quick=False, log=print):
+              dtype=None, dtypes=None, csv_path=DEFAULT_CSV, quick=False, log=print, deadline=None):
     """Run every (dtype, shape, provider) of one op. setup(provider, shape, device, dtype) -> (fwd closure,
     tensors to differentiate); available(provider, device) -> None or why the provider cannot run here.
-    cuDNN chooses its algorithms by timing them (cudnn.benchmark) for every provider, in the warm-up."""
+    cuDNN chooses its algorithms by timing them (cudnn.benchmark) for every provider, in the warm-up.
+    deadline (time.monotonic()): cases not started by then are skipped, and said so. The load average at the
+    start is recorded beside the rows."""
     dtypes = dtypes or [dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)]
     table = gpu_shapes if device.type == "cuda" else cpu_shapes
     writer = ResultWriter(csv_path, device)
+    load = load_average()
+    if load is not None:
+        writer.add(op, "run", {}, "-", "-", "-", "load_average_1m", load, "load")
     previous = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = True
     try:
@@ -176,6 +203,8 @@ def run_suite(op, device, *, gpu_shapes, cpu_shapes, providers, setup, available
                 shape = {**gpu_shapes, **cpu_shapes}[shape_name]
                 for provider in providers:
                     why = available(provider, device)
+                    if deadline is not None and time.monotonic() > deadline:
+                        why = "the benchmark's time budget is spent"
                     if why:
                         log(f"  {op} {shape_name} {provider}: skipped ({why})")
                         continue

@@ -24,6 +24,8 @@ def latest(rows):
 def _cases(rows):
     cases = defaultdict(dict)  # (device, op, dtype, shape, mode) -> provider -> metric -> (value, row)
     for r in rows:
+        if r["metric"] == "load_average_1m":
+            continue
         cases[(r["device"], r["op"], r["dtype"], r["shape"], r["mode"])].setdefault(r["provider"], {})[r["metric"]] = (
             float(r["value"]), r)
     return cases
@@ -40,7 +42,19 @@ def _order(key):
     return (device, op, dtype, shape, ["fwd", "bwd", "fwd+bwd"].index(mode) if mode in MODES else 9)
 
 
+def _load_averages(rows) -> dict:
+    """(device, op) -> the load averages recorded at the start of its runs."""
+    loads = defaultdict(set)
+    for r in rows:
+        if r["metric"] == "load_average_1m":
+            loads[(r["device"], r["op"])].add(f"{float(r['value']):.1f}")
+    return loads
+
+
 def markdown(rows) -> str:
+    """One table per device, op and dtype. A noisy case (spread over 20% of its median, or fwd+bwd below fwd) is
+    marked "~" and no speed-up is drawn from it."""
+    loads = _load_averages(rows)
     rows = latest(rows)
     cases = _cases(rows)
     out = []
@@ -51,7 +65,9 @@ def markdown(rows) -> str:
         providers = sorted({p for k in keys for p in cases[k]},
                            key=lambda p: ORDER.index(p) if p in ORDER else 99)
         sha = sorted({r["git_sha"] for r in rows if r["device"] == device and r["op"] == op})
-        out.append(f"### {op} on {device}, {dtype} (git {', '.join(sha)})\n")
+        load = loads.get((device, op))
+        load_note = f"; load average at the start {', '.join(sorted(load))}" if load else ""
+        out.append(f"### {op} on {device}, {dtype} (git {', '.join(sha)}{load_note})\n")
         out.append("| shape | mode | " + " | ".join(f"{p} ms" for p in providers)
                    + " | fastest vs ref | fastest vs floor | cuda / triton | "
                    + " | ".join(f"{p} MiB" for p in providers)
@@ -61,13 +77,19 @@ def markdown(rows) -> str:
             per = cases[key]
             ms = {p: per[p]["median_ms"][0] for p in providers if p in per and "median_ms" in per[p]}
             mem = {p: per[p]["peak_mem_mb"][0] for p in providers if p in per and "peak_mem_mb" in per[p]}
+            noisy = {p for p in providers if p in per and "noisy" in per[p]}
             # "fastest" is the fastest provider a user can pick; cuda / triton is the CUDA path's time over
-            # Triton's (the CUDA target is <= 1.0x on every shape).
+            # Triton's (the CUDA target is <= 1.0x on every shape). A ratio is drawn only between clean rows.
             fused = min((p for p in USABLE if p in ms), key=lambda p: ms[p], default=None)
-            speed = f"{ms['ref'] / ms[fused]:.2f}x faster" if fused and "ref" in ms else "-"
-            floor = f"{ms[fused] / ms['floor']:.2f}x floor" if fused and "floor" in ms else "-"
-            versus = f"{ms['cuda'] / ms['triton']:.2f}x" if "cuda" in ms and "triton" in ms else "-"
-            out.append(f"| {key[3]} | {key[4]} | " + " | ".join(f"{ms[p]:.3f}" if p in ms else "-" for p in providers)
+
+            def ratio(a, b, text):
+                return "noisy" if {a, b} & noisy else text.format(ms[a] / ms[b])
+
+            speed = ratio("ref", fused, "{:.2f}x faster") if fused and "ref" in ms else "-"
+            floor = ratio(fused, "floor", "{:.2f}x floor") if fused and "floor" in ms else "-"
+            versus = ratio("cuda", "triton", "{:.2f}x") if "cuda" in ms and "triton" in ms else "-"
+            out.append(f"| {key[3]} | {key[4]} | " + " | ".join(
+                (f"{ms[p]:.3f}" + ("~" if p in noisy else "")) if p in ms else "-" for p in providers)
                        + f" | {speed} | {floor} | {versus} | "
                        + " | ".join(f"{mem[p]:.0f}" if p in mem else "-" for p in providers) + " |")
         out.append("")
@@ -115,7 +137,9 @@ def write(csv_path=DEFAULT_CSV, out_dir=RESULTS_DIR, make_plots=True):
     text = markdown(rows)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "SUMMARY.md"), "w") as f:
-        f.write("# Benchmark summary (generated from results.csv; latest run per case)\n\n" + text)
+        f.write("# Benchmark summary (generated from results.csv; latest run per case)\n\n"
+                "A time marked ~ is noisy: its spread (p80 - p20) exceeds 20% of its median, or its fwd+bwd is below "
+                "its fwd; no speed-up is computed from it.\n\n" + text)
     paths = plots(rows, out_dir) if make_plots else []
     return text, paths
 

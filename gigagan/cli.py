@@ -17,7 +17,7 @@ import warnings
 
 import torch
 
-from gigagan_kernels import use_impl
+from gigagan_kernels import tune, use_impl
 
 
 class UsageError(ValueError):
@@ -147,12 +147,15 @@ def _prompts(args) -> list:
 
 
 def _generate_batches(G, args, prompts: list):
-    """G's images for prompts, --batch-size at a time, each from its own z (the same for any batch size)."""
+    """G's images for prompts, --batch-size at a time, each from its own z (the same for any batch size). The first
+    batch runs under gigagan_kernels.tune: auto times its candidates there, once per shape and machine."""
     z = _z(G, args.seed, len(prompts), _device(args))
     with torch.no_grad(), use_impl(_impl(args)):
         for i in range(0, len(prompts), args.batch_size):
-            yield G(z[i:i + args.batch_size], prompts[i:i + args.batch_size], truncation_psi=args.truncation,
-                    noise_mode="none")[0]
+            def batch():
+                return G(z[i:i + args.batch_size], prompts[i:i + args.batch_size], truncation_psi=args.truncation,
+                         noise_mode="none")[0]
+            yield tune(batch) if i == 0 else batch()
 
 
 def cmd_sample(args) -> int:
@@ -270,8 +273,8 @@ def cmd_interpolate(args) -> int:
     model = _load(args)
     G = model.generator
     with use_impl(_impl(args)):
-        strip = prompt_interpolation(G, _z(G, args.seed, 1, _device(args)), args.prompt_a, args.prompt_b,
-                                     args.steps, truncation_psi=args.truncation)
+        strip = tune(prompt_interpolation, G, _z(G, args.seed, 1, _device(args)), args.prompt_a, args.prompt_b,
+                     args.steps, truncation_psi=args.truncation)
     save_strip(strip, args.out, args.prompt_a, args.prompt_b)
     print(f"wrote {args.out}")
     return 0
@@ -297,8 +300,9 @@ def cmd_style_mix(args) -> int:
     G, dev = model.generator, _device(args)
     za = torch.cat([_z(G, s, 1, dev) for s in seeds_a])
     zb = torch.cat([_z(G, s, 1, dev) for s in seeds_b])
-    tiles, captions = [], []
-    with use_impl(_impl(args)):
+
+    def grid():
+        tiles, captions = [], []
         for i in range(len(seeds_a)):
             caps = [args.prompt] * len(seeds_b)
             a_rep = za[i:i + 1].expand(len(seeds_b), -1)
@@ -306,6 +310,10 @@ def cmd_style_mix(args) -> int:
             captions.append(f"A seed {seeds_a[i]}")
             tiles.append(style_mix(G, a_rep, zb, caps, args.crossover, args.truncation))
             captions += [f"A{seeds_a[i]} coarse + B{s} fine" for s in seeds_b]
+        return tiles, captions
+
+    with use_impl(_impl(args)):
+        tiles, captions = tune(grid)
     save_grid(torch.cat(tiles), args.out, captions=captions, columns=len(seeds_b) + 1)
     print(f"wrote {args.out}")
     return 0
@@ -320,7 +328,8 @@ def cmd_prompt_mix(args) -> int:
     G, dev = model.generator, _device(args)
     z = _z(G, args.seed, args.count, dev)
     with use_impl(_impl(args)):
-        a = prompt_mix(G, z, [args.prompt_a] * args.count, [args.prompt_a] * args.count, G.num_ws, args.truncation)
+        a = tune(prompt_mix, G, z, [args.prompt_a] * args.count, [args.prompt_a] * args.count, G.num_ws,
+                 args.truncation)
         mixed = prompt_mix(G, z, [args.prompt_a] * args.count, [args.prompt_b] * args.count, args.crossover,
                            args.truncation)
         b = prompt_mix(G, z, [args.prompt_b] * args.count, [args.prompt_b] * args.count, G.num_ws, args.truncation)
@@ -347,8 +356,8 @@ def cmd_upsample(args) -> int:
     except OSError as e:
         raise UsageError(f"--image {args.image}: not a readable image ({type(e).__name__}: {e})") from None
     with use_impl(_impl(args)):
-        out = upsample_tiled(U, x, [args.prompt], z=_z(U, args.seed, 1, dev), overlap=args.overlap,
-                             noise_mode="none")
+        out = tune(upsample_tiled, U, x, [args.prompt], z=_z(U, args.seed, 1, dev), overlap=args.overlap,
+                   noise_mode="none")
     to_pil(out[0]).save(args.out)
     print(f"wrote {args.out}: {tuple(x.shape[-2:])} -> {tuple(out.shape[-2:])}")
     return 0
@@ -364,6 +373,9 @@ def _checkout_root():
     return None
 
 
+QUICK_BENCH_SECONDS = 80
+
+
 def cmd_bench(args) -> int:
     root = _checkout_root()
     if root is None:
@@ -373,7 +385,8 @@ def cmd_bench(args) -> int:
     if root not in sys.path:
         sys.path.insert(0, root)
     from benchmarks.__main__ import main as bench_main
-    forwarded = [] if args.full else ["--quick"]
+    # The quick suite keeps to a budget (the main job stays under 10 minutes on a 2-core CPU); --full has none.
+    forwarded = [] if args.full else ["--quick", "--max-seconds", str(QUICK_BENCH_SECONDS)]
     forwarded += ["--ops", args.ops] if args.ops else []
     forwarded += ["--csv", args.csv] if args.csv else []
     forwarded += ["--no-plots"] if args.no_plots else []

@@ -69,32 +69,63 @@ def backend_rows(device: torch.device) -> list[tuple[str, str]]:
     return rows
 
 
+def _prediction_label(formulation: str, measured: dict) -> str:
+    """"measured on <file>: <ms>" when a committed row timed today's code of this formulation, else "predicted";
+    the CUDA extension stays "opt-in, unmeasured" until a row measures it."""
+    if formulation in measured:
+        ms, csv_name = measured[formulation]
+        return f"measured ({csv_name}: {ms:.3f} ms)"
+    return "opt-in, unmeasured" if formulation == "cuda" else "predicted"
+
+
 def auto_rows(device: torch.device) -> list[tuple[str, str]]:
-    """impl="auto" at the benchmark shapes: on CUDA the cost model's order, whatever the device here."""
+    """What impl="auto" would run on CUDA at the benchmark shapes (bf16) without timing: the cost model's pick among
+    the candidates it models, per mode, labelled measured (by which committed file) or predicted. With
+    GIGAGAN_KERNELS_AUTOTUNE on (the default) auto times its candidates on the user's card instead, and the model
+    only prunes and breaks ties."""
     checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if os.path.isfile(os.path.join(checkout, "benchmarks", "__init__.py")) and checkout not in sys.path:
         sys.path.append(checkout)                        # the benchmarks live in the repository, not the package
     try:
         from benchmarks import bench_adaptive_modconv, bench_attention
+        from benchmarks import cost_model as check
+        from benchmarks.common import RESULTS_DIR
     except ImportError:
         return [("benchmark shapes", "unavailable: run from a checkout of the repository (its benchmarks/)")]
-    import importlib
-    from . import adaptive_modconv
-    attention_module = importlib.import_module(".attention", __package__)    # the package's `attention` is the function
+    import glob
+    from . import cost_model
+    paths = sorted(p for p in glob.glob(os.path.join(RESULTS_DIR, "*.csv"))
+                   if not os.path.basename(p).startswith(("cpu", "results")))
+    measured: dict = {}
+    for row in check.compare(paths) + check.attention_compare(paths):
+        shape, _, mode, formulation, _, ms, csv_name = row
+        if ms is not None:
+            measured.setdefault((shape, mode), {})[formulation] = (ms, csv_name)
+    modconv_candidates = {"ref": "ref", "torch:activations": "torch_activations", "torch:bmm": "torch_weights",
+                          "triton:weights": "triton_weights", "triton:fused": "triton_fused", "cuda:weights": "cuda"}
     rows = []
     for name, s in bench_adaptive_modconv.GPU_SHAPES.items():
         x, bank = (s["B"], s["Cin"], s["H"], s["W"]), (s["N"], s["Cout"], s["Cin"], s["k"], s["k"])
-        order = adaptive_modconv.auto_cuda_order(x, bank)
-        detail = f"triton strategy {adaptive_modconv.triton_strategy(x, bank)}" if order[0] == "triton" else \
-            f"torch form {adaptive_modconv.torch_form(x, bank, 'cuda')}"
-        rows.append((f"adaptive_modconv2d {name}", f"{' > '.join(order)} ({detail})"))
+        for mode in ("fwd", "fwd+bwd"):
+            seconds = {c: cost_model.modconv_seconds(f, x, bank, mode) for c, f in modconv_candidates.items()
+                       if c != "cuda:weights"}                  # opt-in: ranked last until measured
+            pick = min(seconds, key=seconds.get)
+            label = _prediction_label(modconv_candidates[pick], measured.get((name, mode), {}))
+            rows.append((f"adaptive_modconv2d {name} {mode}", f"{pick} {seconds[pick] * 1e3:.3f} ms ({label})"))
+    attention_candidates = {"ref": "ref", "torch:materialised": "torch_materialised",
+                            "torch:sdpa-flash": "torch_sdpa_flash", "torch:sdpa-efficient": "torch_sdpa_efficient",
+                            "triton": "triton"}
     for name, s in bench_attention.GPU_SHAPES.items():
-        q, k = (s["B"], s["H"], s["Lq"], s["D"]), (s["B"], s["H"], s["Lk"], s["D"])
-        order = attention_module.auto_cuda_order(q, k, k, s["kind"], s["masked"], torch.bfloat16)
-        rows.append((f"attention {name}", " > ".join(order)))
-    here = backend.resolve_impl("auto", device, "attention", torch.float32) if device.type == "cpu" else None
-    if here:
-        rows.append(("on this CPU", f"auto runs {here!r} (the cost model orders above are for CUDA tensors)"))
+        shape = check.attention_shape(s)
+        for mode in ("fwd", "fwd+bwd"):
+            seconds = {c: cost_model.attention_seconds(f, shape, mode) for c, f in attention_candidates.items()
+                       if not (c == "torch:sdpa-flash" and s["masked"])}      # flash takes no mask
+            pick = min(seconds, key=seconds.get)
+            label = _prediction_label(attention_candidates[pick], measured.get((name, mode), {}))
+            rows.append((f"attention {name} {mode}", f"{pick} {seconds[pick] * 1e3:.3f} ms ({label})"))
+    from . import autotune
+    rows.append(("autotune", f"{'on' if autotune.enabled() else 'off'} ({autotune.ENV_VAR}); decisions in "
+                             f"{autotune.TABLE.path()} (python -m gigagan_kernels autotune --show)"))
     return rows
 
 
@@ -116,7 +147,8 @@ def report() -> str:
     device = _device()
     sections = [("Versions", versions()), ("Device", device_rows()),
                 (f"Backends per op, for {device.type} tensors", backend_rows(device)),
-                ("impl='auto' on CUDA at the benchmark shapes (bf16)", auto_rows(device)),
+                ("impl='auto' on CUDA at the benchmark shapes (bf16), untimed: the cost model's pick",
+                 auto_rows(device)),
                 ("CUDA extension", extension_rows())]
     lines = []
     for title, rows in sections:
@@ -127,7 +159,48 @@ def report() -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def autotune_command(args) -> int:
+    """Show, clear, export or import auto's decisions (gigagan_kernels/autotune.py)."""
+    from . import autotune
+    if args.clear:
+        autotune.clear()
+        print(f"cleared the decisions in this process and {autotune.TABLE.path()}")
+    elif args.export:
+        count = autotune.export_decisions(args.export)
+        print(f"exported {count} decisions to {args.export}")
+    elif args.import_file:
+        try:
+            count = autotune.import_decisions(args.import_file)
+        except (OSError, ValueError) as e:
+            print(f"python -m gigagan_kernels autotune: --import {args.import_file}: {e}", file=sys.stderr)
+            return 1
+        print(f"imported {count} decisions into {autotune.TABLE.path()}")
+    else:
+        records = autotune.autotune_report()
+        print(f"{len(records)} decisions in {autotune.TABLE.path()}")
+        for r in records:
+            print(f"\n{r['op']}: {r['choice']} ({r['source']}, {r.get('device', '?')}, {r.get('timestamp', '?')})")
+            print(f"  key: {r['key']}")
+            for name, value in r.get("candidates", {}).items():
+                print(f"  {name:<22} {autotune.format_seconds(value)}")
+    return 0
+
+
+def main(argv=None) -> int:
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m gigagan_kernels",
+                                     description="What runs here and why not; with a command, manage it.")
+    commands = parser.add_subparsers(dest="command")
+    tune = commands.add_parser("autotune", help="show, clear, export or import auto's measured decisions")
+    action = tune.add_mutually_exclusive_group()
+    action.add_argument("--show", action="store_true", help="list the decisions (the default)")
+    action.add_argument("--clear", action="store_true", help="forget every decision, here and on disk")
+    action.add_argument("--export", metavar="FILE", help="write the decisions to FILE (JSON)")
+    action.add_argument("--import", dest="import_file", metavar="FILE",
+                        help="merge the decisions of an exported FILE into this machine's cache")
+    args = parser.parse_args(argv)
+    if args.command == "autotune":
+        return autotune_command(args)
     print(report())
     return 0
 

@@ -1,10 +1,11 @@
-"""The one place that decides which backend runs an op.
+"""Backends: what can run where, and the overrides of "auto".
 
-impl is "ref", "torch", "triton", "cuda" or "auto". "ref" is each op's readable oracle; "torch" is
-its leaner plain-torch composite (any device, the CPU default); "triton" and "cuda" are the fused
-kernels. "auto" consults, in order, the `use_impl` context manager, the GIGAGAN_KERNELS_IMPL
-environment variable and finally the per-device preference below. Asking for a backend that cannot run
-on the given tensors raises; nothing falls back silently.
+impl names a backend ("ref", "torch", "triton", "cuda"), a candidate of the op ("torch:bmm"; see
+gigagan_kernels/dispatcher.py) or "auto". "ref" is each op's readable oracle; "torch" its plain-torch composite
+(any device); "triton" and "cuda" the fused kernels. Here: whether a backend can run at all on a device and dtype
+(unavailable_reason), and what "auto" is forced to, first by the use_impl context manager, then by the
+GIGAGAN_KERNELS_IMPL environment variable. Asking for a backend that cannot run raises; nothing falls back
+silently.
 """
 from __future__ import annotations
 
@@ -81,16 +82,30 @@ def cuda_op(op: str):
 
 @contextlib.contextmanager
 def use_impl(impl: str):
-    """Force the backend that impl="auto" resolves to, e.g. for an A/B run of a whole model."""
-    _check_name(impl, allow_auto=True, source="use_impl(impl)")
+    """Force what impl="auto" resolves to, e.g. for an A/B run of a whole model: a backend, or a candidate name
+    ("torch:bmm"; gigagan_kernels.candidates(op) lists them), which then applies to the op that has it."""
+    if impl not in IMPLS + ("auto",) and not _is_candidate_name(impl):
+        raise ValueError(f"use_impl(impl): expected one of {IMPLS + ('auto',)} or a candidate name, got {impl!r}")
     with thread_override(_override, impl):
         yield
 
 
-def _check_name(impl, *, allow_auto: bool, source: str) -> None:
-    allowed = IMPLS + (("auto",) if allow_auto else ())
-    if impl not in allowed:
-        raise ValueError(f"{source}: expected one of {allowed}, got {impl!r}")
+def _is_candidate_name(name) -> bool:
+    from .dispatcher import REGISTRY
+    return any(name in entry.names for entry in REGISTRY.values())
+
+
+def forced_impl(op: str, allowed: tuple) -> str:
+    """What impl="auto" means for `op` now: use_impl's choice, else GIGAGAN_KERNELS_IMPL, else "auto". A
+    candidate name of another op leaves this op on "auto"."""
+    chosen = _forced_impl()
+    forced = chosen or os.environ.get(ENV_VAR, "").strip() or "auto"
+    if forced in IMPLS + ("auto",) or forced in allowed:
+        return forced
+    if _is_candidate_name(forced):
+        return "auto"
+    source = "use_impl()" if chosen else ENV_VAR
+    raise ValueError(f"{source}: expected one of {IMPLS + ('auto',)} or a candidate name, got {forced!r}")
 
 
 # What the fused kernels take; "ref" and "torch" take any floating dtype (float64 included: the tests' oracle).
@@ -122,34 +137,3 @@ def unavailable_reason(impl: str, device: torch.device, op: str, dtype: torch.dt
             return f"the CUDA extension has no ops {op}_forward / {op}_backward"
         return None
     raise AssertionError(impl)
-
-
-# Order in which "auto" tries backends on CUDA when the op gives none. Both ops pass their own per-call order
-# from the cost model (gigagan_kernels/cost_model.py); these are the fallbacks.
-_AUTO_CUDA_ORDER = {"adaptive_modconv2d": ("triton", "torch", "cuda"), "attention": ("triton", "cuda", "torch")}
-
-
-def resolve_impl(impl: str, device: torch.device, op: str, dtype: torch.dtype | None = None,
-                 cuda_order: tuple | None = None) -> str:
-    """Turn the user's impl argument into a backend that can run, or raise. cuda_order: the op's own order of
-    preference on CUDA for this call (fastest first), else the table above."""
-    _check_name(impl, allow_auto=True, source=f"{op}(impl=...)")
-    if impl == "auto":
-        chosen = _forced_impl()
-        forced = chosen or os.environ.get(ENV_VAR, "").strip() or "auto"
-        source = "use_impl()" if chosen else ENV_VAR
-        if forced != "auto":
-            _check_name(forced, allow_auto=False, source=source)
-            impl = forced
-    if impl != "auto":
-        reason = unavailable_reason(impl, device, op, dtype)
-        if reason is not None:
-            raise BackendUnavailableError(f"{op}: impl={impl!r} is unavailable: {reason}")
-        return impl
-    if device.type == "cuda":
-        for cand in cuda_order or _AUTO_CUDA_ORDER[op]:
-            if unavailable_reason(cand, device, op, dtype) is None:
-                return cand
-    if device.type == "cpu" and triton_interpret() and unavailable_reason("triton", device, op, dtype) is None:
-        return "triton"
-    return "torch"

@@ -47,6 +47,10 @@ class Card:
     group_l2: float             # B/s per SM of their gathered tiles from L2 (unmeasured)
     group_step: float           # s per loop step of a group kernel: latency its pipeline cannot hide (unmeasured)
     cuda_core_fma: float        # fp32 FMA/s on the CUDA cores: 132 SMs x 128 lanes x 1.98 GHz (the card's peak)
+    host_launch: float = 8e-6   # host s per device kernel an eager call issues (Python, dispatcher, launch; unmeasured)
+    # host s of a torch.library custom op beyond its launches: (forward, backward, a forward that records autograd
+    # plus its backward), from the attention custom op's fit below (H200_ATTENTION.host["triton_v1"]).
+    host_custom_op: tuple = (0.055e-3, 0.45e-3, 0.95e-3)
 
 
 # Fit to nvidia_h200_2026-11-26.csv (bf16; see benchmarks/NOTES.md "The cost model" for the fit):
@@ -82,6 +86,7 @@ class Stage:
     name: str
     seconds: float
     bound: str          # what limits it: "hbm", "mma", "serial" or "launch"
+    launches: int = 1   # device kernels it issues (each costs the host card.host_launch)
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,7 @@ class Shape:
 def _stage(card, name, *, hbm_bytes=0.0, flops=0.0, rate=1.0, serial=0.0, launches=1):
     parts = {"hbm": hbm_bytes / card.hbm, "mma": flops / rate, "serial": serial}
     bound = max(parts, key=parts.get)
-    return Stage(name, parts[bound] + launches * card.launch, bound if parts[bound] > 0 else "launch")
+    return Stage(name, parts[bound] + launches * card.launch, bound if parts[bound] > 0 else "launch", launches)
 
 
 def _grouped(card, name, s: Shape, constants, flops):
@@ -382,10 +387,30 @@ def modconv_stages(formulation: str, x_shape, bank_shape, mode: str = "fwd+bwd",
     return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[mode]
 
 
+# The formulations that run as one torch.library custom op (a forward op, a backward op): their host floor adds the
+# op's dispatch and autograd to its launches.
+CUSTOM_OP_FORMULATIONS = ("triton_weights", "triton_fused", "triton_fused_v1", "cuda")
+
+
+def modconv_host_seconds(formulation: str, x_shape, bank_shape, mode: str = "fwd+bwd", *, element_size: int = 2,
+                         card: Card = H200) -> float:
+    """The host floor of one call: its device kernels times card.host_launch, plus a custom op's own dispatch and
+    autograd. Unmeasured for this op (the attention custom op's fit); it decides small shapes."""
+    fwd, bwd = FORMULATIONS[formulation](card, Shape.of(x_shape, bank_shape, element_size))
+    launches = {"fwd": sum(st.launches for st in fwd), "bwd": sum(st.launches for st in bwd)}
+    launches["fwd+bwd"] = launches["fwd"] + launches["bwd"]
+    custom = dict(zip(MODES, card.host_custom_op)) if formulation in CUSTOM_OP_FORMULATIONS else {}
+    return launches[mode] * card.host_launch + custom.get(mode, 0.0)
+
+
 def modconv_seconds(formulation: str, x_shape, bank_shape, mode: str = "fwd+bwd", *, element_size: int = 2,
                     card: Card = H200) -> float:
-    return sum(st.seconds for st in modconv_stages(formulation, x_shape, bank_shape, mode,
-                                                   element_size=element_size, card=card))
+    """Predicted time of one call: the larger of its host floor and its GPU stages (the host enqueues ahead of the
+    card, so the two overlap)."""
+    gpu = sum(st.seconds for st in modconv_stages(formulation, x_shape, bank_shape, mode,
+                                                  element_size=element_size, card=card))
+    return max(gpu, modconv_host_seconds(formulation, x_shape, bank_shape, mode, element_size=element_size,
+                                         card=card))
 
 
 def fastest(formulations, x_shape, bank_shape, mode: str = "fwd+bwd", **kwargs) -> str:
@@ -424,7 +449,8 @@ class AttentionCard:
 #   published ballpark, ~2/3 of flash).
 # - triton_v1: the first kernels ran 271 TFLOP/s forward and 1.92 TFLOP (7 matmuls) in 9.5 ms backward.
 # - host: the 256-token and 77-key calls, where every provider's time is flat in the work: ~0.45-0.5 ms per
-#   backward through a custom op or a materialising composite, 0.09 for SDPA's own; a forward that records
+#   backward through a custom op or the reference, 0.35-0.53 through the materialised composite (two runs), 0.09
+#   for SDPA's own; a forward that records
 #   autograd state (fwd+bwd) costs the custom op ~0.45 ms more than one without (fwd).
 # - sdpa_bias is a baseline, not a route: with L2 its bias needs a gradient and its backward left the fused
 #   backends (15.9 ms at 4096 tokens, slower than the forward's rate predicts 3x); only its masked dot
@@ -439,7 +465,7 @@ H200_ATTENTION = AttentionCard(
     # FlashAttention-3's wgmma kernels on H100. Taken as 280 / 230 TFLOP/s until the card measures them.
     cuda_fwd=280e12, cuda_bwd=230e12,
     host={
-        "ref": (0.125e-3, 0.50e-3, 1.0e-3), "torch_materialised": (0.11e-3, 0.50e-3, 0.95e-3),
+        "ref": (0.125e-3, 0.50e-3, 1.0e-3), "torch_materialised": (0.11e-3, 0.43e-3, 0.82e-3),
         "sdpa_bias": (0.045e-3, 0.09e-3, 0.17e-3), "floor": (0.012e-3, 0.085e-3, 0.10e-3),
         "triton_v1": (0.055e-3, 0.45e-3, 0.95e-3),
         # unmeasured: v1's host work plus one launch forward (key bias) and two backward (key bias, dQ cast)
@@ -579,10 +605,16 @@ ATTENTION_FORMULATIONS = {
     "sdpa_bias": _attn_sdpa_bias,
     "floor": _attn_floor,
     "torch": _attn_torch,
+    "torch_sdpa_flash": lambda card, s: _attn_torch(card, s, "flash"),
+    "torch_sdpa_efficient": lambda card, s: _attn_torch(card, s, "efficient"),
     "triton_v1": _attn_triton_v1,
     "triton": _attn_triton,
     "cuda": _attn_cuda,
 }
+
+
+# The SDPA candidates share the torch composite's host work.
+HOST_FLOOR_OF = {"torch_sdpa_flash": "torch", "torch_sdpa_efficient": "torch"}
 
 
 def attention_seconds(formulation: str, shape: AttentionShape, mode: str = "fwd+bwd",
@@ -594,7 +626,7 @@ def attention_seconds(formulation: str, shape: AttentionShape, mode: str = "fwd+
     if mode not in MODES:
         raise ValueError(f"attention_seconds: mode must be one of {MODES}, got {mode!r}")
     fwd, bwd = ATTENTION_FORMULATIONS[formulation](card, shape)
-    host_fwd, host_bwd, host_both = card.host[formulation]
+    host_fwd, host_bwd, host_both = card.host[HOST_FLOOR_OF.get(formulation, formulation)]
     gpu_fwd, gpu_bwd = sum(st.seconds for st in fwd), sum(st.seconds for st in bwd)
     return {"fwd": max(host_fwd, gpu_fwd), "bwd": max(host_bwd, gpu_bwd),
             "fwd+bwd": max(host_both, gpu_fwd + gpu_bwd)}[mode]

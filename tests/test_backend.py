@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import gigagan_kernels as gk
-from gigagan_kernels import backend
+from gigagan_kernels import backend, dispatcher
 
 
 def _inputs():
@@ -12,35 +12,86 @@ def _inputs():
             torch.randn(1, 2, generator=g), torch.randn(1, 3, generator=g))
 
 
+def _call(op, device="cpu", dtype=torch.float32, shape="small"):
+    """A call of `op` for dispatch to choose on. On "cuda" its tensors are meta tensors and the call reports a CUDA
+    device: the choice is tested without a GPU."""
+    from gigagan_kernels.ops.adaptive_modconv2d.dispatch import ModconvCall
+    from gigagan_kernels.ops.attention.dispatch import AttentionCall
+    on = "meta" if device == "cuda" else device
+    if op == "adaptive_modconv2d":
+        B, C, H, N = (32, 1024, 8, 8) if shape == "large" else (1, 3, 4, 2)
+        x = torch.empty(B, C, H, H, device=on, dtype=dtype)
+        tensors = (x, torch.empty(N, C, C, 3, 3, device=on, dtype=dtype), torch.empty(B, N, device=on, dtype=dtype),
+                   torch.empty(B, C, device=on, dtype=dtype), None, None)
+        cls = type("Call", (ModconvCall,), {"__slots__": (), "device": property(lambda self: torch.device(device))})
+        return cls(*tensors, demodulate=True, eps=1e-8, activation=None, gain=1.0, clamp=None, needs_grad=True)
+    B, H, L, D = (16, 8, 4096, 64) if shape == "large" else (1, 2, 8, 16)
+    q = torch.empty(B, H, L, D, device=on, dtype=dtype)
+    cls = type("Call", (AttentionCall,), {"__slots__": (), "device": property(lambda self: torch.device(device))})
+    return cls(q, q, q, kind="l2", scale=0.25, key_padding_mask=None, needs_grad=True)
+
+
+def chosen(op, impl="auto", **kwargs):
+    return dispatcher.choose(op, impl, _call(op, **kwargs)).name
+
+
 def test_auto_on_cpu_follows_interpreter(monkeypatch):
     monkeypatch.delenv(backend.ENV_VAR, raising=False)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert backend.resolve_impl("auto", torch.device("cpu"), "adaptive_modconv2d") == "triton"
+    assert chosen("adaptive_modconv2d").startswith("triton:")
+    assert chosen("attention") == "triton"
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    for op in ("adaptive_modconv2d", "attention"):
-        assert backend.resolve_impl("auto", torch.device("cpu"), op) == "torch"
+    assert chosen("adaptive_modconv2d").startswith("torch:")
+    assert chosen("attention").startswith("torch:")
 
 
-def test_auto_on_cuda_picks_the_fastest(monkeypatch):
-    """The order is a pure function of the device type (and, for the modconv, of the cost model's per-call
-    order), so it is checked without a GPU."""
+def test_auto_on_cuda_picks_the_fastest_predicted(monkeypatch):
+    """Without timing (GIGAGAN_KERNELS_AUTOTUNE=off in the suite) auto on CUDA takes the cost model's pick."""
     monkeypatch.delenv(backend.ENV_VAR, raising=False)
-    cuda = torch.device("cuda")
-    assert backend.resolve_impl("auto", cuda, "adaptive_modconv2d") == "triton"
-    assert backend.resolve_impl("auto", cuda, "adaptive_modconv2d", cuda_order=("torch", "triton")) == "torch"
-    assert backend.resolve_impl("auto", cuda, "attention") == "triton"
+    assert chosen("adaptive_modconv2d", device="cuda", dtype=torch.bfloat16, shape="large") == "triton:weights"
+    # (SDPA's own checks refuse meta tensors, so which SDPA kernel is not decided here.)
+    picked = chosen("attention", device="cuda", dtype=torch.bfloat16, shape="large")
+    assert picked == "triton" or picked.startswith("torch:sdpa-"), picked
+    call = _call("adaptive_modconv2d", device="cuda", dtype=torch.bfloat16, shape="large")
+    entry = dispatcher.REGISTRY["adaptive_modconv2d"]
+    predicted = {c.name: c.predicted_seconds(call) for c in entry.candidates}
+    assert all(p is not None and p > 0 for p in predicted.values()), predicted
+    assert min(predicted, key=predicted.get) == "triton:weights"
+
+
+def test_candidates_lists_every_name():
+    assert gk.candidates("adaptive_modconv2d") == ("ref", "torch:activations", "torch:bmm", "torch:grouped",
+                                                   "triton:weights", "triton:fused", "cuda:weights")
+    assert gk.candidates("attention") == ("ref", "torch:materialised", "torch:sdpa-flash", "torch:sdpa-efficient",
+                                          "torch:sdpa-cudnn", "torch:sdpa-math", "triton", "cuda")
+    with pytest.raises(ValueError, match=r"candidates\(op\): expected one of"):
+        gk.candidates("conv2d")
+
+
+def test_a_backend_means_the_best_of_its_candidates(monkeypatch):
+    monkeypatch.delenv(backend.ENV_VAR, raising=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert chosen("adaptive_modconv2d", "torch") in ("torch:activations", "torch:bmm", "torch:grouped")
+    assert chosen("adaptive_modconv2d", "ref") == "ref"
+    assert chosen("adaptive_modconv2d", "torch:grouped") == "torch:grouped"
+    with pytest.raises(gk.BackendUnavailableError, match=r"impl='triton' is unavailable: triton:weights: Triton "
+                                                         r"kernels need CUDA tensors.*triton:fused: Triton"):
+        chosen("adaptive_modconv2d", "triton")
+    with pytest.raises(gk.BackendUnavailableError, match=r"impl='torch:sdpa-cudnn' is unavailable: SDPA's "
+                                                         r"cudnn kernel needs CUDA tensors"):
+        chosen("attention", "torch:sdpa-cudnn")
 
 
 def test_kernel_dtypes(monkeypatch):
     """float64 never reaches a kernel: auto falls back to the torch composite, an explicit fused impl raises."""
     monkeypatch.delenv(backend.ENV_VAR, raising=False)
-    for device in (torch.device("cuda"), torch.device("cpu")):
-        assert backend.resolve_impl("auto", device, "attention", torch.float64) == "torch"
-        assert backend.resolve_impl("auto", device, "adaptive_modconv2d", torch.float64) == "torch"
+    for device in ("cuda", "cpu"):
+        for op in ("attention", "adaptive_modconv2d"):
+            assert chosen(op, device=device, dtype=torch.float64).startswith("torch:"), (op, device)
     assert "not float64" in backend.unavailable_reason("triton", torch.device("cuda"), "attention", torch.float64)
     assert backend.unavailable_reason("triton", torch.device("cuda"), "attention", torch.bfloat16) is None
     with pytest.raises(gk.BackendUnavailableError, match="impl='triton' is unavailable: the triton kernels take"):
-        backend.resolve_impl("triton", torch.device("cuda"), "attention", torch.float64)
+        chosen("attention", "triton", device="cuda", dtype=torch.float64)
 
 
 def test_use_impl_is_per_thread(monkeypatch):
@@ -48,24 +99,25 @@ def test_use_impl_is_per_thread(monkeypatch):
     monkeypatch.delenv(backend.ENV_VAR, raising=False)
     seen = []
     with gk.use_impl("ref"):
-        worker = threading.Thread(target=lambda: seen.append(backend.resolve_impl("auto", torch.device("cuda"),
-                                                                                  "adaptive_modconv2d")))
+        worker = threading.Thread(target=lambda: seen.append(chosen("adaptive_modconv2d", device="cuda",
+                                                                    shape="large")))
         worker.start()
         worker.join()
-        assert backend.resolve_impl("auto", torch.device("cuda"), "adaptive_modconv2d") == "ref"
-    assert seen == ["triton"]
+        assert chosen("adaptive_modconv2d", device="cuda", shape="large") == "ref"
+    assert seen == ["triton:weights"]
 
 
 def test_env_var_and_context_manager_override_auto(monkeypatch):
-    cpu = torch.device("cpu")
+    monkeypatch.delenv(backend.ENV_VAR, raising=False)
+    attention_auto = chosen("attention")
     monkeypatch.setenv(backend.ENV_VAR, "ref")
-    assert backend.resolve_impl("auto", cpu, "adaptive_modconv2d") == "ref"
-    with gk.use_impl("triton"):
-        if backend.triton_interpret():
-            assert backend.resolve_impl("auto", cpu, "adaptive_modconv2d") == "triton"
+    assert chosen("adaptive_modconv2d") == "ref"
+    with gk.use_impl("torch:bmm"):
+        assert chosen("adaptive_modconv2d") == "torch:bmm"
+        assert chosen("attention") == attention_auto         # a candidate of another op leaves this one on auto
         # an explicit impl is never overridden
-        assert backend.resolve_impl("ref", cpu, "adaptive_modconv2d") == "ref"
-    assert backend.resolve_impl("auto", cpu, "adaptive_modconv2d") == "ref"
+        assert chosen("adaptive_modconv2d", "ref") == "ref"
+    assert chosen("adaptive_modconv2d") == "ref"
 
 
 def test_context_manager_switches_the_op(monkeypatch):

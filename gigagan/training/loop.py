@@ -2,9 +2,9 @@
 until cfg.steps or cfg.max_minutes, on one process or under torchrun, and around that claims the run
 directory, resumes, saves checkpoints, logs and stops cleanly on a signal. Its phases, in order:
 
-  set-up       claim the run directory and resume (fit), then the data and the side outputs (outputs.py);
-               the time budget starts last
-  first step   always taken (the budget is checked only after it) and not profiled, for its one-time costs
+  set-up       claim the run directory and resume (fit), then the data and the side outputs (outputs.py)
+  first step   always taken, under gigagan_kernels.tune (auto times its candidates there, and the ranks agree
+               on the decisions), and not profiled, for its one-time costs; the time budget starts after it
   step loop    every rank agrees on the step's branch (a stop signal, no data, out of time, a batch to
                skip), then trains on the batch
   intervals    the log record, sample grids and checkpoints every log_every, sample_every, ckpt_every steps
@@ -19,7 +19,7 @@ import os
 import time
 from typing import Optional
 
-from gigagan_kernels import use_impl
+from gigagan_kernels import tune, use_impl
 
 from ..config import GigaGANConfig
 from ..data import make_dataset
@@ -112,10 +112,10 @@ class Trainer(TrainState):
         bar = ProgressBar(self.is_main and cfg.progress, cfg.steps if cfg.max_minutes is None else None, self.step)
         profiler = StepProfiler(cfg.profile_steps if self.is_main else 0, cfg.out, self.device, cfg.impl, self.log)
         interval, unusable = IntervalMeans(self.device), UnusableBatches(cfg, self.rank)
-        # The time budget starts here, after the set-up. The first step is always taken and is not profiled:
-        # it carries the one-time costs (kernel compilation and the like).
+        # The first step is always taken, tuned and not profiled: it carries the one-time costs (timing the ops'
+        # candidates, kernel compilation and the like). The time budget starts after it.
         t_last, images_since = time.perf_counter(), 0
-        deadline = None if cfg.max_minutes is None else t_last + 60.0 * cfg.max_minutes
+        deadline, tune_seconds, tune_logged = None, None, False
         first_step, out_of_time = self.step, False
         try:
             with use_impl(cfg.impl):
@@ -125,8 +125,7 @@ class Trainer(TrainState):
                     # all stop together. The budget is checked only once this fit() has made a step.
                     batch = next(batches)
                     usable = batch is not None and batch[0].shape[0] > 0
-                    missing, no_data, signalled, out_of_time = self._agree(
-                        not usable, batch is None, deadline if self.step > first_step else None)
+                    missing, no_data, signalled, out_of_time = self._agree(not usable, batch is None, deadline)
                     if signalled:
                         path = self.save_checkpoint()
                         self.log(f"signal {signal_name(self.signals.received)}: saved {path} at step "
@@ -147,10 +146,18 @@ class Trainer(TrainState):
                         continue
                     images, captions, _ = batch
 
-                    # -- the step (the profiler starts at the second)
+                    # -- the step (the first under tune, the profiler from the second)
                     if self.step == first_step + 1:
                         profiler.start()
-                    stats = self.train_step(images, captions)
+                    if tune_seconds is None:
+                        t0 = time.perf_counter()
+                        stats = tune(self.train_step, images, captions)
+                        tune_seconds = time.perf_counter() - t0
+                        self.log(f"first step, with auto's tuning: {tune_seconds:.1f} s")
+                        if cfg.max_minutes is not None:
+                            deadline = time.perf_counter() + 60.0 * cfg.max_minutes
+                    else:
+                        stats = self.train_step(images, captions)
                     profiler.step_done(self.step)
                     images_since += images.shape[0] * self.world
                     interval.add(stats)
@@ -164,6 +171,8 @@ class Trainer(TrainState):
                                   "images_per_s": images_since / max(now - t_last, 1e-9),
                                   "bad_steps": self.bad_steps_total, "skipped_samples": self.skipped_samples,
                                   "time": time.time()}
+                        if tune_seconds is not None and not tune_logged:
+                            record["tune_seconds"], tune_logged = tune_seconds, True
                         t_last, images_since = now, 0
                         scalars.write(record)
                         bar.show(record)

@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import torch
 
-from ... import backend
-from . import cuda
-from .autograd import needs_lin
-from .common import OP_NAME, default_gain, validate, workspace_bytes
-from .dispatch import auto_cuda_order, triton_strategy
-from .plans import MAX_FILTERS, plan_weights
+from ...dispatcher import choose
+from . import cuda, triton_op  # noqa: F401  (registering the fused ops' fake kernels and autograd)
+from .common import OP_NAME, default_gain, validate
+from .dispatch import ModconvCall
 from .reference import adaptive_modconv2d_ref
 from .torch_forms import adaptive_modconv2d_torch
-from .triton_op import triton_forward_op
 
 __all__ = ["adaptive_modconv2d", "adaptive_modconv2d_ref", "adaptive_modconv2d_torch", "validate"]
 
@@ -46,7 +43,10 @@ def adaptive_modconv2d(x, weight_bank, select_logits, style, bias=None, *, demod
         activation: None / "linear" or "lrelu" (slope 0.2).
         gain: output gain, default sqrt(2) for "lrelu" and 1 otherwise (StyleGAN2 bias_act).
         clamp: clamp the output to [-clamp, clamp] after the gain.
-        impl: "auto", "ref", "torch", "triton" or "cuda" (see gigagan_kernels.backend).
+        impl: "auto", a backend ("ref", "torch", "triton", "cuda": the best of its candidates) or a candidate
+            ("torch:bmm", "triton:weights", ...; gigagan_kernels.candidates("adaptive_modconv2d") lists them).
+            "auto" times the runnable candidates on the first call with a new shape and keeps the fastest
+            (gigagan_kernels/autotune.py); an unrunnable request raises BackendUnavailableError with the reasons.
 
     All tensors share one device and dtype (fp32, fp16 or bf16); accumulation is fp32.
     Supports gradients of every order for every impl: first-order backward of the fused
@@ -58,31 +58,15 @@ def adaptive_modconv2d(x, weight_bank, select_logits, style, bias=None, *, demod
     clamp = None if clamp is None else float(clamp)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight_bank, select_logits, style, bias, noise))
-    mode = "fwd+bwd" if needs_grad else "fwd"
-    chosen = backend.resolve_impl(impl, x.device, OP_NAME, x.dtype,
-                                  auto_cuda_order(x.shape, weight_bank.shape, mode) if x.is_cuda else None)
+    call = ModconvCall(x, weight_bank, select_logits, style, bias, noise, demodulate=bool(demodulate), eps=float(eps),
+                       activation=activation, gain=gain, clamp=clamp, needs_grad=needs_grad)
     B, _, H, W = x.shape
     Cout = weight_bank.shape[1]
+    candidate = choose(OP_NAME, impl, call, empty=0 in (B, Cout, H, W))
     if B > 0 and 0 in (Cout, H, W):
         # An empty output, the same on every backend, attached to every input (whose gradients are zero).
         inputs = [t for t in (x, weight_bank, select_logits, style, bias, noise) if t is not None]
         return x.new_zeros((B, Cout, H, W)) + sum(t.sum() for t in inputs) * 0
-    if chosen == "ref" or B == 0:      # an empty batch: the ref keeps y attached to every input
-        return adaptive_modconv2d_ref(x, weight_bank, select_logits, style, bias, demodulate=demodulate, eps=eps,
-                                      noise=noise, activation=activation, gain=gain, clamp=clamp)
-    if chosen == "torch":
-        return adaptive_modconv2d_torch(x, weight_bank, select_logits, style, bias, demodulate=demodulate, eps=eps,
-                                        noise=noise, activation=activation, gain=gain, clamp=clamp)
-    max_filters = MAX_FILTERS if chosen == "triton" else cuda.CUDA_MAX_FILTERS
-    if weight_bank.shape[0] > max_filters:
-        raise ValueError(f"adaptive_modconv2d(impl={chosen!r}): weight_bank has N={weight_bank.shape[0]} filters; "
-                         f"the {chosen} kernels support N <= {max_filters}")
-    save_lin = needs_grad and needs_lin(activation, gain, clamp, bias, noise)
-    args = (x, weight_bank, select_logits, style, bias, noise, bool(demodulate), float(eps), activation or "linear",
-            gain, clamp, save_lin)
-    if chosen == "cuda":
-        return backend.cuda_op(OP_NAME)(*args, workspace_bytes(), needs_grad)[0]
-    strategy = triton_strategy(x.shape, weight_bank.shape, mode)
-    keep = strategy == "weights" and plan_weights(x.shape, weight_bank.shape, x.element_size(),
-                                                  needs_grad=needs_grad).keep
-    return triton_forward_op(*args, strategy, keep)[0]
+    if B == 0:          # an empty batch: the reference keeps y attached to every input
+        return adaptive_modconv2d_ref(x, weight_bank, select_logits, style, bias, noise=noise, **call.options())
+    return candidate.run(call)

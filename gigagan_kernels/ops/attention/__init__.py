@@ -18,15 +18,13 @@ import math
 
 import torch
 
-from ... import backend
+from ...dispatcher import choose
+from . import cuda, triton_op  # noqa: F401  (registering the fused ops' fake kernels and autograd)
 from .common import OP_NAME, validate
-from .cuda import CUDA_MAX_HEAD_DIM
-from .dispatch import auto_cuda_order, torch_form
-from .plans import MAX_HEAD_DIM
+from .dispatch import AttentionCall
 from .reference import attention_ref
 from .torch_materialised import attention_materialised
-from .torch_sdpa import SdpaAttention, attention_sdpa
-from .triton_op import triton_forward_op
+from .torch_sdpa import attention_sdpa
 
 __all__ = ["attention", "attention_ref", "attention_sdpa", "attention_materialised", "validate"]
 
@@ -40,9 +38,12 @@ def attention(q, k, v, *, kind="l2", scale=None, key_padding_mask=None, impl="au
         kind: "l2" (logit = -scale ||q_i - k_j||^2) or "dot" (logit = scale <q_i, k_j>).
         scale: default 1/sqrt(D).
         key_padding_mask: [B, Lk] bool, True = attend. A row with every key masked returns zeros.
-        impl: "auto", "ref", "torch", "triton" or "cuda" (see gigagan_kernels.backend). "torch" is torch's
-            scaled_dot_product_attention on exact operands (attention_sdpa); on CUDA "auto" takes it or the
-            Triton kernels per call, whichever the cost model predicts faster (auto_cuda_order).
+        impl: "auto", a backend ("ref", "torch", "triton", "cuda": the best of its candidates) or a candidate
+            ("torch:sdpa-flash", "torch:materialised", ...; gigagan_kernels.candidates("attention") lists them).
+            "torch" is torch's scaled_dot_product_attention on exact operands (attention_sdpa), or for small
+            calls the materialised form. "auto" times the runnable candidates on the first call with a new
+            shape and keeps the fastest (gigagan_kernels/autotune.py); an unrunnable request raises
+            BackendUnavailableError with the reasons.
 
     Accumulation is fp32; the SDPA, Triton and CUDA paths keep O(L) memory (only the row log-sum-exp is
     saved). Gradients of every order are supported for every impl: create_graph=True backwards run through
@@ -50,24 +51,10 @@ def attention(q, k, v, *, kind="l2", scale=None, key_padding_mask=None, impl="au
     """
     validate(q, k, v, kind, scale, key_padding_mask)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    order = (auto_cuda_order(q.shape, k.shape, v.shape, kind, key_padding_mask is not None, q.dtype)
-             if impl == "auto" and q.device.type == "cuda" else None)
-    chosen = backend.resolve_impl(impl, q.device, OP_NAME, q.dtype, cuda_order=order)
-    if chosen == "ref" or q.numel() == 0 or k.shape[2] == 0:
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    call = AttentionCall(q, k, v, kind=kind, scale=scale, key_padding_mask=key_padding_mask, needs_grad=needs_grad)
+    empty = q.numel() == 0 or k.shape[2] == 0
+    candidate = choose(OP_NAME, impl, call, empty=empty)
+    if empty:
         return attention_ref(q, k, v, kind=kind, scale=scale, key_padding_mask=key_padding_mask)
-    if chosen == "torch" and torch_form(q.shape[2], k.shape[2], q.device) == "materialised":
-        return attention_materialised(q, k, v, kind=kind, scale=scale, key_padding_mask=key_padding_mask)
-    if chosen == "torch":
-        if torch.compiler.is_compiling():
-            # dynamo traces SDPA itself; the Function's replayed inner graph is not traceable (first order only).
-            return attention_sdpa(q, k, v, kind=kind, scale=scale, key_padding_mask=key_padding_mask)
-        return SdpaAttention.apply(q, k, v, kind, scale, key_padding_mask)
-    if chosen == "triton":
-        max_head_dim, forward_op = MAX_HEAD_DIM, triton_forward_op
-    else:
-        max_head_dim, forward_op = CUDA_MAX_HEAD_DIM, backend.cuda_op(OP_NAME)
-    for name, dim in (("q", q.shape[-1]), ("v", v.shape[-1])):
-        if dim > max_head_dim:
-            raise ValueError(f"attention(impl={chosen!r}): {name} head dim {dim} exceeds {max_head_dim}")
-    out, _ = forward_op(q, k, v, kind, scale, key_padding_mask)
-    return out
+    return candidate.run(call)

@@ -1,0 +1,162 @@
+"""Candidates, and the choice of one per call: the machinery both ops' dispatch.py share.
+
+A candidate is one named way to run an op: "backend:form" ("torch:bmm", "triton:weights", "torch:sdpa-flash"),
+or the backend's name where it has one form ("ref"; attention's "triton" and "cuda"). Each answers
+not_supported_reasons(call), predicted_seconds(call) (the cost model's, where it has one for the device) and
+predicted_bytes(call), so an error can say why every candidate was refused and auto can prune before timing.
+
+impl is "auto", a backend ("ref", "torch", "triton", "cuda": the best of that backend's candidates) or a
+candidate's name; `choose` turns it into one candidate. The use_impl context manager and GIGAGAN_KERNELS_IMPL
+override "auto" (backend.py). Which of several runnable candidates wins is autotune.py's decision: measured on
+the device and cached, or, where nothing may be timed, the op's predicted pick.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from . import backend
+from .backend import BackendUnavailableError
+
+BACKENDS = ("ref", "torch", "triton", "cuda")
+
+
+class NondeterministicBackendError(BackendUnavailableError):
+    """An explicitly requested candidate uses atomics while torch.use_deterministic_algorithms(True) is on."""
+
+
+class Candidate:
+    """One way to run an op. Subclasses set name, backend and atomics (what makes the candidate
+    non-deterministic, or None) and implement run and not_supported_reasons."""
+    name: str
+    backend: str
+    atomics: Optional[str] = None
+
+    def not_supported_reasons(self, call) -> list[str]:
+        raise NotImplementedError
+
+    def predicted_seconds(self, call) -> Optional[float]:
+        """The cost model's time for the call's mode on this device, or None where it has no model."""
+        return None
+
+    def predicted_bytes(self, call) -> int:
+        """Device memory the call allocates beyond its inputs and output, forward and backward."""
+        return 0
+
+    def run(self, call) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"<candidate {self.name}>"
+
+
+@dataclass(frozen=True)
+class OpCandidates:
+    """An op's candidates and how it picks among them without timing.
+
+    predicted_choice(call, runnable, requested) names the candidate the op runs where nothing is timed: the cost
+    model's pick on CUDA, the measured rules on CPU. It is the same on every rank for the same call.
+    narrow(call, pool) applies the op's own overrides (a forced Triton strategy, a forced torch form).
+    preference is the fixed order that breaks ties within 5% on CPU."""
+    op: str
+    candidates: tuple
+    predicted_choice: Callable
+    narrow: Callable
+    preference: tuple
+
+    @property
+    def names(self) -> tuple:
+        return tuple(c.name for c in self.candidates)
+
+    def get(self, name: str) -> Candidate:
+        for c in self.candidates:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def of_backend(self, name: str) -> tuple:
+        return tuple(c for c in self.candidates if c.backend == name)
+
+
+REGISTRY: dict = {}
+
+
+def register(op_candidates: OpCandidates) -> OpCandidates:
+    REGISTRY[op_candidates.op] = op_candidates
+    return op_candidates
+
+
+def candidates(op: str) -> tuple:
+    """The names impl= accepts for `op` besides "auto" and the backends, in the op's order of preference."""
+    if op not in REGISTRY:
+        raise ValueError(f"candidates(op): expected one of {tuple(REGISTRY)}, got {op!r}")
+    return REGISTRY[op].names
+
+
+def check_impl_name(op: str, impl, source: str) -> None:
+    allowed = ("auto",) + BACKENDS + REGISTRY[op].names
+    if impl not in allowed:
+        raise ValueError(f"{source}: expected one of {('auto',) + BACKENDS} or a candidate {REGISTRY[op].names}, "
+                         f"got {impl!r}")
+
+
+def deterministic_mode() -> str:
+    """"error" under torch.use_deterministic_algorithms(True), "warn" with warn_only=True, else "off"."""
+    if not torch.are_deterministic_algorithms_enabled():
+        return "off"
+    return "warn" if torch.is_deterministic_algorithms_warn_only_enabled() else "error"
+
+
+_warned_nondeterministic: set = set()
+
+
+def _warn_nondeterministic(candidate: Candidate) -> None:
+    if candidate.name not in _warned_nondeterministic:
+        _warned_nondeterministic.add(candidate.name)
+        warnings.warn(f"{candidate.name} is not deterministic ({candidate.atomics}); it runs because "
+                      "torch.use_deterministic_algorithms was set with warn_only=True", stacklevel=4)
+
+
+def choose(op: str, impl: str, call, *, empty: bool = False) -> Candidate:
+    """The candidate that runs `call` for the user's impl argument, or BackendUnavailableError naming each
+    refused candidate's reasons. An empty call (no output elements, which the op returns itself) only checks
+    that the request can run: nothing is timed or predicted for it."""
+    from . import autotune
+    entry = REGISTRY[op]
+    check_impl_name(op, impl, f"{op}(impl=...)")
+    requested = backend.forced_impl(op, allowed=entry.names) if impl == "auto" else impl
+    determinism = deterministic_mode()
+    if requested in entry.names:
+        candidate = entry.get(requested)
+        reasons = candidate.not_supported_reasons(call)
+        if reasons:
+            raise BackendUnavailableError(f"{op}: impl={requested!r} is unavailable: {'; '.join(reasons)}")
+        if candidate.atomics and determinism == "error":
+            raise NondeterministicBackendError(
+                f"{op}: impl={requested!r} is not deterministic ({candidate.atomics}) and "
+                "torch.use_deterministic_algorithms(True) is on; choose a deterministic candidate, or pass "
+                "warn_only=True")
+        if candidate.atomics and determinism == "warn":
+            _warn_nondeterministic(candidate)
+        return candidate
+    pool = entry.narrow(call, entry.candidates if requested == "auto" else entry.of_backend(requested))
+    runnable, refused = [], []
+    for candidate in pool:
+        reasons = candidate.not_supported_reasons(call)
+        if not reasons and candidate.atomics and determinism == "error" and requested == "auto":
+            reasons = [f"not deterministic ({candidate.atomics}) under torch.use_deterministic_algorithms(True)"]
+        (refused.append((candidate.name, reasons)) if reasons else runnable.append(candidate.name))
+    if not runnable:
+        why = "; ".join(f"{name}: {', '.join(reasons)}" for name, reasons in refused)
+        raise BackendUnavailableError(f"{op}: impl={requested!r} is unavailable: {why}")
+    if len(runnable) == 1 or empty:
+        name = runnable[0]
+    else:
+        name = autotune.decide(entry, requested, tuple(runnable), call)
+    candidate = entry.get(name)
+    if candidate.atomics and determinism == "warn":
+        _warn_nondeterministic(candidate)
+    return candidate
