@@ -1,7 +1,7 @@
 """Static kernel report: AOT-compile every Triton config the dispatcher can pick, for sm_80 and sm_90,
 and read registers, shared memory, spills and tensor-core instructions from the cubin; then read the same
-from every kernel of the built CUDA extension (gigagan_kernels._C, compiled by setup.py for sm_80 and
-sm_90). Needs no GPU.
+from every kernel of the built CUDA extension (gigagan_kernels._C, compiled by `python -m gigagan_kernels
+build-cuda` for sm_80 and sm_90). Needs no GPU.
 
     python -m benchmarks.kernel_report            # print the table
     python -m benchmarks.kernel_report --check    # also exit 1 on a compile error, a spill, or a
@@ -136,9 +136,8 @@ _CUDA_DTYPES = {"float": "fp32", "__half": "fp16", "__nv_bfloat16": "bf16"}
 
 
 def cuda_extension_path() -> str | None:
-    import importlib.util
-    spec = importlib.util.find_spec("gigagan_kernels._C")
-    return spec.origin if spec is not None else None
+    from gigagan_kernels import cuda_extension
+    return cuda_extension.built_library()
 
 
 def _demangle(names):
@@ -232,7 +231,8 @@ def main(argv=None) -> int:
     table = format_table(rows)
     print(table)
     if cuda_extension_path() is None:
-        print("\nCUDA extension gigagan_kernels._C not built: its kernels are not in this report")
+        print("\nCUDA extension gigagan_kernels._C not built (python -m gigagan_kernels build-cuda): its kernels are "
+              "not in this report")
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(table + "\n")

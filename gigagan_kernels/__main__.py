@@ -1,10 +1,15 @@
 """`python -m gigagan_kernels`: what runs here and why not, in the spirit of `python -m xformers.info`.
 
 Versions, the device, each op's backends (usable, or the reason not), what impl="auto" picks at the benchmark
-shapes, and how the CUDA extension was built (from the extension itself).
+shapes, and how the CUDA extension was built (from the extension itself). It compiles nothing.
+
+    python -m gigagan_kernels               the report
+    python -m gigagan_kernels --version     the version
+    python -m gigagan_kernels build-cuda    compile the CUDA extension now, ahead of its first use (CI, GPU jobs)
 """
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import importlib.util
 import os
@@ -13,7 +18,7 @@ import sys
 
 import torch
 
-from . import __version__, backend
+from . import __version__, backend, cuda_extension
 
 OPS = ("adaptive_modconv2d", "attention")
 
@@ -130,14 +135,14 @@ def auto_rows(device: torch.device) -> list[tuple[str, str]]:
 
 
 def extension_rows() -> list[tuple[str, str]]:
-    try:
-        from . import _C
-    except ImportError as e:
-        why = ("not built: " + ("torch is a CPU-only build" if torch.version.cuda is None else
-                                "no nvcc at install time, or GIGAGAN_KERNELS_BUILD_CUDA=0 (README: Install)"))
-        return [("gigagan_kernels._C", f"{why} [{type(e).__name__}: {e}]")]
-    info = _C.build_info()
-    rows = [("gigagan_kernels._C", _C.__file__)]
+    module = cuda_extension.load()
+    if module is None:
+        return [("gigagan_kernels._C", cuda_extension.unavailable_reason())]
+    info = module.build_info()
+    rows = [("gigagan_kernels._C", module.__file__)]
+    record = cuda_extension.build_record(os.path.dirname(module.__file__)) or {}
+    if "seconds" in record:
+        rows.append(("compiled", f"{record.get('built', '?')} in {record['seconds']:.0f} s"))
     rows += [(key, str(value)) for key, value in info.items()]
     rows.append(("ops", ", ".join(f"{op}: {'yes' if backend.cuda_extension_has(op) else 'no'}" for op in OPS)))
     return rows
@@ -157,6 +162,24 @@ def report() -> str:
         lines += [f"  {k:<{width}}  {v}" for k, v in rows]
         lines.append("")
     return "\n".join(lines)
+
+
+def build_cuda(args) -> int:
+    """Compile the extension unless this version is built (then say so); one line on stderr when it cannot be."""
+    built = cuda_extension.built_library()
+    if built is not None:
+        print(f"gigagan_kernels build-cuda: up to date: {built}")
+        return 0
+    if args.skip_without_toolchain and cuda_extension.toolchain_problem() is not None:
+        print(f"gigagan_kernels build-cuda: skipped: {cuda_extension.toolchain_problem()}", file=sys.stderr)
+        return 0
+    try:
+        library = cuda_extension.build(verbose=args.verbose)
+    except (cuda_extension.CudaExtensionUnavailable, RuntimeError) as e:   # RuntimeError: the compiler's errors
+        print(f"gigagan_kernels build-cuda: {e}", file=sys.stderr)
+        return 1
+    print(f"gigagan_kernels build-cuda: built {library}")
+    return 0
 
 
 def autotune_command(args) -> int:
@@ -186,11 +209,14 @@ def autotune_command(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    import argparse
-    parser = argparse.ArgumentParser(prog="python -m gigagan_kernels",
-                                     description="What runs here and why not; with a command, manage it.")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gigagan_kernels", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"gigagan_kernels {__version__}")
     commands = parser.add_subparsers(dest="command")
+    build = commands.add_parser("build-cuda", help="compile the CUDA extension now (nothing when already built)")
+    build.add_argument("--verbose", action="store_true", help="print the compiler's commands and output")
+    build.add_argument("--skip-without-toolchain", action="store_true",
+                       help="exit 0, saying why, where there is no nvcc or torch is a CPU-only build")
     tune = commands.add_parser("autotune", help="show, clear, export or import auto's measured decisions")
     action = tune.add_mutually_exclusive_group()
     action.add_argument("--show", action="store_true", help="list the decisions (the default)")
@@ -199,6 +225,8 @@ def main(argv=None) -> int:
     action.add_argument("--import", dest="import_file", metavar="FILE",
                         help="merge the decisions of an exported FILE into this machine's cache")
     args = parser.parse_args(argv)
+    if args.command == "build-cuda":
+        return build_cuda(args)
     if args.command == "autotune":
         return autotune_command(args)
     print(report())

@@ -16,6 +16,8 @@ import threading
 
 import torch
 
+from . import cuda_extension
+
 IMPLS = ("ref", "torch", "triton", "cuda")
 ENV_VAR = "GIGAGAN_KERNELS_IMPL"
 
@@ -57,17 +59,17 @@ def triton_installed() -> bool:
     return _TRITON_INSTALLED
 
 
-def cuda_extension_ops():
-    """The torch.ops namespace of the compiled extension, or None when it is not built."""
-    try:
-        from . import _C  # noqa: F401  (importing registers the ops)
-    except ImportError:
+def cuda_extension_ops(allow_compile: bool = False):
+    """The torch.ops namespace of the CUDA extension once it is loaded, else None. It loads when already compiled
+    for these sources and this torch; allow_compile=True (an explicit impl="cuda") compiles it first if need be
+    (gigagan_kernels/cuda_extension.py). impl="auto" never compiles."""
+    if not cuda_extension.available(allow_compile):
         return None
     return torch.ops.gigagan_kernels_cuda
 
 
 def cuda_extension_has(op: str) -> bool:
-    """Whether the built extension registers <op>_forward and <op>_backward."""
+    """Whether the loaded extension registers <op>_forward and <op>_backward."""
     ops = cuda_extension_ops()
     if ops is None:
         return False
@@ -75,8 +77,8 @@ def cuda_extension_has(op: str) -> bool:
 
 
 def cuda_op(op: str):
-    """gigagan_kernels_cuda::<op>_forward (its fake kernels and autograd are registered when the op's module is
-    imported: fused_op.register_cuda_op)."""
+    """gigagan_kernels_cuda::<op>_forward (its fake kernels and autograd are registered as the extension loads:
+    fused_op.register_cuda_op)."""
     return getattr(cuda_extension_ops(), f"{op}_forward")
 
 
@@ -112,8 +114,11 @@ def forced_impl(op: str, allowed: tuple) -> str:
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def unavailable_reason(impl: str, device: torch.device, op: str, dtype: torch.dtype | None = None) -> str | None:
-    """Why `impl` cannot run `op` on `device` (and inputs of `dtype`, when given), or None when it can."""
+def unavailable_reason(impl: str, device: torch.device, op: str, dtype: torch.dtype | None = None, *,
+                       allow_compile: bool = False) -> str | None:
+    """Why `impl` cannot run `op` on `device` (and inputs of `dtype`, when given), or None when it can.
+    allow_compile: compile the CUDA extension if it is not (raises cuda_extension.CudaExtensionUnavailable when
+    that fails)."""
     if impl in ("ref", "torch"):
         return None
     if dtype is not None and dtype not in KERNEL_DTYPES:
@@ -130,9 +135,8 @@ def unavailable_reason(impl: str, device: torch.device, op: str, dtype: torch.dt
     if impl == "cuda":
         if device.type != "cuda":
             return f"the CUDA extension needs CUDA tensors (got {device.type})"
-        ops = cuda_extension_ops()
-        if ops is None:
-            return "the CUDA extension gigagan_kernels._C is not built (see README: building the CUDA extension)"
+        if cuda_extension_ops(allow_compile) is None:
+            return cuda_extension.unavailable_reason()
         if not cuda_extension_has(op):
             return f"the CUDA extension has no ops {op}_forward / {op}_backward"
         return None

@@ -120,6 +120,18 @@ def _warn_nondeterministic(candidate: Candidate) -> None:
                       "torch.use_deterministic_algorithms was set with warn_only=True", stacklevel=4)
 
 
+def _compile_cuda_extension(op: str, requested: str, call) -> None:
+    """An explicit request for the CUDA extension compiles it on first use (auto never does); CPU tensors and
+    dtypes the kernels do not take are refused by the candidates' reasons before anything compiles."""
+    if call.device.type != "cuda" or call.tensors()[0].dtype not in backend.KERNEL_DTYPES:
+        return
+    from .cuda_extension import CudaExtensionUnavailable
+    try:
+        backend.cuda_extension_ops(allow_compile=True)
+    except CudaExtensionUnavailable as e:
+        raise BackendUnavailableError(f"{op}: impl={requested!r} is unavailable: {e}") from e
+
+
 def choose(op: str, impl: str, call, *, empty: bool = False) -> Candidate:
     """The candidate that runs `call` for the user's impl argument, or BackendUnavailableError naming each
     refused candidate's reasons. An empty call (no output elements, which the op returns itself) only checks
@@ -128,6 +140,8 @@ def choose(op: str, impl: str, call, *, empty: bool = False) -> Candidate:
     entry = REGISTRY[op]
     check_impl_name(op, impl, f"{op}(impl=...)")
     requested = backend.forced_impl(op, allowed=entry.names) if impl == "auto" else impl
+    if requested != "auto" and requested.split(":")[0] == "cuda":
+        _compile_cuda_extension(op, requested, call)
     determinism = deterministic_mode()
     if requested in entry.names:
         candidate = entry.get(requested)

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from . import backend
+from . import cuda_extension
 
 
 def reference_vjp(reference: Callable, inputs: tuple, grad_out: torch.Tensor) -> tuple:
@@ -43,13 +43,16 @@ def register_autograd(op, setup_context: Callable, first_order: Callable, refere
 
 
 def register_cuda_op(op_name: str, forward_fake: Callable, backward_fake: Callable, setup_context: Callable,
-                     first_order: Callable, reference_grads: Callable) -> bool:
+                     first_order: Callable, reference_grads: Callable) -> None:
     """Give the CUDA extension's gigagan_kernels_cuda::<op_name>_forward and _backward their fake kernels and the
-    forward its autograd (the C++ side registers only CUDA kernels), at import, so raw torch.ops calls have them
-    too. False when the extension is absent or lacks the op."""
-    if not backend.cuda_extension_has(op_name):
-        return False
-    torch.library.register_fake(f"gigagan_kernels_cuda::{op_name}_forward")(forward_fake)
-    torch.library.register_fake(f"gigagan_kernels_cuda::{op_name}_backward")(backward_fake)
-    register_autograd(f"gigagan_kernels_cuda::{op_name}_forward", setup_context, first_order, reference_grads)
-    return True
+    forward its autograd (the C++ side registers only CUDA kernels) as soon as the extension loads (it compiles on
+    first use), so raw torch.ops calls have them too. Nothing happens if the extension lacks the op."""
+    def register():
+        ops = torch.ops.gigagan_kernels_cuda
+        if not all(hasattr(ops, f"{op_name}_{part}") for part in ("forward", "backward")):
+            return
+        torch.library.register_fake(f"gigagan_kernels_cuda::{op_name}_forward")(forward_fake)
+        torch.library.register_fake(f"gigagan_kernels_cuda::{op_name}_backward")(backward_fake)
+        register_autograd(f"gigagan_kernels_cuda::{op_name}_forward", setup_context, first_order, reference_grads)
+
+    cuda_extension.on_load(register)

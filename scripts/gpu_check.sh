@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command for a lent GPU machine (torch 2.11 + triton 3.6 + nvcc preinstalled, no package index).
 # Phases, each under its own time limit so that one slow phase cannot cost the others their results:
-#   build  the CUDA extension against this machine's torch (sm_90 unless TORCH_CUDA_ARCH_LIST says otherwise),
+#   build  the CUDA extension against this machine's torch (sm_90 unless TORCH_CUDA_ARCH_LIST says otherwise), with
+#          `python -m gigagan_kernels build-cuda`, into the user cache (once per version of csrc/ and torch),
 #   model  meanwhile, the model tests on the GPU (ref, torch and Triton; not the extension);
 #   cuda   first once the extension is built: every impl="cuda" test (each xdist worker a process of its own, so
 #          a crash loses one test, not the verdicts of the others), then compute-sanitizer memcheck on a small
@@ -26,6 +27,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# The extension's targets are part of its build folder's name: the build and every process that loads it agree.
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 PY=${PYTHON:-python3}
 OUT_DIR=$(mkdir -p "${OUT:-benchmarks/results}" && cd "${OUT:-benchmarks/results}" && pwd)
 WORK=$(mktemp -d)
@@ -53,8 +56,9 @@ fi
 
 say "phases ${PHASES//,/ }"
 if want build; then
-  ( GIGAGAN_KERNELS_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-8} \
-      timeout 240 "$PY" setup.py build_ext --inplace > "$OUT_DIR/cuda_build.log" 2>&1 ) &
+  # Into the user cache, where every later impl="cuda" use (the test workers, the benchmarks) finds it.
+  ( MAX_JOBS=${MAX_JOBS:-8} timeout 240 "$PY" -m gigagan_kernels build-cuda --verbose \
+      > "$OUT_DIR/cuda_build.log" 2>&1 ) &
   build_pid=$!
 fi
 if want model; then

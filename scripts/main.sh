@@ -10,7 +10,7 @@
 # comes first, so a faster machine trains on more images in the same time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Without a GPU the CUDA extension cannot run, so the main job skips its build (1.5 min on 2 cores);
+# Without a GPU the CUDA extension cannot run, so the main job skips building it ahead (1.5-3 min on 2 cores);
 # the test command builds it. GIGAGAN_KERNELS_BUILD_CUDA set by the caller wins.
 if ! { command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; }; then
   export GIGAGAN_KERNELS_BUILD_CUDA=${GIGAGAN_KERNELS_BUILD_CUDA:-0}

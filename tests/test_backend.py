@@ -1,4 +1,6 @@
 """Backend dispatch: auto, the env var, the context manager, and errors for unavailable backends."""
+import os
+
 import pytest
 import torch
 
@@ -173,24 +175,31 @@ CUDA_OPS = {
 
 
 def _toolchain_present() -> bool:
-    import os
-    from torch.utils.cpp_extension import CUDA_HOME
-    return torch.version.cuda is not None and (os.path.isfile("/usr/local/cuda/bin/nvcc") or CUDA_HOME is not None)
+    from gigagan_kernels import cuda_extension
+    return cuda_extension.toolchain_problem() is None
 
 
 @pytest.mark.skipif(not _toolchain_present(), reason="needs a CUDA build of torch and nvcc to build the extension")
 def test_cuda_extension_builds_and_registers_its_ops():
-    """setup.py built gigagan_kernels._C (CI has nvcc and the CUDA torch); importing it registers every op with
-    the documented schema, and importing gigagan_kernels gives each a fake kernel and the forwards their
-    autograd, so raw torch.ops calls propagate shapes and gradients without a GPU."""
+    """The first impl="cuda" use compiles gigagan_kernels._C (CI has nvcc and the CUDA torch; its setup built it
+    ahead, with `python -m gigagan_kernels build-cuda`, so this finds it built). Loading it registers every op with
+    the documented schema and gives each a fake kernel and the forwards their autograd, so raw torch.ops calls
+    propagate shapes and gradients without a GPU."""
     from torch._subclasses.fake_tensor import FakeTensorMode
+    from gigagan_kernels import cuda_extension
+    # What the dispatcher asks before it runs an explicit impl="cuda" (only the device's type matters, so no GPU
+    # is needed); it compiles the extension if need be.
+    for op in ("adaptive_modconv2d", "attention"):
+        assert backend.unavailable_reason("cuda", torch.device("cuda"), op, allow_compile=True) is None
     ops = backend.cuda_extension_ops()
-    assert ops is not None, "gigagan_kernels._C did not build or import: run `pip install --no-build-isolation -e .`"
+    assert ops is not None and backend.cuda_extension_has("attention")
+    library = cuda_extension.built_library()
+    assert os.path.dirname(library) == cuda_extension.build_dir()
+    assert cuda_extension.build_record(cuda_extension.build_dir())["cuda_archs"] == cuda_extension.arch_list()
+    from gigagan_kernels import _C                                    # the pybind module under its package name
+    assert _C.__file__ == library and callable(_C.modconv_plan_weights)
     for name, schema in CUDA_OPS.items():
         assert str(getattr(ops, name).default._schema) == f"gigagan_kernels_cuda::{name}{schema}"
-    # What the dispatcher asks before it runs impl="cuda" (only the device's type matters, so no GPU is needed).
-    for op in ("adaptive_modconv2d", "attention"):
-        assert backend.cuda_extension_has(op) and backend.unavailable_reason("cuda", torch.device("cuda"), op) is None
     assert not backend.cuda_extension_has("no_such_op")
     with FakeTensorMode():
         x = torch.empty(2, 4, 5, 7, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -202,7 +211,7 @@ def test_cuda_extension_builds_and_registers_its_ops():
         assert kept.shape == (2, 6, 4 * 9)                               # the weights fit half the workspace
         assert ops.adaptive_modconv2d_forward(x, bank, logits, style, None, None, True, 1e-8, "lrelu", 1.4, None,
                                               True, 100, True)[3].shape == (0,)
-        assert y.grad_fn is not None                                     # autograd registered at import
+        assert y.grad_fn is not None                                     # autograd registered as it loaded
         grads = ops.adaptive_modconv2d_backward(y, x, bank, logits, style, None, None, lin, d, kept, True, "lrelu",
                                                 1.4, None, 2**20)
         assert [g.shape for g in grads] == [x.shape, bank.shape, logits.shape, style.shape, (0,), (0,)]

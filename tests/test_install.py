@@ -1,11 +1,12 @@
-"""The package as pip installs it: the ops need only torch, triton and numpy; the model and trainer name the
-extra that installs what they miss."""
+"""The package as pip installs it: the ops need only torch, triton, numpy and ninja; the model and trainer name the
+extra that installs what they miss. The sdist and wheel carry the CUDA sources."""
 import os
 import re
 import subprocess
 import sys
 import textwrap
 import tomllib
+import zipfile
 
 import pytest
 import torch
@@ -53,7 +54,7 @@ def test_every_optional_package_is_in_its_extra():
     for module, (package, extra) in PACKAGES.items():
         names = [req.split(">")[0].split("=")[0].split("[")[0].strip().lower() for req in extras[extra]]
         assert package.lower() in names, (module, package, extra, extras[extra])
-    assert set(project["dependencies"]) == {"torch>=2.11", "triton>=3.6", "numpy"}
+    assert set(project["dependencies"]) == {"torch>=2.11", "triton>=3.6", "numpy", "ninja"}
     assert project["scripts"]["gigagan"] == "gigagan.__main__:main"
 
 
@@ -71,14 +72,15 @@ def test_environment_report():
     assert re.search(r"^  attention triton +" + ("available" if torch.cuda.is_available() else
                                                  "unavailable: Triton kernels need CUDA tensors"), out, re.M)
     assert "attention self_4096_masked" in out and "adaptive_modconv2d lowres_8x8" in out
-    from gigagan_kernels import backend
-    if backend.cuda_extension_ops() is not None:
-        from gigagan_kernels import _C
-        info = _C.build_info()
-        assert info["cuda_archs"] == "8.0;9.0" and info["cuda_runtime_built"] == torch.version.cuda
-        assert re.search(r"^  cuda_archs +8\.0;9\.0$", out, re.M)
+    from gigagan_kernels import cuda_extension
+    module = cuda_extension.load()                       # never compiles, as the report does not
+    if module is not None:
+        info, archs = module.build_info(), cuda_extension.arch_list()
+        assert info["cuda_archs"] == archs and info["cuda_runtime_built"] == torch.version.cuda
+        assert re.search(rf"^  cuda_archs +{re.escape(archs)}$", out, re.M)
+        assert re.search(r"^  compiled +\S+ in \d+ s$", out, re.M)
     else:
-        assert "gigagan_kernels._C" in out and "not built" in out
+        assert re.search(r"^  gigagan_kernels\._C +the CUDA extension gigagan_kernels\._C is not built", out, re.M)
 
 
 def test_tensorboard_missing_degrades_to_a_warning(tmp_path):
@@ -111,3 +113,93 @@ def test_bench_without_a_checkout_says_so(monkeypatch, capsys):
     assert main(["bench"]) == 2
     err = capsys.readouterr().err.strip()
     assert "a checkout of the repository" in err and len(err.splitlines()) == 1
+
+
+def _pins(path):
+    """{name: version} of the `name==version` lines of a requirements file."""
+    with open(os.path.join(ROOT, path)) as f:
+        pairs = (line.split("#")[0].strip().split("==") for line in f)
+        return {p[0].lower(): p[1] for p in pairs if len(p) == 2}
+
+
+def test_the_cpu_only_torch_is_the_pinned_release():
+    """requirements-cpu.txt swaps in the CPU-only builds (local version +cpu) of the torch and torchvision releases
+    that requirements.txt pins; pip counts 2.14.1+cpu as satisfying ==2.14.1, so the two files agree."""
+    pinned, cpu = _pins("requirements.txt"), _pins("requirements-cpu.txt")
+    assert set(cpu) == {"torch", "torchvision"}
+    for name, version in cpu.items():
+        assert version == pinned[name] + "+cpu", (name, version, pinned[name])
+    with open(os.path.join(ROOT, "requirements-cpu.txt")) as f:
+        assert "--extra-index-url https://download.pytorch.org/whl/cpu\n" in f.read()
+
+
+def test_a_bad_build_switch_names_the_variable(tmp_path):
+    env = dict(os.environ, GIGAGAN_KERNELS_BUILD_CUDA="yes")
+    proc = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "GIGAGAN_KERNELS_BUILD_CUDA='yes': expected 1 (compile the CUDA extension now) or 0 / unset" in proc.stderr
+
+
+CSRC = sorted(name for name in os.listdir(os.path.join(ROOT, "csrc")) if name.endswith((".cpp", ".cu", ".h", ".cuh")))
+
+
+def test_the_wheel_and_sdist_carry_the_cuda_sources_and_install(tmp_path):
+    """`python -m build` (sdist, then the wheel from the sdist) ships csrc/ as gigagan_kernels/csrc, the licence
+    and py.typed; the wheel installs into a fresh venv, imports there, and finds the build folder that a checkout
+    fills: an installed user compiles the same sources once, and never a second time."""
+    pytest.importorskip("build", reason="`python -m build` needs the build package (requirements.txt)")
+    dist = tmp_path / "dist"
+    # --no-isolation: the build runs on this environment's setuptools, so the test downloads nothing.
+    proc = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), ROOT],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    import gigagan_kernels
+    version = gigagan_kernels.__version__
+    wheel = dist / f"gigagan_kernels-{version}-py3-none-any.whl"
+    sdist = dist / f"gigagan_kernels-{version}.tar.gz"
+    assert wheel.is_file() and sdist.is_file(), os.listdir(dist)
+    import tarfile
+    with tarfile.open(sdist) as tar:
+        names = set(tar.getnames())
+    top = f"gigagan_kernels-{version}"
+    assert {f"{top}/csrc/{name}" for name in CSRC} <= names
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        metadata = z.read(f"gigagan_kernels-{version}.dist-info/METADATA").decode()
+    assert {f"gigagan_kernels/csrc/{name}" for name in CSRC} <= names
+    assert "gigagan_kernels/cuda_extension.py" in names
+    assert not any(n.startswith(("benchmarks/", "tests/")) or n.endswith(".so") for n in names)
+    assert "Requires-Dist: ninja" in metadata
+
+    # A fresh venv, as on a machine whose system python has torch: --system-site-packages. Here the system
+    # python has none, so a .pth lends it this environment's packages (torch, triton); the .pth files in there,
+    # this checkout's editable install among them, are not read, so `gigagan_kernels` is the wheel's.
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], check=True,
+                   timeout=300)
+    python = str(venv / "bin" / "python")
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    import site as this_site
+    with open(os.path.join(site, "lent.pth"), "w") as f:
+        f.write("\n".join(this_site.getsitepackages()) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index",
+                           "--no-build-isolation", str(wheel)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    check = ("import gigagan, gigagan_kernels, gigagan_kernels.nn\n"
+             "from gigagan_kernels import cuda_extension\n"
+             "print(gigagan_kernels.__file__)\nprint(gigagan.__file__)\n"
+             "print(cuda_extension.source_dir())\nprint(cuda_extension.build_dir())\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TRITON_INTERPRET")}
+    proc = subprocess.run([python, "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    kernels_file, gigagan_file, sources, folder = proc.stdout.split()
+    for path in (kernels_file, gigagan_file, sources):
+        assert path.startswith(site), (path, site)
+    assert set(CSRC) <= set(os.listdir(sources))
+    from gigagan_kernels import cuda_extension
+    assert folder == cuda_extension.build_dir()
+    proc = subprocess.run([python, "-m", "gigagan_kernels", "--version"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.stdout == f"gigagan_kernels {version}\n", proc.stderr[-2000:]
