@@ -39,6 +39,7 @@ setup(
     # csrc/ stays at the repository root (one stem per op, beside the Python package); installed, it is a data
     # folder inside the package. Not a Python package: it has no __init__.py.
     package_dir={"gigagan_kernels.csrc": "csrc"},
-    package_data={"gigagan_kernels.csrc": ["*.cpp", "*.cu", "*.h", "*.cuh"]},
+    package_data={"gigagan_kernels.csrc": ["*.cpp", "*.cu", "*.h", "*.cuh"],
+                  "gigagan_kernels": ["py.typed"], "gigagan": ["py.typed"]},
     cmdclass={"build_py": BuildPyThenCuda},
 )

@@ -10,4 +10,4 @@ from .dispatcher import NondeterministicBackendError, candidates
 
 __all__ = ["adaptive_modconv2d", "adaptive_modconv2d_ref", "attention", "attention_ref", "use_impl", "candidates",
            "tune", "autotune_report", "BackendUnavailableError", "NondeterministicBackendError"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

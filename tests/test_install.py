@@ -1,5 +1,5 @@
 """The package as pip installs it: the ops need only torch, triton, numpy and ninja; the model and trainer name the
-extra that installs what they miss. The sdist and wheel carry the CUDA sources."""
+extra that installs what they miss. The sdist and wheel carry the CUDA sources, the licence and py.typed."""
 import os
 import re
 import subprocess
@@ -115,6 +115,30 @@ def test_bench_without_a_checkout_says_so(monkeypatch, capsys):
     assert "a checkout of the repository" in err and len(err.splitlines()) == 1
 
 
+def test_the_version_is_one_fact_that_the_package_prints():
+    import gigagan_kernels
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        config = tomllib.load(f)
+    assert "version" not in config["project"] and "version" in config["project"]["dynamic"]
+    assert config["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "gigagan_kernels.__version__"}
+    proc = subprocess.run([sys.executable, "-m", "gigagan_kernels", "--version"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout == f"gigagan_kernels {gigagan_kernels.__version__}\n", proc.stderr
+    with open(os.path.join(ROOT, "CHANGELOG.md")) as f:
+        assert f"\n## {gigagan_kernels.__version__} " in f.read()
+
+
+def test_licence_and_typing_markers():
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]
+    with open(os.path.join(ROOT, "LICENSE")) as f:
+        text = f.read()
+    assert text.startswith("MIT License\n") and "Copyright (c) 2026 the gigagan-kernels authors" in text
+    for package in ("gigagan_kernels", "gigagan"):
+        assert os.path.isfile(os.path.join(ROOT, package, "py.typed"))
+
+
 def _pins(path):
     """{name: version} of the `name==version` lines of a requirements file."""
     with open(os.path.join(ROOT, path)) as f:
@@ -164,13 +188,15 @@ def test_the_wheel_and_sdist_carry_the_cuda_sources_and_install(tmp_path):
         names = set(tar.getnames())
     top = f"gigagan_kernels-{version}"
     assert {f"{top}/csrc/{name}" for name in CSRC} <= names
+    assert {f"{top}/LICENSE", f"{top}/CHANGELOG.md", f"{top}/gigagan/py.typed"} <= names
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         metadata = z.read(f"gigagan_kernels-{version}.dist-info/METADATA").decode()
     assert {f"gigagan_kernels/csrc/{name}" for name in CSRC} <= names
-    assert "gigagan_kernels/cuda_extension.py" in names
+    assert {"gigagan_kernels/py.typed", "gigagan/py.typed", f"gigagan_kernels-{version}.dist-info/licenses/LICENSE",
+            "gigagan_kernels/cuda_extension.py"} <= names
     assert not any(n.startswith(("benchmarks/", "tests/")) or n.endswith(".so") for n in names)
-    assert "Requires-Dist: ninja" in metadata
+    assert "License-Expression: MIT" in metadata and "Requires-Dist: ninja" in metadata
 
     # A fresh venv, as on a machine whose system python has torch: --system-site-packages. Here the system
     # python has none, so a .pth lends it this environment's packages (torch, triton); the .pth files in there,
