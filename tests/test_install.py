@@ -1,7 +1,8 @@
-"""The package as pip installs it: the ops need only torch, triton, numpy and ninja; the model and trainer name the
-extra that installs what they miss. The sdist and wheel carry the CUDA sources, the licence and py.typed."""
+"""The package as pip installs it: the ops need only torch, triton, numpy and ninja; the model and trainer give a
+pip command that installs what they miss. The sdist and wheel carry the CUDA sources, the licence and py.typed."""
 import os
 import re
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -28,12 +29,28 @@ def test_the_ops_import_without_any_extra():
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+# What a missing extra's message tells a user of this checkout to run: no package index has gigagan-kernels.
+TRAIN_COMMAND = f"pip install -e {shlex.quote(ROOT + '[train]')}"
+
+
 @pytest.mark.parametrize("module, package", [("open_clip", "open_clip_torch"), ("safetensors", "safetensors"),
                                              ("PIL", "pillow")])
 def test_the_model_names_the_extra_it_misses(module, package):
     proc = run_blocked([module], "import gigagan")
     assert proc.returncode != 0
-    assert f"needs {package}, which is not installed: pip install 'gigagan-kernels[train]'" in proc.stderr
+    assert f"needs {package}, which is not installed: {TRAIN_COMMAND}\n" in proc.stderr
+
+
+def test_the_install_command_works_from_a_checkout_and_from_a_wheel(monkeypatch):
+    """From a checkout: the extra of that checkout, by path, so it works from any folder. From an installed wheel
+    (no checkout): the package itself."""
+    from gigagan import extras
+    assert extras.checkout_root() == ROOT and os.path.isfile(os.path.join(ROOT, "pyproject.toml"))
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        assert "train" in tomllib.load(f)["project"]["optional-dependencies"]
+    assert extras.install_command("open_clip_torch", "train") == TRAIN_COMMAND
+    monkeypatch.setattr(extras, "checkout_root", lambda: None)
+    assert extras.install_command("scipy", "eval") == "pip install scipy (the [eval] extra of gigagan-kernels)"
 
 
 def test_a_missing_plotting_package_names_its_extra():
@@ -42,8 +59,7 @@ def test_a_missing_plotting_package_names_its_extra():
             "except ImportError as e:\n    print('ImportError:', e)\n")
     proc = run_blocked(["matplotlib"], code)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "ImportError: the loss plot needs matplotlib, which is not installed: pip install 'gigagan-kernels[train]'" \
-        in proc.stdout
+    assert f"ImportError: the loss plot needs matplotlib, which is not installed: {TRAIN_COMMAND}\n" in proc.stdout
 
 
 def test_every_optional_package_is_in_its_extra():
