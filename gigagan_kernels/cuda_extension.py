@@ -37,6 +37,7 @@ PACKAGE_MODULE = "gigagan_kernels._C"
 RECORD = "gigagan_kernels_build.json"    # written last, so its presence means "built"
 COMPILED = ("*.cpp", "*.cu")
 HASHED = COMPILED + ("*.h", "*.cuh")
+CXX_FLAGS = ("-O3", "-std=c++20")
 # The .cu files include no torch headers (kernels only), so nvcc stays at C++17 and compiles fast.
 NVCC_FLAGS = ("-O3", "-std=c++17", "--use_fast_math", "-lineinfo", "-Xptxas=-v")
 
@@ -75,7 +76,7 @@ def _library_headers() -> list[str]:
 def _cxx_flags(arch: str) -> list[str]:
     # -idirafter: searched after the toolkit's own headers, which they must not shadow (crt/host_defines.h).
     # Quoted: load() writes these flags into the ninja file unquoted, and the shell would eat the define's quotes.
-    flags = ["-O3", "-std=c++20", f'-DGIGAGAN_CUDA_ARCHS="{arch}"']
+    flags = [*CXX_FLAGS, f'-DGIGAGAN_CUDA_ARCHS="{arch}"']
     flags += [flag for d in _library_headers() for flag in ("-idirafter", d)]
     return [shlex.quote(flag) for flag in flags]
 
@@ -91,7 +92,7 @@ def version_key(directory: str | None = None) -> str:
             digest.update(os.path.basename(path).encode() + b"\0" + f.read() + b"\0")
     arch = arch_list()
     # Flags, not paths: the include folders follow from the torch version, which names the folder.
-    digest.update(json.dumps({"archs": arch, "cxx": ["-O3", "-std=c++20"], "nvcc": NVCC_FLAGS}).encode())
+    digest.update(json.dumps({"archs": arch, "cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS}).encode())
     python_tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
     return f"{torch.__version__}-{python_tag}-{digest.hexdigest()[:16]}"
 
