@@ -140,10 +140,12 @@ def _ninja_dir() -> str | None:
     with .venv/bin/python), else the one on PATH."""
     try:
         import ninja
-        return ninja.BIN_DIR
+        if ninja.BIN_DIR and os.path.isfile(os.path.join(ninja.BIN_DIR, "ninja")):
+            return ninja.BIN_DIR
     except ImportError:
-        found = shutil.which("ninja")
-        return os.path.dirname(found) if found else None
+        pass
+    found = shutil.which("ninja")
+    return os.path.dirname(found) if found else None
 
 
 def toolchain_problem(directory: str | None = None) -> str | None:

@@ -14,12 +14,12 @@
 #          one `python -m benchmarks` call;
 #   train  the README's main job on this GPU with what time is left: train the tiny preset, sample, score.
 # GPU_CHECK_PHASES picks some (default: all); GPU_CHECK_SECONDS is the whole script's wall clock.
-# Missing Python packages (open_clip_torch, webdataset, the peer gigagan-pytorch and what it imports: the box has
-# no index) install from .whl/ if present:
+# Missing Python packages (open_clip_torch, webdataset, the peer gigagan-pytorch and what it imports, ninja for the
+# CUDA build: the box has no index) install from .whl/ if present:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
 #       --platform manylinux_2_28_x86_64 --platform any -d .whl open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 \
 #       webdataset==1.0.2 braceexpand==0.1.7 gigagan-pytorch==0.3.0 beartype==0.23.1 einops==0.8.2 kornia==0.9.0 \
-#       kornia-rs==0.2.0 ema-pytorch==0.8.3 numerize==0.12 accelerate==1.15.0 huggingface-hub==2.4.0
+#       kornia-rs==0.2.0 ema-pytorch==0.8.3 numerize==0.12 accelerate==1.15.0 huggingface-hub==2.4.0 ninja==1.13.2
 # A package that still cannot import leaves its provider out of the benchmarks, with the reason in bench.log.
 # Outputs go to $OUT (at most 8 files; the plots, summary and samples in one archive) or benchmarks/results.
 # The trainer tests (test_train, test_data) are CPU tests (torchrun with gloo) and the static kernel report
@@ -48,9 +48,9 @@ verdicts() { for v in PASSED FAILED ERROR SKIPPED; do printf '%s %s  ' "$(grep -
 build_rc=0 model_rc=0 cuda_rc=0 memcheck_rc=0 ops_rc=0 bench_rc=0 train_rc=0
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee -a "$LOG"
-if [ -d .whl ] && ! "$PY" -c "import open_clip" 2>/dev/null; then
+if [ -d .whl ] && ! "$PY" -c "import open_clip, ninja" 2>/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" .whl/*.whl \
-    && export PYTHONPATH="$PYTHONPATH:$WORK/site"
+    && export PYTHONPATH="$PYTHONPATH:$WORK/site" PATH="$PATH:$WORK/site/bin"
 fi
 "$PY" -c "import torch, triton, numpy; print('torch', torch.__version__, 'triton', triton.__version__, 'numpy', numpy.__version__)" | tee -a "$LOG"
 

@@ -196,6 +196,20 @@ def test_auto_decides_alike_under_torch_compile(tmp_path):
     assert proc.returncode == 0 and proc.stdout.split() == ["2.0", "None"], proc.stderr[-3000:]
 
 
+def test_the_toolchain_problem_names_what_is_missing(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert cuda_extension.toolchain_problem() == f"torch {torch.__version__} is a CPU-only build"
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "no_toolkit"))
+    assert cuda_extension.toolchain_problem() == "no nvcc found (install the CUDA toolkit, or set CUDA_HOME)"
+    nvcc = tmp_path / "toolkit" / "bin" / "nvcc"
+    nvcc.parent.mkdir(parents=True)
+    nvcc.write_text("")
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "toolkit"))
+    monkeypatch.setattr(cuda_extension, "_ninja_dir", lambda: None)
+    assert cuda_extension.toolchain_problem() == "ninja is not installed (pip install ninja)"
+
+
 def test_build_cuda_command_without_a_toolchain(fresh_extension_state, monkeypatch, capsys):
     """`python -m gigagan_kernels build-cuda` says in one line why it cannot compile; --skip-without-toolchain
     (what scripts/setup_env.sh passes) exits 0 there."""
