@@ -3,9 +3,9 @@
 impl names a backend ("ref", "torch", "triton", "cuda"), a candidate of the op ("torch:bmm"; see
 gigagan_kernels/dispatcher.py) or "auto". "ref" is each op's readable oracle; "torch" its plain-torch composite
 (any device); "triton" and "cuda" the fused kernels. Here: whether a backend can run at all on a device and dtype
-(unavailable_reason), and what "auto" is forced to, first by the use_impl context manager, then by the
-GIGAGAN_KERNELS_IMPL environment variable. Asking for a backend that cannot run raises; nothing falls back
-silently.
+(unavailable_reason), the CUDA extension's ops, and the thread-local override helper. What "auto" is forced to
+(use_impl, GIGAGAN_KERNELS_IMPL) and the choice itself live in dispatcher.py. Asking for a backend that cannot run
+raises; nothing falls back silently.
 """
 from __future__ import annotations
 
@@ -20,16 +20,6 @@ from . import cuda_extension
 
 IMPLS = ("ref", "torch", "triton", "cuda")
 ENV_VAR = "GIGAGAN_KERNELS_IMPL"
-
-# use_impl's choice, per thread. A thread-local rather than a ContextVar: torch 2.11's dynamo cannot trace
-# ContextVar.get, which broke torch.compile(fullgraph=True) of impl="auto" there; it traces this and
-# guards on it, so a different use_impl recompiles.
-_override = threading.local()
-
-
-def _forced_impl() -> str | None:
-    return getattr(_override, "value", None)
-
 
 @contextlib.contextmanager
 def thread_override(holder: threading.local, value):
@@ -80,34 +70,6 @@ def cuda_op(op: str):
     """gigagan_kernels_cuda::<op>_forward (its fake kernels and autograd are registered as the extension loads:
     fused_op.register_cuda_op)."""
     return getattr(cuda_extension_ops(), f"{op}_forward")
-
-
-@contextlib.contextmanager
-def use_impl(impl: str):
-    """Force what impl="auto" resolves to, e.g. for an A/B run of a whole model: a backend, or a candidate name
-    ("torch:bmm"; gigagan_kernels.candidates(op) lists them), which then applies to the op that has it."""
-    if impl not in IMPLS + ("auto",) and not _is_candidate_name(impl):
-        raise ValueError(f"use_impl(impl): expected one of {IMPLS + ('auto',)} or a candidate name, got {impl!r}")
-    with thread_override(_override, impl):
-        yield
-
-
-def _is_candidate_name(name) -> bool:
-    from .dispatcher import REGISTRY
-    return any(name in entry.names for entry in REGISTRY.values())
-
-
-def forced_impl(op: str, allowed: tuple) -> str:
-    """What impl="auto" means for `op` now: use_impl's choice, else GIGAGAN_KERNELS_IMPL, else "auto". A
-    candidate name of another op leaves this op on "auto"."""
-    chosen = _forced_impl()
-    forced = chosen or os.environ.get(ENV_VAR, "").strip() or "auto"
-    if forced in IMPLS + ("auto",) or forced in allowed:
-        return forced
-    if _is_candidate_name(forced):
-        return "auto"
-    source = "use_impl()" if chosen else ENV_VAR
-    raise ValueError(f"{source}: expected one of {IMPLS + ('auto',)} or a candidate name, got {forced!r}")
 
 
 # What the fused kernels take; "ref" and "torch" take any floating dtype (float64 included: the tests' oracle).

@@ -319,9 +319,16 @@ def load(*, allow_compile: bool = False):
     return module
 
 
+def _constant_under_compile(fn):
+    """torch.compiler.assume_constant_result without its import of torch._dynamo (which imports Triton, ~1.5 s at
+    every `import gigagan_kernels`): the mark dynamo reads, set on the function."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
 # torch.compile traces the dispatcher, and with it these two: it runs them as they are (files, locks) and keeps
 # their answer as a constant, so impl="auto" decides alike in eager and compiled code.
-@torch.compiler.assume_constant_result
+@_constant_under_compile
 def available(allow_compile: bool = False) -> bool:
     """Whether load(allow_compile=...) gives the extension."""
     return load(allow_compile=allow_compile) is not None
@@ -338,7 +345,7 @@ def built_library() -> str | None:
     return os.path.join(folder, record["library"]) if record else None
 
 
-@torch.compiler.assume_constant_result
+@_constant_under_compile
 def unavailable_reason() -> str:
     """Why load() gives no extension, in one line."""
     if _failure:

@@ -12,6 +12,9 @@ the device and cached, or, where nothing may be timed, the op's predicted pick.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -21,7 +24,7 @@ import torch
 from . import backend
 from .backend import BackendUnavailableError
 
-BACKENDS = ("ref", "torch", "triton", "cuda")
+BACKENDS = backend.IMPLS
 
 
 class NondeterministicBackendError(BackendUnavailableError):
@@ -83,6 +86,38 @@ class OpCandidates:
 
 REGISTRY: dict = {}
 
+# use_impl's choice, per thread. A thread-local rather than a ContextVar: torch 2.11's dynamo cannot trace
+# ContextVar.get, which broke torch.compile(fullgraph=True) of impl="auto" there; it traces this and guards on it,
+# so a different use_impl recompiles.
+_override = threading.local()
+
+
+@contextlib.contextmanager
+def use_impl(impl: str):
+    """Force what impl="auto" resolves to, e.g. for an A/B run of a whole model: a backend, or a candidate name
+    ("torch:bmm"; gigagan_kernels.candidates(op) lists them), which then applies to the op that has it."""
+    if impl not in ("auto",) + BACKENDS and not _is_candidate_name(impl):
+        raise ValueError(f"use_impl(impl): expected one of {('auto',) + BACKENDS} or a candidate name, got {impl!r}")
+    with backend.thread_override(_override, impl):
+        yield
+
+
+def _is_candidate_name(name) -> bool:
+    return any(name in entry.names for entry in REGISTRY.values())
+
+
+def forced_impl(op: str) -> str:
+    """What impl="auto" means for `op` now: use_impl's choice, else GIGAGAN_KERNELS_IMPL, else "auto". A candidate
+    name of another op leaves this op on "auto"."""
+    chosen = getattr(_override, "value", None)
+    forced = chosen or os.environ.get(backend.ENV_VAR, "").strip() or "auto"
+    if forced in ("auto",) + BACKENDS or forced in REGISTRY[op].names:
+        return forced
+    if _is_candidate_name(forced):
+        return "auto"
+    source = "use_impl()" if chosen else backend.ENV_VAR
+    raise ValueError(f"{source}: expected one of {('auto',) + BACKENDS} or a candidate name, got {forced!r}")
+
 
 def register(op_candidates: OpCandidates) -> OpCandidates:
     REGISTRY[op_candidates.op] = op_candidates
@@ -139,7 +174,7 @@ def choose(op: str, impl: str, call, *, empty: bool = False) -> Candidate:
     from . import autotune
     entry = REGISTRY[op]
     check_impl_name(op, impl, f"{op}(impl=...)")
-    requested = backend.forced_impl(op, allowed=entry.names) if impl == "auto" else impl
+    requested = forced_impl(op) if impl == "auto" else impl
     if requested != "auto" and requested.split(":")[0] == "cuda":
         _compile_cuda_extension(op, requested, call)
     determinism = deterministic_mode()

@@ -8,9 +8,6 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-    # triton.language decorates its own helpers (tl.cdiv, ...) at import: import it now, under the interpreter, so
-    # that a test which switches TRITON_INTERPRET off for a while cannot be the first to import it.
-    import triton.language  # noqa: F401,E402
 # The suite runs the untuned rules (tests/test_autotune.py switches autotuning on), with a cache of its own so that
 # no test reads or writes the user's decisions. Subprocesses inherit both.
 os.environ["GIGAGAN_KERNELS_AUTOTUNE"] = "off"

@@ -24,6 +24,9 @@ MODCONV_TORCH = ("ref", "torch:activations", "torch:bmm", "torch:grouped")
 def tuning(monkeypatch, tmp_path):
     """Autotuning on, an empty cache of its own, a fresh in-process table, and no Triton interpreter (which keeps
     the untuned rule): on this CPU the runnable candidates are the reference and the torch forms."""
+    # triton.language decorates its own helpers (tl.cdiv, ...) as it is imported: import it under the interpreter
+    # first, or a later interpreted kernel would find them compiled for a GPU.
+    import triton.language  # noqa: F401
     monkeypatch.setenv(autotune.ENV_VAR, "on")
     monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path))
     monkeypatch.setenv("TRITON_INTERPRET", "0")
@@ -211,6 +214,7 @@ def test_nothing_is_timed_under_torch_compile(tuning):
 
 
 def _rank_worker(rank, world, init_file, cache_dir, results):
+    import triton.language  # noqa: F401  (under the interpreter, as the fixture above explains)
     os.environ[autotune.ENV_VAR] = "on"
     os.environ[autotune.CACHE_ENV] = os.path.join(cache_dir, f"rank{rank}")   # each rank its own (node-local) cache
     os.environ["TRITON_INTERPRET"] = "0"

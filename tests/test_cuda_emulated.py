@@ -382,8 +382,12 @@ def test_kernels_under_address_sanitizer():
     env = dict(os.environ, **{SANITIZE_ENV: "1", "LD_PRELOAD": runtime,
                               "ASAN_OPTIONS": "detect_leaks=0:detect_stack_use_after_return=0:abort_on_error=0"})
     env.pop("PYTEST_XDIST_WORKER", None)
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-                           os.path.abspath(__file__)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    # Triton's own library aborts under AddressSanitizer as it loads (its pybind module throws through an
+    # uninstrumented __cxa_throw), and importing the package imports it through torch._dynamo: the sanitized run
+    # blocks triton, which the emulated kernels do not use.
+    code = ("import sys; sys.modules['triton'] = None; import pytest; "
+            f"sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '-p', 'no:xdist', {os.path.abspath(__file__)!r}]))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     report = done.stdout[-3000:] + done.stderr[-3000:]
     assert done.returncode == 0 and "AddressSanitizer" not in report, report
     passed = re.search(r"(\d+) passed", done.stdout)

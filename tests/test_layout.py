@@ -1,5 +1,5 @@
-"""The package's layout: no import circles among gigagan's modules, and a training loop short enough to read
-top to bottom. Parsed with ast, so nothing here imports torch."""
+"""The packages' layout: no import circles among gigagan's or gigagan_kernels' modules, and a training loop short
+enough to read top to bottom. Parsed with ast, so nothing here imports torch."""
 import ast
 import pathlib
 
@@ -79,6 +79,17 @@ def test_no_import_circles_among_gigagan_modules():
     """Once there were two: cli <-> __main__ (config_flag) and generator <-> latent (truncation)."""
     graph = _import_graph(ROOT, "gigagan")
     assert {"gigagan.cli", "gigagan.__main__", "gigagan.generator", "gigagan.latent"} <= set(graph)
+    assert _circles(graph) == []
+
+
+def test_no_import_circles_among_gigagan_kernels_modules():
+    """The ops' packages, the dispatcher and the cost model: the launch tables and plans sit in each op's plans.py,
+    which the launchers and the cost model import; the choice (dispatcher.py) imports the backends, not the
+    reverse."""
+    graph = _import_graph(ROOT, "gigagan_kernels")
+    assert {"gigagan_kernels.ops.adaptive_modconv2d.plans", "gigagan_kernels.cost_model",
+            "gigagan_kernels.dispatcher", "gigagan_kernels.backend"} <= set(graph)
+    assert "gigagan_kernels.ops.adaptive_modconv2d.plans" in graph["gigagan_kernels.cost_model"]
     assert _circles(graph) == []
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ... import backend, fused_op
+from ... import backend, cuda_extension, fused_op
 from .autograd import first_order, forward_fake, reference_grads, setup_context, weights_shape
 from .common import OP_NAME, workspace_bytes
 
@@ -19,7 +19,7 @@ def _cuda_backward(*args):
 def cuda_plan(x_shape, bank_shape, element_size: int, *, needs_grad: bool, keep: int = -1, workspace=None):
     """(forward_chunk, backward_chunk, keep) of the CUDA path: csrc's plan_weights, the Triton "weights" plan of
     its batched-GEMM form."""
-    from ... import _C
+    _C = cuda_extension.load()                          # the pybind module; callers checked it is built
     B, Cin, H, W = x_shape
     _, Cout, _, k, _ = bank_shape
     return _C.modconv_plan_weights(B, Cin, H, W, Cout, k, element_size, needs_grad, keep,

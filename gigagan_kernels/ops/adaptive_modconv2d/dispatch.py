@@ -16,7 +16,7 @@ from ... import backend
 from ...dispatcher import Candidate, OpCandidates, register
 from .common import OP_NAME, workspace_bytes
 from .plans import MAX_FILTERS, fused_unsupported, plan_weights, weights_unsupported
-from .torch_forms import TORCH_FORMS, activations_form_cancels
+from .torch_forms import TORCH_FORMS, activations_form_cancels, torch_form
 
 
 # ----------------------------------------------------------------------------------------------
@@ -281,32 +281,6 @@ def forced_strategy() -> str:
     return forced
 
 
-def torch_form(x_shape, bank_shape, device_type: str = "cpu") -> str:
-    """The "torch" composite's form for a call:
-      "activations": conv(x * s, all N filters) as one shared-weight convolution, mixed with a and scaled by
-                     d (StyleGAN2's fused_modconv=False, generalised to N filters);
-      "bmm":         per-sample weights mixed by one matmul, the convolution as a batched matmul on
-                     unfold(x * s), d as an output scale;
-      "grouped":     the reference's per-sample weights and one B-group convolution.
-
-    CUDA: the cost model (gigagan_kernels/cost_model.py) picks between activations and bmm (cuDNN's grouped
-    convolution took ~0.2 ms per group in its backward on an H200, so it is never the fastest there).
-    CPU (measured on this project's 2-core x86 build machine, benchmarks/NOTES.md): activations for 1x1
-    filters (one matmul) and where per-sample weights, counted twice because a B-group convolution runs
-    about half as fast per FLOP as a batched one, outweigh the N-fold convolution's activations:
-    2*Cout*Cin*k^2 > N*(Cin+Cout)*H*W. Otherwise bmm up to 64 pixels (0.4-0.7x the grouped convolution's
-    forward + backward at 4x4 and 8x8) and grouped above (bmm took 1.2-3x at 16x16 and 32x32)."""
-    _, Cin, H, W = x_shape
-    N, Cout, _, k, _ = bank_shape
-    if k == 1:
-        return "activations"
-    if device_type == "cuda":
-        return _cuda_choices(tuple(x_shape), tuple(bank_shape), _workspace())[0]
-    if 2 * Cout * Cin * k * k > N * (Cin + Cout) * H * W:
-        return "activations"
-    return "bmm" if H * W <= 64 else "grouped"
-
-
 STRATEGIES = ("weights", "fused")
 STRATEGY_ENV = "GIGAGAN_KERNELS_MODCONV_STRATEGY"
 _strategy_override = threading.local()
@@ -376,9 +350,7 @@ def _cuda_choices(x_shape, bank_shape, workspace, mode="fwd+bwd"):
 
 def _cost_model_choices(x_shape, bank_shape, workspace, mode):
     from ... import cost_model       # on first use: the cost model imports this op's plans
-    k = bank_shape[-1]
-    form = "activations" if k == 1 else {"torch_activations": "activations", "torch_weights": "bmm"}[
-        cost_model.fastest(("torch_activations", "torch_weights"), x_shape, bank_shape)]
+    form = torch_form(x_shape, bank_shape, "cuda")
     if workspace is None:
         return form, "fused", ("torch", "cuda")
     torch_cost = cost_model.modconv_seconds("torch_weights" if form == "bmm" else "torch_activations", x_shape,

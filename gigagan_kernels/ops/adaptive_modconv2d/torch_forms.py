@@ -9,6 +9,38 @@ from .common import default_gain
 from .reference import adaptive_modconv2d_ref, epilogue_ref
 
 TORCH_FORMS = ("activations", "bmm", "grouped")
+_CUDA_FORMS: dict = {}
+
+
+def torch_form(x_shape, bank_shape, device_type: str = "cpu") -> str:
+    """The "torch" composite's form for a call:
+      "activations": conv(x * s, all N filters) as one shared-weight convolution, mixed with a and scaled by
+                     d (StyleGAN2's fused_modconv=False, generalised to N filters);
+      "bmm":         per-sample weights mixed by one matmul, the convolution as a batched matmul on
+                     unfold(x * s), d as an output scale;
+      "grouped":     the reference's per-sample weights and one B-group convolution.
+
+    CUDA: the cost model (gigagan_kernels/cost_model.py) picks between activations and bmm (cuDNN's grouped
+    convolution took ~0.2 ms per group in its backward on an H200, so it is never the fastest there).
+    CPU (measured on this project's 2-core x86 build machine, benchmarks/NOTES.md): activations for 1x1
+    filters (one matmul) and where per-sample weights, counted twice because a B-group convolution runs
+    about half as fast per FLOP as a batched one, outweigh the N-fold convolution's activations:
+    2*Cout*Cin*k^2 > N*(Cin+Cout)*H*W. Otherwise bmm up to 64 pixels (0.4-0.7x the grouped convolution's
+    forward + backward at 4x4 and 8x8) and grouped above (bmm took 1.2-3x at 16x16 and 32x32)."""
+    _, Cin, H, W = x_shape
+    N, Cout, _, k, _ = bank_shape
+    if k == 1:
+        return "activations"
+    if device_type == "cuda":
+        key = (tuple(x_shape), tuple(bank_shape))
+        if key not in _CUDA_FORMS:             # a plain dict, which dynamo traces (functools caches it warns on)
+            from ... import cost_model         # on first use: the cost model imports this op's plans
+            _CUDA_FORMS[key] = {"torch_activations": "activations", "torch_weights": "bmm"}[
+                cost_model.fastest(("torch_activations", "torch_weights"), x_shape, bank_shape)]
+        return _CUDA_FORMS[key]
+    if 2 * Cout * Cin * k * k > N * (Cin + Cout) * H * W:
+        return "activations"
+    return "bmm" if H * W <= 64 else "grouped"
 
 
 class _SumOfSquares(torch.autograd.Function):
@@ -45,7 +77,6 @@ def adaptive_modconv2d_torch(x, weight_bank, select_logits, style, bias=None, *,
     B, Cin, H, W = x.shape
     N, Cout, _, k, _ = weight_bank.shape
     if form is None:
-        from .dispatch import torch_form        # the choice imports this backend, not the reverse
         form = torch_form(x.shape, weight_bank.shape, x.device.type)
         if form == "activations" and activations_form_cancels(demodulate, Cin, k):
             form = "bmm"
