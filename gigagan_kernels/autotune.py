@@ -51,8 +51,9 @@ FORMAT_VERSION = 1
 TIE = 0.05                  # candidates within 5% of the fastest count as tied
 PRUNE_FACTOR = 3.0          # on CUDA, time what the cost model puts within 3x of its best
 MIN_TIMED = 3               # ... and at least its top 3
-CPU_MIN_RUN_SECONDS = 0.03  # per candidate on CPU: at least CPU_MIN_RUNS runs, about this long in all
+CPU_MIN_RUN_SECONDS = 0.03  # per candidate on CPU: at least CPU_MIN_RUNS rounds, about this long in all
 CPU_MIN_RUNS = 3
+CPU_MAX_RUNS = 25
 
 log = logging.getLogger("gigagan_kernels.autotune")
 
@@ -339,11 +340,8 @@ def _free_bytes(device: torch.device) -> Optional[int]:
         return None
 
 
-def _time_candidate(candidate, call) -> float:
-    """Median seconds of one call of the candidate (forward, or forward + backward) on clones of the inputs."""
-    timer = _timer_override()
-    if timer is not None:
-        return float(timer(candidate.name, call))
+def _one_call(candidate, call):
+    """A closure running one call of the candidate (forward, or forward + backward) on clones of the inputs."""
     generator = torch.Generator(device=call.device).manual_seed(0)
     clone = call.clone_for_timing()
     wrt = [t for t in clone.tensors() if t is not None and t.requires_grad]
@@ -356,18 +354,49 @@ def _time_candidate(candidate, call) -> float:
                 if "grad" not in state:
                     state["grad"] = torch.randn(out.shape, device=out.device, dtype=out.dtype, generator=generator)
                 torch.autograd.grad(out, wrt, state["grad"])
+    return once
 
-    once()                                                                 # compile / warm up
+
+def _time_candidates(entry, names: list, call, skipped: dict) -> dict:
+    """Median seconds per candidate. On CUDA do_bench per candidate (CUDA events, an L2 flush); on CPU interleaved
+    rounds, one call of each candidate per round, so that a busy machine's drift hits them alike. A candidate that
+    fails (out of memory, a compile error) is skipped with the reason."""
+    def failed(name, e):
+        skipped[name] = f"failed while timing: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+
+    timer = _timer_override()
+    runs = {}
+    for name in names:
+        try:
+            if timer is not None:
+                runs[name] = float(timer(name, call))
+                continue
+            runs[name] = _one_call(entry.get(name), call)
+            runs[name]()                                                   # compile / warm up
+        except (RuntimeError, ValueError, torch.OutOfMemoryError) as e:
+            runs.pop(name, None)
+            failed(name, e)
+    if timer is not None:
+        return runs
     if call.device.type == "cuda":
         from triton.testing import do_bench
-        return do_bench(once, warmup=5, rep=25, return_mode="median") * 1e-3
-    times = []
-    start = time.perf_counter()
-    while len(times) < CPU_MIN_RUNS or (time.perf_counter() - start < CPU_MIN_RUN_SECONDS and len(times) < 25):
-        t0 = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        times = {}
+        for name, once in runs.items():
+            try:
+                times[name] = do_bench(once, warmup=5, rep=25, return_mode="median") * 1e-3
+            except (RuntimeError, torch.OutOfMemoryError) as e:
+                failed(name, e)
+        return times
+    samples: dict = {name: [] for name in runs}
+    start, rounds = time.perf_counter(), 0
+    while runs and (rounds < CPU_MIN_RUNS or
+                    (time.perf_counter() - start < CPU_MIN_RUN_SECONDS * len(runs) and rounds < CPU_MAX_RUNS)):
+        for name, once in runs.items():
+            t0 = time.perf_counter()
+            once()
+            samples[name].append(time.perf_counter() - t0)
+        rounds += 1
+    return {name: statistics.median(s) for name, s in samples.items()}
 
 
 def _preference(entry, runnable: tuple, call) -> list:
@@ -404,12 +433,7 @@ def _to_time(entry, runnable: tuple, call) -> tuple[list, dict]:
 
 def _measure(entry, requested: str, runnable: tuple, call, key_str: str) -> dict:
     names, skipped = _to_time(entry, runnable, call)
-    times = {}
-    for name in names:
-        try:
-            times[name] = _time_candidate(entry.get(name), call)
-        except (RuntimeError, ValueError, torch.OutOfMemoryError) as e:     # e.g. out of memory, a compile error
-            skipped[name] = f"failed while timing: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    times = _time_candidates(entry, names, call, skipped)
     if not times:
         choice = entry.predicted_choice(call, runnable, requested)
         source = "predicted"
