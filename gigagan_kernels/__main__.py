@@ -70,6 +70,8 @@ def backend_rows(device: torch.device) -> list[tuple[str, str]]:
                     break
             else:
                 status = "unavailable: " + reason
+            if impl == "cuda":
+                status += " (opt-in, unmeasured)"         # until a GPU run measures the v2 kernels
             rows.append((f"{op} {impl}", status))
     return rows
 

@@ -87,7 +87,14 @@ def test_environment_report():
             assert re.search(rf"^  {op} {impl} +(available|unavailable: \S.+)$", out, re.M), (op, impl)
     assert re.search(r"^  attention triton +" + ("available" if torch.cuda.is_available() else
                                                  "unavailable: Triton kernels need CUDA tensors"), out, re.M)
-    assert "attention self_4096_masked" in out and "adaptive_modconv2d lowres_8x8" in out
+    # auto's untimed pick per shape and mode, each labelled: measured (by which committed file) or predicted; no
+    # committed row measured today's kernels, so each pick is a prediction.
+    for op_shape in ("adaptive_modconv2d lowres_8x8", "attention self_4096_masked"):
+        for mode in ("fwd", "fwd+bwd"):
+            assert re.search(rf"^  {op_shape} {re.escape(mode)} +\S+ [0-9.]+ ms \((predicted|measured \(\S+\.csv: "
+                             rf"[0-9.]+ ms\))\)$", out, re.M), (op_shape, mode)
+    assert re.search(r"^  adaptive_modconv2d cuda +.*\(opt-in, unmeasured\)$", out, re.M)
+    assert re.search(r"^  autotune +off \(GIGAGAN_KERNELS_AUTOTUNE\); decisions in ", out, re.M)   # the suite's setting
     from gigagan_kernels import cuda_extension
     module = cuda_extension.load()                       # never compiles, as the report does not
     if module is not None:
