@@ -19,6 +19,7 @@ PACKAGES = {
     "webdataset": ("webdataset", "train"), "braceexpand": ("webdataset", "train"),
     "matplotlib": ("matplotlib", "train"),
     "torchmetrics": ("torchmetrics", "eval"), "torch_fidelity": ("torch-fidelity", "eval"), "scipy": ("scipy", "eval"),
+    "onnxscript": ("onnxscript", "export"), "onnx": ("onnx", "export"),
 }
 
 

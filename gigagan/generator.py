@@ -2,6 +2,7 @@
 
     G = Generator(cfg, clip)
     pyramid = G(z, ["a red circle", ...])        # [img_64, img_32, img_16, img_8, img_4], level 0 first
+    pyramid = G.synthesize(z, clip.tokenize(["a red circle", ...]))   # the same, tensors only (compile, export)
 
 Each synthesis block upsamples, runs adaptive modulated convolutions (noise, bias and lrelu in the
 fused epilogue) and, at the attention resolutions, L2 self-attention with w as an extra token and
@@ -84,14 +85,24 @@ def truncate(w: torch.Tensor, w_mean: torch.Tensor, w_mean_c: torch.Tensor, psi:
     return torch.lerp(w_mean_c.to(w.dtype), torch.lerp(w_mean.to(w.dtype).expand_as(w), w, psi), psi)
 
 
+def truncation_samples(z_dim: int, num_samples: int = 256, seed: int = 0) -> torch.Tensor:
+    """The z ~ N(0, I) that conditional_w_mean averages over: the same for every caption and call."""
+    return torch.randn(num_samples, z_dim, generator=torch.Generator(device="cpu").manual_seed(seed), device="cpu")
+
+
 @torch.no_grad()
 def conditional_w_mean(mapping: MappingNetwork, t_global: torch.Tensor, num_samples: int = 256,
-                       seed: int = 0) -> torch.Tensor:
-    """w_mean_c: the mean of M(z, t) over z ~ N(0, I), for each caption's t_global [B, dim] -> [B, w_dim]."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    z = torch.randn(num_samples, mapping.z_dim, generator=gen).to(t_global.device, t_global.dtype)
-    means = [mapping(z, t[None].expand(num_samples, -1)).mean(dim=0) for t in t_global]
-    return torch.stack(means)
+                       seed: int = 0, z: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """w_mean_c: the mean of M(z, t) over z ~ N(0, I), for each caption's t_global [B, dim] -> [B, w_dim].
+
+    z [S, z_dim]: the samples (default: truncation_samples(num_samples, seed)). One batched mapping call with
+    no loop over captions, so the batch may be symbolic (torch.export)."""
+    if z is None:
+        z = truncation_samples(mapping.z_dim, num_samples, seed)
+    z = z.to(t_global.device, t_global.dtype)
+    B, S = t_global.shape[0], z.shape[0]
+    w = mapping(z.repeat(B, 1), t_global.repeat_interleave(S, dim=0))
+    return w.reshape(B, S, -1).mean(dim=1)
 
 
 class SynthesisBlock(nn.Module):
@@ -113,11 +124,11 @@ class SynthesisBlock(nn.Module):
         self.to_rgb = AdaptiveModConv2d(out_channels, 3, 1, 1, w_dim, demodulate=False, activation=None,
                                         clamp=conv_clamp)
 
-    def forward(self, x, rgb, w, t_local, t_mask, noise_mode):
+    def forward(self, x, rgb, w, t_local, t_mask, noise_mode, noise=None):
         if not self.first:
             x = upsample2x(x)
         for i, conv in enumerate(self.convs):
-            x = conv(x, w, layer_noise(x, noise_mode))
+            x = conv(x, w, layer_noise(x, noise_mode) if noise is None else noise[i])
             if self.self_attns:
                 x = self.self_attns[i](x, w)
                 x = self.cross_attns[i](x, t_local, t_mask)
@@ -146,12 +157,29 @@ class SynthesisNetwork(nn.Module):
                                               cfg.attn_dim_head, cfg.conv_clamp))
         self.num_ws = len(self.blocks)
 
+    def noise_shapes(self, batch_size: int) -> list:
+        """The shape of each noisy layer's noise, in the order `noise` lists them: [B, 1, res, res] per conv."""
+        return [(batch_size, 1, b.resolution, b.resolution) for b in self.blocks for _ in b.convs]
+
     def forward(self, ws: torch.Tensor, t_local: Union[torch.Tensor, Sequence[torch.Tensor]],
                 t_mask: Union[torch.Tensor, Sequence[torch.Tensor], None] = None,
-                noise_mode: str = "random") -> list:
-        """ws [B, num_ws, w_dim] (or [B, w_dim] for all blocks); t_local [B, L, text_dim] or one per block."""
+                noise_mode: str = "random", noise: Optional[Sequence[torch.Tensor]] = None) -> list:
+        """ws [B, num_ws, w_dim] (or [B, w_dim] for all blocks); t_local [B, L, text_dim] or one per block.
+
+        noise: unit-normal per-pixel noise for every noisy layer (noise_shapes), which each layer scales by its
+        learned strength; given, it replaces noise_mode."""
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        per_layer = None
+        if noise is not None:
+            shapes = self.noise_shapes(ws.shape[0])
+            if len(noise) != len(shapes):
+                raise ValueError(f"SynthesisNetwork: noise needs one tensor per noisy layer ({len(shapes)}), "
+                                 f"got {len(noise)}")
+            per_layer, start = [], 0
+            for block in self.blocks:
+                per_layer.append(list(noise[start:start + len(block.convs)]))
+                start += len(block.convs)
         if ws.dim() == 2:
             ws = ws[:, None].expand(-1, self.num_ws, -1)
         if ws.dim() != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
@@ -170,7 +198,8 @@ class SynthesisNetwork(nn.Module):
         rgb, pyramid = None, []
         for i, block in enumerate(self.blocks):
             with record_function(f"G.level{block.resolution}px"):
-                x, rgb = block(x, rgb, ws[:, i], texts[i], masks[i], noise_mode)
+                x, rgb = block(x, rgb, ws[:, i], texts[i], masks[i], noise_mode,
+                               None if per_layer is None else per_layer[i])
             pyramid.append(rgb)
         return pyramid[::-1]
 
@@ -185,9 +214,35 @@ class Generator(nn.Module):
         self.mapping = MappingNetwork(cfg.z_dim, cfg.text.dim, cfg.w_dim, cfg.mapping_layers, cfg.mapping_lr_multiplier)
         self.synthesis = SynthesisNetwork(cfg)
         self.num_ws, self.z_dim, self.resolution = self.synthesis.num_ws, cfg.z_dim, cfg.resolution
+        # Truncation's z samples as a buffer (not saved: drawn from a fixed seed), so no entry draws them.
+        self.register_buffer("truncation_z", truncation_samples(cfg.z_dim).to(torch.get_default_device()),
+                             persistent=False)
 
     def encode_text(self, text: Union[CLIPText, Sequence[str], str]) -> TextFeatures:
         return self.text_encoder(text)
+
+    def tokenize(self, captions: Union[Sequence[str], str]) -> torch.Tensor:
+        """The CLIP tokenizer's int64 ids [B, context_length], what synthesize takes."""
+        return self.text_encoder.clip.tokenize(captions)
+
+    def noise_shapes(self, batch_size: int) -> list:
+        return self.synthesis.noise_shapes(batch_size)
+
+    def synthesize(self, z: torch.Tensor, tokens: torch.Tensor, noise: Optional[Sequence[torch.Tensor]] = None,
+                   truncation: float = 1.0) -> list:
+        """The tensor-only entry: z [B, z_dim] and CLIP token ids [B, L] (int64, from tokenize) -> the image
+        pyramid, level 0 first. noise: one unit-normal tensor per noisy layer (noise_shapes), or None for no
+        per-pixel noise. It draws no random numbers and takes no strings, so torch.compile and torch.export
+        trace it whole and a compiled call is reproducible from its inputs."""
+        feats = self.text_encoder(self.text_encoder.clip(tokens))
+        if feats.t_global.shape[0] != z.shape[0]:
+            raise ValueError(f"Generator.synthesize: tokens has {feats.t_global.shape[0]} rows for a batch of "
+                             f"{z.shape[0]} latents; pass one row of token ids per sample")
+        w = self.mapping(z, feats.t_global)
+        if truncation != 1.0:
+            w_mean_c = conditional_w_mean(self.mapping, feats.t_global, z=self.truncation_z)
+            w = truncate(w, self.mapping.w_avg, w_mean_c, truncation)
+        return self.synthesis(w, feats.t_local, feats.mask, noise_mode="none", noise=noise)
 
     def forward(self, z: torch.Tensor, text: Union[CLIPText, TextFeatures, Sequence[str]],
                 truncation_psi: float = 1.0, noise_mode: str = "random", update_w_avg: bool = False) -> list:
@@ -201,5 +256,6 @@ class Generator(nn.Module):
         with record_function("G.mapping"):
             w = self.mapping(z, feats.t_global, update_w_avg=update_w_avg)
         if truncation_psi != 1.0:
-            w = truncate(w, self.mapping.w_avg, conditional_w_mean(self.mapping, feats.t_global), truncation_psi)
+            w_mean_c = conditional_w_mean(self.mapping, feats.t_global, z=self.truncation_z)
+            w = truncate(w, self.mapping.w_avg, w_mean_c, truncation_psi)
         return self.synthesis(w, feats.t_local, feats.mask, noise_mode=noise_mode)

@@ -2,6 +2,7 @@
 
     U = Upsampler(cfg, clip)
     pyramid = U(low_res, captions)                 # [B, 3, 4R, 4R] first, then 2R, R, ...
+    pyramid = U.synthesize(low_res, z, clip.tokenize(captions))   # tensors only (compile, export)
     big = upsample_tiled(U, image, captions)       # inputs larger than cfg.in_resolution
 
 Three down blocks take the (noise-augmented) input to 1/8 of its size; log2(scale) + 3 up blocks
@@ -14,7 +15,7 @@ block's image is a level of the output pyramid the MS-I/O discriminator consumes
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -41,9 +42,9 @@ class UNetBlock(nn.Module):
         self.cross_attns = nn.ModuleList(CrossAttention(out_channels, text_dim, heads=heads, dim_head=dim_head)
                                          for _ in range(2 if attention else 0))
 
-    def forward(self, x, w, t_local, t_mask, noise_mode):
+    def forward(self, x, w, t_local, t_mask, noise_mode, noise=None):
         for i, conv in enumerate(self.convs):
-            x = conv(x, w, layer_noise(x, noise_mode))
+            x = conv(x, w, layer_noise(x, noise_mode) if noise is None else noise[i])
             if self.self_attns:
                 x = self.cross_attns[i](self.self_attns[i](x, w), t_local, t_mask)
         return x
@@ -84,6 +85,12 @@ class Upsampler(nn.Module):
             cin = c
         self.skip_resolutions = set(skip_channels)
 
+    def _check_images(self, images: torch.Tensor) -> None:
+        R = self.in_resolution
+        if images.dim() != 4 or images.shape[1:] != (3, R, R):
+            raise ValueError(f"Upsampler: images must be [B, 3, {R}, {R}], got {tuple(images.shape)}; "
+                             "use upsample_tiled for larger inputs")
+
     def forward(self, images: torch.Tensor, text: Union[CLIPText, TextFeatures, Sequence[str]],
                 z: Optional[torch.Tensor] = None, noise_augment_std: Optional[float] = None,
                 noise_mode: str = "random") -> list:
@@ -93,10 +100,7 @@ class Upsampler(nn.Module):
         turns off the per-pixel noise of the convolutions, for deterministic output."""
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
-        R = self.in_resolution
-        if images.dim() != 4 or images.shape[1:] != (3, R, R):
-            raise ValueError(f"Upsampler: images must be [B, 3, {R}, {R}], got {tuple(images.shape)}; "
-                             "use upsample_tiled for larger inputs")
+        self._check_images(images)
         B = images.shape[0]
         if isinstance(text, str):
             raise TypeError("Upsampler: text must be a list of captions (one per sample), not a single str")
@@ -106,22 +110,72 @@ class Upsampler(nn.Module):
         if z is None:
             z = torch.randn(B, self.z_dim, device=images.device, dtype=images.dtype)
         w = self.mapping(z, feats.t_global).to(images.dtype)
-        t_local, t_mask = feats.t_local.to(images.dtype), feats.mask
         std = self.config.noise_augment_std if noise_augment_std is None else noise_augment_std
         x = images + std * torch.randn_like(images) if std > 0 else images
+        return self._unet(images, x, w, feats.t_local.to(images.dtype), feats.mask, noise_mode, None)
+
+    # -- the tensor-only entry: encode (text tower and mapping, once per caption) and synthesize_from (per tile)
+    def encode(self, z: torch.Tensor, tokens: torch.Tensor) -> tuple:
+        """(w [B, w_dim], t_local [B, L, dim], t_mask [B, L]) for z [B, z_dim] and CLIP token ids [B, L] int64."""
+        feats = self.text_encoder(self.text_encoder.clip(tokens))
+        if feats.t_global.shape[0] != z.shape[0]:
+            raise ValueError(f"Upsampler.encode: tokens has {feats.t_global.shape[0]} rows for a batch of "
+                             f"{z.shape[0]} latents; pass one row of token ids per sample")
+        return self.mapping(z, feats.t_global), feats.t_local, feats.mask
+
+    def noise_shapes(self, batch_size: int) -> list:
+        """The shape of each noisy layer's noise, in the order `noise` lists them (down, mid, up blocks)."""
+        R, shapes = self.in_resolution, []
+        for i, block in enumerate(self.down):
+            shapes += [(batch_size, 1, R >> i, R >> i)] * len(block.convs)
+        shapes += [(batch_size, 1, R >> len(self.down), R >> len(self.down))] * len(self.mid.convs)
+        for block, res in zip(self.up, self.up_resolutions):
+            shapes += [(batch_size, 1, res, res)] * len(block.convs)
+        return shapes
+
+    def synthesize_from(self, images: torch.Tensor, w: torch.Tensor, t_local: torch.Tensor, t_mask: torch.Tensor,
+                        noise: Optional[Sequence[torch.Tensor]] = None,
+                        input_noise: Optional[torch.Tensor] = None) -> list:
+        """The U-Net on images [B, 3, in_res, in_res] for encode's (w, t_local, t_mask). input_noise: unit-normal,
+        shaped like images, scaled by the config's noise_augment_std (the paper's test-time augmentation), or
+        None for none; noise: one unit-normal tensor per noisy layer (noise_shapes), or None for none."""
+        self._check_images(images)
+        x = images if input_noise is None else images + self.config.noise_augment_std * input_noise.to(images.dtype)
+        return self._unet(images, x, w.to(images.dtype), t_local.to(images.dtype), t_mask, "none", noise)
+
+    def synthesize(self, images: torch.Tensor, z: torch.Tensor, tokens: torch.Tensor,
+                   noise: Optional[Sequence[torch.Tensor]] = None, input_noise: Optional[torch.Tensor] = None) -> list:
+        """The tensor-only entry: encode then synthesize_from. It draws no random numbers and takes no strings."""
+        w, t_local, t_mask = self.encode(z, tokens)
+        return self.synthesize_from(images, w, t_local, t_mask, noise, input_noise)
+
+    def _unet(self, images, x, w, t_local, t_mask, noise_mode, noise) -> list:
+        R = self.in_resolution
+        if noise is not None:
+            shapes = self.noise_shapes(images.shape[0])
+            if len(noise) != len(shapes):
+                raise ValueError(f"Upsampler: noise needs one tensor per noisy layer ({len(shapes)}), got {len(noise)}")
+        layer = 0
+
+        def take(block):           # this block's per-layer noise, or None
+            nonlocal layer
+            if noise is None:
+                return None
+            layer += len(block.convs)
+            return noise[layer - len(block.convs):layer]
         x = self.from_rgb(x)
         skips = {}
         for block in self.down:
-            x = block(x, w, t_local, t_mask, noise_mode)
+            x = block(x, w, t_local, t_mask, noise_mode, take(block))
             skips[x.shape[-1]] = x
             x = downsample2x(x)
-        x = self.mid(x, w, t_local, t_mask, noise_mode)
+        x = self.mid(x, w, t_local, t_mask, noise_mode, take(self.mid))
         rgb, pyramid = None, []
         for block, to_rgb, res in zip(self.up, self.to_rgb, self.up_resolutions):
             x = upsample2x(x)
             if res in skips:
                 x = torch.cat([x, skips[res]], dim=1)
-            x = block(x, w, t_local, t_mask, noise_mode)
+            x = block(x, w, t_local, t_mask, noise_mode, take(block))
             y = to_rgb(x, w)
             rgb = y if rgb is None else upsample2x(rgb) + y
             pyramid.append(rgb + F.interpolate(images, size=(res, res), mode="bilinear", align_corners=False,
@@ -139,11 +193,38 @@ def _blend_window(size: int, overlap: int, device, dtype) -> torch.Tensor:
     return ramp[:, None] * ramp[None, :]
 
 
-def _tile_starts(length: int, tile: int, stride: int) -> list:
+def tile_starts(length: int, tile: int, stride: int) -> list:
     starts = list(range(0, max(length - tile, 0) + 1, stride))
     if starts[-1] + tile < length:
         starts.append(length - tile)
     return starts
+
+
+def blend_tiles(apply_tile: Callable[[int, int], torch.Tensor], size: tuple, tile: int, scale: int,
+                overlap: int, like: torch.Tensor) -> torch.Tensor:
+    """The [B, C, H * scale, W * scale] image made of apply_tile(top, left) (the upscaled input tile whose corner
+    is (top, left)), over tiles of `tile` px that overlap by `overlap` px, cross-faded with linear ramps."""
+    B, C, H, W = size
+    out = torch.zeros(B, C, H * scale, W * scale, device=like.device, dtype=like.dtype)
+    weight = torch.zeros(1, 1, H * scale, W * scale, device=like.device, dtype=like.dtype)
+    window = _blend_window(tile * scale, overlap * scale, like.device, like.dtype)
+    for top in tile_starts(H, tile, tile - overlap):
+        for left in tile_starts(W, tile, tile - overlap):
+            out[:, :, top * scale:(top + tile) * scale, left * scale:(left + tile) * scale] += \
+                apply_tile(top, left) * window
+            weight[:, :, top * scale:(top + tile) * scale, left * scale:(left + tile) * scale] += window
+    return out / weight
+
+
+def check_tiling(upsampler: Upsampler, images: torch.Tensor, overlap: Optional[int]) -> int:
+    """The overlap to use (default in_resolution / 4), after checking images and overlap."""
+    R = upsampler.in_resolution
+    if images.dim() != 4 or images.shape[1] != 3 or images.shape[2] < R or images.shape[3] < R:
+        raise ValueError(f"upsample_tiled: images must be [B, 3, H, W] with H, W >= {R}, got {tuple(images.shape)}")
+    overlap = R // 4 if overlap is None else overlap
+    if not 0 <= overlap < R:
+        raise ValueError(f"upsample_tiled: overlap must be in [0, {R}), got {overlap}")
+    return overlap
 
 
 @torch.no_grad()
@@ -156,21 +237,10 @@ def upsample_tiled(upsampler: Upsampler, images: torch.Tensor, text: Union[CLIPT
     the result (with a larger input) is how the paper goes past 1K.
     """
     R, s = upsampler.in_resolution, upsampler.scale
-    B, C, H, W = images.shape
-    if C != 3 or H < R or W < R:
-        raise ValueError(f"upsample_tiled: images must be [B, 3, H, W] with H, W >= {R}, got {tuple(images.shape)}")
-    overlap = R // 4 if overlap is None else overlap
-    if not 0 <= overlap < R:
-        raise ValueError(f"upsample_tiled: overlap must be in [0, {R}), got {overlap}")
+    overlap = check_tiling(upsampler, images, overlap)
     feats = text if isinstance(text, TextFeatures) else upsampler.text_encoder(text)
     if z is None:
-        z = torch.randn(B, upsampler.z_dim, device=images.device, dtype=images.dtype)
-    out = torch.zeros(B, C, H * s, W * s, device=images.device, dtype=images.dtype)
-    weight = torch.zeros(1, 1, H * s, W * s, device=images.device, dtype=images.dtype)
-    window = _blend_window(R * s, overlap * s, images.device, images.dtype)
-    for top in _tile_starts(H, R, R - overlap):
-        for left in _tile_starts(W, R, R - overlap):
-            tile = upsampler(images[:, :, top:top + R, left:left + R], feats, z, noise_augment_std, noise_mode)[0]
-            out[:, :, top * s:(top + R) * s, left * s:(left + R) * s] += tile * window
-            weight[:, :, top * s:(top + R) * s, left * s:(left + R) * s] += window
-    return out / weight
+        z = torch.randn(images.shape[0], upsampler.z_dim, device=images.device, dtype=images.dtype)
+    return blend_tiles(lambda top, left: upsampler(images[:, :, top:top + R, left:left + R], feats, z,
+                                                   noise_augment_std, noise_mode)[0],
+                       tuple(images.shape), R, s, overlap, images)
