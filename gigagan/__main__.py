@@ -2,6 +2,7 @@
 
   train        train G and D, or (--model upsampler) the upsampler (one process, or one per GPU under torchrun)
   sample       images for prompts from a checkpoint's EMA generator (a grid, or one PNG per image)
+  generate     the pipeline: base generator, then the upsampler (tiled up to --output-size), seed + i per image
   export       a checkpoint's EMA model as a pretrained folder (config.json, model.safetensors)
   interpolate  a prompt-interpolation strip for one z
   style-mix    coarse blocks from seed A, fine blocks from seed B
@@ -21,6 +22,7 @@ import typing
 
 from gigagan_kernels.backend import ENV_VAR, IMPLS
 
+from .entry import COMPILE_CHOICES, COMPILE_HELP
 from .training.config import TrainConfig, config_flag
 
 
@@ -34,8 +36,13 @@ def _add_sampling_args(p, out_required: bool = True):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--truncation", type=float, default=1.0, help="text-conditioned truncation psi (1 = off)")
     p.add_argument("--impl", default=None, choices=IMPL_CHOICES, help=IMPL_HELP)
+    _add_compile_arg(p)
     p.add_argument("--device", default=None)
     p.add_argument("--out", required=out_required, help="output PNG")
+
+
+def _add_compile_arg(p):
+    p.add_argument("--compile", default="auto", choices=COMPILE_CHOICES, help=COMPILE_HELP + " (default: auto)")
 
 
 def _floats(text: str) -> tuple:
@@ -127,6 +134,27 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=16, help="images generated at once")
     s.add_argument("--columns", type=int, default=4)
 
+    g = sub.add_parser("generate", help="the pipeline: prompts to images (base generator, then the upsampler)",
+                       description="gigagan.GigaGANPipeline: image j uses seed --seed + j, so a prompt and seed give "
+                                   "the same image whatever the other prompts (on one device, impl, dtype and "
+                                   "--batch-size).")
+    _add_sampling_args(g, out_required=False)
+    g.add_argument("--upsampler", default=None, help="an upsampler run's checkpoint, run directory or pretrained "
+                                                     "folder: chained after the base generator")
+    g.add_argument("--output-size", type=int, default=None,
+                   help="the images' side in pixels (default: one upsampler pass, or the base resolution); larger "
+                        "re-applies the upsampler on overlapping tiles")
+    g.add_argument("--overlap", type=int, default=None, help="tile overlap in the upsampler's input pixels "
+                                                             "(default: a quarter of its input)")
+    g.add_argument("--outdir", default=None, help="write one PNG per image here, plus prompts.jsonl naming them")
+    g.add_argument("--prompt", action="append", default=None, help="repeatable")
+    g.add_argument("--prompts-file", default=None, help="a text file with one prompt per line (blank lines skipped)")
+    g.add_argument("--per-prompt", type=int, default=1, help="images per prompt, each with its own seed")
+    g.add_argument("--batch-size", type=int, default=1, help="rows per network call (the image of seed s is row "
+                                                             "s %% batch-size)")
+    g.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    g.add_argument("--columns", type=int, default=4)
+
     e = sub.add_parser("export", help="a checkpoint's EMA model as a pretrained folder (config.json + safetensors)")
     e.add_argument("--ckpt", required=True, help="a checkpoint file or a run directory (its newest checkpoint)")
     e.add_argument("--out", required=True, help="the folder to write; every command's --ckpt takes it")
@@ -173,6 +201,7 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     ev.add_argument("--resolution", type=int, default=299, help="both sets are resized to this first")
     ev.add_argument("--batch-size", type=int, default=32)
     ev.add_argument("--impl", default=None, choices=IMPL_CHOICES, help=IMPL_HELP)
+    _add_compile_arg(ev)
     ev.add_argument("--device", default=None)
     ev.add_argument("--json-out", default=None, help="also write the scores to this JSON file")
 

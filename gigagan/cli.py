@@ -7,6 +7,7 @@ number (143, 130) after saving a checkpoint, so a scheduler can tell a preempted
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -147,15 +148,21 @@ def _prompts(args) -> list:
 
 
 def _generate_batches(G, args, prompts: list):
-    """G's images for prompts, --batch-size at a time, each from its own z (the same for any batch size). The first
-    batch runs under gigagan_kernels.tune: auto times its candidates there, once per shape and machine."""
-    z = _z(G, args.seed, len(prompts), _device(args))
+    """G's images for prompts, --batch-size at a time, each from its own z (the same for any batch size), through the
+    tensor-only entry G.synthesize. Its first call runs under gigagan_kernels.tune (auto times its candidates there,
+    once per shape and machine); --compile decides whether the later ones run compiled (gigagan/entry.py). A
+    compiled run pads its last batch to --batch-size: one shape, one graph."""
+    from .entry import EntryRunner
+    dev = _device(args)
+    z = _z(G, args.seed, len(prompts), dev)
+    bs = args.batch_size
+    run = EntryRunner(G.synthesize, args.compile, dev, name="generator", log=print).plan(math.ceil(len(prompts) / bs))
     with torch.no_grad(), use_impl(_impl(args)):
-        for i in range(0, len(prompts), args.batch_size):
-            def batch():
-                return G(z[i:i + args.batch_size], prompts[i:i + args.batch_size], truncation_psi=args.truncation,
-                         noise_mode="none")[0]
-            yield tune(batch) if i == 0 else batch()
+        for i in range(0, len(prompts), bs):
+            count = min(bs, len(prompts) - i)
+            rows = list(range(i, i + count)) + [i + count - 1] * (bs - count if run.is_compiled else 0)
+            tokens = G.tokenize([prompts[r] for r in rows]).to(dev)
+            yield run(z[rows], tokens, truncation=args.truncation)[0][:count]
 
 
 def cmd_sample(args) -> int:
@@ -190,6 +197,63 @@ def cmd_sample(args) -> int:
             f.write(json.dumps({"file": names[j], "prompt": prompt, "seed": args.seed, "index": j}) + "\n")
     os.replace(manifest + ".tmp", manifest)
     print(f"wrote {len(prompts)} images and prompts.jsonl to {args.outdir}")
+    return 0
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cmd_generate(args) -> int:
+    """gigagan.GigaGANPipeline on the command line: the base generator of --ckpt, then the upsampler of --upsampler
+    (re-applied on tiles up to --output-size). Image j uses seed --seed + j, so it is the image the pipeline
+    makes for its prompt and seed, whatever the other prompts."""
+    from .images import save_grid, save_images
+    from .pipeline import GigaGANPipeline
+    if (args.out is None) == (args.outdir is None):
+        raise UsageError("give exactly one of --out (a captioned grid PNG) and --outdir (one PNG per image)")
+    for flag, value in (("--columns", args.columns), ("--per-prompt", args.per_prompt),
+                        ("--batch-size", args.batch_size)):
+        _require(value >= 1, flag, "an integer >= 1", value)
+    _require(args.seed >= 0, "--seed", "an integer >= 0", args.seed)
+    _require(args.overlap is None or args.overlap >= 0, "--overlap", "an integer >= 0", args.overlap)
+    _check_sampling(args)
+    prompts = _prompts(args)
+    for flag, path in (("--ckpt", args.ckpt), ("--upsampler", args.upsampler)):
+        if path is not None and not os.path.exists(path):
+            raise UsageError(f"{flag} {path}: does not exist")
+    flags = {"base_dir": "--ckpt", "upsampler": "--upsampler", "output_size": "--output-size",
+             "batch_size": "--batch-size", "overlap": "--overlap"}
+    try:
+        pipe = GigaGANPipeline.from_pretrained(args.ckpt, upsampler=args.upsampler, torch_dtype=DTYPES[args.dtype],
+                                               device=_device(args), batch_size=args.batch_size,
+                                               compile=args.compile, impl=_impl(args), overlap=args.overlap,
+                                               log=print)
+        pipe.output_plan(args.output_size)
+    except ValueError as e:
+        message = str(e)
+        for name, flag in flags.items():             # the Python argument's name -> the flag's
+            if message.startswith(name + ": "):
+                message = f"{flag} {message[len(name) + 2:]}"
+            elif message.startswith(name + " "):
+                message = flag + message[len(name):]
+        raise UsageError(message) from None
+    if args.outdir is not None and os.path.exists(args.outdir) and not os.path.isdir(args.outdir):
+        raise UsageError(f"--outdir {args.outdir}: exists and is not a directory")
+    out = pipe(prompts, seed=args.seed, truncation=args.truncation, num_images_per_prompt=args.per_prompt,
+               output_size=args.output_size, output_type="pil" if args.outdir is not None else "pt")
+    captions = [p for p in prompts for _ in range(args.per_prompt)]
+    if args.outdir is None:
+        save_grid(torch.stack(out.images) * 2 - 1, args.out, captions=captions, columns=args.columns)
+        print(f"wrote {args.out}")
+        return 0
+    names = [f"{j // args.per_prompt:05d}-{j % args.per_prompt:03d}.png" for j in range(len(captions))]
+    save_images(out.images, args.outdir, names)             # creates --outdir
+    manifest = os.path.join(args.outdir, "prompts.jsonl")
+    with open(manifest + ".tmp", "w", encoding="utf-8") as f:
+        for j, prompt in enumerate(captions):
+            f.write(json.dumps({"file": names[j], "prompt": prompt, "seed": args.seed + j, "index": j}) + "\n")
+    os.replace(manifest + ".tmp", manifest)
+    print(f"wrote {len(captions)} images and prompts.jsonl to {args.outdir}")
     return 0
 
 
@@ -266,13 +330,26 @@ def cmd_export(args) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _synthesis_runner(G, args, calls: int):
+    """G.synthesis, which the latent tools call, run by --compile for the command's `calls` calls (the command's
+    own tune() covers the first)."""
+    from .entry import EntryRunner
+    G.synthesis.forward = EntryRunner(G.synthesis.forward, args.compile, _device(args), name="G.synthesis", log=print,
+                                      tune_first=False).plan(calls)
+    try:
+        yield
+    finally:
+        del G.synthesis.forward                       # the class's forward again
+
+
 def cmd_interpolate(args) -> int:
     from .images import save_strip
     from .latent import prompt_interpolation
     _require(args.steps >= 2, "--steps", "an integer >= 2", args.steps)
     model = _load(args)
     G = model.generator
-    with use_impl(_impl(args)):
+    with use_impl(_impl(args)), _synthesis_runner(G, args, 1):
         strip = tune(prompt_interpolation, G, _z(G, args.seed, 1, _device(args)), args.prompt_a, args.prompt_b,
                      args.steps, truncation_psi=args.truncation)
     save_strip(strip, args.out, args.prompt_a, args.prompt_b)
@@ -312,7 +389,7 @@ def cmd_style_mix(args) -> int:
             captions += [f"A{seeds_a[i]} coarse + B{s} fine" for s in seeds_b]
         return tiles, captions
 
-    with use_impl(_impl(args)):
+    with use_impl(_impl(args)), _synthesis_runner(G, args, 2 * len(seeds_a)):
         tiles, captions = tune(grid)
     save_grid(torch.cat(tiles), args.out, captions=captions, columns=len(seeds_b) + 1)
     print(f"wrote {args.out}")
@@ -327,7 +404,7 @@ def cmd_prompt_mix(args) -> int:
     model = _load(args)
     G, dev = model.generator, _device(args)
     z = _z(G, args.seed, args.count, dev)
-    with use_impl(_impl(args)):
+    with use_impl(_impl(args)), _synthesis_runner(G, args, 3):
         a = tune(prompt_mix, G, z, [args.prompt_a] * args.count, [args.prompt_a] * args.count, G.num_ws,
                  args.truncation)
         mixed = prompt_mix(G, z, [args.prompt_a] * args.count, [args.prompt_b] * args.count, args.crossover,
@@ -344,7 +421,7 @@ def cmd_upsample(args) -> int:
 
     from .data import to_tensor
     from .images import to_pil
-    from .upsampler import upsample_tiled
+    from .pipeline import upsample_image
     _require(args.overlap is None or args.overlap >= 0, "--overlap", "an integer >= 0", args.overlap)
     if not os.path.isfile(args.image):
         raise UsageError(f"--image {args.image}: no such file")
@@ -355,9 +432,8 @@ def cmd_upsample(args) -> int:
             x = to_tensor(image)[None].to(dev)
     except OSError as e:
         raise UsageError(f"--image {args.image}: not a readable image ({type(e).__name__}: {e})") from None
-    with use_impl(_impl(args)):
-        out = tune(upsample_tiled, U, x, [args.prompt], z=_z(U, args.seed, 1, dev), overlap=args.overlap,
-                   noise_mode="none")
+    with torch.no_grad(), use_impl(_impl(args)):
+        out = upsample_image(U, x, [args.prompt], args.seed, args.overlap, args.compile, dev, log=print)
     to_pil(out[0]).save(args.out)
     print(f"wrote {args.out}: {tuple(x.shape[-2:])} -> {tuple(out.shape[-2:])}")
     return 0
@@ -407,6 +483,6 @@ def cmd_params(args) -> int:
     print(f"preset {args.preset!r}: trainable parameters per network")
     for name, n in counts.items():
         note = f"   (paper: {paper[name] / 1e6:.1f}M, {100 * (n / paper[name] - 1):+.1f}%)" \
-            if args.preset == "paper" and name in paper else ""
+            if args.preset.startswith("paper") and name in paper else ""
         print(f"  {name:<18} {n:>14,d}  {n / 1e6:8.1f}M{note}")
     return 0

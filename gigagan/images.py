@@ -21,12 +21,13 @@ def to_pil(image: torch.Tensor, scale: int = 1):
     return pil
 
 
-def save_images(images: torch.Tensor, directory: str, names: Sequence[str]) -> list:
-    """One PNG per image at its own resolution (what FID tools read), each written atomically."""
+def save_images(images, directory: str, names: Sequence[str]) -> list:
+    """One PNG per image at its own resolution (what FID tools read), each written atomically. images: a tensor
+    [B, 3, H, W] in [-1, 1], or PIL images."""
     paths = []
     for image, name in zip(images, names):
         path = os.path.join(directory, name)
-        _atomic_save(to_pil(image), path)
+        _atomic_save(to_pil(image) if isinstance(image, torch.Tensor) else image, path)
         paths.append(path)
     return paths
 

@@ -1,6 +1,7 @@
 """The tensor-only entries (Generator.synthesize, Upsampler.synthesize): the same images as the string forward,
 randomness only from their inputs, one graph under torch.compile(fullgraph=True) for every caption set of a shape,
-Inductor, torch.export with a dynamic batch, ONNX where onnxscript is installed. Tiny preset, CPU, no downloads."""
+Inductor, torch.export with a dynamic batch, ONNX where onnxscript is installed, and the runner that compiles
+them for the sampling commands. Tiny preset, CPU, no downloads."""
 import copy
 import os
 import subprocess
@@ -14,6 +15,7 @@ import torch
 pytest.importorskip("open_clip", reason="the model needs open_clip_torch (requirements.txt)")
 
 from gigagan import GigaGAN, get_preset
+from gigagan.entry import EntryRunner
 from gigagan_kernels import use_impl
 from tests.conftest import DEVICE
 from tests.helpers import ROOT
@@ -185,3 +187,40 @@ def test_onnx_export(tiny, tmp_path):
     session = onnxruntime.InferenceSession(path)
     image = session.run(["image_0"], {"z": z.numpy(), "tokens": tokens.numpy()})[0]
     torch.testing.assert_close(torch.from_numpy(image), G.synthesize(z, tokens)[0].cpu(), rtol=1e-4, atol=1e-4)
+
+
+def test_runner_modes(monkeypatch):
+    """off: always eager; on: compiled from the second call (the first is tuned, eagerly); auto: eager on a CPU."""
+    compiled_fns = []
+
+    def fake_compile(fn, device, fullgraph=False):
+        compiled_fns.append(fn)
+        return lambda *a, **k: ("compiled", fn(*a, **k))
+    monkeypatch.setattr("gigagan.entry.compile_entry", fake_compile)
+    double = lambda x: 2 * x  # noqa: E731
+    off = EntryRunner(double, "off", "cpu").plan(3)
+    assert [off(torch.ones(1)).item() for _ in range(3)] == [2.0] * 3 and not off.is_compiled
+    on = EntryRunner(double, "on", "cpu").plan(3)
+    first, second = on(torch.ones(1)), on(torch.ones(1))
+    assert torch.equal(first, torch.full((1,), 2.0)) and second[0] == "compiled" and on.is_compiled
+    auto = EntryRunner(double, "auto", "cpu").plan(10_000)
+    for _ in range(3):
+        auto(torch.ones(1))
+    assert not auto.is_compiled and compiled_fns == [double]
+    with pytest.raises(ValueError, match=r"compile must be one of \('auto', 'on', 'off'\), got 'yes'"):
+        EntryRunner(double, "yes", "cpu")
+
+
+def test_auto_compiles_on_cuda_only_when_the_run_repays_it(monkeypatch):
+    """The second call is timed; auto compiles when that time over the calls to come exceeds the payback."""
+    from gigagan import entry
+    monkeypatch.setattr(entry, "compile_entry", lambda fn, device, fullgraph=False: fn)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    clock = iter([0.0, 0.5, 10.0, 10.5])                  # two timed calls of 0.5 s
+    monkeypatch.setattr(entry.time, "perf_counter", lambda: next(clock))
+    short = EntryRunner(lambda: None, "auto", "cuda").plan(50)      # 48 x 0.5 s = 24 s to come: stays eager
+    short(), short()
+    assert not short.is_compiled and short.eager_seconds == 0.5
+    long = EntryRunner(lambda: None, "auto", "cuda").plan(1000)     # 998 x 0.5 s: compiles
+    long(), long()
+    assert long.is_compiled
