@@ -72,8 +72,9 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
             continue
         convert = _floats if kind is tuple else kind
         shown = ",".join(str(v) for v in field.default) if isinstance(field.default, tuple) else field.default
+        bare = {"nargs": "?", "const": field.metadata["const"]} if field.metadata.get("const") is not None else {}
         parser.add_argument(flag, dest=field.name, type=convert, default=field.default,
-                            choices=field.metadata.get("choices"), help=f"{help_text} (default: {shown})")
+                            choices=field.metadata.get("choices"), help=f"{help_text} (default: {shown})", **bare)
 
 
 def train_config_defaults(argv) -> dict:

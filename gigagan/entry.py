@@ -31,6 +31,11 @@ COMPILE_HELP = ("run the model under torch.compile(mode='reduce-overhead'): on, 
 AUTO_COMPILE_PAYBACK_SECONDS = 60.0
 
 
+# The training step's compiler: Inductor's default mode. No CUDA graphs there: the logged terms outlive a step, and
+# a graph's replay overwrites its outputs. (The tests put aot_eager here: Inductor takes minutes on a CPU.)
+TRAIN_COMPILE_BACKEND = "inductor"
+
+
 def repays(seconds_per_call: float, calls: int) -> bool:
     """Whether `calls` more eager calls of `seconds_per_call` take longer than a compile (auto's rule)."""
     return seconds_per_call * calls > AUTO_COMPILE_PAYBACK_SECONDS
@@ -125,3 +130,30 @@ class EntryRunner:
             self._decide()
         return out
 
+
+class StepCompilePlan:
+    """When a training loop's step starts running compiled (`gigagan train --compile`): "on" from the second step
+    (the first runs eagerly, tuned); "auto" on one CUDA process, once the second step (from its start to the third's:
+    every step ends in a host sync) times the steps to come repays a compile; "off" never. Under torchrun the step
+    stays eager: its separate R1 pass runs outside DDP's wrapper."""
+
+    def __init__(self, mode: str, device, world: int = 1, log: Optional[Callable] = None):
+        check_compile_mode(mode)
+        self.mode, self.starts = mode, []
+        self.done = mode == "off" or (mode == "auto" and torch.device(device).type != "cuda")
+        if not self.done and world > 1:
+            (log or print)(f"compile: the training step stays eager under torchrun ({world} processes)")
+            self.done = True
+
+    def start_step(self, steps_to_come: int) -> bool:
+        """Call as each step starts; True once, when the step should be compiled from now on."""
+        if self.done:
+            return False
+        self.starts.append(time.perf_counter())
+        if self.mode == "on" and len(self.starts) == 2:
+            self.done = True
+            return True
+        if self.mode == "auto" and len(self.starts) == 3:
+            self.done = True
+            return repays(self.starts[2] - self.starts[1], steps_to_come)
+        return False

@@ -15,6 +15,7 @@ import torch
 pytest.importorskip("open_clip", reason="the model needs open_clip_torch (requirements.txt)")
 
 from gigagan import GigaGAN, get_preset
+from gigagan.config import apply_overrides
 from gigagan.entry import EntryRunner
 from gigagan_kernels import use_impl
 from tests.conftest import DEVICE
@@ -134,6 +135,7 @@ def test_inductor_compiles_the_generator_entry():
         import torch
         warnings.simplefilter("ignore")
         from gigagan import GigaGAN, get_preset
+from gigagan.config import apply_overrides
         from gigagan_kernels import use_impl
         torch.manual_seed(0)
         G = GigaGAN(get_preset("tiny")).generator.eval()
@@ -224,3 +226,40 @@ def test_auto_compiles_on_cuda_only_when_the_run_repays_it(monkeypatch):
     long = EntryRunner(lambda: None, "auto", "cuda").plan(1000)     # 998 x 0.5 s: compiles
     long(), long()
     assert long.is_compiled
+
+
+def test_training_step_compiles_with_lazy_r1_in_its_own_pass(monkeypatch):
+    """gigagan train --compile: G and D compiled from the second step, the R1 steps' penalty in an eager pass of
+    its own; the same losses as the eager step (one RNG stream; aot_eager here, Inductor on a GPU), and no new
+    graph once every phase has run."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+    from gigagan.training import TrainConfig
+    from gigagan.training.state import TrainState
+    counter = CompileCounterWithBackend("aot_eager")
+    monkeypatch.setattr("gigagan.entry.TRAIN_COMPILE_BACKEND", counter)
+    torch._dynamo.reset()
+    # A 16 px G and D (three blocks, three scales): the compile dominates this test's time.
+    small = apply_overrides(get_preset("tiny"), ["generator.resolution=16", "generator.channels=[64,64,48]",
+                                                 "generator.num_filters=[4,4,2]", "generator.convs_per_block=[1,1,1]",
+                                                 "discriminator.resolution=16", "discriminator.channels=[48,64,64,64]"])
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    captions = ["a red circle on blue", "a green square on white"]
+    runs = {}
+    with torch.enable_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for mode in ("off", "on"):
+            state = TrainState(TrainConfig(preset="tiny", batch_size=2, r1_interval=2, compile=mode, impl="ref",
+                                           device="cpu", progress=False), model_config=small, log=lambda msg: None)
+            runs[mode] = []
+            for step in range(4):                          # R1 at steps 0 and 2; compiled from step 1
+                runs[mode].append({k: float(v) for k, v in state.train_step(images, captions).items()})
+                if mode == "on" and step == 2:
+                    graphs = counter.frame_count
+            assert state.loss.separate_r1 == (mode == "on")
+    assert graphs > 0 and counter.frame_count == graphs, (graphs, counter.frame_count)
+    for eager, compiled in zip(runs["off"], runs["on"]):
+        assert set(eager) == set(compiled) and not compiled["skipped"]
+        for name in ("loss_d", "loss_g", "r1"):
+            if name in eager:
+                assert compiled[name] == pytest.approx(eager[name], rel=1e-3, abs=1e-5), (name, eager, compiled)
+    assert [("r1" in s) for s in runs["on"]] == [True, False, True, False]

@@ -12,6 +12,7 @@ from gigagan_kernels.backend import IMPLS
 
 from ..augment import POLICIES, parse_policy
 from ..config import PRESETS, apply_overrides, get_preset
+from ..entry import COMPILE_CHOICES
 from .errors import ConfigError
 
 MODELS = ("base", "upsampler")
@@ -19,12 +20,12 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 def _option(default, help: str, *, flag: Optional[str] = None, choices: Optional[tuple] = None,
-            nargs: Optional[str] = None):
+            nargs: Optional[str] = None, const=None):
     """A TrainConfig field with what its command-line flag needs: the help text, the flag when it is not
-    "--" + the name with dashes, the allowed values, and nargs for a list of strings. `gigagan train` is
-    generated from these."""
+    "--" + the name with dashes, the allowed values, nargs for a list of strings, and const, the value of the flag
+    given bare. `gigagan train` is generated from these."""
     return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "choices": choices,
-                                                        "nargs": nargs})
+                                                        "nargs": nargs, "const": const})
 
 
 def config_flag(field) -> str:
@@ -88,6 +89,9 @@ class TrainConfig:
                              "scaling", choices=PRECISIONS)
     augment: str = _option("", "augment D's inputs (real and generated): any of flip,translation,cutout "
                            "(DiffAugment; off by default)")
+    compile: str = _option("off", "run G and D under torch.compile (static shapes; the lazy-R1 term in a pass of its "
+                           "own, eager): on (also the bare flag), off, or auto (on one CUDA process, when the steps to "
+                           "come repay the compile)", choices=COMPILE_CHOICES, const="on")
     profile_steps: int = _option(0, "trace this many steps (after one warm-up) with torch.profiler into "
                                  "OUT/profile/")
 
@@ -115,6 +119,7 @@ class TrainConfig:
         need(self.model in MODELS, "model", f"one of {MODELS}")
         need(self.device in (None, "cuda", "cpu"), "device", "'cuda', 'cpu' or None")
         need(self.precision in PRECISIONS, "precision", f"one of {PRECISIONS}")
+        need(self.compile in COMPILE_CHOICES, "compile", f"one of {COMPILE_CHOICES}")
         if self.batch_size % self.grad_accum:
             raise ConfigError("grad_accum", f"must divide batch_size ({self.batch_size}), got {self.grad_accum}")
         need(self.preset in PRESETS, "preset", f"one of {sorted(PRESETS)}")

@@ -84,6 +84,14 @@ class GigaGANLoss:
         self.G, self.D, self.G_ddp, self.D_ddp = G, D, G_ddp, D_ddp
         self.cfg, self.augment_policy, self.autocast, self.backward = cfg, augment_policy, autocast, backward
         self.guidance, self.vision_head, self.vision_head_ddp = guidance, vision_head, vision_head_ddp
+        self.separate_r1 = False
+
+    def compile(self, backend) -> None:
+        """G and D under torch.compile, in place, with static shapes. The lazy-R1 term then takes a pass of its own,
+        eager (StyleGAN2's "Dreg" phase): R1 differentiates a gradient, and AOTAutograd has no double backward."""
+        self.separate_r1 = True
+        for net in (self.G, self.D):
+            net.compile(backend=backend, dynamic=False)
 
     def generate(self, G, real: torch.Tensor, text: CLIPText, z: torch.Tensor, update_w_avg: bool = False) -> list:
         """G's image pyramid, as many levels as D takes."""
@@ -108,8 +116,9 @@ class GigaGANLoss:
         z = torch.randn(B, self.G.z_dim, device=real.device)
         with torch.no_grad(), self.autocast:
             fake = [f.float() for f in self.generate(self.G, real, text, z)]
+        r1_here = do_r1 and not self.separate_r1
         with maybe_no_sync(self.D_ddp, not sync), self.autocast:
-            real_in = real.detach().requires_grad_(do_r1)
+            real_in = real.detach().requires_grad_(r1_here)
             real_pyramid = self.D.check_pyramid(real_in)
             pyramid = augment_pyramid([torch.cat([r, f]) for r, f in zip(real_pyramid, fake)], self.augment_policy)
             texts = [text, text] + ([wrong] * 2 if wrong is not None else [])
@@ -126,11 +135,19 @@ class GigaGANLoss:
                 va = F.softplus(-va_real).mean() + F.softplus(va_fake).mean()
                 stats["vision_aided_d"] = va.detach()
                 loss = loss + cfg.vision_aided_weight * va
-            if do_r1:
+            if r1_here:
                 r1 = r1_from_logits([s[0] for s in split], real_in, cfg.r1_gamma)
                 stats["r1"] = r1.detach()
                 loss = loss + r1 * cfg.r1_interval                # lazy regularisation
             self.backward(loss * scale)
+        if do_r1 and not r1_here:
+            with self.autocast:                                   # D's eager forward: its compiled call is bypassed
+                real_in = real.detach().requires_grad_(True)
+                pyramid = augment_pyramid(self.D.check_pyramid(real_in), self.augment_policy)
+                r1 = r1_from_logits(self.D.forward(pyramid, text), real_in, cfg.r1_gamma)
+                stats["r1"] = r1.detach()
+                self.backward(r1 * cfg.r1_interval * scale)
+            loss = loss + r1.detach() * cfg.r1_interval
         return loss.detach(), stats
 
     def _generator_phase(self, batch: MicroBatch, sync: bool, scale: float) -> tuple:

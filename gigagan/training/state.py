@@ -21,7 +21,9 @@ import torch.distributed as dist
 
 from ..augment import parse_policy
 from ..config import GigaGANConfig, apply_overrides, get_preset, upsampler_discriminator_config
+from .. import entry
 from ..discriminator import Discriminator
+from ..entry import StepCompilePlan
 from ..model import GigaGAN
 from . import optim
 from .checkpoint import rng_state, set_rng_state
@@ -74,6 +76,7 @@ class TrainState:
         # Recent distinct captions: the matching-aware loss's mismatched captions where rolling the batch
         # would pair a caption with itself (a batch of one, or repeated captions).
         self.captions = CaptionPool(self.model.clip, log=self.log)
+        self.compile_plan = StepCompilePlan(cfg.compile, self.device, self.world, log=self.log)
         self.step, self.bad_steps_total, self.bad_steps_in_row, self.skipped_samples = 0, 0, 0, 0
         self.batches_seen = 0                             # the data position, which a resume continues from
 
@@ -185,6 +188,9 @@ class TrainState:
         """One step of both phases. Returns the step's terms (0-d tensors, means over micro-batches), "skipped"
         and, under fp16, "loss_scale"."""
         cfg = self.cfg
+        if self.compile_plan.start_step(cfg.steps - self.step):
+            self.log(f"compile: G and D under torch.compile from step {self.step} (--compile {cfg.compile})")
+            self.loss.compile(entry.TRAIN_COMPILE_BACKEND)
         images = images.to(self.device, non_blocking=True)
         do_r1 = cfg.r1_gamma > 0 and cfg.r1_interval > 0 and self.step % cfg.r1_interval == 0
         batches = self._micro_batches(images, captions)
