@@ -8,6 +8,14 @@ Cases (preset "small" on a GPU under bf16 autocast, "tiny" on CPU in fp32):
   upsampler_b1                      64 -> 256 (tiny: 16 -> 64)
   paper_G_fwd_b1                    GPU only: the paper preset's 657M-parameter base generator at batch 1,
                                     against the paper's 0.13 s for its whole 512 px pipeline
+  G_fwd_b1_compiled                 GPU only, impl auto: tokens -> images through Generator.synthesize under
+                                    torch.compile(mode="reduce-overhead") (the CLIP text tower included, the
+                                    tokenizer not); the compile's seconds in the log
+  upsampler_b1_compiled             the same for Upsampler.synthesize (text tower and mapping included)
+  paper_pipeline_{256,512}_b1[_compiled]
+                                    GPU only, impl auto: the paper preset's pipeline at batch 1, tokens -> base
+                                    generator (64 px) -> upsampler, 4x (preset "paper", 256 px) and 8x (preset
+                                    "paper-512", 512 px); eager, and compiled as one graph. The paper: 0.13 s at 512 px
   lucidrains_step_b16 (b2 on CPU)   lucidrains/gigagan-pytorch's own unconditional Generator and Discriminator
                                     (64 px, 21M + 22M parameters; 32 px and tiny on CPU): a D phase and a G
                                     phase (hinge losses on generated images), timed under the providers
@@ -33,7 +41,12 @@ OP = "e2e"
 PROVIDERS = ("ref", "torch", "triton", "cuda", "auto", "lucidrains", "lucidrains_patched")
 LUCIDRAINS_PROVIDERS = ("lucidrains", "lucidrains_patched")
 GPU_CASES = {"G_fwd_b1": 1, "G_fwd_b32": 32, "D_fwdbwd_b32": 32, "train_step_b32": 32, "upsampler_b1": 1,
-             "paper_G_fwd_b1": 1, "lucidrains_step_b16": 16}
+             "paper_G_fwd_b1": 1, "lucidrains_step_b16": 16, "G_fwd_b1_compiled": 1, "upsampler_b1_compiled": 1,
+             "paper_pipeline_256_b1": 1, "paper_pipeline_256_b1_compiled": 1, "paper_pipeline_512_b1": 1,
+             "paper_pipeline_512_b1_compiled": 1}
+# Cases that compile (minutes each on a GPU) or build the paper's networks run under impl auto only.
+AUTO_ONLY = ("_compiled", "paper_pipeline")
+PAPER_PIPELINE_SECONDS = 0.13          # the paper's 512 px figure (text-to-image, one image)
 CPU_CASES = {"G_fwd_b1": 1, "G_fwd_b4": 4, "D_fwdbwd_b4": 4, "train_step_b4": 4, "upsampler_b1": 1,
              "lucidrains_step_b2": 2}
 CAPTION = "a small red circle in the top left on a blue background"
@@ -109,6 +122,8 @@ def run(device: torch.device, shapes=None, providers=PROVIDERS, dtypes=None, csv
             for provider in providers:
                 if name.startswith("lucidrains") != (provider in LUCIDRAINS_PROVIDERS):
                     continue                                # lucidrains' models run only under their providers
+                if any(tag in name for tag in AUTO_ONLY) and provider != "auto":
+                    continue
                 why = available(provider, device)
                 if deadline is not None and time.monotonic() > deadline:
                     why = "the benchmark's time budget is spent"
@@ -121,6 +136,11 @@ def run(device: torch.device, shapes=None, providers=PROVIDERS, dtypes=None, csv
                             fn, mode = _lucidrains_step(batch, device, patched=provider == "lucidrains_patched")
                         elif name == "paper_G_fwd_b1":
                             fn, mode = _paper_generator(device)
+                        elif name.startswith("paper_pipeline"):
+                            fn, mode = _paper_pipeline(device, 512 if "_512_" in name else 256,
+                                                       name.endswith("_compiled"), log)
+                        elif name.endswith("_compiled"):
+                            fn, mode = _compiled_entry(name, device, model, log)
                         else:
                             fn, mode = _case_fn(name, batch, device, model, trainer)
                         grad = torch.enable_grad() if mode != "fwd" else torch.no_grad()
@@ -132,6 +152,9 @@ def run(device: torch.device, shapes=None, providers=PROVIDERS, dtypes=None, csv
                     torch.cuda.empty_cache()
                     continue
                 params = {"preset": "paper" if name.startswith("paper") else preset, "batch": batch}
+                if name.startswith("paper_pipeline"):
+                    params.update(preset="paper-512" if "_512_" in name else "paper",
+                                  paper_seconds=PAPER_PIPELINE_SECONDS)
                 record(writer, OP, name, params, provider, mode, dtype_name, t, mem)
                 writer.flush()
                 log(f"  {OP} {name} {provider}: {mode} {t.median_ms:.2f} ms"
@@ -189,6 +212,74 @@ def _paper_generator(device):
     G = _PAPER_G["G"]
     z = torch.randn(1, G.z_dim, device=device, dtype=torch.bfloat16)
     return (lambda: G(z, [CAPTION], noise_mode="none")[0]), "fwd"
+
+
+def _compile(fn, device, args, log, what):
+    """fn under torch.compile(mode="reduce-overhead") as the sampling commands run it (gigagan.entry), after one
+    eager call under tune() (the dispatcher's decisions must be in the table before a compile traces it); the
+    compile's seconds go to the log. Returns a call that starts a new CUDA graph step."""
+    from gigagan.entry import compile_entry
+    from gigagan_kernels import tune
+    with torch.no_grad():
+        tune(fn, *args)
+        compiled = compile_entry(fn, device)
+        start = time.perf_counter()
+        compiled(*args)
+        compiled(*args)                                    # reduce-overhead records its graph on a later call
+        torch.cuda.synchronize(device)
+    log(f"  {OP} {what}: compiled in {time.perf_counter() - start:.1f} s")
+
+    def call():
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled(*args)
+    return call
+
+
+def _compiled_entry(name, device, model, log):
+    """tokens -> images through the tensor-only entry, compiled: G.synthesize, or Upsampler.synthesize."""
+    G, U = model.generator, model.upsampler
+    tokens = G.tokenize([CAPTION]).to(device)
+    if name.startswith("G_fwd"):
+        args = (torch.randn(1, G.z_dim, device=device), tokens)
+        fn = _compile(G.synthesize, device, args, log, name)
+    else:
+        x = torch.rand(1, 3, U.in_resolution, U.in_resolution, device=device) * 2 - 1
+        args = (x, torch.randn(1, U.z_dim, device=device), U.text_encoder.clip.tokenize([CAPTION]).to(device))
+        fn = _compile(U.synthesize, device, args, log, name)
+    return (lambda: fn()[0]), "fwd"
+
+
+_PAPER_PIPELINES = {}
+
+
+def _paper_pipeline(device, size, compiled, log):
+    """The paper preset's pipeline at batch 1 in bf16: tokens -> base generator (64 px) -> upsampler (4x: preset
+    "paper", 8x: "paper-512"), with the upsampler's input noise; one function, so a compile makes it one graph."""
+    from gigagan import get_preset
+    from gigagan.generator import Generator
+    from gigagan.text import FrozenCLIPText
+    from gigagan.upsampler import Upsampler
+    if size not in _PAPER_PIPELINES:
+        _PAPER_PIPELINES.clear()                           # one pair of paper networks in memory at a time
+        cfg = get_preset("paper-512" if size == 512 else "paper")
+        with torch.device(device):
+            clip = FrozenCLIPText(cfg.text)
+            G = Generator(cfg.generator, clip).to(torch.bfloat16).eval()
+            U = Upsampler(cfg.upsampler, clip).to(torch.bfloat16).eval()
+        _PAPER_PIPELINES[size] = (G, U)
+    G, U = _PAPER_PIPELINES[size]
+
+    def pipeline(z, tokens, z_up, input_noise):
+        image = G.synthesize(z, tokens)[0]
+        return U.synthesize(image, z_up, tokens, input_noise=input_noise)[0]
+    tokens = G.tokenize([CAPTION]).to(device)
+    args = (torch.randn(1, G.z_dim, device=device, dtype=torch.bfloat16), tokens,
+            torch.randn(1, U.z_dim, device=device, dtype=torch.bfloat16),
+            torch.randn(1, 3, G.resolution, G.resolution, device=device, dtype=torch.bfloat16))
+    if compiled:
+        call = _compile(pipeline, device, args, log, f"paper pipeline {size} px")
+        return call, "fwd"
+    return (lambda: pipeline(*args)), "fwd"
 
 
 def main(argv=None):

@@ -1,4 +1,5 @@
-"""Model configurations as dataclasses, and the named presets ("tiny", "small", "paper").
+"""Model configurations as dataclasses, and the named presets ("tiny", "small", "paper", and "paper-512": the paper
+preset with the 8x upsampler, 64 -> 512).
 
 The paper's appendix table of architecture hyper-parameters (Table A2) was not available to us,
 so channels, depths, filter counts, heads and attention resolutions below are our choices. The
@@ -178,6 +179,14 @@ def _paper() -> GigaGANConfig:
     return GigaGANConfig(name="paper")
 
 
+def _paper_512() -> GigaGANConfig:
+    # The paper's text-to-image pipeline at 512 px (its 0.13 s figure): the paper preset with an 8x upsampler,
+    # 64 -> 512, one more up block (64 channels, at 512 px) than the 4x one.
+    cfg = _paper()
+    upsampler = dataclasses.replace(cfg.upsampler, scale=8, up_channels=(1024, 768, 512, 256, 128, 64))
+    return dataclasses.replace(cfg, name="paper-512", upsampler=upsampler)
+
+
 def upsampler_discriminator_config(cfg: GigaGANConfig) -> DiscriminatorConfig:
     """The MS-I/O discriminator that trains the upsampler: the base D's design at the upsampler's output
     resolution, with one more trunk block (of the first block's width) per extra octave."""
@@ -191,7 +200,7 @@ def upsampler_discriminator_config(cfg: GigaGANConfig) -> DiscriminatorConfig:
     return dataclasses.replace(d, resolution=out_res, channels=(d.channels[0],) * extra + tuple(d.channels))
 
 
-PRESETS = {"tiny": _tiny, "small": _small, "paper": _paper}
+PRESETS = {"tiny": _tiny, "small": _small, "paper": _paper, "paper-512": _paper_512}
 
 
 def get_preset(name: str) -> GigaGANConfig:

@@ -187,7 +187,8 @@ class FrozenCLIPText(nn.Module):
         if tokens.dim() != 2 or tokens.dtype != torch.int64:
             raise ValueError(f"FrozenCLIPText: tokens must be [B, L] int64, got {tuple(tokens.shape)} {tokens.dtype}")
         tower = self.tower
-        tokens = tokens.to(tower.token_embedding.weight.device)
+        # non_blocking: no stream synchronisation for the copy (CUDA stages pageable memory before returning).
+        tokens = tokens.to(tower.token_embedding.weight.device, non_blocking=True)
         L = tokens.shape[1]
         x = tower.token_embedding(tokens) + tower.positional_embedding[:L]
         mask = None if tower.attn_mask is None else tower.attn_mask[:L, :L].to(x.dtype)

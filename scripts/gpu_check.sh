@@ -8,6 +8,10 @@
 #          a crash loses one test, not the verdicts of the others), then compute-sanitizer memcheck on a small
 #          forward + backward of each op (scripts/cuda_memcheck.py);
 #   ops    the other op tests on CUDA tensors: bf16 / fp16 / fp32, large shapes, Triton, against float64;
+#   host   the model's host path (scripts/host_check.py): a generator forward and a training step under
+#          torch.cuda.set_sync_debug_mode("error"), one reduce-overhead capture of Generator.synthesize; then the
+#          compiled end-to-end cases (G_fwd_b1_compiled, upsampler_b1_compiled) and the paper preset's pipeline at
+#          batch 1, 64 -> 256 and 64 -> 512, eager and compiled, against the paper's 0.13 s;
 #   bench  the benchmarks at GigaGAN shapes: adaptive_modconv2d in bf16 and fp16 first (every provider: ref, peer,
 #          torch, triton and its two strategies, auto, cuda, the floors), then the end-to-end cases (the training
 #          step with auto among them), then attention; CSV, SUMMARY.md, plots. BENCH_ARGS replaces that plan with
@@ -33,7 +37,7 @@ PY=${PYTHON:-python3}
 OUT_DIR=$(mkdir -p "${OUT:-benchmarks/results}" && cd "${OUT:-benchmarks/results}" && pwd)
 WORK=$(mktemp -d)
 BUDGET=${GPU_CHECK_SECONDS:-470}      # under 8 minutes, building included
-PHASES=",${GPU_CHECK_PHASES:-build,model,cuda,ops,bench,train},"
+PHASES=",${GPU_CHECK_PHASES:-build,model,cuda,ops,host,bench,train},"
 START=$SECONDS
 left() { echo $(( BUDGET - (SECONDS - START) )); }
 # cap MAX RESERVE: a phase's limit, at most MAX seconds and leaving RESERVE for the phases after it
@@ -45,7 +49,7 @@ say() { echo "[gpu_check +$((SECONDS - START))s] $*" | tee -a "$LOG"; }
 # limit, or a worker that crashed, still says which tests passed and failed.
 verdicts() { for v in PASSED FAILED ERROR SKIPPED; do printf '%s %s  ' "$(grep -c " $v " "$1")" "$v"; done
              echo "(crashed workers: $(grep -c 'node down' "$1"))"; }
-build_rc=0 model_rc=0 cuda_rc=0 memcheck_rc=0 ops_rc=0 bench_rc=0 train_rc=0
+build_rc=0 model_rc=0 cuda_rc=0 memcheck_rc=0 ops_rc=0 host_rc=0 compiled_rc=0 bench_rc=0 train_rc=0
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee -a "$LOG"
 if [ -d .whl ] && ! "$PY" -c "import open_clip, ninja" 2>/dev/null; then
@@ -97,6 +101,18 @@ if want ops; then
 fi
 cat "$WORK"/model_tests.log "$WORK"/cuda_tests.log "$WORK"/op_tests.log > "$OUT_DIR/tests.log" 2>/dev/null
 
+if want host; then
+  timeout "$(cap 150 $(( BUDGET / 3 )))" "$PY" scripts/host_check.py > "$OUT_DIR/host_check.log" 2>&1
+  host_rc=$?
+  say "host check rc=$host_rc: $(grep -c '^ok ' "$OUT_DIR/host_check.log") ok, $(grep -c '^FAILED ' "$OUT_DIR/host_check.log") failed"
+  # Compiles take tens of seconds each: impl auto only, and the paper's networks one pair at a time.
+  timeout "$(cap 240 $(( BUDGET / 4 )))" "$PY" -m benchmarks.bench_e2e --providers auto --quick \
+    --shapes G_fwd_b1_compiled,upsampler_b1_compiled,paper_pipeline_512_b1,paper_pipeline_512_b1_compiled,paper_pipeline_256_b1,paper_pipeline_256_b1_compiled \
+    --csv "$WORK/results/results.csv" >> "$OUT_DIR/bench.log" 2>&1
+  compiled_rc=$?
+  say "compiled e2e cases rc=$compiled_rc: $(grep -c 'compiled in' "$OUT_DIR/bench.log") compiles"
+fi
+
 if want bench; then
   # A CUDA kernel that faults poisons the process's context: then time the others and leave cuda out.
   no_cuda=()
@@ -140,5 +156,5 @@ fi
 extras=$(cd "$WORK" && ls results/SUMMARY.md results/*.png main/*.png main/log.jsonl 2>/dev/null)
 [ -n "$extras" ] && tar -czf "$OUT_DIR/extras.tgz" -C "$WORK" $extras
 [ "$OUT_DIR" = "$PWD/benchmarks/results" ] && cp "$WORK"/results/* benchmarks/results/ 2>/dev/null
-say "done: build rc=$build_rc model tests rc=$model_rc cuda tests rc=$cuda_rc memcheck rc=$memcheck_rc op tests rc=$ops_rc bench rc=$bench_rc train rc=$train_rc"
-exit $(( build_rc || model_rc || cuda_rc || memcheck_rc || ops_rc || bench_rc || train_rc ))
+say "done: build rc=$build_rc model tests rc=$model_rc cuda tests rc=$cuda_rc memcheck rc=$memcheck_rc op tests rc=$ops_rc host rc=$host_rc compiled e2e rc=$compiled_rc bench rc=$bench_rc train rc=$train_rc"
+exit $(( build_rc || model_rc || cuda_rc || memcheck_rc || ops_rc || host_rc || compiled_rc || bench_rc || train_rc ))

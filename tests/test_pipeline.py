@@ -143,3 +143,15 @@ def test_generate_cli_writes_the_pipelines_images(folders, tmp_path, capsys):
     assert main(["generate", "--ckpt", folders["upsampler"], "--prompt", "a", "--out", str(tmp_path / "x.png")]) == 2
     assert "--ckpt " + folders["upsampler"] + " holds an upsampler run, not a base run" in capsys.readouterr().err
     assert not (tmp_path / "big.png").exists() and not (tmp_path / "x.png").exists()
+
+
+def test_paper_512_preset_is_the_paper_pipeline_at_512_px():
+    """The 8x upsampler of the paper's 512 px pipeline, built on the meta device: 64 -> 512, the paper's base G."""
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        model = GigaGAN(get_preset("paper-512"))
+    assert (model.upsampler.in_resolution, model.upsampler.out_resolution) == (64, 512)
+    assert model.upsampler.up_resolutions[-1] == 512 and model.generator.resolution == 64
+    assert get_preset("paper-512").generator == get_preset("paper").generator
+    counts = model.parameter_counts()
+    assert abs(counts["upsampler"] / 359.1e6 - 1) < 0.05, counts       # the paper's upsampler: 359.1M
