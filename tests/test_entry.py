@@ -135,19 +135,25 @@ def test_inductor_compiles_the_generator_entry():
         import torch
         warnings.simplefilter("ignore")
         from gigagan import GigaGAN, get_preset
-from gigagan.config import apply_overrides
         from gigagan_kernels import use_impl
         torch.manual_seed(0)
         G = GigaGAN(get_preset("tiny")).generator.eval()
         z, tokens = torch.randn(2, G.z_dim), G.tokenize(["a red circle", "a green square on white"])
+        other = G.tokenize(["a blue triangle at the bottom", "two white circles"])
         with torch.no_grad(), use_impl("ref"):
             eager = G.synthesize(z, tokens, truncation=0.7)
+            compiled = torch.compile(G.synthesize, fullgraph=True, dynamic=False)
             start = time.perf_counter()
-            out = torch.compile(G.synthesize, fullgraph=True, dynamic=False)(z, tokens, truncation=0.7)
+            out = compiled(z, tokens, truncation=0.7)
             seconds = time.perf_counter() - start
+            again = compiled(z, other, truncation=0.7)[0]
+            eager_other = G.synthesize(z, other, truncation=0.7)[0]
         err = max((a - b).abs().max().item() for a, b in zip(out, eager))
         print(f"max abs difference {err:.3g}, compile + first call {seconds:.1f} s")
         assert err < 1e-4, err
+        assert (again - eager_other).abs().max().item() < 1e-4
+        from torch._dynamo.utils import counters
+        assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
     """)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     try:
