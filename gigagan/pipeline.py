@@ -48,6 +48,10 @@ class GigaGANPipeline:
         if upsampler is not None and generator.resolution < upsampler.in_resolution:
             raise ValueError(f"upsampler: its input is {upsampler.in_resolution} px but the base generator makes "
                              f"{generator.resolution} px images")
+        limit = upsampler.in_resolution if upsampler is not None else math.inf
+        if overlap is not None and (not isinstance(overlap, int) or not 0 <= overlap < limit):
+            raise ValueError(f"overlap must be an integer in [0, {limit}) (the upsampler's input size), "
+                             f"got {overlap!r}")
         self.generator = generator.eval()
         self.upsampler = upsampler.eval() if upsampler is not None else None
         self.batch_size, self.compile, self.impl, self.overlap = batch_size, compile, impl, overlap

@@ -109,6 +109,9 @@ def test_dtype_device_and_clear_errors(folders):
         GigaGANPipeline.from_pretrained(folders["upsampler"])
     with pytest.raises(FileNotFoundError, match="base_dir: /nonexistent does not exist"):
         GigaGANPipeline.from_pretrained("/nonexistent")
+    with pytest.raises(ValueError, match=r"overlap must be an integer in \[0, 16\) \(the upsampler's input size\), "
+                                         "got 16"):
+        GigaGANPipeline.from_pretrained(folders["base16"], upsampler=folders["upsampler"], overlap=16)
     with pytest.raises(ValueError, match="torch_dtype must be a floating-point torch.dtype, got 'half'"):
         GigaGANPipeline.from_pretrained(folders["base"], torch_dtype="half")
     with pytest.raises(ValueError, match="upsampler: its input is 16 px but the base generator makes 8 px"):
@@ -155,3 +158,26 @@ def test_paper_512_preset_is_the_paper_pipeline_at_512_px():
     assert get_preset("paper-512").generator == get_preset("paper").generator
     counts = model.parameter_counts()
     assert abs(counts["upsampler"] / 359.1e6 - 1) < 0.05, counts       # the paper's upsampler: 359.1M
+
+
+def test_sampling_commands_run_the_entry_compiled(folders, tmp_path, monkeypatch):
+    """--compile on: sample compiles G.synthesize from its second batch (padding the last one), style-mix compiles
+    G.synthesis; the images are those of --compile off (aot_eager here, for speed: 1e-5 apart, so PNGs 1 apart)."""
+    from PIL import Image
+    compiled = []
+
+    def aot_eager(fn, device, fullgraph=False):
+        compiled.append(fn.__qualname__)
+        return torch.compile(fn, backend="aot_eager", dynamic=False)
+    monkeypatch.setattr("gigagan.entry.compile_entry", aot_eager)
+    common = ["--ckpt", folders["base"], "--impl", "ref", "--seed", "2"]
+    for mode in ("off", "on"):
+        assert main(["sample", *common, "--prompt", "a red circle", "--prompt", "a green square", "--prompt", "sky",
+                     "--batch-size", "2", "--outdir", str(tmp_path / mode), "--compile", mode]) == 0
+        assert main(["style-mix", *common, "--prompt", "a red circle", "--seeds-a", "1,2", "--seeds-b", "3",
+                     "--out", str(tmp_path / f"mix-{mode}.png"), "--compile", mode]) == 0
+    assert compiled == ["Generator.synthesize", "SynthesisNetwork.forward"]
+    for off, on in [(tmp_path / "off" / f"0000{i}-000.png", tmp_path / "on" / f"0000{i}-000.png") for i in range(3)] + \
+            [(tmp_path / "mix-off.png", tmp_path / "mix-on.png")]:
+        with Image.open(off) as a, Image.open(on) as b:
+            assert np.abs(np.asarray(a).astype(int) - np.asarray(b).astype(int)).max() <= 1, (off, on)
