@@ -8,9 +8,9 @@ eagerly, or under torch.compile(mode="reduce-overhead") (CUDA graphs), by `--com
 The first call runs eagerly under gigagan_kernels.tune, so every op's decision is in the process's table before a
 compile traces the dispatcher. "on" compiles from the second call on. "auto" compiles on CUDA only, and only when
 the eager calls still to come (the second call, timed, times those planned) would take longer than a compile:
-CUDA graphs remove the launch overhead that dominates batch-1 calls, but compiling costs tens of seconds. A run
-too short to repay it stays eager. Inductor's on-disk cache is kept beside the kernels' decisions, so a later
-run reuses the compiled graphs.
+CUDA graphs remove the launch overhead that dominates batch-1 calls, but a compile costs far more than a call
+(AUTO_COMPILE_PAYBACK_SECONDS). A run too short to repay it stays eager. Inductor's on-disk cache is kept beside
+the kernels' decisions, so a later run reuses the compiled graphs.
 """
 from __future__ import annotations
 

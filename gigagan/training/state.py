@@ -190,6 +190,7 @@ class TrainState:
         cfg = self.cfg
         if self.compile_plan.start_step(cfg.steps - self.step):
             self.log(f"compile: G and D under torch.compile from step {self.step} (--compile {cfg.compile})")
+            entry.keep_inductor_cache()
             self.loss.compile(entry.TRAIN_COMPILE_BACKEND)
         images = images.to(self.device, non_blocking=True)
         do_r1 = cfg.r1_gamma > 0 and cfg.r1_interval > 0 and self.step % cfg.r1_interval == 0
