@@ -8,7 +8,10 @@
 
 Bad samples never crash training: a missing caption is skipped when the folder is indexed, and a
 corrupt image or an empty caption makes ``__getitem__`` return a ``BadSample`` saying why, which
-``collate_pairs`` drops and counts by reason.
+``collate_pairs`` drops and counts by reason. Every exception an image decoder raises is such a sample, in the
+folder and the tar loader alike (``load_image``), an image over PIL's decompression-bomb limit included
+(checked from the header, before the pixels are decoded); a tar shard cut short counts the samples it lost.
+EXIF orientation is applied.
 
 Images of every PIL mode become RGB: 16-bit and 32-bit integer images are scaled by their range (not
 clipped at 255), palette images go through their palette, and transparent images (LA, RGBA, PA, a palette
@@ -80,6 +83,29 @@ def to_tensor(image) -> torch.Tensor:
     import numpy as np
     array = np.asarray(to_rgb(image), dtype=np.float32)
     return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
+
+
+def load_image(source, resolution: int):
+    """An image file (a path or a binary file object) as a [3, R, R] tensor in [-1, 1], upright by its EXIF
+    orientation, or a BadSample saying why not. Any exception the decoder raises makes a bad sample. The size is
+    checked after open, which reads only the header, and before load, so that a decompression bomb (PIL's limit,
+    Image.MAX_IMAGE_PIXELS) never takes the memory."""
+    from PIL import Image, ImageOps
+    limit = Image.MAX_IMAGE_PIXELS or math.inf
+    too_large = BadSample(f"image too large (over {limit:.0f} pixels, PIL's decompression-bomb limit)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)     # checked here, before load
+            image = Image.open(source)
+        with image:
+            if image.size[0] * image.size[1] > limit:
+                return too_large
+            image.load()
+            return to_tensor(center_crop_resize(ImageOps.exif_transpose(image), resolution))
+    except Image.DecompressionBombError:
+        return too_large
+    except Exception as e:                             # noqa: BLE001 - any decoder failure is a bad sample
+        return BadSample(f"unreadable image ({type(e).__name__})")
 
 
 def center_crop_resize(image, resolution: int):
@@ -165,7 +191,6 @@ class CaptionedImageFolder(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int):
-        from PIL import Image, UnidentifiedImageError
         image_path, caption_path = self.items[index]
         try:
             caption = ""
@@ -174,12 +199,9 @@ class CaptionedImageFolder(Dataset):
                     caption = f.read().strip()
         except (OSError, UnicodeDecodeError) as e:
             return BadSample(f"unreadable caption ({type(e).__name__})")
-        try:
-            with Image.open(image_path) as image:
-                image.load()
-                tensor = to_tensor(center_crop_resize(image, self.resolution))
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            return BadSample(f"unreadable image ({type(e).__name__})")   # dropped and counted by collate_pairs
+        tensor = load_image(image_path, self.resolution)
+        if isinstance(tensor, BadSample):
+            return tensor                                  # dropped and counted by collate_pairs
         if not caption and caption_path is not None:
             return BadSample("empty caption")
         return tensor, caption
@@ -202,13 +224,12 @@ class WithoutCaptions(Dataset):
 def _decode_tar_sample(sample, resolution: int, captions: bool):
     """One raw webdataset sample -> (image, caption), or a BadSample saying why not."""
     import io
-    from PIL import Image
     try:
         image_bytes = next(sample[k] for k in ("jpg", "jpeg", "png", "webp") if k in sample)
         caption = sample["txt"].decode("utf-8").strip() if captions else ""
-        with Image.open(io.BytesIO(image_bytes)) as image:
-            image.load()
-            tensor = to_tensor(center_crop_resize(image, resolution))
+        tensor = load_image(io.BytesIO(image_bytes), resolution)
+        if isinstance(tensor, BadSample):
+            return tensor
         return (tensor, caption) if caption or not captions else BadSample("empty caption")
     except StopIteration:
         return BadSample("no image in the sample")
@@ -228,7 +249,9 @@ class TarShards(torch.utils.data.IterableDataset):
     starts where a run that had consumed `batches_seen` batches would continue: the DataLoader takes
     batches from its workers in turn, so each worker skips (without decoding) the samples of the batches it
     already gave. Unpositioned, it is one pass over all shards. Undecodable samples yield a BadSample
-    (dropped and counted by collate_pairs); unreadable shards are skipped with a warning."""
+    (dropped and counted by collate_pairs); unreadable shards are skipped with a warning, and a shard cut short
+    (truncated) yields a BadSample for each sample it lost: those its img2dataset <shard>_stats.json counts
+    beyond the ones read, or one when there is no such file (how many followed the cut is unknown then)."""
 
     def __init__(self, urls: str, resolution: int, shuffle: int = 1000, seed: int = 0, captions: bool = True):
         super().__init__()
@@ -259,14 +282,17 @@ class TarShards(torch.utils.data.IterableDataset):
             order = list(mine)
             if self.shuffle > 0:
                 rng.shuffle(order)
-            raw = wds.WebDataset(order, handler=wds.warn_and_continue, shardshuffle=False, nodesplitter=None,
-                                 workersplitter=None, empty_check=False)
+            shards = ShardAccount(mine)
+            raw = wds.WebDataset(order, handler=shards.failed, shardshuffle=False, nodesplitter=None,
+                                 workersplitter=None, empty_check=False).map(shards.read)
             if self.shuffle > 0:
                 raw = raw.shuffle(self.shuffle, rng=rng)
             produced = 0
             for sample in raw:
                 produced += 1
+                yield from shards.lost(sample.pop("__lost__", 0))
                 yield sample
+            yield from shards.lost(shards.settle())
             if produced == 0:
                 return                                     # nothing readable at all: a finite, empty stream
 
@@ -280,7 +306,60 @@ class TarShards(torch.utils.data.IterableDataset):
         for _ in itertools.islice(stream, done * self.batch_size):
             pass                                           # skipped undecoded
         for sample in stream:
-            yield _decode_tar_sample(sample, self.resolution, self.captions)
+            yield sample if isinstance(sample, BadSample) else _decode_tar_sample(sample, self.resolution,
+                                                                                  self.captions)
+
+
+class ShardAccount:
+    """What one worker's pass read from each shard, and the samples a shard cut short lost. webdataset reports
+    the failure (failed, its handler) before the stream moves on to the next shard; the samples read are
+    counted in stream order (read, before the shuffle), so a shard's loss is settled once a later shard's
+    sample arrives, or at the end of the pass (settle)."""
+
+    def __init__(self, shards: list):
+        self.shards = set(shards)
+        self.read_from = collections.Counter()
+        self.broken, self.current = set(), None
+
+    def failed(self, exn) -> bool:
+        url = next((a for a in reversed(exn.args) if isinstance(a, str) and a in self.shards), None)
+        if url is not None:
+            self.broken.add(url)
+        warnings.warn(f"tar shards: {exn!r}")
+        return True
+
+    def read(self, sample: dict) -> dict:
+        url = sample.get("__url__")
+        lost = self.settle() if url != self.current else 0
+        self.current = url
+        self.read_from[url] += 1
+        if lost:
+            sample["__lost__"] = lost
+        return sample
+
+    def settle(self) -> int:
+        """The samples lost by the shard the stream just left, if it broke off."""
+        url, self.current = self.current, None
+        if url not in self.broken or not self.read_from[url]:      # an unreadable shard: warned, not counted
+            return 0
+        self.broken.discard(url)
+        expected = _shard_sample_count(url)
+        return max(1, expected - self.read_from[url]) if expected is not None else 1
+
+    @staticmethod
+    def lost(count: int):
+        for _ in range(count):
+            yield BadSample("lost in a truncated shard")
+
+
+def _shard_sample_count(url: str) -> Optional[int]:
+    """The samples img2dataset wrote into a shard (its <shard>_stats.json "successes"), or None."""
+    import json
+    try:
+        with open(os.path.splitext(url)[0] + "_stats.json") as f:
+            return int(json.load(f)["successes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def webdataset_pairs(urls: str, resolution: int, shuffle: int = 1000, seed: int = 0, captions: bool = True):

@@ -96,7 +96,7 @@ def test_webdataset_shards_skip_corrupt_samples(tmp_path):
     assert len(items) == 6
     images, captions, dropped = collate_pairs(items)
     assert sum(dropped.values()) == 1 and len(captions) == 5 and images.shape == (5, 3, 8, 8)
-    assert list(dropped) == ["undecodable sample (UnidentifiedImageError)"]
+    assert list(dropped) == ["unreadable image (UnidentifiedImageError)"]      # as the folder loader says
     assert "caption 0 1" not in captions
     loader = torch.utils.data.DataLoader(make_dataset(str(tmp_path / "{00000..00001}.tar"), 8), batch_size=3,
                                          collate_fn=collate_pairs)
@@ -163,3 +163,99 @@ def test_tar_shards_split_across_ranks(tmp_path):
     assert not ranks[0] & ranks[1] and len(ranks[0] | ranks[1]) == 8
     empty = TarShards(urls, 8)
     assert empty.position(5, 8, 2, 0, 4) == 1 and list(empty) == []     # a rank with no shard gets no data
+
+
+# ------------------------------------------------------------------------------------------------
+# Every decoder failure is a counted sample, in the folder and the tar loader alike (issue 30, item 7)
+# ------------------------------------------------------------------------------------------------
+def _png_header(width, height):
+    """A PNG that declares width x height but carries almost no pixels: opening it reads only the header."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def _folder_and_shard(tmp_path, images):
+    """The same (name, bytes) images, captioned, as an image folder and as one tar shard."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    with tarfile.open(tmp_path / "00000.tar", "w") as tar:
+        for name, data in images:
+            (folder / f"{name}.png").write_bytes(data)
+            (folder / f"{name}.txt").write_text(f"caption {name}")
+            _add(tar, f"{name}.png", data)
+            _add(tar, f"{name}.txt", f"caption {name}".encode())
+    return str(folder), str(tmp_path / "{00000..00000}.tar")
+
+
+def _dropped_by_loader(folder, shards, resolution=16):
+    pytest.importorskip("webdataset")
+    folder_items = [item for item in CaptionedImageFolder(folder, resolution)]
+    tar_items = list(webdataset_pairs(shards, resolution, shuffle=0))
+    return collate_pairs(folder_items)[2], collate_pairs(tar_items)[2]
+
+
+def test_a_decompression_bomb_is_a_skipped_sample_in_every_loader(tmp_path, monkeypatch):
+    """A 20000x20000 PNG used to stop training with DecompressionBombError (the folder loader caught OSError
+    only). Now it is a counted sample in both loaders, and an image between PIL's limit and twice it (a warning
+    only, in PIL) is refused from its header, before load() decodes a pixel."""
+    from PIL import ImageFile
+    too_large = f"image too large (over {Image.MAX_IMAGE_PIXELS} pixels, PIL's decompression-bomb limit)"
+    folder, shards = _folder_and_shard(tmp_path, [("bomb", _png_header(20000, 20000)),
+                                                  ("big", _png_header(10000, 10000)), ("good", _png((1, 2, 3)))])
+    loads = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: loads.append(self.size) or real_load(self))
+    for dropped in _dropped_by_loader(folder, shards):
+        assert dropped == {too_large: 2}
+    assert loads and all(size == (20, 12) for size in loads)                # only the good image was decoded
+
+
+def test_every_decoder_exception_is_a_counted_sample_in_every_loader(tmp_path, monkeypatch):
+    from PIL import PngImagePlugin
+    folder, shards = _folder_and_shard(tmp_path, [("a", _png((1, 2, 3))), ("b", _png((4, 5, 6)))])
+
+    def broken_decoder(self):
+        raise ZeroDivisionError("a decoder bug")
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", broken_decoder)
+    for dropped in _dropped_by_loader(folder, shards):
+        assert dropped == {"unreadable image (ZeroDivisionError)": 2}
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A photo stored sideways with an EXIF orientation tag trains upright: here rotated 180 degrees, so the
+    stored left half (red) ends up on the right."""
+    image = Image.new("RGB", (32, 32), (255, 0, 0))
+    image.paste((0, 0, 255), (16, 0, 32, 32))
+    exif = Image.Exif()
+    exif[0x0112] = 3                                                     # Orientation: rotate 180
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", exif=exif)
+    folder, shards = _folder_and_shard(tmp_path, [("photo", buf.getvalue())])
+    pytest.importorskip("webdataset")
+    for tensor, _ in (CaptionedImageFolder(folder, 16)[0], next(iter(webdataset_pairs(shards, 16, shuffle=0)))):
+        assert torch.allclose(tensor[:, 8, 2], torch.tensor([-1.0, -1.0, 1.0]))        # blue now on the left
+        assert torch.allclose(tensor[:, 8, 13], torch.tensor([1.0, -1.0, -1.0]))
+
+
+@pytest.mark.parametrize("stats", [True, False])
+def test_a_truncated_shard_counts_the_samples_it_lost(tmp_path, stats):
+    """A shard cut short in its third sample: with img2dataset's <shard>_stats.json the loss is exact (6 samples
+    written, 2 read: 4 lost), without it one sample counts (the rest is unknown). The other shard is whole."""
+    pytest.importorskip("webdataset")
+    urls = _caption_shards(tmp_path, shards=2, per_shard=6)
+    path = tmp_path / "00000.tar"
+    with tarfile.open(path) as tar:
+        cut = next(m for m in tar.getmembers() if m.name == "000000002.png").offset_data + 10
+    path.write_bytes(path.read_bytes()[:cut])
+    if stats:
+        (tmp_path / "00000_stats.json").write_text('{"count": 6, "successes": 6}')
+    with pytest.warns(UserWarning, match="tar shards"):
+        items = list(webdataset_pairs(urls, 8, shuffle=0))
+    images, captions, dropped = collate_pairs(items)
+    assert sorted(captions) == ["shard 0 sample 0", "shard 0 sample 1"] + [f"shard 1 sample {k}" for k in range(6)]
+    assert dropped == {"lost in a truncated shard": 4 if stats else 1}
