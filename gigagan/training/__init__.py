@@ -19,9 +19,9 @@ everything needed for an exact resume, and are also written when SIGTERM/SIGINT 
 from .checkpoint import (EXPORT_INFO_NAME, export_pretrained, is_pretrained_folder, list_checkpoints,
                          load_checkpoint, load_latest_checkpoint, model_from_checkpoint)
 from .config import MODELS, PRECISIONS, TrainConfig
-from .errors import CheckpointError, ConfigError, Preempted, TrainingError
+from .errors import CheckpointError, ConfigChangeError, ConfigError, Preempted, TrainingError
 from .loop import Trainer
 
-__all__ = ["EXPORT_INFO_NAME", "MODELS", "PRECISIONS", "CheckpointError", "ConfigError", "Preempted", "TrainConfig",
-           "Trainer", "TrainingError", "export_pretrained", "is_pretrained_folder", "list_checkpoints",
-           "load_checkpoint", "load_latest_checkpoint", "model_from_checkpoint"]
+__all__ = ["EXPORT_INFO_NAME", "MODELS", "PRECISIONS", "CheckpointError", "ConfigChangeError", "ConfigError",
+           "Preempted", "TrainConfig", "Trainer", "TrainingError", "export_pretrained", "is_pretrained_folder",
+           "list_checkpoints", "load_checkpoint", "load_latest_checkpoint", "model_from_checkpoint"]

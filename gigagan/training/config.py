@@ -138,3 +138,22 @@ class TrainConfig:
             need(not self.matching_aware, "matching_aware", "off in an unconditional run (every caption is empty)")
             for field in ("clip_weight", "vision_aided_weight"):
                 need(getattr(self, field) == 0, field, "0 in an unconditional run (there is no text to follow)")
+
+
+# What a resume may change, one tag per TrainConfig field (a test fails on an untagged one). "state": the saved
+# state means something else under another value, so a resume that changes it is refused (exit 2) unless
+# --allow-config-change, and the log records the change. "steer": it steers the run from the resumed step on,
+# is applied for real (lr and betas on the restored optimisers too) and logged. The number of ranks counts
+# through batch_size: the global batch is state, its split over ranks steer.
+RESUME = {
+    "preset": "state", "model_overrides": "state", "model": "state", "data": "state", "batch_size": "state",
+    "grad_accum": "state", "seed": "state", "unconditional": "state", "precision": "state",
+    "r1_gamma": "state", "r1_interval": "state", "matching_aware": "state", "perceptual_weight": "state",
+    "perceptual_weights": "state", "clip_weight": "state", "vision_aided_weight": "state", "guidance_clip": "state",
+    "guidance_clip_pretrained": "state", "text_encoder_pretrained": "state", "augment": "state",
+    "steps": "steer", "max_minutes": "steer", "lr": "steer", "betas": "steer", "attention_weight_decay": "steer",
+    "ema_half_life_images": "steer", "ema_rampup": "steer", "impl": "steer", "device": "steer", "out": "steer",
+    "log_every": "steer", "sample_every": "steer", "ckpt_every": "steer", "keep_checkpoints": "steer",
+    "max_bad_steps": "steer", "max_bad_batches": "steer", "num_workers": "steer", "tensorboard": "steer",
+    "progress": "steer", "allow_random_clip": "steer", "profile_steps": "steer",
+}

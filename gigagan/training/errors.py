@@ -12,6 +12,15 @@ class ConfigError(ValueError):
         self.field, self.message = field, message
 
 
+class ConfigChangeError(ValueError):
+    """A resume whose settings change what the saved state means (batch size, seed, data, losses, ...): refused
+    (a usage error, exit 2) unless --allow-config-change. .changes lists (field, old, new)."""
+
+    def __init__(self, message: str, changes: list):
+        super().__init__(message)
+        self.changes = changes
+
+
 class TrainingError(RuntimeError):
     """Training cannot go on: non-finite steps in a row, no usable data, a rank without data."""
 

@@ -10,6 +10,7 @@ follows G, or the step is skipped on every rank (counted; fp16 overflow only low
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import random
@@ -25,6 +26,7 @@ from .. import entry
 from ..discriminator import Discriminator
 from ..entry import StepCompilePlan
 from ..model import GigaGAN
+from ..rundir import new_run_id
 from . import optim
 from .checkpoint import rng_state, set_rng_state
 from .config import TrainConfig
@@ -32,6 +34,7 @@ from .distributed import agree, init_distributed, wrap
 from .ema import EMA
 from .errors import CheckpointError, TrainingError
 from .loss import PHASES, CaptionPool, GigaGANLoss, MicroBatch, UpsamplerLoss
+from .resume import recorded_config
 
 
 class TrainState:
@@ -79,6 +82,9 @@ class TrainState:
         self.compile_plan = StepCompilePlan(cfg.compile, self.device, self.world, log=self.log)
         self.step, self.bad_steps_total, self.bad_steps_in_row, self.skipped_samples = 0, 0, 0, 0
         self.batches_seen = 0                             # the data position, which a resume continues from
+        self.skipped_by_reason = collections.Counter()    # every rank's dropped samples since the last log record
+        self.run_id = new_run_id()                        # a resume takes the checkpoint's: one run, one id
+        self.saved_decisions = None                       # the autotune decisions of the checkpoint resumed from
 
     def _build_networks(self) -> None:
         """GigaGAN (text towers, G, D); for the upsampler its own MS-I/O D and the perceptual network; the CLIP
@@ -129,14 +135,18 @@ class TrainState:
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"step": self.step, "config": self.model_config.to_json(),
-                "train_config": json.dumps(dataclasses.asdict(self.cfg)),
+        return {"step": self.step, "run_id": self.run_id, "world_size": self.world,
+                "config": self.model_config.to_json(),
+                "train_config": json.dumps(recorded_config(self.cfg, self.device.type, self.precision)),
                 "model": self.model.state_dict(), "g_ema": self.G_ema.state_dict(),
                 "upsampler_discriminator": self.D.state_dict() if self.cfg.model == "upsampler" else {},
                 "vision_aided_head": self.vision_head.state_dict() if self.vision_head is not None else {},
                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(), "rng": rng_state(),
                 "counters": {"bad_steps_total": self.bad_steps_total, "skipped_samples": self.skipped_samples,
-                             "batches_seen": self.batches_seen},
+                             "batches_seen": self.batches_seen,
+                             "samples_seen": self.batches_seen * self.cfg.batch_size * self.world,
+                             "skipped_by_reason": dict(self.skipped_by_reason)},
+                "autotune": autotune_decisions(),
                 "caption_pool": list(self.captions.recent),
                 "grad_scaler": self.scaler.state_dict() if self.scaler is not None else {}}
 
@@ -158,12 +168,27 @@ class TrainState:
                                       "vision_aided_weight > 0")
             self.vision_head.load_state_dict(state["vision_aided_head"])
         self.G_ema.load_state_dict(state["g_ema"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
+        for opt, saved in ((self.opt_g, state["opt_g"]), (self.opt_d, state["opt_d"])):
+            # The moments are the checkpoint's; lr, betas and weight decay this run's (steer fields), for real.
+            steer = [{k: v for k, v in group.items() if k != "params"} for group in opt.param_groups]
+            opt.load_state_dict(saved)
+            for group, values in zip(opt.param_groups, steer):
+                group.update(values)
         self.step = int(state["step"])
-        self.bad_steps_total = int(state["counters"]["bad_steps_total"])
-        self.skipped_samples = int(state["counters"]["skipped_samples"])
-        self.batches_seen = int(state["counters"]["batches_seen"])
+        counters = state["counters"]
+        self.bad_steps_total = int(counters["bad_steps_total"])
+        self.skipped_samples = int(counters["skipped_samples"])
+        self.skipped_by_reason = collections.Counter(counters.get("skipped_by_reason", {}))
+        # The data position is kept in samples, so that the same global batch on another number of ranks (or, with
+        # --allow-config-change, another global batch) continues after the samples already used.
+        per_step = self.cfg.batch_size * self.world
+        samples = counters.get("samples_seen")
+        self.batches_seen = int(counters["batches_seen"]) if samples is None else int(samples) // per_step
+        if samples is not None and int(samples) % per_step:
+            self.log(f"resume: the data position, {samples} samples, is not a whole number of global batches of "
+                     f"{per_step}; continuing after sample {self.batches_seen * per_step}")
+        self.run_id = state.get("run_id") or self.run_id
+        self.saved_decisions = state.get("autotune")
         self.captions.recent.clear()
         self.captions.recent.extend(state.get("caption_pool", []))
         if self.scaler is not None and state.get("grad_scaler"):
@@ -257,6 +282,12 @@ class TrainState:
 
     def _backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+
+def autotune_decisions() -> dict:
+    """{"op key": choice} of the autotune decisions this process knows, for a checkpoint (plain strings)."""
+    from gigagan_kernels import autotune_report
+    return {f"{r['op']} {r['key']}": str(r["choice"]) for r in autotune_report()}
 
 
 def _set_trainable(optimizer, flag: bool) -> None:
