@@ -1,6 +1,7 @@
 """torchrun set-up and the few collectives the trainer needs: every rank takes the same branch at the same step."""
 from __future__ import annotations
 
+import collections
 import contextlib
 import inspect
 import os
@@ -45,6 +46,33 @@ def agree(flags, device, world: int, op=dist.ReduceOp.MAX) -> list:
     if world > 1:
         dist.all_reduce(t, op=op)
     return [v > 0 for v in t.tolist()]
+
+
+def gather_counts(counts: dict, world: int) -> collections.Counter:
+    """Counts (e.g. dropped samples by reason) summed over every rank; every rank calls it at the same step."""
+    if world == 1:
+        return collections.Counter(counts)
+    everyone = [None] * world
+    dist.all_gather_object(everyone, dict(counts))
+    total = collections.Counter()
+    for c in everyone:
+        total.update(c)
+    return total
+
+
+def end_together(world: int) -> None:
+    """Every rank waits here for the others (rank 0 writes the final outputs meanwhile), so none exits while
+    another still works: see shutdown()."""
+    if world > 1 and dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    """Destroy the process group (torchrun): call it in a `finally`, after end_together on the ranks that
+    finished. Its gloo worker threads may outlive it (DDP keeps the group referenced); `python -m gigagan`
+    then ends the process without the interpreter's finalisation (__main__._exit_without_finalizing)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def wrap(module: Optional[torch.nn.Module], device, world: int):

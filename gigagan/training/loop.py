@@ -8,7 +8,8 @@ directory, resumes, saves checkpoints, logs and stops cleanly on a signal. Its p
   step loop    every rank agrees on the step's branch (a stop signal, no data, out of time, a batch to
                skip), then trains on the batch
   intervals    the log record, sample grids and checkpoints every log_every, sample_every, ckpt_every steps
-  the end      a last checkpoint and the final samples
+  the end      a last checkpoint, then the final samples and the loss plot (a signal now stops at once: the
+               checkpoint is whole), then every rank waits for the others before it returns
 
 The run directory (run_dir.py), the batches (batches.py) and the stop signals (signals.py) have modules of
 their own.
@@ -16,6 +17,7 @@ their own.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Optional
 
@@ -23,15 +25,16 @@ from gigagan_kernels import tune, use_impl
 
 from ..config import GigaGANConfig
 from ..data import make_dataset
-from ..rundir import RunDirectory
+from ..rundir import RunDirectory, RunDirError
 from .batches import UnusableBatches, rank_batches
 from .config import TrainConfig
-from .distributed import agree
+from .distributed import agree, end_together, gather_counts
 from .errors import CheckpointError, Preempted, TrainingError, signal_name
-from .outputs import IntervalMeans, ProgressBar, SampleGrids, ScalarLog, StepProfiler
+from .outputs import IntervalMeans, ProgressBar, SampleGrids, ScalarLog, StepProfiler, cut_log, plot_loss
+from .resume import check_resume, decisions_changed, recorded_config
 from .run_dir import checkpoint_to_resume, claim_run_dir, set_up_on_rank0
 from .signals import StopSignals
-from .state import TrainState
+from .state import TrainState, autotune_decisions
 
 
 class Trainer(TrainState):
@@ -42,6 +45,9 @@ class Trainer(TrainState):
         self.signals = StopSignals()
         self._run_dir = None
         self.samples = SampleGrids(cfg, self.G.z_dim)
+        self.last_checkpoint = None         # rank 0: the newest whole checkpoint this fit wrote or resumed from
+        self.outputs_left = None            # the final outputs not yet written, once the final checkpoint is
+        self.log_note = {}                  # what the next log record also carries (a resume, tuning time)
 
     # -- checkpoints and samples -------------------------------------------------------------------
     @property
@@ -54,13 +60,15 @@ class Trainer(TrainState):
         """Rank 0 writes ckpt-<step>.pt (atomic, checked whole, retention over whole checkpoints only)."""
         if not self.is_main:
             return None
-        os.makedirs(self.cfg.out, exist_ok=True)
+        os.makedirs(self.cfg.out, exist_ok=True)          # a TrainState saved outside fit (scripts/)
         with self.signals.deferred():
-            return self.run_dir.save(self.state_dict(), self.step, self.cfg.keep_checkpoints)
+            self.last_checkpoint = self.run_dir.save(self.state_dict(), self.step, self.cfg.keep_checkpoints)
+        return self.last_checkpoint
 
-    def resume(self, fresh_if_none: bool = False) -> bool:
-        """Load the newest whole checkpoint of cfg.out: rank 0 finds it (moving bad files aside), every rank
-        loads that file. None there is an error unless fresh_if_none."""
+    def resume(self, fresh_if_none: bool = False, allow_config_change: bool = False) -> bool:
+        """Load the newest whole checkpoint this run wrote in cfg.out: rank 0 finds it (moving bad files and other
+        runs' aside), every rank loads that file. None there is an error unless fresh_if_none. A changed setting
+        that the saved state depends on refuses the resume unless allow_config_change (resume.py)."""
         path, state = checkpoint_to_resume(self.run_dir, self.is_main, self.world)
         if path is None:
             if not fresh_if_none:
@@ -69,8 +77,14 @@ class Trainer(TrainState):
                                       "(--resume-or-start) starts from step 0 when there is none")
             self.log(f"resume: no checkpoint in {self.cfg.out}; starting from step 0")
             return False
+        changes = check_resume(state, recorded_config(self.cfg, self.device.type, self.precision), self.world,
+                               self.device.type, allow_config_change, path)
         self.load_state_dict(state)
+        self.last_checkpoint = path
+        for line in changes:
+            self.log(line)
         self.log(f"resumed from {path} at step {self.step}")
+        self.log_note = {"resumed_from": os.path.basename(path), **({"config_changes": changes} if changes else {})}
         return True
 
     def write_samples(self, path: str) -> None:
@@ -78,20 +92,32 @@ class Trainer(TrainState):
         self.samples.write(path, self.G_ema, self.loss, self.device)
 
     # -- the loop ----------------------------------------------------------------------------------
-    def fit(self, resume: bool = False, overwrite: bool = False, fresh_if_none: bool = False) -> dict:
+    def fit(self, resume: bool = False, overwrite: bool = False, fresh_if_none: bool = False,
+            allow_config_change: bool = False) -> dict:
         """Train until cfg.steps or cfg.max_minutes. resume: continue from the newest whole checkpoint in cfg.out
         (an error when there is none, unless fresh_if_none). Without resume, a directory that holds another
         run's checkpoints is refused unless overwrite, which moves that run's files aside."""
         set_up_on_rank0(lambda: claim_run_dir(self.run_dir, resume, overwrite, self.log), self.is_main,
                         self.device, self.world, self.cfg.out)
+        self.outputs_left, self.log_note = None, {}
         try:
             with self.signals.caught():
                 if resume:
-                    self.resume(fresh_if_none)
+                    self.resume(fresh_if_none, allow_config_change)
+                if self.is_main and (moved := cut_log(self.cfg.out, self.step)):
+                    self.log(f"log.jsonl: moved {moved} records of steps after {self.step} (an abandoned attempt's) "
+                             "to log-abandoned.jsonl")
                 return self._train_loop()
         except Preempted as e:
+            stopped = {"step": self.step, "stopped_by_signal": True, "signal": e.signum}
+            if self.outputs_left is not None:         # the final checkpoint is whole; outputs were left
+                return {**stopped, "checkpoint": self.last_checkpoint, "skipped_outputs": list(self.outputs_left)}
             self.log(f"{signal_name(e.signum)} again: stopped at step {self.step}")
-            return {"step": self.step, "stopped_by_signal": True, "signal": e.signum, "forced": True}
+            return {**stopped, "forced": True, "newest": self.run_dir.newest() if self.is_main else None}
+        except RunDirError as e:
+            if e.exit_code == 1 and self.is_main and not getattr(e, "noted", False):
+                e.args, e.noted = (f"{e}; {self.run_dir.newest()}",), True
+            raise
         finally:
             if self.is_main:
                 self.run_dir.release()
@@ -100,7 +126,7 @@ class Trainer(TrainState):
         cfg = self.cfg
         # -- set-up: the data and the side outputs
         dataset = make_dataset(cfg.data, self.resolution, seed=cfg.seed, captions=not cfg.unconditional)
-        scalars = ScalarLog(cfg.out, tensorboard=cfg.tensorboard and self.is_main)
+        scalars = ScalarLog(cfg.out, tensorboard=cfg.tensorboard and self.is_main, purge_step=self.step + 1)
         if cfg.model == "upsampler":
             self.samples.take_real_images(dataset, self.resolution)
         n_params = sum(p.numel() for m in (self.G, self.D) for p in m.parameters() if p.requires_grad) / 1e6
@@ -115,21 +141,24 @@ class Trainer(TrainState):
         # The first step is always taken, tuned and not profiled: it carries the one-time costs (timing the ops'
         # candidates, kernel compilation and the like). The time budget starts after it.
         t_last, images_since = time.perf_counter(), 0
-        deadline, tune_seconds, tune_logged = None, None, False
+        deadline, tune_seconds = None, None
         first_step, out_of_time = self.step, False
+        batches = rank_batches(dataset, cfg, self.rank, self.world, self.device, lambda: self.batches_seen)
         try:
             with use_impl(cfg.impl):
-                batches = rank_batches(dataset, cfg, self.rank, self.world, self.device, lambda: self.batches_seen)
                 while self.step < cfg.steps:
                     # -- agree: every rank takes the same branch; all skip a batch that one rank lacks, and
                     # all stop together. The budget is checked only once this fit() has made a step.
                     batch = next(batches)
                     usable = batch is not None and batch[0].shape[0] > 0
-                    missing, no_data, signalled, out_of_time = self._agree(not usable, batch is None, deadline)
+                    dropped = batch[2] if batch is not None else {}
+                    missing, no_data, signalled, out_of_time, any_dropped = self._agree(
+                        not usable, batch is None, deadline, bool(dropped))
                     if signalled:
                         path = self.save_checkpoint()
                         self.log(f"signal {signal_name(self.signals.received)}: saved {path} at step "
                                  f"{self.step}; exiting")
+                        end_together(self.world)
                         return {"step": self.step, "stopped_by_signal": True, "signal": self.signals.received,
                                 "checkpoint": path}
                     if no_data:
@@ -139,10 +168,14 @@ class Trainer(TrainState):
                     if out_of_time:
                         self.log(f"max_minutes={cfg.max_minutes:g} reached at step {self.step}; stopping")
                         break
-                    # The batch is used (trained on or skipped) only now: a stop above leaves it to a resume.
+                    # The batch is used (trained on or skipped) only now: a stop above leaves it to a resume. Every
+                    # rank counts every rank's dropped samples, by reason, for the log and the checkpoint.
                     self.batches_seen += 1
-                    self.skipped_samples += sum(batch[2].values())
-                    if not unusable.usable(batch[2], missing):
+                    if any_dropped:
+                        everyone = gather_counts(dropped, self.world)
+                        self.skipped_samples += sum(everyone.values())
+                        self.skipped_by_reason.update(everyone)
+                    if not unusable.usable(dropped, missing):
                         continue
                     images, captions, _ = batch
 
@@ -154,6 +187,9 @@ class Trainer(TrainState):
                         stats = tune(self.train_step, images, captions)
                         tune_seconds = time.perf_counter() - t0
                         self.log(f"first step, with auto's tuning: {tune_seconds:.1f} s")
+                        self.log_note["tune_seconds"] = tune_seconds
+                        if changed := decisions_changed(self.saved_decisions, autotune_decisions()):
+                            self.log(changed)
                         if cfg.max_minutes is not None:
                             deadline = time.perf_counter() + 60.0 * cfg.max_minutes
                     else:
@@ -170,10 +206,10 @@ class Trainer(TrainState):
                         record = {"step": self.step, **interval.read(),
                                   "images_per_s": images_since / max(now - t_last, 1e-9),
                                   "bad_steps": self.bad_steps_total, "skipped_samples": self.skipped_samples,
-                                  "time": time.time()}
-                        if tune_seconds is not None and not tune_logged:
-                            record["tune_seconds"], tune_logged = tune_seconds, True
-                        t_last, images_since = now, 0
+                                  "skipped_by_reason": dict(self.skipped_by_reason), "time": time.time(),
+                                  **self.log_note}
+                        t_last, images_since, self.log_note = now, 0, {}
+                        self.skipped_by_reason.clear()
                         scalars.write(record)
                         bar.show(record)
                     if self.is_main and cfg.sample_every and self.step % cfg.sample_every == 0:
@@ -181,22 +217,48 @@ class Trainer(TrainState):
                     if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
                         self.save_checkpoint()
         finally:
-            bar.close()
-            scalars.close()
-            profiler.finish(self.step)                    # training ended before the profiled steps did
-        # -- the end: a checkpoint of the last step (unless one was just written) and the final samples
+            # The data loader's workers are joined here; the profiler writes what it traced if training ended
+            # first. A failure while closing never hides the error that ended training.
+            failing = sys.exc_info()[0] is not None
+            for close in (batches.close, bar.close, scalars.close, lambda: profiler.finish(self.step)):
+                try:
+                    close()
+                except Exception as e:
+                    if not failing:
+                        raise
+                    self.log(f"warning: while stopping: {e}")
+        self._finish()
+        return {"step": self.step, "bad_steps": self.bad_steps_total, "skipped_samples": self.skipped_samples,
+                "out_of_time": out_of_time, "checkpoint": self.last_checkpoint}
+
+    def _finish(self) -> None:
+        """The end: a checkpoint of the last step (unless one was just written), then rank 0's final samples and
+        loss plot. From then on a signal stops the outputs at once (fit names the whole checkpoint and what was
+        skipped). Every rank then waits for the others, so none exits while another still works."""
+        cfg = self.cfg
         if self.step % max(cfg.ckpt_every, 1) != 0 or not cfg.ckpt_every:
             self.save_checkpoint()
-        if self.is_main:
-            self.write_samples(os.path.join(cfg.out, "samples-final.png"))
-        return {"step": self.step, "bad_steps": self.bad_steps_total, "skipped_samples": self.skipped_samples,
-                "out_of_time": out_of_time}
+        self.outputs_left = ["samples-final.png", "loss.png"] if self.is_main else []
+        try:
+            with self.signals.finishing():
+                if self.is_main:
+                    self.write_samples(os.path.join(cfg.out, "samples-final.png"))
+                    self.outputs_left.pop(0)
+                    plot_loss(cfg.out, self.log)
+                    self.outputs_left.pop(0)
+        finally:
+            failing = sys.exc_info()[0] is not None
+            try:
+                end_together(self.world)
+            except Exception:
+                if not failing:                           # never hides the error (or signal) on its way out
+                    raise
 
-    def _agree(self, missing: bool, no_data: bool, deadline: Optional[float] = None) -> tuple:
+    def _agree(self, missing: bool, no_data: bool, deadline: Optional[float] = None, dropped: bool = False) -> tuple:
         """(a rank lacks a usable batch, a rank has no data at all, a stop signal arrived, the time budget is
-        spent), agreed by every rank, so that all take the same branch at the same step."""
+        spent, a rank dropped samples), agreed by every rank, so that all take the same branch at the same step."""
         flags = agree([missing, no_data, self.signals.received is not None,
-                       deadline is not None and time.perf_counter() >= deadline], self.device, self.world)
+                       deadline is not None and time.perf_counter() >= deadline, dropped], self.device, self.world)
         if flags[2] and self.signals.received is None:
             self.signals.received = "peer"
         return tuple(flags)

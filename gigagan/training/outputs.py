@@ -1,5 +1,7 @@
 """The loop's side outputs, none of which changes training: log.jsonl (and TensorBoard) with the means of each
-log interval, the progress bar, the sample grids and the profiler's trace. Only rank 0 writes them."""
+log interval, the progress bar, the sample grids, the loss plot and the profiler's trace. Only rank 0 writes
+them. log.jsonl is the run: a resume first moves the records of the steps it will train again aside
+(cut_log), and TensorBoard purges them."""
 from __future__ import annotations
 
 import json
@@ -15,6 +17,10 @@ from gigagan_kernels import use_impl
 
 from ..data import fixed_prompts
 from ..extras import require
+from ..rundir import remove_quietly, writing
+
+LOG = "log.jsonl"
+ABANDONED_LOG = "log-abandoned.jsonl"
 
 
 class IntervalMeans:
@@ -42,11 +48,44 @@ class IntervalMeans:
         return {n: values[i] / values[len(names) + i] for i, n in enumerate(names) if values[len(names) + i] > 0}
 
 
-class ScalarLog:
-    """log.jsonl, one JSON record per log interval, and its numbers in TensorBoard when asked for."""
+def cut_log(out: str, step: int) -> int:
+    """Move the records of log.jsonl after `step` (and torn lines) to log-abandoned.jsonl: a run that continues
+    from step `step` trains the later steps again, and logs them again. Returns how many records moved."""
+    path = os.path.join(out, LOG)
+    if not os.path.exists(path):
+        return 0
+    kept, moved = [], []
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                later = json.loads(line).get("step", 0) > step
+            except (ValueError, AttributeError, TypeError):
+                later = True                                # a line torn by a kill mid-write
+            (moved if later else kept).append(line if line.endswith("\n") else line + "\n")
+    if not moved:
+        return 0
+    with writing(ABANDONED_LOG), open(os.path.join(out, ABANDONED_LOG), "a") as f:
+        f.writelines(moved)
+    tmp = path + ".tmp"
+    try:
+        with writing(LOG):
+            with open(tmp, "w") as f:
+                f.writelines(kept)
+            os.replace(tmp, path)
+    finally:
+        remove_quietly(tmp)
+    return len(moved)
 
-    def __init__(self, out: str, tensorboard: bool):
-        self.path = os.path.join(out, "log.jsonl")
+
+class ScalarLog:
+    """log.jsonl, one JSON record per log interval, and its numbers in TensorBoard when asked for. purge_step:
+    TensorBoard hides the events from that step on that an abandoned attempt wrote (the first step a resume
+    trains)."""
+
+    def __init__(self, out: str, tensorboard: bool, purge_step: Optional[int] = None):
+        self.path = os.path.join(out, LOG)
         self.tb = None
         if tensorboard:
             try:
@@ -55,10 +94,10 @@ class ScalarLog:
                 warnings.warn(f"--tensorboard: no TensorBoard logs ({e}; pip install tensorboard); log.jsonl "
                               "has every scalar", stacklevel=3)
             else:
-                self.tb = SummaryWriter(os.path.join(out, "tb"))
+                self.tb = SummaryWriter(os.path.join(out, "tb"), purge_step=purge_step)
 
     def write(self, record: dict) -> None:
-        with open(self.path, "a") as f:
+        with writing(LOG), open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.tb is not None:
             for k, v in record.items():
@@ -117,6 +156,10 @@ class SampleGrids:
 
     @torch.no_grad()
     def write(self, path: str, G_ema, loss, device) -> None:
+        with writing(os.path.basename(path)):
+            self._write(path, G_ema, loss, device)
+
+    def _write(self, path: str, G_ema, loss, device) -> None:
         from ..images import save_grid
         z = self.z.to(device)
         with use_impl(self.cfg.impl):
@@ -130,6 +173,18 @@ class SampleGrids:
                 return
             imgs = G_ema(z, self.prompts, noise_mode="none")[0]
         save_grid(imgs, path, captions=self.prompts, columns=4)
+
+
+def plot_loss(out: str, log) -> None:
+    """loss.png from log.jsonl; an optional output, which never fails a finished run (a warning says why not)."""
+    from ..images import plot_losses
+    path = os.path.join(out, LOG)
+    if not os.path.exists(path):
+        return
+    try:
+        plot_losses(path, os.path.join(out, "loss.png"))
+    except (ImportError, ValueError, OSError) as e:
+        log(f"warning: no loss plot ({type(e).__name__}: {e})")
 
 
 class StepProfiler:
@@ -162,12 +217,13 @@ class StepProfiler:
             return
         self.profiler.stop()
         directory = os.path.join(self.out, "profile")
-        os.makedirs(directory, exist_ok=True)
         trace = os.path.join(directory, "trace.json")
-        self.profiler.export_chrome_trace(trace + ".tmp")
-        os.replace(trace + ".tmp", trace)
+        with writing("profile/trace.json"):
+            os.makedirs(directory, exist_ok=True)
+            self.profiler.export_chrome_trace(trace + ".tmp")
+            os.replace(trace + ".tmp", trace)
         key = "self_cuda_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
-        with open(os.path.join(directory, "summary.txt"), "w") as f:
+        with writing("profile/summary.txt"), open(os.path.join(directory, "summary.txt"), "w") as f:
             f.write(f"{self.traced} steps from step {step - self.traced}, {self.device}, impl {self.impl}\n")
             f.write(self.profiler.key_averages().table(sort_by=key, row_limit=40) + "\n")
         self.log(f"profile: {self.traced} steps traced into {trace} (chrome://tracing, Perfetto) and summary.txt")

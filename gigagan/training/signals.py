@@ -1,5 +1,6 @@
 """Stop signals. SIGTERM or SIGINT (a scheduler's preemption, Ctrl-C) asks the loop for a checkpoint and a stop
-at the next step; a second one stops at once, after the checkpoint write in flight if there is one."""
+at the next step; a second one stops at once, after the checkpoint write in flight if there is one. Once the
+final checkpoint is whole, only outputs are left, and any signal stops them at once (finishing)."""
 from __future__ import annotations
 
 import contextlib
@@ -17,8 +18,11 @@ class StopSignals:
     def __init__(self):
         self.received = None
         self._writing, self._pending = False, None      # a second signal waits for a checkpoint write
+        self._finishing = False
 
     def _handle(self, signum, frame) -> None:
+        if self._finishing:
+            raise Preempted(signum)
         if self.received is None:
             self.received = signum
         elif self._writing:
@@ -47,3 +51,15 @@ class StopSignals:
             self._writing = False
         if self._pending is not None:
             raise Preempted(self._pending)
+
+    @contextlib.contextmanager
+    def finishing(self):
+        """After the final checkpoint: a signal, or one that came during that checkpoint's write, stops the body
+        (the final outputs) at once with Preempted; nothing is left to save."""
+        if isinstance(self.received, int):
+            raise Preempted(self.received)
+        self._finishing = True
+        try:
+            yield
+        finally:
+            self._finishing = False
