@@ -11,13 +11,23 @@
   eval         FID and CLIP score of a model or a folder against real images (local weights only)
   bench        the kernel benchmark suite, then its summary
   params       each network's parameter count for a preset (built on the meta device)
+
+Exit codes: 0 done; 1 the environment or an input file failed (a full disk, a read-only directory, a file too
+large, a corrupt checkpoint or model folder, data without a usable sample); 2 a usage error (a bad flag, a
+resume refused because a setting changed, an --out held by another trainer or holding another run); 128+N
+stopped by signal N (143 SIGTERM, 130 SIGINT), after saving a checkpoint when training. A failure is one line
+on stderr naming the flag, the file and the cause; --debug (or GIGAGAN_DEBUG=1) adds the traceback.
 """
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import json
+import os
+import signal
 import sys
+import traceback
 import typing
 
 from gigagan_kernels.backend import ENV_VAR, IMPLS
@@ -124,6 +134,10 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
                         "(for a scheduler that reruns one command)")
     t.add_argument("--overwrite", action="store_true",
                    help="start a new run in an --out that holds another run; its files move to previous-runs/")
+    t.add_argument("--allow-config-change", action="store_true",
+                   help="resume even though settings that the saved state depends on changed (batch size, seed, "
+                        "data, losses, precision, model, ...); the log records each change. Without it such a "
+                        "resume is refused (exit 2)")
 
     s = sub.add_parser("sample", help="images for prompts: a captioned grid (--out) or one PNG each (--outdir)")
     _add_sampling_args(s, out_required=False)
@@ -214,11 +228,84 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("params", help="print each network's parameter count for a preset")
     p.add_argument("--preset", default="paper", help="tiny, small or paper (default: paper)")
+    exit_codes = __doc__[__doc__.index("Exit codes:"):]
+    for command in sub.choices.values():
+        command.add_argument("--debug", action="store_true",
+                             help="print the traceback of a failure too (also GIGAGAN_DEBUG=1)")
+        command.epilog = exit_codes
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM outside the training loop (which handles its own): ends the command with a line, not silently."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum, frame):
+    raise Terminated(signum)
+
+
+def _path_flag(args, path: str) -> tuple:
+    """(the flag whose value is `path` or a folder holding it, as "--out runs/x: ", whether it is `path` itself),
+    or ("", False)."""
+    target = os.path.abspath(path)
+    for name, value in sorted(vars(args).items()):
+        if not isinstance(value, str) or name in ("command", "impl", "device", "preset", "prompt"):
+            continue
+        root = os.path.abspath(value.split("{")[0]) if "{" in value else os.path.abspath(value)
+        if target == root or target.startswith(root.rstrip(os.sep) + os.sep):
+            return f"--{name.replace('_', '-')} {value}: ", target == root
+    return "", False
+
+
+def failure(args, e: BaseException) -> tuple:
+    """(exit code, the one line naming the flag, the file and the cause) for an error that the environment,
+    an input file or the command line caused; None for any other (a bug, which keeps its traceback)."""
+    from . import cli
+    from .data import DataError
+    from .rundir import RunDirError, cause, os_error_in
+    from .training import CheckpointError, ConfigChangeError, ConfigError, TrainingError
+    command = f"gigagan {args.command}"
+    out = f"--out {args.out}: " if getattr(args, "out", None) else ""
+    if isinstance(e, cli.UsageError):
+        return 2, f"{command}: {e}"
+    if isinstance(e, cli.InputFileError):
+        return 1, f"{command}: {e}"
+    if isinstance(e, DataError):
+        return 1, f"{command}: --data {args.data}: {e}"
+    if isinstance(e, ConfigError):
+        return 2, f"{command}: {cli._flag(e.field)} {e.message}"
+    if isinstance(e, ConfigChangeError):
+        return 2, f"{command}: {out}{e}"
+    if isinstance(e, RunDirError):
+        return e.exit_code, f"{command}: {out}{e}"
+    if isinstance(e, (CheckpointError, TrainingError)):
+        flag = f"--ckpt {args.ckpt}: " if getattr(args, "ckpt", None) else out
+        return 1, f"{command}: {flag}{e}"
+    if type(e).__name__ == "SafetensorError":              # safetensors' own: a corrupt model.safetensors
+        flag = f"--ckpt {args.ckpt}: " if getattr(args, "ckpt", None) else ""
+        return 1, f"{command}: {flag}reading the weights failed (SafetensorError: {e})"
+    if isinstance(e, KeyboardInterrupt):
+        return 128 + signal.SIGINT, f"{command}: interrupted (SIGINT)"
+    if isinstance(e, Terminated):
+        return 128 + e.signum, f"{command}: stopped by {signal.Signals(e.signum).name}"
+    err = os_error_in(e)
+    if err is not None:
+        files = [f for f in (err.filename, err.filename2) if f]
+        files = [str(f) for f in files]
+        flag, itself = _path_flag(args, files[0]) if files else (out, False)
+        where = f"{' -> '.join(files)}: " if files and not (itself and len(files) == 1) else ""
+        return 1, f"{command}: {flag}{where}{cause(err)}"
+    return None
+
+
 def main(argv=None) -> int:
+    program = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv or os.environ.get("GIGAGAN_DEBUG", "").strip() not in ("", "0")
     try:
         defaults = train_config_defaults(argv)
     except ConfigFileError as e:
@@ -226,20 +313,42 @@ def main(argv=None) -> int:
         return 2
     args = build_parser(defaults).parse_args(argv)
     from . import cli
-    from .rundir import RunDirError
-    from .training import CheckpointError, TrainingError
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return getattr(cli, "cmd_" + args.command.replace("-", "_"))(args) or 0
-    except cli.UsageError as e:
-        print(f"gigagan {args.command}: {e}", file=sys.stderr)
-        return 2
-    except RunDirError as e:                       # a directory held by another trainer or another run
-        print(f"gigagan {args.command}: --out {args.out}: {e}", file=sys.stderr)
-        return 2
-    except (CheckpointError, TrainingError) as e:
-        flag = "--ckpt" if getattr(args, "ckpt", None) else "--out"
-        print(f"gigagan {args.command}: {flag} {getattr(args, flag[2:])}: {e}", file=sys.stderr)
-        return 1
+        signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:                                     # not the main thread: the handlers stay as they are
+        previous = {}
+    try:
+        code = getattr(cli, "cmd_" + args.command.replace("-", "_"))(args) or 0
+    except BaseException as e:
+        if isinstance(e, SystemExit):
+            raise
+        known = failure(args, e)
+        if known is None:
+            raise
+        if debug:
+            traceback.print_exc()
+        print(" ".join(known[1].split()), file=sys.stderr)        # one line, whatever the cause's text holds
+        code = known[0]
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if program and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _exit_without_finalizing(code)
+    return code
+
+
+def _exit_without_finalizing(code: int) -> None:
+    """End a torchrun rank without the interpreter's finalisation. The gloo process group's worker threads
+    outlive destroy_process_group (DDP keeps the group referenced, so they are never joined); one that frees a
+    tensor's Python object after finalisation began is ended by CPython with pthread_exit, whose unwind through
+    a noexcept destructor calls std::terminate: "terminate called without an active exception", SIGABRT, and
+    torchrun fails the job (benchmarks/NOTES.md, "torchrun at shutdown"). Everything of ours is closed by now;
+    the atexit handlers still run."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """The subcommands behind `gigagan` (argument parsing lives in __main__.py).
 
-Errors reach the user as one line that names the flag (and file): a UsageError (a flag's value, a checkpoint
-of the wrong kind, an output that cannot be written) exits with 2; a failure while running (a corrupt
-checkpoint, a training error) with 1. A training stopped by SIGTERM or SIGINT exits with 128 + the signal's
-number (143, 130) after saving a checkpoint, so a scheduler can tell a preempted run from a finished one.
+Errors reach the user as one line that names the flag (and file), printed by __main__.main: a UsageError (a
+flag's value, a checkpoint of the wrong kind, an output that cannot be written, a refused resume) exits with
+2; a failure of the environment or an input file (a full disk, a corrupt checkpoint or model folder, a training
+error) with 1. A training stopped by SIGTERM or SIGINT exits with 128 + the signal's number (143, 130) after
+saving a checkpoint, so a scheduler can tell a preempted run from a finished one.
 """
 from __future__ import annotations
 
@@ -23,6 +24,11 @@ from gigagan_kernels import tune, use_impl
 
 class UsageError(ValueError):
     """A command-line mistake: the message names the flag; the command exits with status 2."""
+
+
+class InputFileError(RuntimeError):
+    """An input file that cannot be used (a corrupt image or model folder): the message names the flag and the
+    file; the command exits with status 1."""
 
 
 def _impl(args) -> str:
@@ -62,11 +68,17 @@ def _check_sampling(args) -> None:
 
 def _load(args, need: str = "base"):
     """The EMA model of --ckpt, which must hold a `need` run ("base" or "upsampler")."""
-    from .training import model_from_checkpoint
+    from .training import CheckpointError, is_pretrained_folder, model_from_checkpoint
     _check_sampling(args)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")               # the checkpoint carries the CLIP tower's weights
-        model, state = model_from_checkpoint(args.ckpt, map_location=_device(args))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")           # the checkpoint carries the CLIP tower's weights
+            model, state = model_from_checkpoint(args.ckpt, map_location=_device(args))
+    except (CheckpointError, OSError):
+        raise
+    except Exception as e:                            # noqa: BLE001 - whatever a bad config or weights file raises
+        what = "model folder" if is_pretrained_folder(args.ckpt) else "checkpoint"
+        raise InputFileError(f"--ckpt {args.ckpt}: not a usable {what} ({type(e).__name__}: {e})") from e
     trained = json.loads(state.get("train_config", "{}")).get("model", "base")
     if trained != need:
         how = "gigagan train --model upsampler" if need == "upsampler" else "gigagan train (--model base)"
@@ -89,8 +101,8 @@ def _z(G, seed: int, count: int, device) -> torch.Tensor:
 
 def cmd_train(args) -> int:
     from .data import data_spec_problem
-    from .images import plot_losses
     from .training import ConfigError, TrainConfig, Trainer
+    from .training.distributed import shutdown
     if args.overwrite and (args.resume or args.resume_or_start):
         raise UsageError("--overwrite starts a new run; it cannot be combined with --resume or --resume-or-start")
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
@@ -105,26 +117,30 @@ def cmd_train(args) -> int:
         raise UsageError(f"{_flag(e.field)} {e.message}") from None
     if problem := data_spec_problem(cfg.data):
         raise UsageError(f"--data {cfg.data}: {problem}")
-    trainer = Trainer(cfg)
-    result = trainer.fit(resume=args.resume or args.resume_or_start, overwrite=args.overwrite,
-                         fresh_if_none=args.resume_or_start)
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    try:
+        trainer = Trainer(cfg)
+        result = trainer.fit(resume=args.resume or args.resume_or_start, overwrite=args.overwrite,
+                             fresh_if_none=args.resume_or_start, allow_config_change=args.allow_config_change)
+    finally:
+        shutdown()                                        # the process group, on every path (torchrun)
     if result.get("stopped_by_signal"):
         signum = result["signal"] if isinstance(result["signal"], int) else signal.SIGTERM
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, signal.SIG_IGN)              # stopping already: a further signal must not cut the line
         if trainer.is_main:
-            saved = "no checkpoint of this step (a second signal)" if result.get("forced") else \
-                f"saved {result.get('checkpoint')}"
-            print(f"gigagan train: preempted by {signal.Signals(signum).name} at step {result['step']}; {saved}; "
-                  f"continue with --resume (exit code {128 + signum})", file=sys.stderr)
+            name = signal.Signals(signum).name
+            if "skipped_outputs" in result:               # after the final checkpoint, in its outputs
+                skipped = " and ".join(result["skipped_outputs"]) or "none"
+                print(f"gigagan train: {name} after the final checkpoint {result['checkpoint']} (step "
+                      f"{result['step']}) was written whole; outputs skipped: {skipped} (exit code {128 + signum})",
+                      file=sys.stderr)
+            else:
+                saved = f"a second signal stopped it at once: {result['newest']}" if result.get("forced") else \
+                    f"saved {result.get('checkpoint')}"
+                print(f"gigagan train: preempted by {name} at step {result['step']}; {saved}; continue with "
+                      f"--resume (exit code {128 + signum})", file=sys.stderr)
         return 128 + signum
     if trainer.is_main:
-        log = os.path.join(cfg.out, "log.jsonl")
-        if os.path.exists(log):
-            try:
-                plot_losses(log, os.path.join(cfg.out, "loss.png"))
-            except (ImportError, ValueError, OSError) as e:     # an optional output never fails a finished run
-                print(f"gigagan train: warning: no loss plot ({type(e).__name__}: {e})", file=sys.stderr)
         print(f"done: step {result['step']}, {result.get('bad_steps', 0)} skipped non-finite steps, "
               f"{result.get('skipped_samples', 0)} bad samples skipped; outputs in {cfg.out}")
     return 0
@@ -430,8 +446,8 @@ def cmd_upsample(args) -> int:
     try:
         with Image.open(args.image) as image:
             x = to_tensor(image)[None].to(dev)
-    except OSError as e:
-        raise UsageError(f"--image {args.image}: not a readable image ({type(e).__name__}: {e})") from None
+    except Exception as e:                            # noqa: BLE001 - any decoder failure, a decompression bomb too
+        raise InputFileError(f"--image {args.image}: not a readable image ({type(e).__name__}: {e})") from e
     with torch.no_grad(), use_impl(_impl(args)):
         out = upsample_image(U, x, [args.prompt], args.seed, args.overlap, args.compile, dev, log=print)
     to_pil(out[0]).save(args.out)

@@ -43,6 +43,11 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 BACKGROUND = (255, 255, 255)        # what transparent pixels are composited on
 
 
+class DataError(ValueError):
+    """--data names something without usable samples (a folder without captioned images): an input problem,
+    which the command line reports in one line with exit code 1."""
+
+
 class BadSample(tuple):
     """A sample that could not be used, as (None, reason); a tuple so that a stream passes it on (webdataset
     drops a bare None silently, which could not be counted)."""
@@ -185,7 +190,7 @@ class CaptionedImageFolder(Dataset):
             warnings.warn(f"CaptionedImageFolder: skipped {self.missing_captions} images without a .txt caption")
         if not self.items:
             what = "captioned images (.txt sidecars; --unconditional trains without)" if captions else "images"
-            raise ValueError(f"CaptionedImageFolder: no {what} under {root!r}")
+            raise DataError(f"CaptionedImageFolder: no {what} under {root!r}")
 
     def __len__(self):
         return len(self.items)

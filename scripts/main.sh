@@ -15,8 +15,28 @@ cd "$(dirname "$0")/.."
 if ! { command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; }; then
   export GIGAGAN_KERNELS_BUILD_CUDA=${GIGAGAN_KERNELS_BUILD_CUDA:-0}
 fi
-bash scripts/setup_env.sh
+# GIGAGAN_SKIP_SETUP=1: the environment is there already (the tests run this script so).
+[ "${GIGAGAN_SKIP_SETUP:-0}" = 1 ] || bash scripts/setup_env.sh
 PY="${GIGAGAN_VENV:-.venv}/bin/python"
+
+# A failed training stops the job with one line (each rank has printed its own one-line error above), not with
+# torchrun's traceback of its agent.
+train_failed() {
+  echo "main job: training failed (exit code $1); the lines above say why. Nothing was sampled." >&2
+  exit 1
+}
+torchrun_quietly() {
+  "$PY" -c '
+import sys
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.run import main
+try:
+    main(sys.argv[1:])
+except ChildFailedError as e:
+    codes = ", ".join(f"rank {rank}: {failure.exitcode}" for rank, failure in sorted(e.failures.items()))
+    sys.exit(f"main job: training failed (exit codes {codes}); the lines above say why. Nothing was sampled.")
+' "$@"
+}
 OUT="${OUT:-runs/main}"
 STEPS="${STEPS:-1000000}"
 MINUTES="${MINUTES:-6.5}"
@@ -24,14 +44,14 @@ MINUTES="${MINUTES:-6.5}"
 rm -rf "$OUT"
 TRAIN=(-m gigagan train --preset tiny --steps "$STEPS" --max-minutes "$MINUTES" --out "$OUT" --sample-every 200 --ckpt-every 200 --log-every 20)
 if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  "$PY" "${TRAIN[@]}" --batch-size 16
+  "$PY" "${TRAIN[@]}" --batch-size 16 || train_failed $?
 else
   # On CPU, single-threaded DDP processes (gloo) outrun one multi-threaded process: 34-36 against
   # 32 images/s on a 2-core machine (docs/experiments/2026-11-26-cpu-training-demo.md). The global batch
   # stays 16.
   NPROC="${NPROC:-$(nproc)}"
   for n in 16 8 4 2 1; do if [ "$NPROC" -ge "$n" ]; then NPROC=$n; break; fi; done
-  OMP_NUM_THREADS=1 "${PY%/python}/torchrun" --standalone --nproc_per_node "$NPROC" "${TRAIN[@]}" \
+  OMP_NUM_THREADS=1 torchrun_quietly --standalone --nproc_per_node "$NPROC" "${TRAIN[@]}" \
       --batch-size $((16 / NPROC))
 fi
 "$PY" -m gigagan sample --ckpt "$OUT" --out "$OUT/samples.png" --columns 4 \
