@@ -43,3 +43,18 @@ def test_cuda_memcheck_script_needs_a_gpu():
     proc = subprocess.run([sys.executable, "scripts/cuda_memcheck.py"], capture_output=True, text=True, timeout=300,
                           cwd=ROOT, env=train_env())
     assert proc.returncode == 2 and "needs a CUDA device" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_main_job_stops_with_one_line_when_training_fails(tmp_path):
+    """scripts/main.sh under torchrun (2 CPU ranks) with an --out that cannot be created: the job stops with its
+    own line after the ranks' one-line errors, not with torchrun's traceback, and samples nothing."""
+    (tmp_path / "file").write_text("not a directory")
+    env = dict(train_env(), GIGAGAN_SKIP_SETUP="1", GIGAGAN_VENV=os.path.dirname(os.path.dirname(sys.executable)),
+               OUT=str(tmp_path / "file" / "run"), NPROC="2", MINUTES="0.1")
+    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "main.sh")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("main job: training failed (exit codes rank 0: ")
+    assert f"gigagan train: --out {tmp_path / 'file' / 'run'}: " in proc.stderr       # a rank's own line
+    assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr
+    assert "samples.png" not in proc.stdout

@@ -12,8 +12,8 @@ import torch
 
 pytest.importorskip("open_clip", reason="the model needs open_clip_torch (requirements.txt)")
 
-from gigagan.training import (CheckpointError, Trainer, TrainingError, list_checkpoints,
-                           load_checkpoint, load_latest_checkpoint)
+from gigagan.training import (CheckpointError, ConfigChangeError, Trainer, TrainingError, list_checkpoints,
+                              load_checkpoint, load_latest_checkpoint)
 from tests.helpers import ROOT, train_cmd, train_env, tiny_train_config as _cfg
 
 
@@ -202,7 +202,7 @@ def test_torchrun_two_cpu_processes_keep_parameters_identical(tmp_path):
     assert result["params_changed"]                          # they trained, not just stayed equal at init
     assert result["timed_out"] and result["timed_steps"] == [4, 4]   # rank 1's budget stopped both after one step
     assert sorted(os.listdir(tmp_path / "run")) == ["checkpoints.json", "ckpt-00000002.pt", "ckpt-00000003.pt",
-                                                    "log.jsonl", "samples-final.png"]   # rank 0 alone writes
+                                                    "log.jsonl", "loss.png", "samples-final.png"]   # rank 0 alone
 
 
 def test_upsampler_training_resumes_exactly_and_feeds_upsample(tmp_path):
@@ -229,8 +229,8 @@ def test_upsampler_training_resumes_exactly_and_feeds_upsample(tmp_path):
         for (name, a), b in zip(getattr(straight, module).state_dict().items(),
                                 getattr(resumed, module).state_dict().values()):
             assert torch.equal(a, b), (module, name)
-    # Resuming a base run's directory as an upsampler run is refused, not silently mixed.
-    with pytest.raises(CheckpointError, match="trained the upsampler model, not the base"):
+    # Resuming an upsampler run's directory as a base run is refused, not silently mixed.
+    with pytest.raises(ConfigChangeError, match="--model upsampler -> base"):
         Trainer(_cfg(tmp_path / "b", steps=6)).fit(resume=True)
     model, _ = model_from_checkpoint(str(out))
     for k, v in straight.G_ema.state_dict().items():
