@@ -6,7 +6,8 @@
 - loop.py: the Trainer, a TrainState and the loop that feeds it (set-up, first step, steps, intervals, end);
 - batches.py (this rank's batches), outputs.py (log, samples, progress bar, profiler), run_dir.py (claiming
   the run directory, resuming on every rank), signals.py (SIGTERM/SIGINT);
-- ema.py, optim.py, checkpoint.py (loading, resume state, export), distributed.py (torchrun), errors.py.
+- resume.py (what a resume may change: the state/steer table's check), ema.py, optim.py, checkpoint.py
+  (loading, resume state, export), distributed.py (torchrun), errors.py.
 
     gigagan train --preset tiny --steps 600 --out runs/tiny            # one process
     torchrun --nproc_per_node 8 -m gigagan train --preset small ...    # NCCL on GPUs, gloo on CPU
