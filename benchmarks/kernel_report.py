@@ -115,15 +115,16 @@ def problems(row) -> list[str]:
     return out
 
 
-def build_report(jobs: int | None = None):
+def build_report(jobs: int | None = None, kernels: tuple = ()):
     specs = all_specs()
     # A spec may name its targets: a config table kept per architecture compiles only for its own.
-    work = [(op, i, cc) for i, (op, spec) in enumerate(specs) for cc in spec.get("targets", TARGETS)]
+    work = [(op, i, cc) for i, (op, spec) in enumerate(specs) for cc in spec.get("targets", TARGETS)
+            if not kernels or spec["kernel"].__name__ in kernels]
     jobs = jobs or max(1, min(os.cpu_count() or 1, 8))
     # spawn, not fork: forking a process that has torch (and its thread pools) loaded is unsafe.
     with futures.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         rows = list(pool.map(compile_one, work))
-    return rows + cuda_extension_rows()
+    return rows + (cuda_extension_rows() if not kernels else [])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,12 +223,14 @@ def main(argv=None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 on a compile error, spill or missing MMA")
     parser.add_argument("--jobs", type=int, default=None, help="parallel compile processes")
     parser.add_argument("--markdown", default=None, help="also write the table to this file")
+    parser.add_argument("--kernels", default="", help="comma-separated Triton kernel names: compile only these "
+                        "(while working on them; the committed table is the full report)")
     args = parser.parse_args(argv)
     # AOT compilation needs real JIT functions (triton.jit makes interpreter objects under
     # TRITON_INTERPRET=1); the kernels are imported after this, here and in the workers, which
     # inherit the environment.
     os.environ.pop("TRITON_INTERPRET", None)
-    rows = build_report(args.jobs)
+    rows = build_report(args.jobs, tuple(filter(None, args.kernels.split(","))))
     table = format_table(rows)
     print(table)
     if cuda_extension_path() is None:

@@ -29,7 +29,7 @@ def adaptive_modconv_specs():
         launch = lambda cfg: {k: cfg[k] for k in ("num_warps", "num_stages")}  # noqa: E731
         blocks = lambda cfg: {k: v for k, v in cfg.items() if k.startswith("BLOCK")}  # noqa: E731
         # Strategy "fused", with the integer hints the JIT specialises at GigaGAN's shapes.
-        fused_hints = dict(ones=("stride_an", "stride_sc"),
+        fused_hints = dict(ones=("stride_ln", "stride_sc"),
                            divisible=("Cin", "Cout", "stride_bank_n", "stride_bank_o", "stride_sb", "stride_xb",
                                       "stride_xc", "stride_gzb", "stride_gzc", "stride_db", "stride_cb"))
         fwd_configs = [(f"n{n_pad}{name}", n_pad, cfg) for n_pad, table in mc.FUSED_FWD_CONFIGS.items()
@@ -42,7 +42,7 @@ def adaptive_modconv_specs():
         for config, n_pad, cfg in fwd_configs:
             specs.append(dict(
                 kernel=mc_fused._fused_fwd_kernel, config=config, dtype=t, tensor_cores=True, **launch(cfg),
-                pointers=dict(X_ptr=t, Bank_ptr=t, A_ptr="fp32", S_ptr=t, D_ptr="fp32", Bias_ptr=t,
+                pointers=dict(X_ptr=t, Bank_ptr=t, Logits_ptr=t, S_ptr=t, D_ptr="fp32", Bias_ptr=t,
                               Noise_ptr=t, Y_ptr=t, Lin_ptr=t),
                 floats=("eps", "gain", "clamp"),
                 constexprs=dict(KSIZE=3, DEMOD=True, HAS_BIAS=True, HAS_NOISE=True, ACT=ACT_LRELU,
@@ -51,13 +51,13 @@ def adaptive_modconv_specs():
             dx = {("BLOCK_I" if name == "BLOCK_O" else name): v for name, v in cfg.items()}
             specs.append(dict(
                 kernel=mc_fused._fused_dx_kernel, config=config, dtype=t, tensor_cores=True, **launch(dx),
-                pointers=dict(GZ_ptr=t, X_ptr=t, Bank_ptr=t, A_ptr="fp32", S_ptr=t, DX_ptr=t, DS_ptr="fp32"),
+                pointers=dict(GZ_ptr=t, X_ptr=t, Bank_ptr=t, Logits_ptr=t, S_ptr=t, DX_ptr=t, DS_ptr="fp32"),
                 floats=(), constexprs=dict(KSIZE=3, N_PAD=n_pad, GROUP=dx["GROUP"], MIX_COLS=max(16, dx["GROUP"]),
                                            **dot, **blocks(dx)), **fused_hints))
         for config, n_pad, cfg in dbank_configs:
             specs.append(dict(
                 kernel=mc_fused._fused_dbank_kernel, config=config, dtype=t, tensor_cores=True, **launch(cfg),
-                pointers=dict(GZ_ptr=t, X_ptr=t, Bank_ptr=t, A_ptr="fp32", S_ptr=t, C_ptr="fp32", DBank_ptr=t,
+                pointers=dict(GZ_ptr=t, X_ptr=t, Bank_ptr=t, Logits_ptr=t, S_ptr=t, C_ptr="fp32", DBank_ptr=t,
                               DAPart_ptr="fp32", DSR_ptr="fp32"),
                 floats=(), constexprs=dict(KSIZE=3, DEMOD=True, N_PAD=n_pad, GROUP=cfg["GROUP"],
                                            MIX_COLS=max(16, cfg["GROUP"]), **dot, **blocks(cfg)), **fused_hints))
@@ -65,7 +65,7 @@ def adaptive_modconv_specs():
         # what the JIT specialises at GigaGAN's shapes (channels multiples of 16, contiguous a and s,
         # channels-last x and pixel-major gz in the implicit GEMMs).
         split = dtype != torch.float32
-        mixing = dict(ones=("stride_an", "stride_sc"),
+        mixing = dict(ones=("stride_ln", "stride_sc"),
                       divisible=("Cin", "Cout", "stride_bank_n", "stride_bank_o", "stride_sb", "stride_wb",
                                  "stride_gwb", "stride_cb", "stride_db"))
         for n_pad in (16, 32):
@@ -73,7 +73,7 @@ def adaptive_modconv_specs():
                 specs.append(dict(
                     kernel=mc_weights._build_weights_kernel, config=f"g{gb}n{n_pad}", dtype=t, tensor_cores=True,
                     **launch(cfg),
-                    pointers=dict(Bank_ptr=t, A_ptr="fp32", S_ptr=t, Wt_ptr=t, D_ptr="fp32"), floats=("eps",),
+                    pointers=dict(Bank_ptr=t, Logits_ptr=t, S_ptr=t, Wt_ptr=t, D_ptr="fp32"), floats=("eps",),
                     constexprs=dict(KK=9, DEMOD=True, N_PAD=n_pad, GROUP_B=gb, SPLIT_A=split, **dot,
                                     **blocks(cfg)), **mixing))
             for gb, cfg in mc.REDUCE_CONFIGS.items():
@@ -81,7 +81,7 @@ def adaptive_modconv_specs():
                     specs.append(dict(
                         kernel=mc_weights._reduce_dweights_kernel, config=f"g{gb}n{n_pad}-{dbank_type}", dtype=t,
                         tensor_cores=True, **launch(cfg),
-                        pointers=dict(GW_ptr=t, Bank_ptr=t, A_ptr="fp32", S_ptr=t, C_ptr="fp32", DBank_ptr=dbank_type,
+                        pointers=dict(GW_ptr=t, Bank_ptr=t, Logits_ptr=t, S_ptr=t, C_ptr="fp32", DBank_ptr=dbank_type,
                                       DAPart_ptr="fp32", DSPart_ptr="fp32"),
                         floats=(), constexprs=dict(DEMOD=True, N_PAD=n_pad, GROUP_B=gb, **dot, **blocks(cfg)),
                         **mixing))
@@ -121,12 +121,21 @@ def adaptive_modconv_specs():
         for noise_grad in (1, 2):
             specs.append(dict(
                 kernel=mc_common._epilogue_bwd_kernel, config=f"noise{noise_grad}", dtype=t, tensor_cores=False,
-                **launch(mc.EPILOGUE_CONFIG),
-                pointers=dict(GY_ptr=t, Lin_ptr=t, D_ptr="fp32", Bias_ptr=t, Noise_ptr=t, GZ_ptr=t, CPart_ptr="fp32",
-                              BiasPart_ptr="fp32", NoisePart_ptr="fp32"),
+                **launch(mc.EPILOGUE_BWD_CONFIG),
+                pointers=dict(GY_ptr=t, Lin_ptr=t, D_ptr="fp32", Bias_ptr=t, Noise_ptr=t, GZ_ptr=t, C_ptr="fp32",
+                              BiasPart_ptr="fp32", NoiseGrad_ptr="fp32" if noise_grad == 1 else t),
                 floats=("gain", "clamp"),
                 constexprs=dict(DEMOD=True, HAS_BIAS=True, HAS_NOISE=True, NOISE_GRAD=noise_grad, ACT=ACT_LRELU,
-                                HAS_CLAMP=True, **blocks(mc.EPILOGUE_CONFIG))))
+                                HAS_CLAMP=True, **blocks(mc.EPILOGUE_BWD_CONFIG))))
+        for taps in (0, 9):         # "weights" (no per-tap style terms), "fused" at k = 3
+            specs.append(dict(
+                kernel=mc_common._finish_grads_kernel, config=f"taps{taps}", dtype=t, tensor_cores=False,
+                **launch(mc.FINISH_CONFIG),
+                pointers=dict(Logits_ptr=t, DAPart_ptr="fp32", DSPart_ptr="fp32", DSR_ptr="fp32", BiasPart_ptr="fp32",
+                              NoisePart_ptr="fp32", DLogits_ptr=t, DS_ptr=t, DBias_ptr=t, DNoise_ptr=t),
+                floats=(), ones=("stride_ln", "stride_dln", "stride_dsc"),
+                constexprs=dict(TAPS=taps, TAPS_PAD=mc.next_power_of_2(taps), HAS_BIAS=True, HAS_NOISE_PART=True,
+                                N_PAD=16, **blocks(mc.FINISH_CONFIG))))
     return specs
 
 
@@ -154,11 +163,11 @@ def attention_specs():
                         kernel=at_flash._attn_bwd_kernel, config=f"d{bd}-{'l2' if kind else 'dot'}-{arch}", dtype=t,
                         targets=(90,) if arch == "sm90" else (80,),
                         tensor_cores=True, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-                        pointers=dict(Q_ptr=t, K_ptr=t, V_ptr=t, Bias_ptr="fp32", DO_ptr=t, LSE_ptr="fp32",
+                        pointers=dict(Q_ptr=t, K_ptr=t, V_ptr=t, Mask_ptr="i8", DO_ptr=t, LSE_ptr="fp32",
                                       Delta_ptr="fp32", DQacc_ptr="fp32", DK_ptr=t, DV_ptr=t),
-                        floats=("qk_scale", "grad_scale"), divisible=("D", "DV"),
+                        floats=("qk_scale", "bias_scale", "grad_scale"), divisible=("D", "DV"),
                         ones=("stride_qd", "stride_kd", "stride_vd", "stride_dod", "stride_dkd", "stride_dvd"),
-                        constexprs=dict(KIND=kind, HAS_BIAS=kind == at_flash.KIND_L2, DOT_PRECISION=precision,
+                        constexprs=dict(KIND=kind, HAS_MASK=kind == at_flash.KIND_DOT, DOT_PRECISION=precision,
                                         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=bd, BLOCK_DV=bd)))
         specs.append(dict(
             kernel=at_flash._key_bias_kernel, config="d128-l2-masked", dtype=t, tensor_cores=False,
@@ -168,6 +177,6 @@ def attention_specs():
         specs.append(dict(
             kernel=at_flash._attn_bwd_delta_kernel, config="d128", dtype=t, tensor_cores=False,
             num_warps=at.DELTA_CONFIG["num_warps"], num_stages=at.DELTA_CONFIG["num_stages"],
-            pointers=dict(O_ptr=t, DO_ptr=t, Delta_ptr="fp32"), floats=(),
-            constexprs=dict(BLOCK_M=at.DELTA_CONFIG["BLOCK_M"], BLOCK_DV=128)))
+            pointers=dict(O_ptr=t, DO_ptr=t, Delta_ptr="fp32", DQacc_ptr="fp32"), floats=(),
+            constexprs=dict(BLOCK_M=at.DELTA_CONFIG["BLOCK_M"], BLOCK_DV=128, BLOCK_D=128)))
     return specs

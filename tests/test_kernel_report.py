@@ -17,7 +17,8 @@ def test_kernel_report_check_passes():
     for name in ("_fused_fwd_kernel", "_fused_dx_kernel", "_fused_dbank_kernel", "_build_weights_kernel",
                  "_reduce_dweights_kernel", "_conv_fwd_kernel", "_conv_dx_kernel", "_conv_dweight_kernel",
                  "_im2col_kernel", "_col2im_kernel", "_epilogue_fwd_kernel", "_epilogue_bwd_kernel",
-                 "_attn_fwd_kernel", "_attn_bwd_delta_kernel", "_attn_bwd_kernel", "_key_bias_kernel"):
+                 "_finish_grads_kernel", "_attn_fwd_kernel", "_attn_bwd_delta_kernel", "_attn_bwd_kernel",
+                 "_key_bias_kernel"):
         assert f"| {name}" in proc.stdout
     assert "sm_80" in proc.stdout and "sm_90" in proc.stdout
     if kernel_report.cuda_extension_path() is not None:

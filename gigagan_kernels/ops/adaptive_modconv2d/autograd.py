@@ -36,6 +36,8 @@ def setup_context(ctx, inputs, output):
     ctx.options = (demodulate, eps, activation, gain, clamp)
     ctx.backend_options = tuple(inputs[12:13])          # the Triton strategy, or the CUDA workspace
     ctx.trailing_inputs = len(inputs) - 6
+    # lin, d and the kept weights are saved, never used downstream: no zero-filled gradients for them.
+    ctx.set_materialize_grads(False)
 
 
 def first_order(backward_op):

@@ -44,6 +44,11 @@ CONV_DWEIGHT_CONFIGS = {
 # Elementwise passes: im2col / col2im tiles [channels, pixels]; the epilogues [Cout, pixels].
 COLUMNS_CONFIG = dict(BLOCK_C=32, BLOCK_P=128, num_warps=4, num_stages=1)
 EPILOGUE_CONFIG = dict(BLOCK_O=32, BLOCK_P=128, num_warps=4, num_stages=1)
+# The epilogue backward: one program per (sample, 16 output channels) walks the sample's pixels, so its channel sums
+# are complete (B * Cout / 16 programs: 2048 at GigaGAN's low-res layers, 256 at its 64x64 layer).
+EPILOGUE_BWD_CONFIG = dict(BLOCK_O=16, BLOCK_P=128, num_warps=4, num_stages=2)
+# The finishing kernel: one program per sample (and one for the bias) sums 32 partial rows a step.
+FINISH_CONFIG = dict(BLOCK_J=32, BLOCK_C=128, num_warps=4, num_stages=1)
 
 # Strategy "fused". Keyed by N_PAD (16: N <= 16, GigaGAN's 4 and 8; 32: N <= 32), then by pixels per sample
 # (p16: 4x4 layers, p64: 8x8, larger). GROUP samples share one bank read and one mix; the accumulator is

@@ -14,7 +14,8 @@ import triton
 import triton.language as tl
 
 from .plans import bank_pad, fused_configs
-from .triton_common import apply_epilogue, dot_dtype, dot_precision, flat_grid, noise_strides
+from .triton_common import (Partials, apply_epilogue, dot_dtype, dot_precision, epilogue_backward, finish_grads,
+                            flat_grid, noise_strides, softmax_rows)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -25,18 +26,16 @@ from .triton_common import apply_epilogue, dot_dtype, dot_precision, flat_grid, 
 # they fit).
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def _group_selection(A_ptr, group_start, B, N, stride_ab, stride_an,
+def _group_selection(Logits_ptr, group_start, B, N, stride_lb, stride_ln,
                      GROUP: tl.constexpr, MIX_COLS: tl.constexpr, N_PAD: tl.constexpr, DOT_DTYPE: tl.constexpr):
-    """The mix's right operand [N_PAD, MIX_COLS]: column j holds a[group_start + j % GROUP, :]. A tensor-core
-    dot needs >= 16 columns; a group of 8 fills the second 8 with the 16-bit residual a - hi(a), so the mix
-    keeps ~16 bits of a; further columns are zero."""
+    """The mix's right operand [N_PAD, MIX_COLS]: column j holds a[group_start + j % GROUP, :], a = softmax of the
+    logits (computed here: no softmax kernel runs). A tensor-core dot needs >= 16 columns; a group of 8 fills the
+    second 8 with the 16-bit residual a - hi(a), so the mix keeps ~16 bits of a; further columns are zero."""
     SPLIT: tl.constexpr = MIX_COLS // GROUP
-    offs_n = tl.arange(0, N_PAD)
     offs_split = tl.arange(0, SPLIT)
     offs_g = group_start + tl.arange(0, GROUP)
-    a = tl.load(A_ptr + offs_g[None, None, :].to(tl.int64) * stride_ab + offs_n[:, None, None] * stride_an
-                + offs_split[None, :, None] * 0,
-                mask=(offs_g < B)[None, None, :] & (offs_n < N)[:, None, None], other=0.0)  # [N_PAD, SPLIT, G]
+    a_rows = softmax_rows(Logits_ptr, offs_g.to(tl.int64), offs_g < B, stride_lb, stride_ln, N, N_PAD)   # [G, N_PAD]
+    a = tl.broadcast_to(tl.trans(a_rows)[:, None, :], (N_PAD, SPLIT, GROUP))                # [N_PAD, SPLIT, G]
     hi = a.to(DOT_DTYPE).to(tl.float32)
     a = tl.where(offs_split[None, :, None] == 0, hi, tl.where(offs_split[None, :, None] == 1, a - hi, 0.0))
     return tl.reshape(a.to(DOT_DTYPE), (N_PAD, MIX_COLS))
@@ -72,11 +71,11 @@ def _group_program(B, P, W, GROUP: tl.constexpr, BLOCK_P: tl.constexpr):
 
 @triton.jit
 def _fused_fwd_kernel(
-    X_ptr, Bank_ptr, A_ptr, S_ptr, D_ptr, Bias_ptr, Noise_ptr, Y_ptr, Lin_ptr,
+    X_ptr, Bank_ptr, Logits_ptr, S_ptr, D_ptr, Bias_ptr, Noise_ptr, Y_ptr, Lin_ptr,
     B, Cin, Cout, H, W, N, eps, gain, clamp,
     stride_xb, stride_xc, stride_xh, stride_xw,
     stride_bank_n, stride_bank_o,
-    stride_ab, stride_an, stride_sb, stride_sc, stride_db,
+    stride_lb, stride_ln, stride_sb, stride_sc, stride_db,
     stride_nb, stride_nc, stride_nh, stride_nw,
     stride_yb, stride_yc, stride_yh, stride_yw,
     KSIZE: tl.constexpr, DEMOD: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_NOISE: tl.constexpr,
@@ -99,7 +98,7 @@ def _fused_fwd_kernel(
     offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
     o_mask = offs_o < Cout
     offs_n = tl.arange(0, N_PAD)
-    a_t = _group_selection(A_ptr, group_start, B, N, stride_ab, stride_an, GROUP, MIX_COLS, N_PAD, DOT_DTYPE)
+    a_t = _group_selection(Logits_ptr, group_start, B, N, stride_lb, stride_ln, GROUP, MIX_COLS, N_PAD, DOT_DTYPE)
     offs_c = tl.arange(0, BLOCK_O * BLOCK_K)        # bank tile rows (o, r), r fastest
     c_o = pid_o * BLOCK_O + offs_c // BLOCK_K
     c_r = offs_c % BLOCK_K
@@ -154,12 +153,12 @@ def _fused_fwd_kernel(
 
 @triton.jit
 def _fused_dx_kernel(
-    GZ_ptr, X_ptr, Bank_ptr, A_ptr, S_ptr, DX_ptr, DS_ptr,
+    GZ_ptr, X_ptr, Bank_ptr, Logits_ptr, S_ptr, DX_ptr, DS_ptr,
     B, Cin, Cout, H, W, N,
     stride_gzb, stride_gzc,
     stride_xb, stride_xc, stride_xh, stride_xw,
     stride_bank_n, stride_bank_o,
-    stride_ab, stride_an, stride_sb, stride_sc, stride_dsb,
+    stride_lb, stride_ln, stride_sb, stride_sc, stride_dsb,
     stride_dxb, stride_dxc, stride_dxh, stride_dxw,
     KSIZE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
     GROUP: tl.constexpr, MIX_COLS: tl.constexpr, N_PAD: tl.constexpr,
@@ -177,7 +176,7 @@ def _fused_dx_kernel(
     offs_i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
     i_mask = offs_i < Cin
     offs_n = tl.arange(0, N_PAD)
-    a_t = _group_selection(A_ptr, group_start, B, N, stride_ab, stride_an, GROUP, MIX_COLS, N_PAD, DOT_DTYPE)
+    a_t = _group_selection(Logits_ptr, group_start, B, N, stride_lb, stride_ln, GROUP, MIX_COLS, N_PAD, DOT_DTYPE)
     offs_c = tl.arange(0, BLOCK_I * BLOCK_K)        # bank tile rows (i, k), k fastest
     c_i = pid_i * BLOCK_I + offs_c // BLOCK_K
     c_k = offs_c % BLOCK_K
@@ -219,12 +218,12 @@ def _fused_dx_kernel(
 
 @triton.jit
 def _fused_dbank_kernel(
-    GZ_ptr, X_ptr, Bank_ptr, A_ptr, S_ptr, C_ptr, DBank_ptr, DAPart_ptr, DSR_ptr,
+    GZ_ptr, X_ptr, Bank_ptr, Logits_ptr, S_ptr, C_ptr, DBank_ptr, DAPart_ptr, DSR_ptr,
     B, Cin, Cout, H, W, N,
     stride_gzb, stride_gzc,
     stride_xb, stride_xc, stride_xh, stride_xw,
     stride_bank_n, stride_bank_o,
-    stride_ab, stride_an, stride_sb, stride_sc, stride_cb, stride_dap, stride_dab, stride_dsrb,
+    stride_lb, stride_ln, stride_sb, stride_sc, stride_cb, stride_dap, stride_dab, stride_dsrb,
     KSIZE: tl.constexpr, DEMOD: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
     GROUP: tl.constexpr, MIX_COLS: tl.constexpr, N_PAD: tl.constexpr,
     BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
@@ -288,10 +287,9 @@ def _fused_dbank_kernel(
                         mask=g_mask[:, None, None] & pk_mask[None, :, :], other=0.0)                # [G, P, K]
             xs = (x.to(tl.float32) * tl.expand_dims(s, 1)).to(DOT_DTYPE)
             grad = tl.dot(g.to(DOT_DTYPE), xs, grad, input_precision=DOT_PRECISION)
-        a = tl.load(A_ptr + (group_start + offs_gl)[:, None] * stride_ab + offs_n[None, :] * stride_an,
-                    mask=g_mask[:, None] & (offs_n < N)[None, :], other=0.0)                      # [G, N_PAD]
+        a = softmax_rows(Logits_ptr, group_start + offs_gl, g_mask, stride_lb, stride_ln, N, N_PAD)  # [G, N_PAD]
         if DEMOD:
-            a_t = _group_selection(A_ptr, group_start, B, N, stride_ab, stride_an, GROUP, MIX_COLS, N_PAD,
+            a_t = _group_selection(Logits_ptr, group_start, B, N, stride_lb, stride_ln, GROUP, MIX_COLS, N_PAD,
                                    DOT_DTYPE)
             mixed = _group_mix(bank, a_t, DOT_DTYPE, DOT_PRECISION, GROUP, BLOCK_O, BLOCK_K)  # [G, O, K]
             c = tl.load(C_ptr + (group_start + offs_gl)[:, None] * stride_cb + offs_o[None, :],
@@ -328,7 +326,7 @@ def _fused_constexprs(dtype, N, cfg):
                 MIX_COLS=max(16, cfg["GROUP"]), **cfg)
 
 
-def fused_forward(x, bank, a, s, bias, noise, *, demodulate, eps, activation_code, gain, clamp, save_lin):
+def fused_forward(x, bank, logits, s, bias, noise, *, demodulate, eps, activation_code, gain, clamp, save_lin):
     """Returns (y, lin, d). lin = d * conv(x*s, K) before noise/bias/activation (empty unless save_lin)."""
     bank = bank.contiguous()
     B, Cin, H, W = x.shape
@@ -343,11 +341,11 @@ def fused_forward(x, bank, a, s, bias, noise, *, demodulate, eps, activation_cod
     grid = flat_grid(triton.cdiv(B, cfg["GROUP"]), triton.cdiv(H * W, cfg["BLOCK_P"]),
                      triton.cdiv(Cout, cfg["BLOCK_O"]))
     _fused_fwd_kernel[grid](
-        x, bank, a, s, d, bias if bias is not None else y, noise if noise is not None else y, y,
+        x, bank, logits, s, d, bias if bias is not None else y, noise if noise is not None else y, y,
         lin if save_lin else y,
         B, Cin, Cout, H, W, N, float(eps), float(gain), float(clamp if clamp is not None else 0.0),
         *x.stride(), bank.stride(0), bank.stride(1),
-        a.stride(0), a.stride(1), s.stride(0), s.stride(1), d.stride(0),
+        logits.stride(0), logits.stride(1), s.stride(0), s.stride(1), d.stride(0),
         *noise_strides(noise, y.shape), *y.stride(),
         KSIZE=k, DEMOD=demodulate, HAS_BIAS=bias is not None, HAS_NOISE=noise is not None,
         ACT=activation_code, HAS_CLAMP=clamp is not None, SAVE_LIN=save_lin, **_fused_constexprs(x.dtype, N, cfg),
@@ -355,40 +353,45 @@ def fused_forward(x, bank, a, s, bias, noise, *, demodulate, eps, activation_cod
     return y, lin, d
 
 
-def fused_backward(gz, c, x, bank, a, s, *, demodulate):
-    """Gradients of the conv core given gz = d * dL/dy_lin and c = d^2 sum_p dL/dy_lin * y_lin.
-
-    Returns dx, dbank (bank dtype), da [B,N] fp32 and ds [B,Cin] fp32.
-    """
+def fused_backward(grad_y, x, bank, logits, s, bias, noise, lin, d, *, demodulate, activation_code, gain, clamp):
+    """Strategy "fused": returns dx, dbank, dlogits, ds, dbias and dnoise (empty when absent), each in its input's
+    dtype."""
     bank = bank.contiguous()
-    gz = gz.contiguous()
     B, Cin, H, W = x.shape
     N, Cout, _, k, _ = bank.shape
     R = Cin * k * k
-    ds = torch.zeros((B, Cin), device=x.device, dtype=torch.float32)
+    n_pad = bank_pad(N)
+    epi = epilogue_backward(grad_y, lin, d, bias, noise, demodulate=demodulate, activation_code=activation_code,
+                            gain=gain, clamp=clamp)
+    gz, c = epi.gz, epi.c
+    # The style gradient's two atomic accumulators (sum_p dxs * x, and the demodulation's per-tap terms) share
+    # one zero fill.
+    accumulators = torch.zeros(B * (Cin + (R if demodulate else 0)), device=x.device, dtype=torch.float32)
+    ds_acc = accumulators[:B * Cin].view(B, Cin)
+    dsr = accumulators[B * Cin:].view(B, R) if demodulate else ds_acc
     # The dx kernel also produces the style gradient's sum_p dxs * x, so it runs even when x needs no grad.
     dx = torch.empty_like(x)
     _, cfg, dbank_cfg = fused_configs(N, H * W)
     grid = flat_grid(triton.cdiv(B, cfg["GROUP"]), triton.cdiv(H * W, cfg["BLOCK_P"]),
                      triton.cdiv(Cin, cfg["BLOCK_I"]))
     _fused_dx_kernel[grid](
-        gz, x, bank, a, s, dx, ds, B, Cin, Cout, H, W, N,
+        gz, x, bank, logits, s, dx, ds_acc, B, Cin, Cout, H, W, N,
         gz.stride(0), gz.stride(1), *x.stride(), bank.stride(0), bank.stride(1),
-        a.stride(0), a.stride(1), s.stride(0), s.stride(1), ds.stride(0), *dx.stride(),
+        logits.stride(0), logits.stride(1), s.stride(0), s.stride(1), ds_acc.stride(0), *dx.stride(),
         KSIZE=k, **_fused_constexprs(x.dtype, N, cfg),
     )
     cfg = dbank_cfg
     num_programs = triton.cdiv(Cout, cfg["BLOCK_O"]) * triton.cdiv(R, cfg["BLOCK_K"])
     dbank = torch.empty_like(bank)
-    da_part = torch.empty((num_programs, B, N), device=x.device, dtype=torch.float32)
-    dsr = torch.zeros((B, R), device=x.device, dtype=torch.float32) if demodulate else ds
+    da_part = torch.empty((num_programs, B, n_pad), device=x.device, dtype=torch.float32)
     constexprs = _fused_constexprs(x.dtype, N, cfg)
     _fused_dbank_kernel[(num_programs,)](
-        gz, x, bank, a, s, c, dbank, da_part, dsr, B, Cin, Cout, H, W, N,
+        gz, x, bank, logits, s, c, dbank, da_part, dsr, B, Cin, Cout, H, W, N,
         gz.stride(0), gz.stride(1), *x.stride(), bank.stride(0), bank.stride(1),
-        a.stride(0), a.stride(1), s.stride(0), s.stride(1), c.stride(0), da_part.stride(0), da_part.stride(1),
-        dsr.stride(0), KSIZE=k, DEMOD=demodulate, **constexprs,
+        logits.stride(0), logits.stride(1), s.stride(0), s.stride(1), c.stride(0), da_part.stride(0),
+        da_part.stride(1), dsr.stride(0), KSIZE=k, DEMOD=demodulate, **constexprs,
     )
-    if demodulate:
-        ds += dsr.view(B, Cin, k * k).sum(2)
-    return dx, dbank, da_part.sum(0), ds
+    partials = Partials(da=da_part, ds=ds_acc.view(1, B, Cin), dsr=dsr if demodulate else None,
+                        taps=k * k if demodulate else 0)
+    dlogits, ds, dbias, dnoise = finish_grads(logits, s, bias, epi, partials)
+    return dx, dbank, dlogits, ds, dbias, dnoise

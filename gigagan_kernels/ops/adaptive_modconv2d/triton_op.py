@@ -20,13 +20,12 @@ def triton_forward_op(x: torch.Tensor, weight_bank: torch.Tensor, select_logits:
     """Returns y, lin (d * conv before the epilogue; empty unless save_lin), d [B, Cout] fp32, and the
     per-sample weights of strategy "weights" when keep_weights (else empty)."""
     from . import triton_fused, triton_weights
-    a = torch.softmax(select_logits.float(), dim=1)
     options = dict(demodulate=demodulate, eps=eps, activation_code=activation_code(activation), gain=gain,
                    clamp=clamp, save_lin=save_lin)
     if strategy == "weights":
-        return triton_weights.weights_forward(x, weight_bank, a, style, bias, noise, keep_weights=keep_weights,
-                                              **options)
-    y, lin, d = triton_fused.fused_forward(x, weight_bank, a, style, bias, noise, **options)
+        return triton_weights.weights_forward(x, weight_bank, select_logits, style, bias, noise,
+                                              keep_weights=keep_weights, **options)
+    y, lin, d = triton_fused.fused_forward(x, weight_bank, select_logits, style, bias, noise, **options)
     return y, lin, d, x.new_empty((0,))
 
 
@@ -49,18 +48,12 @@ def triton_backward_op(grad_y: torch.Tensor, x: torch.Tensor, weight_bank: torch
                        activation: str, gain: float, clamp: Optional[float], strategy: str
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns dx, dbank, dlogits, dstyle, dbias (empty when bias is None), dnoise (ditto)."""
-    from . import triton_fused, triton_common, triton_weights
-    a = torch.softmax(select_logits.float(), dim=1)
+    from . import triton_fused, triton_weights
     options = dict(demodulate=demodulate, activation_code=activation_code(activation), gain=gain, clamp=clamp)
     if strategy == "weights":
-        dx, dbank, da, ds, dbias, dnoise = triton_weights.weights_backward(
-            grad_y, x, weight_bank, a, style, bias, noise, lin, d, kept_weights, **options)
-    else:
-        gz, c, dbias, dnoise = triton_common.epilogue_backward(grad_y, lin, d, bias, noise, **options)
-        dx, dbank, da, ds = triton_fused.fused_backward(gz.view(grad_y.shape), c, x, weight_bank, a, style,
-                                                        demodulate=demodulate)
-    dlogits = a * (da - (a * da).sum(dim=1, keepdim=True))                     # softmax backward
-    return dx, dbank, dlogits.to(select_logits.dtype), ds.to(style.dtype), dbias, dnoise
+        return triton_weights.weights_backward(grad_y, x, weight_bank, select_logits, style, bias, noise, lin, d,
+                                               kept_weights, **options)
+    return triton_fused.fused_backward(grad_y, x, weight_bank, select_logits, style, bias, noise, lin, d, **options)
 
 
 @triton_backward_op.register_fake

@@ -24,7 +24,8 @@ import triton.language as tl
 from .plans import (BUILD_CONFIGS, COLUMNS_CONFIG, CONV_DWEIGHT_CONFIGS, CONV_DX_CONFIGS, CONV_FWD_CONFIGS,
                     EPILOGUE_CONFIG, MAX_GROUP_B, REDUCE_CONFIGS, bank_pad, group_size, pixel_key, plan_weights,
                     reduce_group)
-from .triton_common import apply_epilogue, dot_dtype, dot_precision, epilogue_backward, flat_grid, noise_strides
+from .triton_common import (Partials, apply_epilogue, dot_dtype, dot_precision, epilogue_backward, finish_grads,
+                            flat_grid, noise_strides, softmax_rows)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -37,23 +38,23 @@ from .triton_common import apply_epilogue, dot_dtype, dot_precision, epilogue_ba
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _build_weights_kernel(
-    Bank_ptr, A_ptr, S_ptr, Wt_ptr, D_ptr,
+    Bank_ptr, Logits_ptr, S_ptr, Wt_ptr, D_ptr,
     B, Cin, Cout, N, eps,
-    stride_bank_n, stride_bank_o, stride_ab, stride_an, stride_sb, stride_sc, stride_wb, stride_db,
+    stride_bank_n, stride_bank_o, stride_lb, stride_ln, stride_sb, stride_sc, stride_wb, stride_db,
     KK: tl.constexpr, DEMOD: tl.constexpr, N_PAD: tl.constexpr, GROUP_B: tl.constexpr, BLOCK_C: tl.constexpr,
     SPLIT_A: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One program per (output channel o, group of GROUP_B samples): the bank row W[:, o] is read once
     for the whole group and mixed for it by one tensor-core dot per tap, [GROUP_B, N] x [N, BLOCK_C].
     d[b, o] = rsqrt(sum_r Wt[b, o, r]^2 + eps) accumulates in the same pass, from the unrounded fp32 values.
+    a = softmax(select_logits) comes from the logits here (no softmax kernel runs).
     SPLIT_A: the softmax weights enter the 16-bit dot as hi + lo parts, so the mix keeps ~16 bits of a."""
     o = tl.program_id(0).to(tl.int64)
     offs_b = tl.program_id(1) * GROUP_B + tl.arange(0, GROUP_B)
     b_mask = offs_b < B
     offs_n = tl.arange(0, N_PAD)
     n_mask = offs_n < N
-    a = tl.load(A_ptr + offs_b[:, None] * stride_ab + offs_n[None, :] * stride_an,
-                mask=b_mask[:, None] & n_mask[None, :], other=0.0).to(tl.float32)
+    a = softmax_rows(Logits_ptr, offs_b, b_mask, stride_lb, stride_ln, N, N_PAD)
     a_hi = a.to(DOT_DTYPE)
     a_lo = (a - a_hi.to(tl.float32)).to(DOT_DTYPE)
     R = Cin * KK
@@ -343,9 +344,9 @@ def _conv_dweight_kernel(
 
 @triton.jit
 def _reduce_dweights_kernel(
-    GW_ptr, Bank_ptr, A_ptr, S_ptr, C_ptr, DBank_ptr, DAPart_ptr, DSPart_ptr,
-    B, Cin, Cout, N, TAPS, O_PER_PROGRAM, accumulate,
-    stride_gwb, stride_bank_n, stride_bank_o, stride_ab, stride_an, stride_sb, stride_sc, stride_cb,
+    GW_ptr, Bank_ptr, Logits_ptr, S_ptr, C_ptr, DBank_ptr, DAPart_ptr, DSPart_ptr,
+    B, B_TOTAL, Cin, Cout, N, TAPS, O_PER_PROGRAM, accumulate,
+    stride_gwb, stride_bank_n, stride_bank_o, stride_lb, stride_ln, stride_sb, stride_sc, stride_cb,
     DEMOD: tl.constexpr, N_PAD: tl.constexpr,
     GROUP_B: tl.constexpr, BLOCK_C: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -358,7 +359,9 @@ def _reduce_dweights_kernel(
       da[b, n]          += <W[n], G s>           (tensor-core dot, partial per program)
       ds[b, i]          += sum_{o, t} G Wmix     (partial per program)
     A program owns one channel block and a range of O_PER_PROGRAM output channels. dbank has the bank's
-    (contiguous) layout."""
+    (contiguous) layout. Logits_ptr, S_ptr and C_ptr start at this group's first sample; its da and ds partials go
+    to rows [pid, ., :] of [programs, B_TOTAL, .] buffers at that sample (the pointers are offset by the launcher),
+    which _finish_grads_kernel sums."""
     num_c = tl.cdiv(Cin, BLOCK_C)
     pid = tl.program_id(0)
     pid_c = pid % num_c
@@ -371,9 +374,7 @@ def _reduce_dweights_kernel(
     c_mask = offs_c < Cin
     bc_mask = b_mask[:, None] & c_mask[None, :]
     nc_mask = n_mask[:, None] & c_mask[None, :]
-    a = tl.load(A_ptr + offs_b[:, None] * stride_ab + offs_n[None, :] * stride_an,
-                mask=b_mask[:, None] & n_mask[None, :], other=0.0).to(tl.float32)
-    a = a.to(DOT_DTYPE)
+    a = softmax_rows(Logits_ptr, offs_b, b_mask, stride_lb, stride_ln, N, N_PAD).to(DOT_DTYPE)
     s = tl.load(S_ptr + offs_b[:, None] * stride_sb + offs_c[None, :] * stride_sc, mask=bc_mask,
                 other=0.0).to(tl.float32)
     R = Cin * TAPS
@@ -405,27 +406,29 @@ def _reduce_dweights_kernel(
         dbank_ptrs = DBank_ptr + (o * stride_bank_o + t) + bank_offsets
         dbank += tl.load(dbank_ptrs, mask=nc_mask & (accumulate != 0), other=0.0)
         tl.store(dbank_ptrs, dbank.to(DBank_ptr.dtype.element_ty), mask=nc_mask)
-    tl.store(DSPart_ptr + (pid_os * GROUP_B + offs_b).to(tl.int64)[:, None] * Cin + offs_c[None, :], ds_acc,
+    tl.store(DSPart_ptr + (pid_os.to(tl.int64) * B_TOTAL + offs_b)[:, None] * Cin + offs_c[None, :], ds_acc,
              mask=bc_mask)
-    tl.store(DAPart_ptr + (pid.to(tl.int64) * GROUP_B + offs_b)[:, None] * N_PAD + offs_n[None, :], da_acc)
+    tl.store(DAPart_ptr + (pid.to(tl.int64) * B_TOTAL + offs_b)[:, None] * N_PAD + offs_n[None, :], da_acc,
+             mask=b_mask[:, None])
 
 
 # ----------------------------------------------------------------------------------------------
 # Host launchers. Inputs are validated by the caller (the op's public function); here we only
 # normalise layouts the kernels assume: a contiguous bank and contiguous gz.
 # ----------------------------------------------------------------------------------------------
-def build_weights(bank, a, s, wt, d, *, demodulate, eps):
-    """wt [B, Cout, k*k*Cin] (tap-major, contiguous) <- s * (a @ bank); d [B, Cout] <- rsqrt(sum wt^2 + eps)."""
+def build_weights(bank, logits, s, wt, d, *, demodulate, eps):
+    """wt [B, Cout, k*k*Cin] (tap-major, contiguous) <- s * (softmax(logits) @ bank); d [B, Cout] <- rsqrt(sum wt^2
+    + eps)."""
     N, Cout, Cin, k, _ = bank.shape
-    B = a.shape[0]
+    B = logits.shape[0]
     for b0 in range(0, B, MAX_GROUP_B):
         b1 = min(B, b0 + MAX_GROUP_B)
         gb = group_size(b1 - b0)
         cfg = BUILD_CONFIGS[gb]
         dd = d[b0:b1] if demodulate else wt
         _build_weights_kernel[(Cout, triton.cdiv(b1 - b0, gb))](
-            bank, a[b0:b1], s[b0:b1], wt[b0:b1], dd, b1 - b0, Cin, Cout, N, float(eps),
-            bank.stride(0), bank.stride(1), a.stride(0), a.stride(1), s.stride(0), s.stride(1), wt.stride(0),
+            bank, logits[b0:b1], s[b0:b1], wt[b0:b1], dd, b1 - b0, Cin, Cout, N, float(eps),
+            bank.stride(0), bank.stride(1), logits.stride(0), logits.stride(1), s.stride(0), s.stride(1), wt.stride(0),
             dd.stride(0), KK=k * k, DEMOD=demodulate, N_PAD=bank_pad(N), GROUP_B=gb,
             SPLIT_A=wt.dtype != torch.float32, DOT_DTYPE=dot_dtype(wt.dtype), DOT_PRECISION=dot_precision(wt.dtype),
             **cfg)
@@ -503,32 +506,38 @@ def conv_dweight(gz, x, gw):
                                DOT_DTYPE=dot_dtype(x.dtype), DOT_PRECISION=dot_precision(x.dtype), **cfg)
 
 
-def reduce_dweights(gw, bank, a, s, c, dbank, da, ds, *, demodulate, accumulate):
-    """dbank (+)= sum_b a[b] (G s); da [B, N] and ds [B, Cin] (fp32) <- this group's terms, where
-    G = gw - c * wt is the per-sample weight gradient with its demodulation term. B <= MAX_GROUP_B."""
-    N, Cout, Cin, k, _ = bank.shape
-    B = gw.shape[0]
-    gb = group_size(B)
-    assert B <= gb, (B, gb)
-    n_pad = bank_pad(N)
+def reduce_layout(bank_shape, B: int) -> tuple:
+    """(group size, config, programs, output-channel splits) of the reduction for a batch of B: one layout for
+    every launch of a call, so that their da and ds partials fill the same rows."""
+    N, Cout, Cin, k, _ = bank_shape
+    gb = group_size(min(B, reduce_group(bank_shape)))
     cfg = REDUCE_CONFIGS[gb]
     num_c = triton.cdiv(Cin, cfg["BLOCK_C"])
     # ~4 programs per SM of a 132-SM card; each owns a channel block and a range of output channels.
     o_split = min(Cout, max(1, triton.cdiv(512, num_c)))
     o_per = triton.cdiv(Cout, o_split)
     o_split = triton.cdiv(Cout, o_per)
-    da_part = torch.empty((num_c * o_split, gb, n_pad), device=gw.device, dtype=torch.float32)
-    ds_part = torch.empty((o_split, gb, Cin), device=gw.device, dtype=torch.float32)
-    _reduce_dweights_kernel[(num_c * o_split,)](
-        gw, bank, a, s, c, dbank, da_part, ds_part, B, Cin, Cout, N, k * k, o_per, int(accumulate),
-        gw.stride(0), bank.stride(0), bank.stride(1), a.stride(0), a.stride(1), s.stride(0), s.stride(1), c.stride(0),
-        DEMOD=demodulate, N_PAD=n_pad, GROUP_B=gb, DOT_DTYPE=dot_dtype(gw.dtype), DOT_PRECISION=dot_precision(gw.dtype),
-        **cfg)
-    da.copy_(da_part.sum(0)[:B, :N])
-    ds.copy_(ds_part.sum(0)[:B])
+    return gb, cfg, num_c * o_split, o_split, o_per
 
 
-def weights_forward(x, bank, a, s, bias, noise, *, demodulate, eps, activation_code, gain, clamp, save_lin,
+def reduce_dweights(gw, bank, logits, s, c, dbank, partials: Partials, b0: int, *, demodulate, accumulate):
+    """dbank (+)= sum_b a[b] (G s) over samples [b0, b0 + len(gw)), and their da and ds partials into `partials`,
+    where G = gw - c * wt is the per-sample weight gradient with its demodulation term."""
+    N, Cout, Cin, k, _ = bank.shape
+    B = gw.shape[0]
+    B_total = partials.da.shape[1]
+    gb, cfg, programs, o_split, o_per = reduce_layout(bank.shape, B_total)
+    assert B <= gb, (B, gb)
+    b1 = b0 + B
+    _reduce_dweights_kernel[(programs,)](
+        gw, bank, logits[b0:b1], s[b0:b1], c[b0:b1], dbank, partials.da[:, b0:], partials.ds[:, b0:], B, B_total,
+        Cin, Cout, N, k * k, o_per, int(accumulate),
+        gw.stride(0), bank.stride(0), bank.stride(1), logits.stride(0), logits.stride(1), s.stride(0), s.stride(1),
+        c.stride(0), DEMOD=demodulate, N_PAD=bank_pad(N), GROUP_B=gb, DOT_DTYPE=dot_dtype(gw.dtype),
+        DOT_PRECISION=dot_precision(gw.dtype), **cfg)
+
+
+def weights_forward(x, bank, logits, s, bias, noise, *, demodulate, eps, activation_code, gain, clamp, save_lin,
                     keep_weights, gemm=None):
     """Strategy "weights": returns (y, lin, d, wt) where wt holds the per-sample weights for the backward
     when the plan keeps them (else it is empty)."""
@@ -549,7 +558,7 @@ def weights_forward(x, bank, a, s, bias, noise, *, demodulate, eps, activation_c
     for b0 in range(0, B, plan.forward_chunk):
         sl = slice(b0, min(B, b0 + plan.forward_chunk))
         wt = kept[sl] if plan.keep else torch.empty((sl.stop - b0, Cout, k * k * Cin), device=x.device, dtype=x.dtype)
-        build_weights(bank, a[sl], s[sl], wt, d[sl], demodulate=demodulate, eps=eps)
+        build_weights(bank, logits[sl], s[sl], wt, d[sl], demodulate=demodulate, eps=eps)
         lin_sl = lin[sl] if save_lin else lin
         noise_sl = noise_full[sl] if noise is not None else None
         if plan.gemm == "bmm":
@@ -560,21 +569,23 @@ def weights_forward(x, bank, a, s, bias, noise, *, demodulate, eps, activation_c
     return y, lin, d, kept if plan.keep else y.new_empty((0,))
 
 
-def weights_backward(grad_y, x, bank, a, s, bias, noise, lin, d, kept, *, demodulate, activation_code, gain, clamp,
-                     gemm=None):
-    """Strategy "weights": returns dx, dbank (bank dtype), da [B, N] fp32, ds [B, Cin] fp32, dbias, dnoise."""
+def weights_backward(grad_y, x, bank, logits, s, bias, noise, lin, d, kept, *, demodulate, activation_code, gain,
+                     clamp, gemm=None):
+    """Strategy "weights": returns dx, dbank, dlogits, ds, dbias and dnoise (empty when absent), each in its input's
+    dtype."""
     bank = bank.contiguous()
     B, Cin, H, W = x.shape
     N, Cout, _, k, _ = bank.shape
     plan = plan_weights(x.shape, bank.shape, x.element_size(), needs_grad=True, keep=kept.numel() > 0, gemm=gemm)
     implicit = plan.gemm == "implicit"
-    gz, c, dbias, dnoise = epilogue_backward(grad_y, lin, d, bias, noise, demodulate=demodulate,
-                                             activation_code=activation_code, gain=gain, clamp=clamp,
-                                             pixel_major=implicit)
+    epi = epilogue_backward(grad_y, lin, d, bias, noise, demodulate=demodulate, activation_code=activation_code,
+                            gain=gain, clamp=clamp, pixel_major=implicit)
+    gz, c = epi.gz, epi.c
     x_cl = x.contiguous(memory_format=torch.channels_last) if implicit else x
     dx = torch.empty_like(x)
-    da = torch.empty((B, N), device=x.device, dtype=torch.float32)
-    ds = torch.empty((B, Cin), device=x.device, dtype=torch.float32)
+    _, _, programs, o_split, _ = reduce_layout(bank.shape, B)
+    partials = Partials(da=torch.empty((programs, B, bank_pad(N)), device=x.device, dtype=torch.float32),
+                        ds=torch.empty((o_split, B, Cin), device=x.device, dtype=torch.float32))
     group = reduce_group(bank.shape)
     groups = [g0 for b0 in range(0, B, plan.backward_chunk)
               for g0 in range(b0, min(B, b0 + plan.backward_chunk), group)]
@@ -588,7 +599,7 @@ def weights_backward(grad_y, x, bank, a, s, bias, noise, lin, d, kept, *, demodu
             wt = kept[sl]
         else:
             wt = torch.empty((sl.stop - b0, Cout, k * k * Cin), device=x.device, dtype=x.dtype)
-            build_weights(bank, a[sl], s[sl], wt, d[sl], demodulate=False, eps=1.0)
+            build_weights(bank, logits[sl], s[sl], wt, d[sl], demodulate=False, eps=1.0)
         if plan.gemm == "bmm":
             dcols = torch.bmm(wt.transpose(1, 2), gz[sl])
             del wt
@@ -602,8 +613,9 @@ def weights_backward(grad_y, x, bank, a, s, bias, noise, lin, d, kept, *, demodu
             conv_dweight(gz[sl], x_cl[sl], gw)
         for g0 in range(b0, sl.stop, group):
             g1 = min(sl.stop, g0 + group)
-            reduce_dweights(gw[g0 - b0:g1 - b0], bank, a[g0:g1], s[g0:g1], c[g0:g1], dbank, da[g0:g1], ds[g0:g1],
-                            demodulate=demodulate, accumulate=not first)
+            reduce_dweights(gw[g0 - b0:g1 - b0], bank, logits, s, c, dbank, partials, g0, demodulate=demodulate,
+                            accumulate=not first)
             first = False
         del gw
-    return dx, dbank.to(bank.dtype), da, ds, dbias, dnoise
+    dlogits, ds, dbias, dnoise = finish_grads(logits, s, bias, epi, partials)
+    return dx, dbank.to(bank.dtype), dlogits, ds, dbias, dnoise

@@ -119,12 +119,13 @@ def _attn_fwd_kernel(
 
 @triton.jit
 def _attn_bwd_delta_kernel(
-    O_ptr, DO_ptr, Delta_ptr, H, Lq, DV,
+    O_ptr, DO_ptr, Delta_ptr, DQacc_ptr, H, Lq, DV,
     stride_ob, stride_oh, stride_om, stride_od,
     stride_dob, stride_doh, stride_dom, stride_dod,
-    BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """delta[i] = sum_d dO[i,d] * O[i,d]."""
+    """delta[i] = sum_d dO[i,d] * O[i,d]; and the same rows of the dQ accumulator [B*H, Lq, BLOCK_D] zeroed for the
+    backward's atomics (no zero-fill kernel)."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -135,23 +136,27 @@ def _attn_bwd_delta_kernel(
     do = tl.load(_tile(DO_ptr + b * stride_dob + h * stride_doh, Lq, DV, stride_dom, stride_dod, pid_m * BLOCK_M,
                        BLOCK_M, BLOCK_DV), boundary_check=(0, 1), padding_option="zero").to(tl.float32)
     tl.store(Delta_ptr + pid_bh.to(tl.int64) * Lq + offs_m, tl.sum(o * do, axis=1), mask=offs_m < Lq)
+    offs_d = tl.arange(0, BLOCK_D)
+    tl.store(DQacc_ptr + (pid_bh.to(tl.int64) * Lq + offs_m)[:, None] * BLOCK_D + offs_d[None, :],
+             tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32), mask=(offs_m < Lq)[:, None])
 
 
 @triton.jit
 def _attn_bwd_kernel(
-    Q_ptr, K_ptr, V_ptr, Bias_ptr, DO_ptr, LSE_ptr, Delta_ptr, DQacc_ptr, DK_ptr, DV_ptr,
-    H, Lq, Lk, D, DV, qk_scale, grad_scale,
+    Q_ptr, K_ptr, V_ptr, Mask_ptr, DO_ptr, LSE_ptr, Delta_ptr, DQacc_ptr, DK_ptr, DV_ptr,
+    H, Lq, Lk, D, DV, qk_scale, bias_scale, grad_scale, stride_maskb,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_dob, stride_doh, stride_dom, stride_dod,
     stride_dkb, stride_dkh, stride_dkn, stride_dkd,
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
-    KIND: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    KIND: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     """One program per key block: walk the query blocks once; dK and dV stay in registers, dQ goes out as
-    relaxed fp32 atomics into DQacc ([B*H, Lq, BLOCK_D], contiguous, zeroed).
+    relaxed fp32 atomics into DQacc ([B*H, Lq, BLOCK_D], contiguous, zeroed by the delta kernel). The per-key
+    bias is the forward's (_key_bias_kernel's formula), computed here from the key block this program holds.
 
     Tiles are computed transposed (keys x queries), so four of the five dots have the BLOCK_N keys as their
     M dimension (wgmma's m64 per warpgroup) and the per-key bias is one register vector for the program."""
@@ -166,10 +171,13 @@ def _attn_bwd_kernel(
                 boundary_check=(0, 1), padding_option="zero")
     v = tl.load(_tile(V_ptr + b * stride_vb + h * stride_vh, Lk, DV, stride_vn, stride_vd, n0, BLOCK_N, BLOCK_DV),
                 boundary_check=(0, 1), padding_option="zero")
-    if HAS_BIAS:
-        bias = tl.load(Bias_ptr + pid_bh.to(tl.int64) * Lk + offs_n, mask=offs_n < Lk, other=float("-inf"))
-    else:
-        bias = tl.where(offs_n < Lk, 0.0, float("-inf"))
+    bias = tl.where(offs_n < Lk, 0.0, float("-inf"))
+    if KIND == 1:
+        k32 = k.to(tl.float32)
+        bias += -bias_scale * tl.sum(k32 * k32, axis=1)
+    if HAS_MASK:
+        keep = tl.load(Mask_ptr + b * stride_maskb + offs_n, mask=offs_n < Lk, other=0)
+        bias = tl.where(keep != 0, bias, float("-inf"))
     # q^T as a [BLOCK_D, BLOCK_M] tile of the [D, Lq] view.
     qT_tile = tl.make_block_ptr(Q_ptr + b * stride_qb + h * stride_qh, shape=(D, Lq), strides=(stride_qd, stride_qm),
                                 offsets=(0, 0), block_shape=(BLOCK_D, BLOCK_M), order=(0, 1))
@@ -271,17 +279,18 @@ def backward(do, q, k, v, out, lse, kind, scale, mask):
     Lk, DV = k.shape[2], v.shape[3]
     bd, bdv = head_block(D), head_block(DV)
     delta = torch.empty((B, H, Lq), device=q.device, dtype=torch.float32)
+    dq_acc = torch.empty((B, H, Lq, bd), device=q.device, dtype=torch.float32)
     grid = (triton.cdiv(Lq, DELTA_CONFIG["BLOCK_M"]), B * H)
-    _attn_bwd_delta_kernel[grid](out, do, delta, H, Lq, DV, *out.stride(), *do.stride(), BLOCK_DV=bdv, **DELTA_CONFIG)
-    qk_scale, _, grad_scale = _scales(kind, scale)
-    bias = key_bias(k, kind, scale, mask)
-    dq_acc = torch.zeros((B, H, Lq, bd), device=q.device, dtype=torch.float32)
+    _attn_bwd_delta_kernel[grid](out, do, delta, dq_acc, H, Lq, DV, *out.stride(), *do.stride(), BLOCK_DV=bdv,
+                                 BLOCK_D=bd, **DELTA_CONFIG)
+    qk_scale, bias_scale, grad_scale = _scales(kind, scale)
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     cfg = BWD_CONFIGS[(max(bd, bdv), _width(q.dtype), _arch(q.device))]
+    mask_t, stride_mask = (q, 0) if mask is None else (mask, mask.stride(0))
     _attn_bwd_kernel[(triton.cdiv(Lk, cfg["BLOCK_N"]), B * H)](
-        q, k, v, q if bias is None else bias, do, lse, delta, dq_acc, dk, dv, H, Lq, Lk, D, DV, qk_scale, grad_scale,
-        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
-        KIND=kind, HAS_BIAS=bias is not None, DOT_PRECISION=_dot_precision(q.dtype), BLOCK_D=bd, BLOCK_DV=bdv,
+        q, k, v, mask_t, do, lse, delta, dq_acc, dk, dv, H, Lq, Lk, D, DV, qk_scale, bias_scale, grad_scale,
+        stride_mask, *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
+        KIND=kind, HAS_MASK=mask is not None, DOT_PRECISION=_dot_precision(q.dtype), BLOCK_D=bd, BLOCK_DV=bdv,
         **cfg)
     if q.dtype == torch.float32 and D == bd and q.is_contiguous():
         return dq_acc, dk, dv

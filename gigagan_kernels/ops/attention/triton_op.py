@@ -50,6 +50,7 @@ def setup_context(ctx, inputs, output):
     ctx.save_for_backward(q, k, v, out, lse, mask)
     ctx.options = (kind, scale)
     ctx.trailing_inputs = 3                              # kind, scale, key_padding_mask
+    ctx.set_materialize_grads(False)                     # lse is saved, never used downstream: no zero fill
 
 
 def first_order(backward_op):
