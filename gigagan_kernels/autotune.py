@@ -168,6 +168,7 @@ class DecisionTable:
         self.by_string: dict = {}         # key string -> record: this process's and the file's
         self.loaded = False
         self.agreed = False               # under torch.distributed: the table is rank 0's, the file is not read
+        self.generation = 0               # bumped on every change: the dispatcher's cached choices depend on it
 
     def path(self) -> str:
         return os.path.join(cache_dir(), CACHE_FILE)
@@ -212,6 +213,7 @@ class DecisionTable:
         with self.lock:
             self.by_key[key] = record
             self.by_string[record["key"]] = record
+            self.generation += 1
         if persist:
             self.write({record["key"]: record})
 
@@ -246,6 +248,7 @@ class DecisionTable:
             self.by_string.clear()
             self.loaded = False
             self.agreed = False
+            self.generation += 1
 
     def clear(self) -> None:
         with self.lock:
@@ -266,6 +269,7 @@ class DecisionTable:
             self.by_string = dict(records)
             self.loaded = True
             self.agreed = True
+            self.generation += 1
 
 
 @contextlib.contextmanager
@@ -453,31 +457,42 @@ _logged_misses: set = set()
 
 def decide(entry, requested: str, runnable: tuple, call) -> str:
     """The candidate among `runnable` (two or more) that runs the call."""
+    return decide_final(entry, requested, runnable, call)[0]
+
+
+def tuning() -> bool:
+    """Inside tune()."""
+    return getattr(_local, "tuning", 0) > 0
+
+
+def decide_final(entry, requested: str, runnable: tuple, call) -> tuple[str, bool]:
+    """(decide's choice, whether it stands for this key while state() is unchanged). Not final: a predicted pick
+    made only because nothing could be timed now (a CUDA graph capturing, torch.distributed outside tune)."""
     if not enabled():
-        return entry.predicted_choice(call, runnable, requested)
+        return entry.predicted_choice(call, runnable, requested), True
     allowed, why_not = may_time(call)
     if not allowed and why_not == "the Triton interpreter is on":
-        return entry.predicted_choice(call, runnable, requested)        # the interpreter keeps the untuned rule
+        return entry.predicted_choice(call, runnable, requested), True  # the interpreter keeps the untuned rule
     key = make_key(entry.op, requested, call)
     if torch.compiler.is_compiling():
         # dynamo traces this: a plain dict read, no lock and no file (an eager call of the same key loaded it).
         record = TABLE.by_key.get(key)
-        return record["choice"] if record is not None and record["choice"] in runnable else \
-            entry.predicted_choice(call, runnable, requested)
+        return (record["choice"] if record is not None and record["choice"] in runnable else
+                entry.predicted_choice(call, runnable, requested)), False
     record = TABLE.lookup(key, lambda: key_string(entry.op, requested, call))
     if record is not None and record["choice"] in runnable:
-        return record["choice"]
+        return record["choice"], True
     if not allowed:
         choice = entry.predicted_choice(call, runnable, requested)
         if _distributed() and key not in _logged_misses:
             _logged_misses.add(key)
             log.info("autotune: %s %s has no decision (%s); every rank takes the predicted %s", entry.op,
                      call.describe(), why_not, choice)
-        return choice
+        return choice, False
     record = _measure(entry, requested, runnable, call, key_string(entry.op, requested, call))
     persist = record["source"] == "measured" and not (_distributed() and torch.distributed.get_rank() != 0)
     TABLE.store(key, record, persist=persist)
-    return record["choice"]
+    return record["choice"], True
 
 
 # ----------------------------------------------------------------------------------------------
@@ -536,6 +551,7 @@ def import_decisions(path: str) -> int:
     with TABLE.lock:
         TABLE.loaded = False
         TABLE.by_key.clear()
+        TABLE.generation += 1
     return len(records)
 
 

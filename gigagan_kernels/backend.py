@@ -42,6 +42,22 @@ def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+# os.environ.get encodes the name and decodes the value on every call (1-3 us here); on POSIX its byte dict is what
+# it reads, so the per-call snapshot of the dispatcher reads that directly.
+_ENVIRON_BYTES = os.environ._data if os.name == "posix" and isinstance(getattr(os.environ, "_data", None), dict) \
+    else None
+
+
+def environ_names(*names: str) -> tuple:
+    """names prepared for environ_snapshot."""
+    return tuple(map(os.fsencode, names)) if _ENVIRON_BYTES is not None else names
+
+
+def environ_snapshot(prepared: tuple) -> tuple:
+    """The raw values of environment variables (None where unset), cheaply: what a cached choice depends on."""
+    return tuple(map((_ENVIRON_BYTES if _ENVIRON_BYTES is not None else os.environ).get, prepared))
+
+
 _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 

@@ -69,6 +69,8 @@ class OpCandidates:
     predicted_choice: Callable
     narrow: Callable
     preference: tuple
+    overrides: Callable = tuple     # () -> the op's own override state that narrow and predicted_choice read
+    environment: tuple = ()         # the environment variables they read
 
     @property
     def names(self) -> tuple:
@@ -167,10 +169,74 @@ def _compile_cuda_extension(op: str, requested: str, call) -> None:
         raise BackendUnavailableError(f"{op}: impl={requested!r} is unavailable: {e}") from e
 
 
-def choose(op: str, impl: str, call, *, empty: bool = False) -> Candidate:
+# ----------------------------------------------------------------------------------------------
+# Choices already made: a call whose arguments (shapes, strides, dtypes, devices, requires_grad, options: the op's
+# cache_key) and whose surroundings (dispatch_state) were seen before gets the same candidate, without validation
+# or choice: a dict lookup. Never consulted while dynamo traces (the traced path is choose itself).
+# ----------------------------------------------------------------------------------------------
+_CHOICES: dict = {}
+_CHOICES_LIMIT = 4096
+
+
+_ENVIRONMENT: dict = {}
+
+
+def dispatch_state(op: str) -> tuple:
+    """Everything choose reads besides the call: the overrides of auto (use_impl, the op's own), the environment
+    (GIGAGAN_KERNELS_IMPL, the autotune switch, TRITON_INTERPRET, the op's variables), the deterministic mode,
+    autotuning's table version and state, and whether the CUDA extension is loaded. Written for speed: it runs on
+    every call (the torch._C reads are what torch's deterministic-mode getters return)."""
+    entry = REGISTRY[op]
+    names = _ENVIRONMENT.get(op)
+    if names is None:
+        from . import autotune
+        names = _ENVIRONMENT[op] = backend.environ_names(backend.ENV_VAR, autotune.ENV_VAR, "TRITON_INTERPRET",
+                                                          *entry.environment)
+    autotune, cuda_extension = _modules()
+    return (backend.environ_snapshot(names), getattr(_override, "value", None), entry.overrides(),
+            torch._C._get_deterministic_algorithms(), torch._C._get_deterministic_algorithms_warn_only(),
+            autotune.TABLE.generation, getattr(autotune._local, "tuning", 0), torch.get_num_threads(),
+            cuda_extension._module is not None)
+
+
+def _modules():
+    global _MODULES
+    if _MODULES is None:
+        from . import autotune, cuda_extension
+        _MODULES = (autotune, cuda_extension)
+    return _MODULES
+
+
+_MODULES = None
+
+
+def cached_choice(op: str, cache_key: Optional[tuple]) -> Optional[Candidate]:
+    """The candidate choose gave this op for the same arguments and surroundings, or None."""
+    if cache_key is None:
+        return None
+    candidate = _CHOICES.get((op, cache_key, dispatch_state(op)))
+    if candidate is not None and candidate.atomics and deterministic_mode() == "warn":
+        _warn_nondeterministic(candidate)
+    return candidate
+
+
+def _remember(op: str, cache_key: Optional[tuple], candidate: Candidate) -> None:
+    if cache_key is None or torch.compiler.is_compiling():
+        return
+    if len(_CHOICES) >= _CHOICES_LIMIT:
+        _CHOICES.clear()
+    _CHOICES[(op, cache_key, dispatch_state(op))] = candidate
+
+
+def forget_choices() -> None:
+    _CHOICES.clear()
+
+
+def choose(op: str, impl: str, call, *, empty: bool = False, cache_key: Optional[tuple] = None) -> Candidate:
     """The candidate that runs `call` for the user's impl argument, or BackendUnavailableError naming each
     refused candidate's reasons. An empty call (no output elements, which the op returns itself) only checks
-    that the request can run: nothing is timed or predicted for it."""
+    that the request can run: nothing is timed or predicted for it. cache_key: the op's key of the call's
+    arguments (impl included), under which the choice is remembered for cached_choice when it stands."""
     from . import autotune
     entry = REGISTRY[op]
     check_impl_name(op, impl, f"{op}(impl=...)")
@@ -190,6 +256,7 @@ def choose(op: str, impl: str, call, *, empty: bool = False) -> Candidate:
                 "warn_only=True")
         if candidate.atomics and determinism == "warn":
             _warn_nondeterministic(candidate)
+        _remember(op, cache_key, candidate)
         return candidate
     pool = entry.narrow(call, entry.candidates if requested == "auto" else entry.of_backend(requested))
     runnable, refused = [], []
@@ -202,10 +269,12 @@ def choose(op: str, impl: str, call, *, empty: bool = False) -> Candidate:
         why = "; ".join(f"{name}: {', '.join(reasons)}" for name, reasons in refused)
         raise BackendUnavailableError(f"{op}: impl={requested!r} is unavailable: {why}")
     if len(runnable) == 1 or empty:
-        name = runnable[0]
+        name, final = runnable[0], True
     else:
-        name = autotune.decide(entry, requested, tuple(runnable), call)
+        name, final = autotune.decide_final(entry, requested, tuple(runnable), call)
     candidate = entry.get(name)
     if candidate.atomics and determinism == "warn":
         _warn_nondeterministic(candidate)
+    if final:
+        _remember(op, cache_key, candidate)
     return candidate

@@ -172,3 +172,43 @@ def test_attention_paths_never_synchronise():
             with count_kernels() as count:
                 gk.attention(*leaves, kind=kind, key_padding_mask=mask, impl=impl).backward(grad)
             assert count.syncs == [], (kind, masked, impl, count.syncs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Dispatch on a call already seen: a dict lookup, not a new choice (its cost is in the host benchmark).
+# ----------------------------------------------------------------------------------------------
+def test_seen_call_is_not_chosen_again_until_its_surroundings_change(monkeypatch):
+    asked = []
+    for candidate in REGISTRY["adaptive_modconv2d"].candidates:
+        reasons = candidate.not_supported_reasons
+        monkeypatch.setattr(candidate, "not_supported_reasons",
+                            lambda call, reasons=reasons, name=candidate.name: asked.append(name) or reasons(call))
+    validations = []
+    from gigagan_kernels.ops import adaptive_modconv2d as package
+    real_validate = package.validate
+    monkeypatch.setattr(package, "validate", lambda *a: validations.append(1) or real_validate(*a))
+    t = modconv_leaves(4, 3, B=2, N=2)
+
+    def run(**kwargs):
+        return gk.adaptive_modconv2d(t["x"], t["weight_bank"], t["select_logits"], t["style"], t["bias"],
+                                     noise=t["noise"], activation="lrelu", **kwargs)
+
+    with torch.no_grad():
+        run(impl="torch")
+        first = (len(asked), len(validations))
+        assert first[0] > 0 and first[1] == 1
+        run(impl="torch")
+        assert (len(asked), len(validations)) == first          # the second call: neither validated nor chosen
+        with amc.use_strategy("fused"):                          # a new surrounding: chosen again
+            run(impl="triton")
+        n = len(asked)
+        monkeypatch.setenv("GIGAGAN_KERNELS_IMPL", "ref")
+        run()
+        assert len(asked) > n
+        y_ref = run()
+        monkeypatch.setenv("GIGAGAN_KERNELS_IMPL", "torch:bmm")
+        assert torch.allclose(run(), y_ref, atol=1e-5)
+    with pytest.raises(ValueError, match="activation must be one of"):      # a bad call is never remembered
+        gk.adaptive_modconv2d(t["x"], t["weight_bank"], t["select_logits"], t["style"], activation="relu")
+    with pytest.raises(ValueError, match="activation must be one of"):
+        gk.adaptive_modconv2d(t["x"], t["weight_bank"], t["select_logits"], t["style"], activation="relu")

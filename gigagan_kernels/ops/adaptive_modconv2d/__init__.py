@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ...dispatcher import choose
+from ...dispatcher import cached_choice, choose
 from . import cuda, triton_op  # noqa: F401  (registering the fused ops' fake kernels and autograd)
 from .common import OP_NAME, default_gain, validate
 from .dispatch import ModconvCall
@@ -25,6 +25,30 @@ from .reference import adaptive_modconv2d_ref
 from .torch_forms import adaptive_modconv2d_torch
 
 __all__ = ["adaptive_modconv2d", "adaptive_modconv2d_ref", "adaptive_modconv2d_torch", "validate"]
+
+
+def _cache_key(x, weight_bank, select_logits, style, bias, noise, demodulate, eps, activation, gain, clamp, impl):
+    """What validation and the choice of candidate read from one call (the others' dtype and device are checked
+    equal to x's by validation), or None where it cannot be keyed (a non-tensor argument, which validate rejects;
+    while dynamo traces). Written for speed: it runs on every call."""
+    Tensor = torch.Tensor
+    if (torch.compiler.is_compiling() or not isinstance(x, Tensor) or not isinstance(weight_bank, Tensor)
+            or not isinstance(select_logits, Tensor) or not isinstance(style, Tensor)):
+        return None
+    bias_key = noise_key = None
+    if bias is not None:
+        if not isinstance(bias, Tensor):
+            return None
+        bias_key = (bias.shape, bias.dtype, bias.device, bias.requires_grad)
+    if noise is not None:
+        if not isinstance(noise, Tensor):
+            return None
+        noise_key = (noise.shape, noise.dtype, noise.device, noise.requires_grad)
+    return (x.shape, x.stride(), x.dtype, x.device, x.requires_grad, weight_bank.shape, weight_bank.dtype,
+            weight_bank.device, weight_bank.requires_grad, select_logits.shape, select_logits.dtype,
+            select_logits.device, select_logits.requires_grad, style.shape, style.dtype, style.device,
+            style.requires_grad, bias_key, noise_key, demodulate, eps, activation, gain, clamp, impl,
+            torch.is_grad_enabled(), torch._C._is_any_autocast_enabled())
 
 
 def adaptive_modconv2d(x, weight_bank, select_logits, style, bias=None, *, demodulate=True, eps=1e-8, noise=None,
@@ -52,17 +76,22 @@ def adaptive_modconv2d(x, weight_bank, select_logits, style, bias=None, *, demod
     Supports gradients of every order for every impl: first-order backward of the fused
     paths runs fused kernels; under create_graph=True it goes through the reference.
     """
-    validate(x, weight_bank, select_logits, style, bias, noise, activation, gain, clamp, eps)
+    key = _cache_key(x, weight_bank, select_logits, style, bias, noise, demodulate, eps, activation, gain, clamp, impl)
+    candidate = cached_choice(OP_NAME, key)
+    if candidate is None:       # a call not seen before: validated here, once per key
+        validate(x, weight_bank, select_logits, style, bias, noise, activation, gain, clamp, eps)
     activation = None if activation == "linear" else activation
     gain = default_gain(activation) if gain is None else float(gain)
     clamp = None if clamp is None else float(clamp)
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight_bank, select_logits, style, bias, noise))
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or weight_bank.requires_grad or select_logits.requires_grad or style.requires_grad
+        or (bias is not None and bias.requires_grad) or (noise is not None and noise.requires_grad))
     call = ModconvCall(x, weight_bank, select_logits, style, bias, noise, demodulate=bool(demodulate), eps=float(eps),
                        activation=activation, gain=gain, clamp=clamp, needs_grad=needs_grad)
     B, _, H, W = x.shape
     Cout = weight_bank.shape[1]
-    candidate = choose(OP_NAME, impl, call, empty=0 in (B, Cout, H, W))
+    if candidate is None:
+        candidate = choose(OP_NAME, impl, call, empty=0 in (B, Cout, H, W), cache_key=key)
     if B > 0 and 0 in (Cout, H, W):
         # An empty output, the same on every backend, attached to every input (whose gradients are zero).
         inputs = [t for t in (x, weight_bank, select_logits, style, bias, noise) if t is not None]

@@ -14,7 +14,7 @@ import torch
 
 from ... import backend
 from ...dispatcher import Candidate, OpCandidates, register
-from .common import OP_NAME, workspace_bytes
+from .common import OP_NAME, WORKSPACE_ENV, workspace_bytes
 from .plans import MAX_FILTERS, fused_unsupported, plan_weights, weights_unsupported
 from .torch_forms import TORCH_FORMS, activations_form_cancels, torch_form
 
@@ -361,8 +361,14 @@ def _cost_model_choices(x_shape, bank_shape, workspace, mode):
     return form, strategy, order
 
 
+def overrides() -> tuple:
+    """What narrow and predicted_choice read besides the call and the environment: use_strategy's choice."""
+    return (getattr(_strategy_override, "value", None),)
+
+
 ADAPTIVE_MODCONV2D = register(OpCandidates(
-    OP_NAME, CANDIDATES, predicted_choice=predicted_choice, narrow=narrow,
+    OP_NAME, CANDIDATES, predicted_choice=predicted_choice, narrow=narrow, overrides=overrides,
+    environment=(STRATEGY_ENV, WORKSPACE_ENV),
     # The tie rule on CPU: the fused kernels, then the lean torch forms, the reference last.
     preference=("triton:weights", "triton:fused", "cuda:weights", "torch:bmm", "torch:activations", "torch:grouped",
                 "ref")))

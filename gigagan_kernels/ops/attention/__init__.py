@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from ...dispatcher import choose
+from ...dispatcher import cached_choice, choose
 from . import cuda, triton_op  # noqa: F401  (registering the fused ops' fake kernels and autograd)
 from .common import OP_NAME, validate
 from .dispatch import AttentionCall
@@ -27,6 +27,23 @@ from .torch_materialised import attention_materialised
 from .torch_sdpa import attention_sdpa
 
 __all__ = ["attention", "attention_ref", "attention_sdpa", "attention_materialised", "validate"]
+
+
+def _cache_key(q, k, v, kind, scale, key_padding_mask, impl):
+    """What validation and the choice of candidate read from one call, or None where it cannot be keyed (a
+    non-tensor argument, which validate rejects; while dynamo traces)."""
+    Tensor = torch.Tensor
+    if (torch.compiler.is_compiling() or not isinstance(q, Tensor) or not isinstance(k, Tensor)
+            or not isinstance(v, Tensor)):
+        return None
+    mask = key_padding_mask
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor):
+            return None
+        mask = (mask.shape, mask.dtype, mask.device)
+    return (q.shape, q.stride(), q.dtype, q.device, q.requires_grad, k is q, k.shape, k.stride(), k.dtype, k.device,
+            k.requires_grad, v.shape, v.stride(), v.dtype, v.device, v.requires_grad, mask, kind, scale, impl,
+            torch.is_grad_enabled(), torch._C._is_any_autocast_enabled())
 
 
 def attention(q, k, v, *, kind="l2", scale=None, key_padding_mask=None, impl="auto"):
@@ -49,12 +66,16 @@ def attention(q, k, v, *, kind="l2", scale=None, key_padding_mask=None, impl="au
     saved). Gradients of every order are supported for every impl: create_graph=True backwards run through
     the reference. One exception: under torch.compile, impl="torch" is first-order (auto picks Triton there).
     """
-    validate(q, k, v, kind, scale, key_padding_mask)
+    key = _cache_key(q, k, v, kind, scale, key_padding_mask, impl)
+    candidate = cached_choice(OP_NAME, key)
+    if candidate is None:       # a call not seen before: validated here, once per key
+        validate(q, k, v, kind, scale, key_padding_mask)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     call = AttentionCall(q, k, v, kind=kind, scale=scale, key_padding_mask=key_padding_mask, needs_grad=needs_grad)
     empty = q.numel() == 0 or k.shape[2] == 0
-    candidate = choose(OP_NAME, impl, call, empty=empty)
+    if candidate is None:
+        candidate = choose(OP_NAME, impl, call, empty=empty, cache_key=key)
     if empty:
         return attention_ref(q, k, v, kind=kind, scale=scale, key_padding_mask=key_padding_mask)
     return candidate.run(call)

@@ -353,8 +353,13 @@ def narrow(call, pool: tuple) -> tuple:
     return tuple(c for c in pool if c.backend != "torch" or keep(c))
 
 
+def overrides() -> tuple:
+    """What narrow and predicted_choice read besides the call: the forced torch form."""
+    return (getattr(_forced_torch_form, "value", None),)
+
+
 ATTENTION = register(OpCandidates(
-    OP_NAME, CANDIDATES, predicted_choice=predicted_choice, narrow=narrow,
+    OP_NAME, CANDIDATES, predicted_choice=predicted_choice, narrow=narrow, overrides=overrides,
     # The tie rule on CPU: the fused kernels, then SDPA's kernels in torch's order, the materialised forms last.
     preference=("triton", "cuda", "torch:sdpa-flash", "torch:sdpa-efficient", "torch:sdpa-cudnn", "torch:sdpa-math",
                 "torch:materialised", "ref")))
