@@ -46,6 +46,17 @@ CPU_SHAPES = {
     "cpu_torgb": dict(B=4, Cin=32, Cout=3, H=32, W=32, N=1, k=1),
     "cpu_d_predictor_4x4": dict(B=64, Cin=64, Cout=64, H=4, W=4, N=1, k=3),   # the tiny D's psi at batch 16
 }
+# The host mode (benchmarks/host.py): calls small enough that the host's cost shows, batch 1 among them, and the
+# counted call of tests/test_kernels_count.py.
+HOST_GPU_SHAPES = {
+    "b1_4x4": dict(B=1, Cin=512, Cout=512, H=4, W=4, N=8, k=3),
+    "b1_16x16": dict(B=1, Cin=512, Cout=512, H=16, W=16, N=4, k=3),
+    "lowres_8x8": GPU_SHAPES["lowres_8x8"],
+}
+HOST_CPU_SHAPES = {
+    "counted_4x4": dict(B=2, Cin=32, Cout=32, H=4, W=4, N=4, k=3),
+    "counted_16x16": dict(B=2, Cin=16, Cout=16, H=16, W=16, N=4, k=3),
+}
 # The "fused" strategy with the tiles of ops/adaptive_modconv2d/plans.FUSED_SWEEP (timed last: a sweep, not a product).
 FUSED_SWEEP_PROVIDERS = ("triton_fused@stages3", "triton_fused@o64", "triton_fused@r16")
 PROVIDERS = ("ref", "ref_cl", "peer", "torch", "triton", "triton_weights", "triton_fused", "auto", "cuda", "floor",
@@ -151,6 +162,29 @@ def available(provider: str, device: torch.device) -> str | None:
 
 def setup(provider, shape, device, dtype):
     return forward_fn(provider, make_inputs(shape, device, dtype))
+
+
+def host_providers() -> tuple:
+    """The host mode's providers: auto, every candidate of the op, the floor."""
+    import gigagan_kernels
+    return ("auto",) + gigagan_kernels.candidates(OP) + ("floor",)
+
+
+def dispatch_setup(provider, shape, device, dtype):
+    """The op's dispatch (validation and choice, no launch) on the call the provider's closure makes, or None."""
+    if provider == "floor":
+        return None
+    from gigagan_kernels.ops.adaptive_modconv2d import prepare
+    inp = make_inputs(shape, device, dtype)
+    params = [inp[n] for n in ("x", "weight_bank", "select_logits", "style", "bias")]
+    return lambda: prepare(*params, noise=inp["noise"], activation="lrelu", impl=provider)
+
+
+def run_host(device: torch.device, **kwargs):
+    from .host import run_host_suite
+    kwargs.setdefault("providers", host_providers())
+    return run_host_suite(OP, device, gpu_shapes=HOST_GPU_SHAPES, cpu_shapes=HOST_CPU_SHAPES, setup=setup,
+                          dispatch_setup=dispatch_setup, **kwargs)
 
 
 def run(device: torch.device, **kwargs):

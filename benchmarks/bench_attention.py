@@ -39,6 +39,15 @@ CPU_SHAPES = {
     "cpu_cross_256x77": dict(B=2, H=4, Lq=256, Lk=77, D=32, kind="dot", masked=True),
 }
 PROVIDERS = ("ref", "sdpa_bias", "torch", "triton", "cuda", "auto", "floor")
+# The host mode (benchmarks/host.py): batch-1 attention, where the host's cost shows.
+HOST_GPU_SHAPES = {
+    "b1_self_256": dict(B=1, H=8, Lq=256, Lk=256, D=64, kind="l2", masked=False),
+    "b1_cross_256x77": dict(B=1, H=8, Lq=256, Lk=77, D=64, kind="dot", masked=True),
+}
+HOST_CPU_SHAPES = {
+    "cpu_self_64": dict(B=2, H=2, Lq=64, Lk=64, D=32, kind="l2", masked=False),
+    "cpu_cross_64x77": dict(B=2, H=2, Lq=64, Lk=77, D=32, kind="dot", masked=True),
+}
 
 
 def make_inputs(shape, device, dtype, seed=0):
@@ -88,6 +97,29 @@ def available(provider, device):
 def setup(provider, shape, device, dtype):
     inp = make_inputs(shape, device, dtype)
     return forward_fn(provider, inp, shape), [inp["q"], inp["k"], inp["v"]]
+
+
+def host_providers() -> tuple:
+    """The host mode's providers: auto, every candidate of the op, the floor."""
+    import gigagan_kernels
+    return ("auto",) + gigagan_kernels.candidates(OP) + ("floor",)
+
+
+def dispatch_setup(provider, shape, device, dtype):
+    """The op's dispatch (validation and choice, no launch) on the call the provider's closure makes, or None."""
+    if provider in ("floor", "sdpa_bias"):
+        return None
+    from gigagan_kernels.ops.attention import prepare
+    inp = make_inputs(shape, device, dtype)
+    return lambda: prepare(inp["q"], inp["k"], inp["v"], kind=shape["kind"], key_padding_mask=inp["mask"],
+                           impl=provider)
+
+
+def run_host(device: torch.device, **kwargs):
+    from .host import run_host_suite
+    kwargs.setdefault("providers", host_providers())
+    return run_host_suite(OP, device, gpu_shapes=HOST_GPU_SHAPES, cpu_shapes=HOST_CPU_SHAPES, setup=setup,
+                          dispatch_setup=dispatch_setup, **kwargs)
 
 
 def run(device: torch.device, **kwargs):

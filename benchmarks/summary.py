@@ -22,9 +22,10 @@ def latest(rows):
 
 
 def _cases(rows):
+    from .host import HOST_METRICS
     cases = defaultdict(dict)  # (device, op, dtype, shape, mode) -> provider -> metric -> (value, row)
     for r in rows:
-        if r["metric"] == "load_average_1m":
+        if r["metric"] == "load_average_1m" or r["metric"] in HOST_METRICS:       # host rows: their own tables
             continue
         cases[(r["device"], r["op"], r["dtype"], r["shape"], r["mode"])].setdefault(r["provider"], {})[r["metric"]] = (
             float(r["value"]), r)
@@ -93,7 +94,9 @@ def markdown(rows) -> str:
                        + f" | {speed} | {floor} | {versus} | "
                        + " | ".join(f"{mem[p]:.0f}" if p in mem else "-" for p in providers) + " |")
         out.append("")
-    return "\n".join(out)
+    from .host import markdown as host_markdown
+    host = host_markdown(rows)
+    return "\n".join(out) + ("\n" + host if host else "")
 
 
 def plots(rows, out_dir) -> list[str]:

@@ -205,3 +205,27 @@ def test_pytest_benchmark_suite_runs_and_labels_its_results(tmp_path):
         info = r["extra_info"]
         assert {"op", "shape", "provider", "mode", "device", "dtype"} <= set(info) and info["device"].startswith("cpu")
         assert r["stats"]["median"] > 0
+
+
+def test_host_mode_writes_kernels_syncs_and_host_time(tmp_path):
+    """The host mode: per candidate and mode, kernels and syncs per call (counted; a Triton candidate under the
+    interpreter is counted, not timed), CPU microseconds per call, and dispatch microseconds; its own summary
+    table."""
+    path = tmp_path / "host.csv"
+    bench.HOST_CPU_SHAPES["tiny"] = dict(TINY, B=1)
+    try:
+        bench.run_host(torch.device("cpu"), shapes=["tiny"], providers=("torch:bmm", "triton:fused", "floor"),
+                       csv_path=str(path), quick=True, log=lambda *_: None)
+    finally:
+        del bench.HOST_CPU_SHAPES["tiny"]
+    rows = [r for r in csv.DictReader(open(path)) if r["metric"] != "load_average_1m"]
+    got = {(r["provider"], r["mode"], r["metric"]): float(r["value"]) for r in rows}
+    for mode in ("fwd", "fwd+bwd"):
+        assert got[("torch:bmm", mode, "kernels")] > got[("floor", mode, "kernels")] >= 1
+        assert got[("torch:bmm", mode, "syncs")] == 0 and got[("torch:bmm", mode, "host_cpu_us")] > 0
+    assert got[("torch:bmm", "dispatch", "dispatch_us")] > 0 and ("floor", "dispatch", "dispatch_us") not in got
+    if bench.backend.triton_interpret():
+        assert got[("triton:fused", "fwd+bwd", "kernels")] == 6 and ("triton:fused", "fwd", "host_cpu_us") not in got
+    text = summary.markdown(list(csv.DictReader(open(path))))
+    assert "### host: adaptive_modconv2d on cpu" in text and "| tiny | torch:bmm |" in text
+    assert "kernels fwd+bwd" in text and "dispatch us" in text

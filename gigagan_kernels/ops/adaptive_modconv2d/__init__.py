@@ -76,6 +76,23 @@ def adaptive_modconv2d(x, weight_bank, select_logits, style, bias=None, *, demod
     Supports gradients of every order for every impl: first-order backward of the fused
     paths runs fused kernels; under create_graph=True it goes through the reference.
     """
+    call, candidate = prepare(x, weight_bank, select_logits, style, bias, demodulate=demodulate, eps=eps, noise=noise,
+                               activation=activation, gain=gain, clamp=clamp, impl=impl)
+    B, _, H, W = x.shape
+    Cout = weight_bank.shape[1]
+    if B > 0 and 0 in (Cout, H, W):
+        # An empty output, the same on every backend, attached to every input (whose gradients are zero).
+        inputs = [t for t in (x, weight_bank, select_logits, style, bias, noise) if t is not None]
+        return x.new_zeros((B, Cout, H, W)) + sum(t.sum() for t in inputs) * 0
+    if B == 0:          # an empty batch: the reference keeps y attached to every input
+        return adaptive_modconv2d_ref(x, weight_bank, select_logits, style, bias, noise=noise, **call.options())
+    return candidate.run(call)
+
+
+def prepare(x, weight_bank, select_logits, style, bias=None, *, demodulate=True, eps=1e-8, noise=None,
+             activation=None, gain=None, clamp=None, impl="auto"):
+    """adaptive_modconv2d up to its launch: the validated call and the candidate that runs it (what the host
+    benchmark times as dispatch)."""
     key = _cache_key(x, weight_bank, select_logits, style, bias, noise, demodulate, eps, activation, gain, clamp, impl)
     candidate = cached_choice(OP_NAME, key)
     if candidate is None:       # a call not seen before: validated here, once per key
@@ -88,14 +105,7 @@ def adaptive_modconv2d(x, weight_bank, select_logits, style, bias=None, *, demod
         or (bias is not None and bias.requires_grad) or (noise is not None and noise.requires_grad))
     call = ModconvCall(x, weight_bank, select_logits, style, bias, noise, demodulate=bool(demodulate), eps=float(eps),
                        activation=activation, gain=gain, clamp=clamp, needs_grad=needs_grad)
-    B, _, H, W = x.shape
-    Cout = weight_bank.shape[1]
     if candidate is None:
-        candidate = choose(OP_NAME, impl, call, empty=0 in (B, Cout, H, W), cache_key=key)
-    if B > 0 and 0 in (Cout, H, W):
-        # An empty output, the same on every backend, attached to every input (whose gradients are zero).
-        inputs = [t for t in (x, weight_bank, select_logits, style, bias, noise) if t is not None]
-        return x.new_zeros((B, Cout, H, W)) + sum(t.sum() for t in inputs) * 0
-    if B == 0:          # an empty batch: the reference keeps y attached to every input
-        return adaptive_modconv2d_ref(x, weight_bank, select_logits, style, bias, noise=noise, **call.options())
-    return candidate.run(call)
+        B, _, H, W = x.shape
+        candidate = choose(OP_NAME, impl, call, empty=0 in (B, weight_bank.shape[1], H, W), cache_key=key)
+    return call, candidate

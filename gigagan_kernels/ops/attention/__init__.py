@@ -66,6 +66,15 @@ def attention(q, k, v, *, kind="l2", scale=None, key_padding_mask=None, impl="au
     saved). Gradients of every order are supported for every impl: create_graph=True backwards run through
     the reference. One exception: under torch.compile, impl="torch" is first-order (auto picks Triton there).
     """
+    call, candidate = prepare(q, k, v, kind=kind, scale=scale, key_padding_mask=key_padding_mask, impl=impl)
+    if q.numel() == 0 or k.shape[2] == 0:
+        return attention_ref(q, k, v, kind=kind, scale=call.scale, key_padding_mask=key_padding_mask)
+    return candidate.run(call)
+
+
+def prepare(q, k, v, *, kind="l2", scale=None, key_padding_mask=None, impl="auto"):
+    """attention up to its launch: the validated call and the candidate that runs it (what the host benchmark
+    times as dispatch)."""
     key = _cache_key(q, k, v, kind, scale, key_padding_mask, impl)
     candidate = cached_choice(OP_NAME, key)
     if candidate is None:       # a call not seen before: validated here, once per key
@@ -73,9 +82,6 @@ def attention(q, k, v, *, kind="l2", scale=None, key_padding_mask=None, impl="au
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     call = AttentionCall(q, k, v, kind=kind, scale=scale, key_padding_mask=key_padding_mask, needs_grad=needs_grad)
-    empty = q.numel() == 0 or k.shape[2] == 0
     if candidate is None:
-        candidate = choose(OP_NAME, impl, call, empty=empty, cache_key=key)
-    if empty:
-        return attention_ref(q, k, v, kind=kind, scale=scale, key_padding_mask=key_padding_mask)
-    return candidate.run(call)
+        candidate = choose(OP_NAME, impl, call, empty=q.numel() == 0 or k.shape[2] == 0, cache_key=key)
+    return call, candidate
