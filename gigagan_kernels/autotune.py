@@ -42,7 +42,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import backend
+from . import backend, memory
 
 ENV_VAR = "GIGAGAN_KERNELS_AUTOTUNE"
 CACHE_ENV = "GIGAGAN_KERNELS_CACHE_DIR"
@@ -352,7 +352,7 @@ def _one_call(candidate, call):
     state = {}
 
     def once():
-        with torch.enable_grad() if wrt else torch.no_grad():
+        with torch.enable_grad() if wrt else torch.no_grad(), memory.not_the_model():
             out = candidate.run(clone)
             if wrt:
                 if "grad" not in state:
@@ -503,10 +503,13 @@ def tune(fn: Callable, *args, **kwargs):
 
     Timing runs on clones with a private generator, so the global RNG, parameters and optimiser state are
     exactly as without tuning. Under torch.distributed every rank then adopts rank 0's decision table (one
-    broadcast), so all ranks run the same candidates."""
+    broadcast), so all ranks run the same candidates. The calls fn makes are also what the memory plan counts
+    (gigagan_kernels/memory.py): which keep their per-sample weights for the backward is decided, once, when fn
+    returns (the same on every rank: the same calls)."""
     _local.tuning = getattr(_local, "tuning", 0) + 1
     try:
-        result = fn(*args, **kwargs)
+        with memory.planning():                 # the calls of fn are counted, and planned on return
+            result = fn(*args, **kwargs)
     finally:
         _local.tuning -= 1
     if _distributed():

@@ -63,3 +63,12 @@ def _seed_per_test(request):
     """Fresh random inputs per test, reproducible from the test's id."""
     import zlib
     torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_memory_plan():
+    """Each test starts with no kept-weights decisions (gigagan_kernels/memory.py plans once per process)."""
+    from gigagan_kernels import memory
+    memory.forget()
+    yield
+

@@ -682,3 +682,67 @@ def test_no_input_channels_is_a_named_error_on_every_backend(impl, device):
     x, bank = torch.randn(2, 0, 5, 5, device=device), torch.randn(2, 4, 0, 3, 3, device=device)
     with pytest.raises(ValueError, match=r"x needs at least one input channel, got shape \(2, 0, 5, 5\)"):
         gk.adaptive_modconv2d(x, bank, torch.randn(2, 2, device=device), torch.randn(2, 0, device=device), impl=impl)
+
+
+# ----------------------------------------------------------------------------------------------
+# One memory budget for the kept per-sample weights, planned once (gigagan_kernels/memory.py).
+# ----------------------------------------------------------------------------------------------
+def _weights_layer_call(inputs, impl="triton:weights"):
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items() if v is not None}
+    y = gk.adaptive_modconv2d(leaves["x"], leaves["weight_bank"], leaves["select_logits"], leaves["style"],
+                              leaves["bias"], activation="lrelu", impl=impl)
+    grads = torch.autograd.grad(y.square().sum(), [leaves[k] for k in ("x", "weight_bank", "select_logits", "style")])
+    return y.detach(), grads
+
+
+def test_memory_plan_counts_every_call_against_one_budget(device, monkeypatch):
+    """Three calls of one layer shape and one of another inside tune(): the first key's three calls fit the budget
+    and keep their weights, the second no longer fits and rebuilds; decided once, when tune returns, and the same
+    afterwards. Kept or rebuilt, the gradients agree."""
+    from gigagan_kernels import memory
+    a = make_inputs(2, 4, 6, 3, 3, 2, 3, dtype=torch.float32, device=device, seed=41, bias=True)
+    b = make_inputs(2, 4, 8, 3, 3, 2, 3, dtype=torch.float32, device=device, seed=42, bias=True)
+    per_call = {"a": 2 * 6 * 4 * 9 * 4, "b": 2 * 8 * 4 * 9 * 4}
+    budget = 3 * per_call["a"] + per_call["b"] // 2                  # the three a calls fit, b does not
+    monkeypatch.setenv(amc.WORKSPACE_ENV, str(2 * budget / 2**20))
+    assert memory.budget_bytes() in (budget, budget - 1)
+    kept = []
+    original = memory.keep_weights
+    monkeypatch.setattr(memory, "keep_weights", lambda key, n: kept.append(original(key, n)) or kept[-1])
+
+    def step():
+        return [_weights_layer_call(a) for _ in range(3)] + [_weights_layer_call(b)]
+
+    during = gk.tune(step)
+    assert kept == [False] * 4                                      # the tuning run rebuilds, and counts
+    report = memory.plan_report()
+    assert [(calls, n, keep) for _, calls, n, keep in report] == [(3, per_call["a"], True), (1, per_call["b"], False)]
+    assert memory.kept_bytes() == 3 * per_call["a"] <= memory.budget_bytes()
+    kept.clear()
+    after = step()
+    assert kept == [True, True, True, False]                        # the plan, not what is held now
+    for (y0, g0), (y1, g1) in zip(during, after):
+        assert torch.allclose(y0, y1, atol=1e-6)
+        for u, v in zip(g0, g1):
+            assert torch.allclose(u, v, rtol=1e-5, atol=1e-6)
+
+
+def test_memory_plan_outside_tune_decides_each_key_once(device, monkeypatch):
+    """A key first seen outside tune() is planned as called once per step, on the spot, and keeps that decision:
+    a later key that does not fit rebuilds even when the first key's weights are long freed."""
+    from gigagan_kernels import memory
+    a = make_inputs(2, 4, 6, 3, 3, 2, 3, dtype=torch.float32, device=device, seed=43, bias=True)
+    b = make_inputs(2, 4, 8, 3, 3, 2, 3, dtype=torch.float32, device=device, seed=44, bias=True)
+    budget = 2 * 6 * 4 * 9 * 4 + 100
+    monkeypatch.setenv(amc.WORKSPACE_ENV, str(2 * budget / 2**20))
+    for _ in range(2):
+        _weights_layer_call(a)
+        _weights_layer_call(b)
+    assert [keep for *_, keep in memory.plan_report()] == [True, False]
+    with torch.no_grad():                                           # a forward alone keeps nothing, plans nothing
+        gk.adaptive_modconv2d(a["x"], a["weight_bank"], a["select_logits"], a["style"], impl="triton:weights")
+    assert len(memory.plan_report()) == 2
+    # Timing runs are not the model's calls: nothing is planned inside them.
+    with memory.not_the_model():
+        _weights_layer_call(make_inputs(2, 4, 5, 3, 3, 2, 3, dtype=torch.float32, device=device, seed=45, bias=True))
+    assert len(memory.plan_report()) == 2

@@ -86,16 +86,18 @@ def validate(x, weight_bank, select_logits, style, bias, noise, activation, gain
         raise ValueError(f"adaptive_modconv2d: gain must be finite, got {gain}")
 
 
-# The per-sample tensors of the "weights" decomposition (Triton's strategy and the CUDA path) live in a budget.
+# The per-sample tensors of the "weights" decomposition (Triton's strategy and the CUDA path) live in a budget: half
+# of it for the weights kept from forwards for their backwards, across the whole model (gigagan_kernels/memory.py
+# plans which calls keep them, once), the other half for one call's temporaries.
 WORKSPACE_ENV = "GIGAGAN_KERNELS_MODCONV_WORKSPACE_MB"
 # The reference keeps ~5.5 copies of the per-sample weights alive for its backward (3.4 GiB at GigaGAN's
-# 1024-channel layers, B = 32); 1.5 GiB holds the weights of such a layer once, plus their gradient.
+# 1024-channel layers, B = 32); 1.5 GiB holds the weights of one such layer kept, plus one call's temporaries.
 DEFAULT_WORKSPACE_MB = 1536
 
 
 def workspace_bytes() -> int:
-    """The budget for the "weights" strategy's per-sample tensors (weights, their gradient, im2col columns),
-    from GIGAGAN_KERNELS_MODCONV_WORKSPACE_MB (default 1536 MiB)."""
+    """The budget for the "weights" strategy's per-sample tensors (kept weights across the model, one call's
+    weights, their gradient and im2col columns), from GIGAGAN_KERNELS_MODCONV_WORKSPACE_MB (default 1536 MiB)."""
     raw = os.environ.get(WORKSPACE_ENV, "").strip()
     if not raw:
         return DEFAULT_WORKSPACE_MB << 20

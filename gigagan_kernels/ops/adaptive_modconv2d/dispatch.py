@@ -15,7 +15,7 @@ import torch
 from ... import backend
 from ...dispatcher import Candidate, OpCandidates, register
 from .common import OP_NAME, WORKSPACE_ENV, workspace_bytes
-from .plans import MAX_FILTERS, fused_unsupported, plan_weights, weights_unsupported
+from .plans import MAX_FILTERS, fused_unsupported, weights_unsupported
 from .torch_forms import TORCH_FORMS, activations_form_cancels, torch_form
 
 
@@ -171,6 +171,17 @@ def _save_lin(call) -> bool:
     return call.needs_grad and needs_lin(call.activation, call.gain, call.clamp, call.bias, call.noise)
 
 
+def keep_weights(call) -> bool:
+    """Whether the "weights" decomposition keeps this call's per-sample weights for the backward: the model-wide
+    plan's decision for the call's key (gigagan_kernels/memory.py), made once."""
+    if not call.needs_grad:
+        return False
+    from ... import memory
+    B, Cin = call.x.shape[:2]
+    _, Cout, _, k, _ = call.weight_bank.shape
+    return memory.keep_weights((OP_NAME, call.key()), B * Cout * Cin * k * k * call.x.element_size())
+
+
 class TritonStrategy(Candidate):
     backend = "triton"
     ATOMICS = {"weights": None, "fused": "relaxed fp32 atomics for the style gradient"}
@@ -199,8 +210,7 @@ class TritonStrategy(Candidate):
 
     def run(self, call):
         from .triton_op import triton_forward_op
-        keep = self.strategy == "weights" and plan_weights(tuple(call.x.shape), tuple(call.weight_bank.shape),
-                                                           call.x.element_size(), needs_grad=call.needs_grad).keep
+        keep = self.strategy == "weights" and keep_weights(call)
         return triton_forward_op(*_launch_args(call, _save_lin(call)), self.strategy, keep)[0]
 
 
@@ -220,7 +230,7 @@ class CudaWeights(Candidate):
         return min(workspace_bytes(), 2 * s["weights"] + 2 * s["cols"]) + 4 * s["y"]
 
     def run(self, call):
-        return backend.cuda_op(OP_NAME)(*_launch_args(call, _save_lin(call)), workspace_bytes(), call.needs_grad)[0]
+        return backend.cuda_op(OP_NAME)(*_launch_args(call, _save_lin(call)), workspace_bytes(), keep_weights(call))[0]
 
 
 CANDIDATES = (Reference(), *(TorchForm(form) for form in TORCH_FORMS), TritonStrategy("weights"),
