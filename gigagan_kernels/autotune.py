@@ -3,7 +3,8 @@ keeps the fastest, in the process and on disk, as cuDNN's benchmark mode and Tri
 
 - What is timed: on CPU every runnable candidate; on CUDA those the cost model puts within 3x of its best (at
   least its top 3), and those it cannot predict. A candidate whose predicted_bytes exceed the free memory is
-  skipped, with the reason.
+  skipped, with the reason; so is one whose tuning_reasons refuse the tuned call's data (torch:gram where the
+  mixed filters nearly cancel): a judgement made once per key, here, never per call.
 - How: the forward when no input needs a gradient, else forward + backward, on cloned inputs with a private
   torch.Generator (global RNG state, parameters and their .grad are untouched); medians of repetitions, on
   CUDA by triton.testing.do_bench (CUDA events, an L2 flush). The fastest wins; a tie within 5% goes to the
@@ -415,6 +416,11 @@ def _to_time(entry, runnable: tuple, call) -> tuple[list, dict]:
     """(candidates to time, {skipped candidate: reason})."""
     skipped = {}
     names = list(runnable)
+    for name in list(names):             # judged once per key, on the tuned call's data
+        reasons = entry.get(name).tuning_reasons(call)
+        if reasons:
+            skipped[name] = "; ".join(reasons)
+            names.remove(name)
     free = _free_bytes(call.device)
     if free is not None:
         for name in list(names):

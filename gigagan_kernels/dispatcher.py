@@ -49,6 +49,11 @@ class Candidate:
         """Device memory the call allocates beyond its inputs and output, forward and backward."""
         return 0
 
+    def tuning_reasons(self, call) -> list[str]:
+        """Why this candidate must not be chosen for the call's key, judged on the data of the call it is tuned
+        on (autotune asks once per key, never per call; may read values back to the host). [] by default."""
+        return []
+
     def run(self, call) -> torch.Tensor:
         raise NotImplementedError
 

@@ -746,3 +746,87 @@ def test_memory_plan_outside_tune_decides_each_key_once(device, monkeypatch):
     with memory.not_the_model():
         _weights_layer_call(make_inputs(2, 4, 5, 3, 3, 2, 3, dtype=torch.float32, device=device, seed=45, bias=True))
     assert len(memory.plan_report()) == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# torch:gram: the activations as one GEMM a pass, d from the bank's Gram matrices (fp32 contraction, fp64 combine).
+# Its forward and every gradient against float64 run in the sweeps above (TORCH_FORMS), its second order in the
+# gradgradcheck; here the conditioning: nearly cancelling filters against float64, the stated bound, and the
+# eligibility auto decides once per key at tuning time.
+# ----------------------------------------------------------------------------------------------
+def _cancelling_inputs(delta, device, seed=51):
+    """Two filters whose mix nearly cancels for every sample: W1 = -(a0 / a1) W0 + delta R, so the mixed filter is
+    a1 delta R while each a_n W_n is of order 1 (fp32 inputs; the exact values are theirs in float64)."""
+    inputs = make_inputs(3, 6, 5, 4, 4, 2, 3, dtype=torch.float64, device=device, seed=seed, bias=True)
+    logits = inputs["select_logits"][:1].expand(3, 2).clone()         # one selection for every sample
+    a = torch.softmax(logits[0], 0)
+    bank = inputs["weight_bank"].clone()
+    bank[1] = -(a[0] / a[1]) * bank[0] + delta * torch.randn_like(bank[0]) / 8
+    out = dict(inputs, select_logits=logits, weight_bank=bank)
+    return {k: (v.float() if v is not None else None) for k, v in out.items()}
+
+
+def _exact_demodulation(inputs, eps=1e-8):
+    """d in float64 through the per-sample mixed filters (the reference's order)."""
+    bank, logits, style = (inputs[k].double() for k in ("weight_bank", "select_logits", "style"))
+    mixed = torch.einsum("bn,noiuv->boiuv", torch.softmax(logits, 1), bank) * style[:, None, :, None, None]
+    return torch.rsqrt(mixed.square().sum(dim=(2, 3, 4)) + eps)
+
+
+@pytest.mark.parametrize("delta", [1.0, 1e-1, 1e-2, 1e-3])
+def test_gram_demodulation_meets_its_error_bound_on_cancelling_filters(delta, device):
+    """The fp32 Gram form's d against float64, within the bound gram_demodulation states, on filters whose mix
+    cancels to delta of its terms; well conditioned it is eligible, cancelling beyond the tolerance it is not."""
+    from gigagan_kernels.ops.adaptive_modconv2d import torch_forms
+    inputs = _cancelling_inputs(delta, device)
+    a = torch.softmax(inputs["select_logits"], 1)
+    d = torch_forms.gram_demodulation(inputs["weight_bank"], a, inputs["style"], 1e-8)[0]
+    exact = _exact_demodulation(inputs)
+    error = (d.double() - exact).abs() / exact
+    bound = torch_forms.gram_error_bound(inputs["weight_bank"], inputs["select_logits"], inputs["style"])
+    kappa = torch_forms.gram_cancellation(inputs["weight_bank"], inputs["select_logits"], inputs["style"])
+    assert (error <= bound + 1e-12).all(), (error.max(), bound.max())
+    reason = torch_forms.gram_ineligible_reason(inputs["weight_bank"], inputs["select_logits"], inputs["style"], 1e-8)
+    if delta == 1.0:
+        assert kappa.max() < 10 and reason is None and error.max() < 1e-5
+    if delta <= 1e-2:
+        assert kappa.max() > 1e3
+    if delta == 1e-3:
+        assert reason is not None and "nearly cancel" in reason
+    # The fp64 combine is what keeps the N x N cancellation out: in fp32 it would cost about kappa * u32 alone.
+    assert error.max() <= 8 * (54 ** 0.5) * 2.0**-24 * kappa.max() + 1e-7
+
+
+def test_auto_decides_gram_eligibility_once_per_key_at_tuning_time(monkeypatch, tmp_path):
+    """With torch:gram the fastest by the (fake) timer, auto takes it for a key tuned on well-conditioned data and
+    refuses it, with the reason, for a key tuned on cancelling filters; after tuning no call checks again."""
+    from gigagan_kernels import autotune
+    from gigagan_kernels.ops.adaptive_modconv2d import torch_forms
+    monkeypatch.setenv(autotune.ENV_VAR, "on")
+    monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.delenv("GIGAGAN_KERNELS_IMPL", raising=False)
+    autotune.TABLE.forget()
+    checks = []
+    reason = torch_forms.gram_ineligible_reason
+    monkeypatch.setattr(torch_forms, "gram_ineligible_reason", lambda *a: checks.append(1) or reason(*a))
+    timer = {"ref": 1.0, "torch:activations": 0.5, "torch:bmm": 0.4, "torch:grouped": 0.9, "torch:gram": 0.1}
+    try:
+        with autotune.use_timer(lambda name, call: timer[name]):
+            for delta, batch in ((1.0, 3), (1e-3, 2)):
+                inputs = _cancelling_inputs(delta, "cpu")
+                if batch != 3:                                     # another key: two samples
+                    inputs = {k: (v[:batch] if k in ("x", "select_logits", "style") else v)
+                              for k, v in inputs.items()}
+                args = [inputs[k] for k in ("x", "weight_bank", "select_logits", "style", "bias")]
+                gk.adaptive_modconv2d(*args, activation="lrelu", impl="torch")
+        records = {r["key"]: r for r in gk.autotune_report()}
+        good, bad = sorted(records.values(), key=lambda r: "(3, 6, 4, 4)" not in r["key"])
+        assert good["choice"] == "torch:gram" and good["candidates"]["torch:gram"] == 0.1
+        assert bad["choice"] == "torch:bmm" and "nearly cancel" in bad["candidates"]["torch:gram"]
+        assert len(checks) == 2
+        for _ in range(3):                                         # seen keys: no check, no timing
+            gk.adaptive_modconv2d(*args, activation="lrelu", impl="torch")
+        assert len(checks) == 2
+    finally:
+        autotune.TABLE.forget()

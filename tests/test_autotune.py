@@ -17,7 +17,7 @@ from gigagan_kernels import autotune, dispatcher
 from gigagan_kernels.adaptive_modconv import use_strategy
 from tests.helpers import ROOT
 
-MODCONV_TORCH = ("ref", "torch:activations", "torch:bmm", "torch:grouped")
+MODCONV_TORCH = ("ref", "torch:activations", "torch:bmm", "torch:grouped", "torch:gram")
 
 
 @pytest.fixture
@@ -63,24 +63,28 @@ def record_for(op):
 
 def test_the_fastest_wins_and_a_tie_goes_to_the_preference_order(tuning):
     # torch:bmm is within 5% of torch:activations, and precedes it in the op's order of preference.
-    timer = FakeTimer({"ref": 1.0, "torch:activations": 0.50, "torch:bmm": 0.52, "torch:grouped": 0.9})
+    timer = FakeTimer({"ref": 1.0, "torch:activations": 0.50, "torch:bmm": 0.52, "torch:grouped": 0.9,
+                       "torch:gram": 0.95})
     x, bank, logits, style = modconv_inputs()
     with autotune.use_timer(timer):
         y = gk.adaptive_modconv2d(x, bank, logits, style)
     record = record_for("adaptive_modconv2d")
     assert record["choice"] == "torch:bmm" and record["source"] == "measured"
     assert sorted(name for name, _ in timer.calls) == sorted(MODCONV_TORCH)
-    assert record["candidates"] == {"ref": 1.0, "torch:activations": 0.50, "torch:bmm": 0.52, "torch:grouped": 0.9}
+    assert record["candidates"] == {"ref": 1.0, "torch:activations": 0.50, "torch:bmm": 0.52, "torch:grouped": 0.9,
+                                    "torch:gram": 0.95}
     torch.testing.assert_close(y, gk.adaptive_modconv2d_ref(x, bank, logits, style))
     # Beyond 5%, the fastest wins.
-    timer = FakeTimer({"ref": 1.0, "torch:activations": 0.40, "torch:bmm": 0.52, "torch:grouped": 0.9})
+    timer = FakeTimer({"ref": 1.0, "torch:activations": 0.40, "torch:bmm": 0.52, "torch:grouped": 0.9,
+                       "torch:gram": 0.95})
     with autotune.use_timer(timer):
         gk.adaptive_modconv2d(*modconv_inputs(B=3))
     assert {r["choice"] for r in gk.autotune_report()} == {"torch:bmm", "torch:activations"}
 
 
 def test_a_backend_name_tunes_among_its_own_candidates(tuning):
-    timer = FakeTimer({"ref": 0.1, "torch:activations": 0.5, "torch:bmm": 0.3, "torch:grouped": 0.4})
+    timer = FakeTimer({"ref": 0.1, "torch:activations": 0.5, "torch:bmm": 0.3, "torch:grouped": 0.4,
+                       "torch:gram": 0.95})
     with autotune.use_timer(timer):
         gk.adaptive_modconv2d(*modconv_inputs(), impl="torch")
     assert record_for("adaptive_modconv2d")["choice"] == "torch:bmm"          # ref is not a torch candidate
@@ -88,7 +92,8 @@ def test_a_backend_name_tunes_among_its_own_candidates(tuning):
 
 
 def test_a_decision_is_cached_in_the_process_and_on_disk(tuning):
-    timer = FakeTimer({"ref": 0.3, "torch:activations": 0.2, "torch:bmm": 0.1, "torch:grouped": 0.4})
+    timer = FakeTimer({"ref": 0.3, "torch:activations": 0.2, "torch:bmm": 0.1, "torch:grouped": 0.4,
+                       "torch:gram": 0.95})
     with autotune.use_timer(timer):
         gk.adaptive_modconv2d(*modconv_inputs(seed=1))
         timed = len(timer.calls)
@@ -112,7 +117,8 @@ def test_a_corrupt_cache_is_a_warning_and_is_rebuilt(tuning):
     path = os.path.join(tuning, autotune.CACHE_FILE)
     with open(path, "w") as f:
         f.write("{not json")
-    timer = FakeTimer({"ref": 0.3, "torch:activations": 0.2, "torch:bmm": 0.1, "torch:grouped": 0.4})
+    timer = FakeTimer({"ref": 0.3, "torch:activations": 0.2, "torch:bmm": 0.1, "torch:grouped": 0.4,
+                       "torch:gram": 0.95})
     with autotune.use_timer(timer), pytest.warns(UserWarning, match="ignoring the unreadable cache"):
         gk.adaptive_modconv2d(*modconv_inputs())
     assert len(json.load(open(path))["decisions"]) == 1
@@ -139,7 +145,8 @@ def test_a_candidate_beyond_the_free_memory_is_skipped(tuning, monkeypatch):
     x, bank, logits, style = modconv_inputs()
     call_bytes = {}
     entry = dispatcher.REGISTRY["adaptive_modconv2d"]
-    timer = FakeTimer({"ref": 0.1, "torch:activations": 0.2, "torch:bmm": 0.3, "torch:grouped": 0.4})
+    timer = FakeTimer({"ref": 0.1, "torch:activations": 0.2, "torch:bmm": 0.3, "torch:grouped": 0.4,
+                       "torch:gram": 0.95})
 
     def spy(name, call):
         call_bytes.setdefault(name, entry.get(name).predicted_bytes(call))
@@ -195,7 +202,8 @@ def test_deterministic_mode_keeps_auto_off_atomics(monkeypatch):
 
 def test_nothing_is_timed_under_torch_compile(tuning):
     """While dynamo traces, the table decides, or on a miss the predicted pick; the graph stays whole."""
-    timer = FakeTimer({"ref": 0.3, "torch:activations": 0.2, "torch:bmm": 0.1, "torch:grouped": 0.4})
+    timer = FakeTimer({"ref": 0.3, "torch:activations": 0.2, "torch:bmm": 0.1, "torch:grouped": 0.4,
+                       "torch:gram": 0.95})
     x, bank, logits, style = modconv_inputs(requires_grad=False)
 
     def layer(x, bank, logits, style):
@@ -304,7 +312,8 @@ def test_smoke_real_timing_on_cpu(tuning):
 
 
 def test_the_cli_shows_clears_exports_and_imports(tuning, tmp_path_factory):
-    timer = FakeTimer({"ref": 0.3, "torch:activations": 0.2, "torch:bmm": 0.1, "torch:grouped": 0.4})
+    timer = FakeTimer({"ref": 0.3, "torch:activations": 0.2, "torch:bmm": 0.1, "torch:grouped": 0.4,
+                       "torch:gram": 0.95})
     with autotune.use_timer(timer):
         gk.adaptive_modconv2d(*modconv_inputs())
     env = dict(os.environ, **{autotune.CACHE_ENV: str(tuning)})

@@ -63,7 +63,7 @@ def test_auto_on_cuda_picks_the_fastest_predicted(monkeypatch):
 
 def test_candidates_lists_every_name():
     assert gk.candidates("adaptive_modconv2d") == ("ref", "torch:activations", "torch:bmm", "torch:grouped",
-                                                   "triton:weights", "triton:fused", "cuda:weights")
+                                                   "torch:gram", "triton:weights", "triton:fused", "cuda:weights")
     assert gk.candidates("attention") == ("ref", "torch:materialised", "torch:sdpa-flash", "torch:sdpa-efficient",
                                           "torch:sdpa-cudnn", "torch:sdpa-math", "triton", "cuda")
     with pytest.raises(ValueError, match=r"candidates\(op\): expected one of"):

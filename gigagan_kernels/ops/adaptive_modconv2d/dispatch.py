@@ -121,7 +121,8 @@ class Reference(Candidate):
 
 class TorchForm(Candidate):
     backend = "torch"
-    FORMULATIONS = {"activations": "torch_activations", "bmm": "torch_weights", "grouped": "ref"}
+    FORMULATIONS = {"activations": "torch_activations", "bmm": "torch_weights", "grouped": "ref",
+                    "gram": "torch_gram"}
 
     def __init__(self, form: str):
         self.form = form
@@ -129,10 +130,17 @@ class TorchForm(Candidate):
 
     def not_supported_reasons(self, call):
         Cin, k = call.x.shape[1], call.weight_bank.shape[-1]
-        if self.form == "activations" and activations_form_cancels(call.demodulate, Cin, k):
+        if self.form in ("activations", "gram") and activations_form_cancels(call.demodulate, Cin, k):
             return ["with one input channel and 1x1 filters, demodulation cancels the filter's scale and the "
                     "activation form's bank gradient would be a difference of two large terms"]
         return []
+
+    def tuning_reasons(self, call):
+        if self.form != "gram" or not call.demodulate:
+            return []
+        from .torch_forms import gram_ineligible_reason
+        why = gram_ineligible_reason(call.weight_bank, call.select_logits, call.style, call.eps)
+        return [why] if why else []
 
     def predicted_seconds(self, call):
         return _predicted(self.FORMULATIONS[self.form], call)
@@ -143,6 +151,11 @@ class TorchForm(Candidate):
             return (2 * N + 4) * s["y"] + 2 * s["x"] + 3 * s["weights"]
         if self.form == "bmm":
             return 4 * s["weights"] + 3 * s["cols"] + 4 * s["y"]
+        if self.form == "gram":
+            # The Gram matrices and their gradient (fp32, Cout*Cin*N^2 each), the N-fold GEMM output and its
+            # gradient, the columns.
+            N, Cout, Cin = call.weight_bank.shape[:3]
+            return 2 * 4 * Cout * Cin * N * N + (2 * N + 4) * s["y"] + 2 * s["cols"]
         return Reference().predicted_bytes(call)
 
     def run(self, call):
@@ -380,5 +393,5 @@ ADAPTIVE_MODCONV2D = register(OpCandidates(
     OP_NAME, CANDIDATES, predicted_choice=predicted_choice, narrow=narrow, overrides=overrides,
     environment=(STRATEGY_ENV, WORKSPACE_ENV),
     # The tie rule on CPU: the fused kernels, then the lean torch forms, the reference last.
-    preference=("triton:weights", "triton:fused", "cuda:weights", "torch:bmm", "torch:activations", "torch:grouped",
-                "ref")))
+    preference=("triton:weights", "triton:fused", "cuda:weights", "torch:bmm", "torch:activations", "torch:gram",
+                "torch:grouped", "ref")))

@@ -1,5 +1,5 @@
-"""Backend "torch": the plain-torch composite in three exact forms (candidates torch:activations, torch:bmm,
-torch:grouped). Plain torch ops, so gradients of every order."""
+"""Backend "torch": the plain-torch composite in four exact forms (candidates torch:activations, torch:bmm,
+torch:grouped, torch:gram). Plain torch ops, so gradients of every order."""
 from __future__ import annotations
 
 import torch
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from .common import default_gain
 from .reference import adaptive_modconv2d_ref, epilogue_ref
 
-TORCH_FORMS = ("activations", "bmm", "grouped")
+TORCH_FORMS = ("activations", "bmm", "grouped", "gram")
 _CUDA_FORMS: dict = {}
 
 
@@ -59,6 +59,69 @@ class _SumOfSquares(torch.autograd.Function):
         return (2 * t * grad.unsqueeze(-1)).to(t.dtype)
 
 
+def gram_demodulation(weight_bank, a, style, eps):
+    """d[b, o] = rsqrt(sum_i s[b,i]^2 sum_t (sum_n a[b,n] W[n,o,i,t])^2 + eps) from the bank's Gram matrices, with no
+    per-sample weights: G[o,i,n,m] = sum_t W[n,o,i,t] W[m,o,i,t] and H[b,o,n,m] = sum_i s[b,i]^2 G[o,i,n,m] (the
+    Gram contraction, in fp32 at least), then d^2 = sum_{n,m} a[b,n] a[b,m] H[b,o,n,m] (the N x N combine, in fp64).
+
+    Error bound: each H entry sums K = Cin*k*k products in fp32, so its relative error is at most
+    gamma_K = K u32 / (1 - K u32) (u32 = 2^-24; ~sqrt(K) u32 in practice); the fp64 combine adds at most N^2 u64
+    relative to sum |a_n a_m H_nm|. Hence |d^2' - d^2| <= (gamma_K + N^2 u64) kappa d^2 and d is off by half that,
+    where kappa = sum_{n,m} |a_n a_m H_nm| / d^2 >= 1 measures how much the mixed filters cancel (1 when the a_n W_n
+    agree in sign). Where they nearly cancel, kappa is large and so is the error: eligible_for_gram decides, per
+    call key at tuning time, whether a call's data allows this form."""
+    N, Cout, Cin, k, _ = weight_bank.shape
+    contraction = torch.promote_types(weight_bank.dtype, torch.float32)
+    bank = weight_bank.reshape(N, Cout * Cin, k * k).to(contraction).transpose(0, 1)          # [Cout*Cin, N, k*k]
+    gram = torch.bmm(bank, bank.transpose(1, 2)).view(Cout, Cin, N * N)                       # [Cout, Cin, N*N]
+    s2 = style.to(contraction).square()                                                       # [B, Cin]
+    h = torch.matmul(s2, gram)                                                                 # [Cout, B, N*N]
+    a64 = a.double()
+    pairs = (a64[:, :, None] * a64[:, None, :]).reshape(a.shape[0], N * N)                   # [B, N*N]
+    norm2 = (h.double() * pairs).sum(-1).transpose(0, 1)                                       # [B, Cout], fp64
+    return torch.rsqrt(norm2 + eps), h, pairs
+
+
+def gram_cancellation(weight_bank, select_logits, style):
+    """kappa[b, o] = sum_{n,m} |a_n a_m H_nm| / d^2 (fp64): how much the call's mixed filters cancel."""
+    with torch.no_grad():
+        a = torch.softmax(select_logits.double(), dim=1)
+        d, h, pairs = gram_demodulation(weight_bank.double(), a, style.double(), 0.0)
+        return (h.abs() * pairs.abs()).sum(-1).transpose(0, 1) * d.square()
+
+
+def gram_error_bound(weight_bank, select_logits, style):
+    """The bound of gram_demodulation on the relative error of d, per [b, o], for these inputs:
+    (gamma_K + N^2 u64) kappa / 2 (fp64)."""
+    N, Cout, Cin, k, _ = weight_bank.shape
+    K = Cin * k * k
+    gamma = K * 2.0**-24 / (1 - K * 2.0**-24)
+    return (gamma + N * N * 2.0**-53) * gram_cancellation(weight_bank, select_logits, style) / 2
+
+
+# The relative error of d the Gram form may make and still be eligible: what the per-sample forms make (d from
+# fp32 sums of K squares, ~sqrt(K) u32, with a margin of 16), or the call's own rounding, whichever is larger.
+_UNIT_ROUNDOFF = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8, torch.float32: 2.0**-24, torch.float64: 2.0**-53}
+
+
+def gram_ineligible_reason(weight_bank, select_logits, style, eps) -> str | None:
+    """Why the Gram form must not run calls like this one, or None: its d on this call's data (in the call's
+    precision) against the same d in fp64, beside the tolerance above. Run once per call key, at tuning time (it
+    reads a value back to the host, which a per-call check must never do)."""
+    N, Cout, Cin, k, _ = weight_bank.shape
+    with torch.no_grad():
+        a = torch.softmax(select_logits.float(), dim=1)
+        d = gram_demodulation(weight_bank, a, style, eps)[0]
+        d_exact = gram_demodulation(weight_bank.double(), a.double(), style.double(), eps)[0]
+        error = float(((d - d_exact).abs() / d_exact).max())
+    u = _UNIT_ROUNDOFF.get(weight_bank.dtype, 2.0**-24)
+    tolerance = max(u, 16 * (Cin * k * k) ** 0.5 * 2.0**-24)
+    if error <= tolerance:
+        return None
+    return (f"its Gram demodulation is off by {error:.1e} (relative) on the data this key was tuned on, over the "
+            f"{tolerance:.1e} allowed: the mixed filters nearly cancel")
+
+
 def activations_form_cancels(demodulate: bool, Cin: int, k: int) -> bool:
     """Each filter is one scalar that demodulation divides by itself, so y cannot see its scale and the
     activation form's dbank would be a difference of two large terms."""
@@ -67,12 +130,16 @@ def activations_form_cancels(demodulate: bool, Cin: int, k: int) -> bool:
 
 def adaptive_modconv2d_torch(x, weight_bank, select_logits, style, bias=None, *, demodulate=True, eps=1e-8,
                              noise=None, activation=None, gain=None, clamp=None, form=None):
-    """The plain-torch composite in one of three exact forms (TORCH_FORMS): `form`, or by default the one
+    """The plain-torch composite in one of four exact forms (TORCH_FORMS): `form`, or by default the one
     dispatch.torch_form predicts cheapest for the call. Plain torch ops, so gradients of every order.
 
     d[b,o]^2 = sum_i s[b,i]^2 sum_{kh,kw} K[b,o,i]^2, with K[b] = sum_n a[b,n] W[n] mixed first (mixing keeps d
     as well conditioned as the reference's; Gram cross terms would cancel where the mixed filter is small).
     With N = 1 the activation form needs only the bank's per-(o, i) sums of squares.
+    "gram": the activation form as one GEMM a pass (the batch folded into the GEMM's N: the bank's N*Cout filters
+    times the im2col columns of every sample) and d from the bank's Gram matrices (gram_demodulation): no
+    per-sample weights anywhere, at the price of d's conditioning where mixed filters nearly cancel. Never the
+    default form: auto takes it only where tuning measured it and eligible_for_gram accepted the call's data.
     """
     B, Cin, H, W = x.shape
     N, Cout, _, k, _ = weight_bank.shape
@@ -82,6 +149,8 @@ def adaptive_modconv2d_torch(x, weight_bank, select_logits, style, bias=None, *,
             form = "bmm"
     elif form not in TORCH_FORMS:
         raise ValueError(f"adaptive_modconv2d_torch: form must be one of {TORCH_FORMS}, got {form!r}")
+    if form == "gram":
+        return _gram_form(x, weight_bank, select_logits, style, bias, demodulate, eps, noise, activation, gain, clamp)
     if form == "grouped":
         return adaptive_modconv2d_ref(x, weight_bank, select_logits, style, bias, demodulate=demodulate, eps=eps,
                                       noise=noise, activation=activation, gain=gain, clamp=clamp)
@@ -109,4 +178,19 @@ def adaptive_modconv2d_torch(x, weight_bank, select_logits, style, bias=None, *,
             sq = _SumOfSquares.apply(mixed.view(B, Cout, Cin, k * k))                        # [B, Cout, Cin]
         norm2 = torch.bmm(sq.to(style.dtype), style.square()[:, :, None])                 # [B, Cout, 1]
         y = y * torch.rsqrt(norm2 + eps)[..., None]
+    return epilogue_ref(y, bias, noise, activation, gain, clamp)
+
+
+def _gram_form(x, weight_bank, select_logits, style, bias, demodulate, eps, noise, activation, gain, clamp):
+    gain = default_gain(activation) if gain is None else float(gain)
+    B, Cin, H, W = x.shape
+    N, Cout, _, k, _ = weight_bank.shape
+    a = torch.softmax(select_logits, dim=1)
+    a_demod = torch.softmax(select_logits.to(torch.promote_types(select_logits.dtype, torch.float32)), dim=1)
+    cols = F.unfold(x * style[:, :, None, None], k, padding=k // 2)                           # [B, R, P]
+    cols = cols.transpose(0, 1).reshape(Cin * k * k, B * H * W)                               # [R, B*P]
+    z = torch.mm(weight_bank.reshape(N * Cout, Cin * k * k), cols)                            # one GEMM: [N*Cout, B*P]
+    y = torch.einsum("bn,nobp->bop", a, z.view(N, Cout, B, H * W)).reshape(B, Cout, H, W)
+    if demodulate:
+        y = y * gram_demodulation(weight_bank, a_demod, style, eps)[0].to(y.dtype)[:, :, None, None]
     return epilogue_ref(y, bias, noise, activation, gain, clamp)
