@@ -6,6 +6,8 @@ Providers:
   peer            lucidrains/gigagan-pytorch's own AdaptiveConv2DMod (gigagan-pytorch 0.3.0, style = mod + 1),
                   with the epilogue its blocks apply after it (noise, bias, leaky ReLU * sqrt 2)
   torch           the plain-torch composite (its cheapest form per call)
+  torch:gram      its Gram form: the activations as one GEMM a pass, d from the bank's Gram matrices (auto takes it
+                  only where tuning measured it faster and its demodulation accurate on the tuned data)
   triton          the Triton kernels, strategy picked per shape; triton_weights / triton_fused force one;
                   triton_fused@<tiles> runs "fused" with the FUSED_SWEEP tiles <tiles> (stages3, o64, r16)
   auto            what a user gets by default (impl="auto")
@@ -37,6 +39,8 @@ from .common import bench_main, run_suite
 OP = "adaptive_modconv2d"
 # GigaGAN's low-res layers (Cin = Cout = 1024, N = 8) and its high-res layer (C = 256, N = 4).
 GPU_SHAPES = {
+    "lowres_4x4": dict(B=32, Cin=1024, Cout=1024, H=4, W=4, N=8, k=3),
+    "lowres_4x4_n4": dict(B=32, Cin=1024, Cout=1024, H=4, W=4, N=4, k=3),
     "lowres_8x8": dict(B=32, Cin=1024, Cout=1024, H=8, W=8, N=8, k=3),
     "lowres_16x16": dict(B=32, Cin=1024, Cout=1024, H=16, W=16, N=8, k=3),
     "highres_64x64": dict(B=16, Cin=256, Cout=256, H=64, W=64, N=4, k=3),
@@ -59,8 +63,8 @@ HOST_CPU_SHAPES = {
 }
 # The "fused" strategy with the tiles of ops/adaptive_modconv2d/plans.FUSED_SWEEP (timed last: a sweep, not a product).
 FUSED_SWEEP_PROVIDERS = ("triton_fused@stages3", "triton_fused@o64", "triton_fused@r16")
-PROVIDERS = ("ref", "ref_cl", "peer", "torch", "triton", "triton_weights", "triton_fused", "auto", "cuda", "floor",
-             "floor_cl", "floor_weights") + FUSED_SWEEP_PROVIDERS
+PROVIDERS = ("ref", "ref_cl", "peer", "torch", "torch:gram", "triton", "triton_weights", "triton_fused", "auto", "cuda",
+             "floor", "floor_cl", "floor_weights") + FUSED_SWEEP_PROVIDERS
 PEER_PACKAGE = "gigagan-pytorch==0.3.0"
 
 
@@ -146,7 +150,7 @@ def forward_fn(provider: str, inp: dict):
 
 def available(provider: str, device: torch.device) -> str | None:
     """None when the provider can be timed on this device, else why not."""
-    if provider in ("ref", "ref_cl", "floor", "floor_cl", "floor_weights", "torch", "auto"):
+    if provider in ("ref", "ref_cl", "floor", "floor_cl", "floor_weights", "torch", "torch:gram", "auto"):
         return None
     if provider == "peer":
         try:

@@ -5,6 +5,8 @@ Providers:
   sdpa_bias  what a user would write with torch alone: SDPA with the L2 identity as an explicit additive
              bias -scale*||k||^2 (and the mask folded in), which forces a materialised bias tensor
   torch      our SDPA composite: L2 as dot attention on augmented vectors, the mask as SDPA's bool mask
+  torch:sdpa-flash, torch:sdpa-cudnn
+             the composite on one SDPA kernel: FlashAttention-2 runs L2's augmented head dim 72 as 96, cuDNN as 72
   triton     the fused flash-style kernels
   cuda       the CUDA C++ extension, when built
   auto       what a user gets by default: the cost model's pick per call between torch and triton
@@ -38,7 +40,7 @@ CPU_SHAPES = {
     "cpu_self_256": dict(B=2, H=4, Lq=256, Lk=256, D=32, kind="l2", masked=False),
     "cpu_cross_256x77": dict(B=2, H=4, Lq=256, Lk=77, D=32, kind="dot", masked=True),
 }
-PROVIDERS = ("ref", "sdpa_bias", "torch", "triton", "cuda", "auto", "floor")
+PROVIDERS = ("ref", "sdpa_bias", "torch", "torch:sdpa-flash", "torch:sdpa-cudnn", "triton", "cuda", "auto", "floor")
 # The host mode (benchmarks/host.py): batch-1 attention, where the host's cost shows.
 HOST_GPU_SHAPES = {
     "b1_self_256": dict(B=1, H=8, Lq=256, Lk=256, D=64, kind="l2", masked=False),
@@ -89,6 +91,8 @@ def forward_fn(provider, inp, shape):
 def available(provider, device):
     if provider in ("ref", "sdpa_bias", "floor", "torch", "auto"):
         return None
+    if provider.startswith("torch:sdpa-"):
+        return None if device.type == "cuda" else "SDPA's GPU kernels (on CPU the torch provider runs its flash)"
     if provider == "triton" and device.type == "cpu":
         return "the Triton interpreter is a correctness tool, not timed"
     return backend.unavailable_reason(provider, device, OP)

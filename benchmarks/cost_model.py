@@ -27,8 +27,9 @@ from .summary import latest
 TOLERANCE = 0.30
 # The formulations auto ranks (its candidates' predicted_seconds): a committed measurement of one of them, as the
 # code that wrote the row ran it, is checked; so are the floors the card's rates were fit to.
-RANKED = ("ref", "torch_activations", "torch_weights", "triton_weights", "triton_fused", "cuda")
-ATTENTION_RANKED = ("ref", "torch_materialised", "torch", "torch_sdpa_flash", "torch_sdpa_efficient", "triton", "cuda")
+RANKED = ("ref", "torch_activations", "torch_weights", "torch_gram", "triton_weights", "triton_fused", "cuda")
+ATTENTION_RANKED = ("ref", "torch_materialised", "torch", "torch_sdpa_flash", "torch_sdpa_efficient",
+                    "torch_sdpa_cudnn", "triton", "cuda")
 FITS = ("floor",)
 
 
@@ -61,6 +62,9 @@ def formulation(provider: str, x_shape, bank_shape, csv_name: str | None = None)
     base = provider[:-3] if provider.endswith("_cl") else provider
     if base in ("ref", "peer", "floor", "floor_weights", "triton_weights", "triton_fused", "cuda"):
         return base
+    if base.startswith("torch:"):                   # a torch form named as a candidate
+        return {"activations": "torch_activations", "bmm": "torch_weights", "grouped": "ref",
+                "gram": "torch_gram"}[base.split(":")[1]]
     if base == "torch":
         form = adaptive_modconv.torch_form(x_shape, bank_shape, "cuda")
         return {"activations": "torch_activations", "bmm": "torch_weights", "grouped": "ref"}[form]
@@ -133,6 +137,8 @@ def attention_formulation(provider, params, csv_name=None):
         return then[provider]
     if provider in ("ref", "sdpa_bias", "floor", "torch", "triton", "cuda"):
         return provider
+    if provider.startswith("torch:sdpa-"):
+        return "torch_sdpa_" + provider.split("-", 1)[1]
     if provider == "auto":
         import torch
         from gigagan_kernels.attention import auto_cuda_order

@@ -217,6 +217,37 @@ def _torch_weights(card, s: Shape):
     return fwd, bwd
 
 
+def _torch_gram(card, s: Shape):
+    """The torch composite's Gram form (torch_forms._gram_form): the activations form as one cuBLAS GEMM a pass (the
+    bank's N*Cout filters times the im2col columns of every sample, the batch folded into the GEMM's N) and d from
+    the bank's Gram matrices G [Cout, Cin, N, N] (fp32), contracted with the squared styles and combined in fp64.
+    No per-sample weights; G costs Cout*Cin*N^2*4 bytes whatever the batch, so the form wins where N^2 is small
+    beside B*k^2 (small images, large batches)."""
+    e = s.element_size
+    epi_f, epi_b = _epilogue_torch(card, s, e)
+    gram = s.Cout * s.Cin * s.N * s.N * 4
+    bank32 = s.bank * 4
+    wide = s.N * s.flops
+    fwd = [
+        _stage(card, "x * style, unfold, batch-folded columns", hbm_bytes=(3 * s.x + 3 * s.cols) * e, launches=3),
+        _stage(card, "GEMM: N*Cout filters x columns", flops=wide, rate=card.bmm,
+               hbm_bytes=(s.bank + s.cols + s.N * s.y) * e),
+        _stage(card, "mix over N", hbm_bytes=(s.N + 1) * s.y * e),
+        _stage(card, "Gram matrices (fp32)", hbm_bytes=s.bank * e + 2 * bank32 + gram, launches=2),
+        _stage(card, "s^2 G, fp64 combine, rsqrt", hbm_bytes=gram + s.Cout * s.B * s.N * s.N * 12, launches=5),
+        _stage(card, "y * d", hbm_bytes=2 * s.y * e),
+    ] + epi_f
+    bwd = epi_b + [
+        _stage(card, "y * d backward", hbm_bytes=3 * s.y * e, launches=2),
+        _stage(card, "d backward through H and G", hbm_bytes=3 * gram + 3 * bank32 + s.bank * e, launches=9),
+        _stage(card, "mix backward", hbm_bytes=(2 * s.N + 1) * s.y * e, launches=2),
+        _stage(card, "GEMM backward (2 GEMMs)", flops=2 * wide, rate=card.bmm,
+               hbm_bytes=2 * (s.bank + s.cols + s.N * s.y) * e, launches=2),
+        _stage(card, "fold, x / style backward", hbm_bytes=(3 * s.cols + 4 * s.x) * e, launches=4),
+    ]
+    return fwd, bwd
+
+
 def _batched_gemm_stages(card, s: Shape):
     """The "weights" decomposition's GEMMs on im2col columns, with the forward epilogue: (forward, backward)."""
     e = s.element_size
@@ -228,10 +259,42 @@ def _batched_gemm_stages(card, s: Shape):
              _stage(card, "bmm: weight gradient", **gemm)])
 
 
-def _triton_weights(card, s: Shape):
+def _reduce_stage(card, s: Shape, design: str = "tap-runs"):
+    """The weights strategy's reduction (_reduce_dweights_kernel): HBM bytes (the weight gradient once, the bank
+    and its gradient) against its serial steps. One CTA per SM (150-200 registers x 8 warps), ~512 programs, each
+    a loop over its output channels: design "per-tap" (before 2026-12-06) took a step per (output channel, tap),
+    a stride-9 two-byte gather of the bank and three dependent small dots each, so each step waited on one L2
+    round trip (card.group_step); "tap-runs" takes a step per output channel with every tap of the channel block
+    at once (the bank's 9-element tap runs contiguous, 9x the bytes in flight), so a step is the slower of that
+    latency and its bytes at the SM's share of HBM."""
+    from .ops.adaptive_modconv2d.plans import REDUCE_CONFIGS
+    e = s.element_size
+    gb = group_size(min(s.B, 64))
+    block_c = REDUCE_CONFIGS[gb]["BLOCK_C"] if design == "tap-runs" else 64
+    num_c = -(-s.Cin // block_c)
+    o_split = min(s.Cout, max(1, -(-512 // num_c)))
+    o_per = -(-s.Cout // o_split)
+    programs = num_c * -(-s.Cout // o_per)
+    waves = -(-programs // card.sms) * -(-s.B // gb)
+    if design == "per-tap":
+        steps, step = o_per * s.k * s.k, card.group_step
+    else:
+        step_bytes = (s.N + gb) * block_c * s.k * s.k * e             # bank rows and the group's gradient rows
+        steps, step = o_per, max(card.group_step, step_bytes / (card.hbm / card.sms))
+    return _stage(card, f"reduce: dbank, dselect, dstyle ({design})", hbm_bytes=(s.wts + 2 * s.bank) * e,
+                  serial=waves * steps * step)
+
+
+def _finish_stage(card, s: Shape):
+    """_finish_grads_kernel: the small gradients from the per-program partials (one program per sample)."""
+    return _stage(card, "finish: dselect, dstyle, dbias, dnoise", hbm_bytes=4 * s.B * (s.Cin + s.P) * 16)
+
+
+def _triton_weights(card, s: Shape, reduce_design: str = "per-tap"):
     """The "weights" strategy (gigagan_kernels/ops/adaptive_modconv2d/triton_weights.py): build the per-sample
-    weights once (mix on tensor cores, style, sum of squares), then tensor-core GEMMs, fused epilogues and one
-    reduction. Its plan (GEMM form, whether the backward rebuilds the weights) is the launcher's own."""
+    weights once (softmax, mix on tensor cores, style, sum of squares), then tensor-core GEMMs, fused epilogues, one
+    reduction and one finishing kernel. Its plan (GEMM form, whether the backward rebuilds the weights) is the
+    launcher's own. Launches per stage are the kernels the path issues (tests/test_kernels_count.py counts them)."""
     e = s.element_size
     plan = plan_weights((s.B, s.Cin, s.H, s.W), (s.N, s.Cout, s.Cin, s.k, s.k), e, needs_grad=True)
     bank_reads = -(-s.B // group_size(s.B))
@@ -246,13 +309,16 @@ def _triton_weights(card, s: Shape):
         fwd += gemm_fwd
         bwd += gemm_bwd
     else:
-        fwd += [_stage(card, "implicit GEMM + epilogue", flops=s.flops, rate=card.implicit_gemm,
-                       hbm_bytes=(s.wts + s.x + 2 * s.y) * e)]
-        bwd += [_stage(card, "implicit GEMM: dx", flops=s.flops, rate=card.implicit_gemm,
+        # x goes channels-last for the implicit GEMMs (the benchmark's x is contiguous NCHW): a copy per pass.
+        to_cl = _stage(card, "x to channels-last", hbm_bytes=2 * s.x * e)
+        fwd += [to_cl, _stage(card, "implicit GEMM + epilogue", flops=s.flops, rate=card.implicit_gemm,
+                              hbm_bytes=(s.wts + s.x + 2 * s.y) * e)]
+        bwd += [to_cl,
+                _stage(card, "implicit GEMM: dx", flops=s.flops, rate=card.implicit_gemm,
                        hbm_bytes=(s.wts + s.x + s.y) * e),
                 _stage(card, "implicit GEMM: weight gradient", flops=s.flops, rate=card.implicit_gemm,
                        hbm_bytes=(s.wts + s.x + s.y) * e)]
-    bwd += [_stage(card, "reduce: dbank, dselect, dstyle", hbm_bytes=(s.wts + 2 * s.bank) * e)]
+    bwd += [_reduce_stage(card, s, reduce_design), _finish_stage(card, s)]
     return fwd, bwd
 
 
@@ -340,8 +406,9 @@ def _triton_fused(card, s: Shape):
                           2 * g * bo * bk * bp, (g * bo * bp + g * bp * bk) * e,
                           per_program=groups * 4 * card.group_step, hbm_bytes=(2 * s.bank + s.x + s.y) * e)
     bwd = [_stage(card, "epilogue backward (1 kernel)", hbm_bytes=3 * s.y * e),
+           _stage(card, "style accumulators zeroed", hbm_bytes=4 * s.B * (s.Cin + s.R)),
            conv("dx (group-mixed tiles)", dx_cfg, s.Cin, s.Cout * kk, (s.bank + 2 * s.x + s.y) * e),
-           dbank]
+           dbank, _finish_stage(card, s)]
     return fwd, bwd
 
 
@@ -368,6 +435,7 @@ FORMULATIONS = {
     "peer": _peer,
     "torch_activations": _torch_activations,
     "torch_weights": _torch_weights,
+    "torch_gram": _torch_gram,
     "triton_weights": _triton_weights,
     "triton_fused": _triton_fused,
     "triton_fused_v1": _triton_fused_v1,
@@ -545,9 +613,14 @@ def _attn_torch(card, s, kernel=None):
     """The torch composite's SDPA form (ops/attention/torch_sdpa.py): SDPA on augmented operands for L2 (head dim
     rounded up to a multiple of 8 past D + 2, q/k/v concatenated, the output sliced) on `kernel`, by default
     flash without a mask and memory-efficient with one, as torch picks (plus the empty-row fix: two tiny ops and
-    one pass over the output)."""
+    one pass over the output). FlashAttention-2 runs a head dim rounded up to a multiple of 32 (its kernels are
+    built for 32, 64, 96, ...: the augmented 72 runs as 96); cuDNN's runs multiples of 8, so 72 as 72, at the flash
+    rates (unmeasured: cuDNN's fused attention on Hopper is published near FlashAttention-2's)."""
     kernel = kernel or ("efficient" if s.masked else "flash")
     width = -(-max(s.D + 2, s.Dv) // 8) * 8 if s.kind == "l2" else None
+    computed = width
+    if kernel == "flash":
+        computed = -(-(width or max(s.D, s.Dv)) // 32) * 32
     (ff, rf), (fb, rb) = (card.mem_efficient_fwd, card.mem_efficient_bwd) if kernel == "efficient" else \
         (card.flash_fwd, card.flash_bwd)
     tile = 64 if kernel == "efficient" else 128
@@ -560,9 +633,9 @@ def _attn_torch(card, s, kernel=None):
     if s.masked:
         fwd.append(_attn_stage(card, "empty-row fix", hbm_bytes=s.bytes(2 * s.Lq * s.Dv), launches=3))
         bwd.append(_attn_stage(card, "empty-row fix backward", hbm_bytes=s.bytes(2 * s.Lq * s.Dv), launches=1))
-    name = "SDPA memory-efficient" if kernel == "efficient" else "SDPA flash"
-    fwd.append(_attn_stage(card, name, fixed=ff, flops=s.fwd_flops(tile, width), rate=rf, launches=0))
-    bwd.append(_attn_stage(card, name + " backward", fixed=fb, flops=2.5 * s.fwd_flops(tile, width), rate=rb,
+    name = {"efficient": "SDPA memory-efficient", "flash": "SDPA flash", "cudnn": "SDPA cuDNN"}[kernel]
+    fwd.append(_attn_stage(card, name, fixed=ff, flops=s.fwd_flops(tile, computed), rate=rf, launches=0))
+    bwd.append(_attn_stage(card, name + " backward", fixed=fb, flops=2.5 * s.fwd_flops(tile, computed), rate=rb,
                            launches=0))
     return fwd, bwd
 
@@ -574,24 +647,26 @@ def _attn_triton_v1(card, s):
              _attn_stage(card, "dK/dV and dQ kernels (7 matmuls)", flops=3.5 * s.fwd_flops(32), rate=rb, launches=2)])
 
 
-def _attn_one_pass(card, s, fwd_rate, bwd_rate, *, key_bias_always):
+def _attn_one_pass(card, s, fwd_rate, bwd_rate, *, key_bias_always, lean_backward=False):
     """A flash forward on 64-key tiles after a key-bias pass; backward = delta, key bias, one pass (dQ by fp32
-    atomics), dQ scaled and cast."""
+    atomics), dQ scaled and cast. lean_backward (Triton's since 2026-12-06): the delta kernel zeroes the dQ
+    buffer and the backward derives the key bias from the key block it holds, so neither launches."""
     needs_bias = key_bias_always or s.kind == "l2" or s.masked
     key_bias = _attn_stage(card, "key bias", hbm_bytes=s.bytes(s.Lk * s.D) if needs_bias else 0,
                            launches=1 if needs_bias else 0)
     dq_bytes = s.BH * s.Lq * s.D * 4
+    prep = _attn_stage(card, "delta (dQ buffer zeroed in it)" if lean_backward else "delta, dQ buffer zeroed",
+                       hbm_bytes=s.bytes(2 * s.Lq * s.Dv) + dq_bytes, launches=1 if lean_backward else 2)
     return ([key_bias, _attn_stage(card, "forward (64-key tiles)", flops=s.fwd_flops(64), rate=fwd_rate)],
-            [_attn_stage(card, "delta, dQ buffer zeroed", hbm_bytes=s.bytes(2 * s.Lq * s.Dv) + dq_bytes, launches=2),
-             key_bias,
-             _attn_stage(card, "one-pass backward (5 matmuls, dQ atomics)", flops=2.5 * s.fwd_flops(128),
+            [prep] + ([] if lean_backward else [key_bias]) +
+            [_attn_stage(card, "one-pass backward (5 matmuls, dQ atomics)", flops=2.5 * s.fwd_flops(128),
                          rate=bwd_rate),
              _attn_stage(card, "dQ cast", hbm_bytes=dq_bytes + s.bytes(s.Lq * s.D))])
 
 
 def _attn_triton(card, s):
     """ops/attention/triton_flash.py: the key bias only where it is not zero (l2 or a mask)."""
-    return _attn_one_pass(card, s, card.triton_fwd, card.triton_bwd, key_bias_always=False)
+    return _attn_one_pass(card, s, card.triton_fwd, card.triton_bwd, key_bias_always=False, lean_backward=True)
 
 
 def _attn_cuda(card, s):
@@ -607,6 +682,7 @@ ATTENTION_FORMULATIONS = {
     "torch": _attn_torch,
     "torch_sdpa_flash": lambda card, s: _attn_torch(card, s, "flash"),
     "torch_sdpa_efficient": lambda card, s: _attn_torch(card, s, "efficient"),
+    "torch_sdpa_cudnn": lambda card, s: _attn_torch(card, s, "cudnn"),
     "triton_v1": _attn_triton_v1,
     "triton": _attn_triton,
     "cuda": _attn_cuda,
@@ -614,7 +690,7 @@ ATTENTION_FORMULATIONS = {
 
 
 # The SDPA candidates share the torch composite's host work.
-HOST_FLOOR_OF = {"torch_sdpa_flash": "torch", "torch_sdpa_efficient": "torch"}
+HOST_FLOOR_OF = {"torch_sdpa_flash": "torch", "torch_sdpa_efficient": "torch", "torch_sdpa_cudnn": "torch"}
 
 
 def attention_seconds(formulation: str, shape: AttentionShape, mode: str = "fwd+bwd",

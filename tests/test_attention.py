@@ -23,7 +23,7 @@ FAST_IMPLS = [f"torch:{form}" for form in attn_mod.TORCH_FORMS] + FUSED_IMPLS
 
 def attend(*args, impl="auto", **kwargs):
     """gk.attention, with impl "torch:<form>" running the torch composite in that form."""
-    if isinstance(impl, str) and impl.startswith("torch:"):
+    if isinstance(impl, str) and impl.startswith("torch:") and impl.split(":", 1)[1] in attn_mod.TORCH_FORMS:
         with attn_mod.use_torch_form(impl.split(":", 1)[1]):
             return gk.attention(*args, impl="torch", **kwargs)
     return gk.attention(*args, impl=impl, **kwargs)
@@ -113,6 +113,36 @@ def test_gpu_large_shapes(impl, dtype, kind, shape, poison_outputs):
     B, H, Lq, Lk, D, Dv, mask = shape
     q, k, v, m = make_qkv(B, H, Lq, Lk, D, Dv, dtype=dtype, device="cuda", seed=Lq + D, mask=mask)
     check(q, k, v, m, impl, dtype, kind=kind)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kernel", ["flash", "efficient", "cudnn"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("kind, mask", [("l2", None), ("dot", "with_empty_row"), ("l2", "random")])
+def test_gpu_each_sdpa_kernel(kernel, dtype, kind, mask, poison_outputs):
+    """Each SDPA candidate against float64 where torch can run it: cuDNN takes L2's augmented head dim 72 as is."""
+    from gigagan_kernels.dispatcher import REGISTRY
+    from gigagan_kernels.ops.attention import AttentionCall
+    q, k, v, m = make_qkv(2, 4, 512, 300, 64, 64, dtype=dtype, device="cuda", seed=7, mask=mask)
+    call = AttentionCall(q, k, v, kind=kind, scale=0.125, key_padding_mask=m, needs_grad=True)
+    reasons = REGISTRY["attention"].get(f"torch:sdpa-{kernel}").not_supported_reasons(call)
+    if reasons:
+        pytest.skip("; ".join(reasons))
+    check(q, k, v, m, f"torch:sdpa-{kernel}", dtype, kind=kind)
+
+
+def test_the_sdpa_route_pads_l2_to_a_multiple_of_8_and_cudnn_runs_it_as_is():
+    """L2 at head dim 64 goes to SDPA as 72 wide (not 96): cuDNN computes 72, FlashAttention-2 rounds to 96, and the
+    cost model prices each so."""
+    from gigagan_kernels import cost_model
+    q = torch.randn(1, 2, 8, 64)
+    assert attn_mod.sdpa_operands(q, q, q, "l2", 0.125)[0].shape[-1] == 72
+    l2 = cost_model.AttentionShape(16, 8, 4096, 4096, 64, 64, "l2", False)
+    dot = cost_model.AttentionShape(16, 8, 4096, 4096, 64, 64, "dot", False)
+    flash, cudnn = (cost_model.attention_seconds(f"torch_sdpa_{k}", l2) for k in ("flash", "cudnn"))
+    assert cudnn < 0.8 * flash
+    assert cost_model.attention_seconds("torch_sdpa_cudnn", dot) == cost_model.attention_seconds("torch_sdpa_flash",
+                                                                                                   dot)
 
 
 @pytest.mark.parametrize("impl", FAST_IMPLS)

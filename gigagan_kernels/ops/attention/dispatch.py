@@ -178,7 +178,8 @@ class Sdpa(Candidate):
     backend = "torch"
     KERNELS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
                "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
-    FORMULATIONS = {"flash": "torch_sdpa_flash", "efficient": "torch_sdpa_efficient", "math": "torch_materialised"}
+    FORMULATIONS = {"flash": "torch_sdpa_flash", "efficient": "torch_sdpa_efficient", "cudnn": "torch_sdpa_cudnn",
+                    "math": "torch_materialised"}
 
     def __init__(self, kernel: str):
         self.kernel = kernel
@@ -314,8 +315,8 @@ def auto_cuda_order(q_shape, k_shape, v_shape, kind, masked, dtype) -> tuple:
 def predicted_choice(call, runnable: tuple, requested: str) -> str:
     """The candidate the op runs where nothing is timed: the backend auto would take (the cost model's order on
     CUDA; the interpreter's kernels on a CPU where TRITON_INTERPRET=1; else the torch composite), then, for the
-    torch composite, its form (torch_form) and the SDPA kernel torch itself prefers (flash, then memory-efficient,
-    cuDNN, math). The same on every rank for the same call."""
+    torch composite, its form (torch_form) and its SDPA kernel: on CUDA the one the cost model predicts fastest,
+    elsewhere torch's own order (flash, memory-efficient, cuDNN, math). The same on every rank for the same call."""
     by_backend: dict = {}
     for name in runnable:
         by_backend.setdefault(name.split(":")[0], []).append(name)
@@ -336,6 +337,11 @@ def predicted_choice(call, runnable: tuple, requested: str) -> str:
             form = torch_form(call.q.shape[2], call.k.shape[2], call.device)
             wanted = ["torch:materialised"] if form == "materialised" else \
                 [f"torch:sdpa-{kernel}" for kernel in SDPA_KERNELS]
+            if form == "sdpa" and call.device.type == "cuda":
+                # The cost model's order (cuDNN runs L2's augmented head dim 72 as 72, FlashAttention-2 as 96),
+                # torch's own order breaking ties.
+                predicted = {c.name: c.predicted_seconds(call) for c in CANDIDATES if c.name in wanted}
+                wanted.sort(key=lambda n: (predicted[n] is None, predicted[n] or 0.0))
             for candidate in wanted + names:
                 if candidate in names:
                     return candidate
