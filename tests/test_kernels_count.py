@@ -212,3 +212,13 @@ def test_seen_call_is_not_chosen_again_until_its_surroundings_change(monkeypatch
         gk.adaptive_modconv2d(t["x"], t["weight_bank"], t["select_logits"], t["style"], activation="relu")
     with pytest.raises(ValueError, match="activation must be one of"):
         gk.adaptive_modconv2d(t["x"], t["weight_bank"], t["select_logits"], t["style"], activation="relu")
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("formulation, strategy", [("triton_weights", "weights"), ("triton_fused", "fused")])
+def test_cost_model_launches_are_the_counted_kernels(shape, formulation, strategy):
+    """The cost model's host floor counts a launch per kernel: its stages' launches are what the path issues."""
+    from gigagan_kernels import cost_model
+    C, H = SHAPES[shape]
+    stages = cost_model.modconv_stages(formulation, (2, C, H, H), (4, C, C, 3, 3), "fwd+bwd", element_size=4)
+    assert sum(st.launches for st in stages) == count_modconv(C, H, "triton", strategy=strategy).total
