@@ -76,15 +76,20 @@ def adaptive_modconv_specs():
                     pointers=dict(Bank_ptr=t, Logits_ptr=t, S_ptr=t, Wt_ptr=t, D_ptr="fp32"), floats=("eps",),
                     constexprs=dict(KK=9, DEMOD=True, N_PAD=n_pad, GROUP_B=gb, SPLIT_A=split, **dot,
                                     **blocks(cfg)), **mixing))
-            for gb, cfg in mc.REDUCE_CONFIGS.items():
-                for dbank_type in sorted({t, "fp32"}):      # fp32 when several launches accumulate
-                    specs.append(dict(
-                        kernel=mc_weights._reduce_dweights_kernel, config=f"g{gb}n{n_pad}-{dbank_type}", dtype=t,
-                        tensor_cores=True, **launch(cfg),
-                        pointers=dict(GW_ptr=t, Bank_ptr=t, Logits_ptr=t, S_ptr=t, C_ptr="fp32", DBank_ptr=dbank_type,
-                                      DAPart_ptr="fp32", DSPart_ptr="fp32"),
-                        floats=(), constexprs=dict(DEMOD=True, N_PAD=n_pad, GROUP_B=gb, **dot, **blocks(cfg)),
-                        **mixing))
+            for gb in mc.BUILD_CONFIGS:
+                element = 4 if dtype == torch.float32 else 2
+                cfg = mc.reduce_config(gb, n_pad, element)
+                for k in (3, 1):                            # GigaGAN's 3x3 layers and its 1x1 (to-RGB) ones
+                    taps_pad, block_c = mc.reduce_columns(k, gb, n_pad, element)
+                    for dbank_type in sorted({t, "fp32"}):      # fp32 when several launches accumulate
+                        specs.append(dict(
+                            kernel=mc_weights._reduce_dweights_kernel, config=f"g{gb}n{n_pad}k{k}-{dbank_type}",
+                            dtype=t, tensor_cores=True, **launch(cfg),
+                            pointers=dict(GW_ptr=t, Bank_ptr=t, Logits_ptr=t, S_ptr=t, C_ptr="fp32",
+                                          DBank_ptr=dbank_type, DAPart_ptr="fp32", DSPart_ptr="fp32"),
+                            floats=(), constexprs=dict(TAPS=k * k, TAPS_PAD=taps_pad, DEMOD=True, N_PAD=n_pad,
+                                                       GROUP_B=gb, BLOCK_C=block_c, **dot),
+                            **mixing))
         epilogue = dict(DEMOD=True, HAS_BIAS=True, HAS_NOISE=True, ACT=ACT_LRELU, HAS_CLAMP=True, SAVE_LIN=True)
         for name, cfg in mc.CONV_FWD_CONFIGS.items():
             specs.append(dict(

@@ -266,11 +266,12 @@ def _reduce_stage(card, s: Shape, design: str = "tap-runs"):
     a stride-9 two-byte gather of the bank and three dependent small dots each, so each step waited on one L2
     round trip (card.group_step); "tap-runs" takes a step per output channel with every tap of the channel block
     at once (the bank's 9-element tap runs contiguous, 9x the bytes in flight), so a step is the slower of that
-    latency and its bytes at the SM's share of HBM."""
-    from .ops.adaptive_modconv2d.plans import REDUCE_CONFIGS
+    latency and its bytes at the SM's share of HBM (the register budget caps a step at BLOCK_J = 64-128 columns,
+    taps padded to 16: 8 channels of 3x3 taps for a group of 32, plans.REDUCE_CONFIGS)."""
+    from .ops.adaptive_modconv2d.plans import reduce_columns
     e = s.element_size
     gb = group_size(min(s.B, 64))
-    block_c = REDUCE_CONFIGS[gb]["BLOCK_C"] if design == "tap-runs" else 64
+    block_c = reduce_columns(s.k, gb, bank_pad(s.N), e)[1] if design == "tap-runs" else 64
     num_c = -(-s.Cin // block_c)
     o_split = min(s.Cout, max(1, -(-512 // num_c)))
     o_per = -(-s.Cout // o_split)
@@ -290,7 +291,7 @@ def _finish_stage(card, s: Shape):
     return _stage(card, "finish: dselect, dstyle, dbias, dnoise", hbm_bytes=4 * s.B * (s.Cin + s.P) * 16)
 
 
-def _triton_weights(card, s: Shape, reduce_design: str = "per-tap"):
+def _triton_weights(card, s: Shape, reduce_design: str = "tap-runs"):
     """The "weights" strategy (gigagan_kernels/ops/adaptive_modconv2d/triton_weights.py): build the per-sample
     weights once (softmax, mix on tensor cores, style, sum of squares), then tensor-core GEMMs, fused epilogues, one
     reduction and one finishing kernel. Its plan (GEMM form, whether the backward rebuilds the weights) is the

@@ -23,10 +23,19 @@ BUILD_CONFIGS = {
     32: dict(BLOCK_C=128, num_warps=8, num_stages=2),
     64: dict(BLOCK_C=64, num_warps=8, num_stages=2),
 }
+# The reduction takes a step per output channel with every tap of BLOCK_J // TAPS_PAD channels (reduce_columns),
+# keyed by (GROUP_B, N_PAD, operand width). The largest spill-free BLOCK_J in the static report (sm_80 and sm_90,
+# triton 3.8): 16-bit (32, 16) at 128 needs 1 stage (250 registers; 2 stages spilled 8 B), (16, 16) at 256 spilled
+# 112-144 B; fp32 spilled 8-16 B at 128 for groups of 32 and 64 (N_PAD 32 even at 64). Per-tap steps (64, 64 and 32
+# channels of one tap, before 2026-12-06) were predicted latency-bound (benchmarks/NOTES.md).
+_REDUCE = lambda j, stages: dict(BLOCK_J=j, num_warps=8, num_stages=stages)  # noqa: E731
 REDUCE_CONFIGS = {
-    16: dict(BLOCK_C=64, num_warps=8, num_stages=2),
-    32: dict(BLOCK_C=64, num_warps=8, num_stages=2),
-    64: dict(BLOCK_C=32, num_warps=8, num_stages=2),
+    (16, 16, "16bit"): _REDUCE(128, 2), (16, 32, "16bit"): _REDUCE(128, 1),
+    (32, 16, "16bit"): _REDUCE(128, 1), (32, 32, "16bit"): _REDUCE(64, 2),
+    (64, 16, "16bit"): _REDUCE(64, 1), (64, 32, "16bit"): _REDUCE(32, 1),
+    (16, 16, "fp32"): _REDUCE(128, 2), (16, 32, "fp32"): _REDUCE(128, 1),
+    (32, 16, "fp32"): _REDUCE(64, 2), (32, 32, "fp32"): _REDUCE(32, 2),
+    (64, 16, "fp32"): _REDUCE(64, 1), (64, 32, "fp32"): _REDUCE(32, 1),
 }
 # The implicit GEMMs on per-sample weights, keyed by pixels per sample (p64: P <= 64, else p128).
 CONV_FWD_CONFIGS = {
@@ -124,6 +133,7 @@ def next_power_of_2(n: int) -> int:
 
 # ---- strategy "weights" ------------------------------------------------------------------------
 MAX_GROUP_B = max(BUILD_CONFIGS)
+assert {key[0] for key in REDUCE_CONFIGS} == set(BUILD_CONFIGS)
 
 
 def group_size(B: int) -> int:
@@ -162,6 +172,17 @@ def weights_unsupported(bank_shape) -> str | None:
         return (f"per-sample weights of {per_sample} elements (Cout*Cin*k*k) exceed the 'weights' strategy's "
                 f"int32 indexing (at most {(2**31 - 1) // 16}, and N times that at most 2^31 - 1)")
     return None
+
+
+def reduce_config(group: int, n_pad: int, element_size: int) -> dict:
+    return REDUCE_CONFIGS[(group, n_pad, "fp32" if element_size == 4 else "16bit")]
+
+
+def reduce_columns(k: int, group: int, n_pad: int, element_size: int = 2) -> tuple:
+    """(TAPS_PAD, BLOCK_C) of the reduction: the k*k taps padded to a power of two, and as many channels as fill
+    its BLOCK_J columns (a dot needs >= 16)."""
+    taps_pad = next_power_of_2(k * k)
+    return taps_pad, max(1, reduce_config(group, n_pad, element_size)["BLOCK_J"] // taps_pad, -(-16 // taps_pad))
 
 
 def reduce_group(bank_shape) -> int:

@@ -22,8 +22,8 @@ import triton
 import triton.language as tl
 
 from .plans import (BUILD_CONFIGS, COLUMNS_CONFIG, CONV_DWEIGHT_CONFIGS, CONV_DX_CONFIGS, CONV_FWD_CONFIGS,
-                    EPILOGUE_CONFIG, MAX_GROUP_B, REDUCE_CONFIGS, bank_pad, group_size, pixel_key, plan_weights,
-                    reduce_group)
+                    EPILOGUE_CONFIG, MAX_GROUP_B, bank_pad, group_size, pixel_key, plan_weights, reduce_columns,
+                    reduce_config, reduce_group)
 from .triton_common import (Partials, apply_epilogue, dot_dtype, dot_precision, epilogue_backward, finish_grads,
                             flat_grid, noise_strides, softmax_rows)
 
@@ -345,23 +345,25 @@ def _conv_dweight_kernel(
 @triton.jit
 def _reduce_dweights_kernel(
     GW_ptr, Bank_ptr, Logits_ptr, S_ptr, C_ptr, DBank_ptr, DAPart_ptr, DSPart_ptr,
-    B, B_TOTAL, Cin, Cout, N, TAPS, O_PER_PROGRAM, accumulate,
+    B, B_TOTAL, Cin, Cout, N, O_PER_PROGRAM, accumulate,
     stride_gwb, stride_bank_n, stride_bank_o, stride_lb, stride_ln, stride_sb, stride_sc, stride_cb,
-    DEMOD: tl.constexpr, N_PAD: tl.constexpr,
-    GROUP_B: tl.constexpr, BLOCK_C: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    TAPS: tl.constexpr, TAPS_PAD: tl.constexpr, DEMOD: tl.constexpr, N_PAD: tl.constexpr,
+    GROUP_B: tl.constexpr, BLOCK_C: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """From the per-sample weight gradient gw = dL/dWt (without demodulation) to the op's gradients, with the
-    bank slice of each (o, channel block, tap) on chip. For every sample b of the group (all B <= GROUP_B):
-      Wmix = a @ W                               (the mixed filter, recomputed by a tensor-core dot)
-      G    = gw - c[b, o] * Wmix * s             (the demodulation term; c = d^2 sum_p g lin)
-      dbank[n, o, i, t]  = sum_b a[b, n] G s     (tensor-core dot over the group)
-      da[b, n]          += <W[n], G s>           (tensor-core dot, partial per program)
-      ds[b, i]          += sum_{o, t} G Wmix     (partial per program)
-    A program owns one channel block and a range of O_PER_PROGRAM output channels. dbank has the bank's
-    (contiguous) layout. Logits_ptr, S_ptr and C_ptr start at this group's first sample; its da and ds partials go
-    to rows [pid, ., :] of [programs, B_TOTAL, .] buffers at that sample (the pointers are offset by the launcher),
-    which _finish_grads_kernel sums."""
+    """From the per-sample weight gradient gw = dL/dWt (without demodulation) to the op's gradients. A program owns
+    one block of BLOCK_C input channels and a range of O_PER_PROGRAM output channels, and takes one step per output
+    channel o with every tap at once: columns j = (channel c, tap t), t fastest, which is the bank's own order, so
+    each (o, c) "tap run" of TAPS bank elements loads contiguously ([BLOCK_C, TAPS_PAD] per filter, the padded taps
+    masked) and the gradient's TAPS tap rows of BLOCK_C channels come in the same step. For every sample b of the
+    group (all B <= GROUP_B), per step:
+      Wmix = a @ W[:, o]                       (the mixed filter, recomputed by a tensor-core dot)
+      G    = gw - c[b, o] * Wmix * s           (the demodulation term; c = d^2 sum_p g lin)
+      dbank[n, o, c, t]  = sum_b a[b, n] G s   (tensor-core dot over the group)
+      da[b, n]          += <W[n, o], G s>      (tensor-core dot, partial per program)
+      ds[b, c]          += sum_t G Wmix        (partial per program)
+    a = softmax(logits) is recomputed here. Logits_ptr, S_ptr and C_ptr start at this group's first sample; its
+    da and ds partials go to rows [pid, ., :] of [programs, B_TOTAL, .] buffers at that sample (the launcher offsets
+    the pointers), which _finish_grads_kernel sums."""
     num_c = tl.cdiv(Cin, BLOCK_C)
     pid = tl.program_id(0)
     pid_c = pid % num_c
@@ -370,42 +372,44 @@ def _reduce_dweights_kernel(
     b_mask = offs_b < B
     offs_n = tl.arange(0, N_PAD)
     n_mask = offs_n < N
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = offs_c < Cin
-    bc_mask = b_mask[:, None] & c_mask[None, :]
-    nc_mask = n_mask[:, None] & c_mask[None, :]
+    offs_j = tl.arange(0, BLOCK_C * TAPS_PAD)
+    col_c = pid_c * BLOCK_C + offs_j // TAPS_PAD
+    col_t = offs_j % TAPS_PAD
+    j_mask = (col_c < Cin) & (col_t < TAPS)
+    bj_mask = b_mask[:, None] & j_mask[None, :]
+    nj_mask = n_mask[:, None] & j_mask[None, :]
     a = softmax_rows(Logits_ptr, offs_b, b_mask, stride_lb, stride_ln, N, N_PAD).to(DOT_DTYPE)
-    s = tl.load(S_ptr + offs_b[:, None] * stride_sb + offs_c[None, :] * stride_sc, mask=bc_mask,
-                other=0.0).to(tl.float32)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    bc_mask = b_mask[:, None] & (offs_c < Cin)[None, :]
+    s_c = tl.load(S_ptr + offs_b[:, None] * stride_sb + offs_c[None, :] * stride_sc, mask=bc_mask,
+                  other=0.0).to(tl.float32)                                                 # [GROUP_B, BLOCK_C]
     R = Cin * TAPS
-    # Loop-invariant int32 offsets (a group's gradient stays under 2^31 elements, checked on the host); the
-    # scalar part moves with (o, t). The bank gradient has the bank's layout.
-    gw_offsets = offs_b[:, None] * stride_gwb + offs_c[None, :]
-    bank_offsets = offs_n[:, None] * stride_bank_n + offs_c[None, :] * TAPS
+    # Loop-invariant int32 offsets (a group's gradient and the bank stay under 2^31 elements, checked on the host);
+    # the scalar part moves with o. The bank gradient has the bank's layout; gw is tap-major (r = t * Cin + c).
+    bank_offsets = offs_n[:, None] * stride_bank_n + (col_c * TAPS + col_t)[None, :]
+    gw_offsets = offs_b[:, None] * stride_gwb + (col_t * Cin + col_c)[None, :]
     ds_acc = tl.zeros((GROUP_B, BLOCK_C), dtype=tl.float32)
     da_acc = tl.zeros((GROUP_B, N_PAD), dtype=tl.float32)
     o_start = pid_os * O_PER_PROGRAM
     o_end = tl.minimum(o_start + O_PER_PROGRAM, Cout)
-    # One flat loop over (o, tap) with a run-time tap count: a constant 9-step inner loop was unrolled by the
-    # backend and ran out of registers (255 and spills at every tile size).
-    for j in range(o_start * TAPS, o_end * TAPS):
-        o = j // TAPS
-        t = j - o * TAPS
-        bank = tl.load(Bank_ptr + (o * stride_bank_o + t) + bank_offsets, mask=nc_mask, other=0.0).to(DOT_DTYPE)
+    for o in range(o_start, o_end):
+        bank = tl.load(Bank_ptr + o * stride_bank_o + bank_offsets, mask=nj_mask, other=0.0).to(DOT_DTYPE)
         wmix = tl.dot(a, bank, input_precision=DOT_PRECISION)
-        g = tl.load(GW_ptr + (o * R + t * Cin) + gw_offsets, mask=bc_mask, other=0.0).to(tl.float32)
+        g = tl.load(GW_ptr + o * R + gw_offsets, mask=bj_mask, other=0.0).to(tl.float32)
+        # s per column: each channel's s repeated over its taps (a broadcast, not a loop-carried tile).
+        s = tl.reshape(tl.broadcast_to(s_c[:, :, None], (GROUP_B, BLOCK_C, TAPS_PAD)), (GROUP_B, BLOCK_C * TAPS_PAD))
         if DEMOD:
             c_o = tl.load(C_ptr + offs_b * stride_cb + o, mask=b_mask, other=0.0)
             g = g - c_o[:, None] * wmix * s
-        ds_acc += g * wmix
+        ds_acc += tl.sum(tl.reshape(g * wmix, (GROUP_B, BLOCK_C, TAPS_PAD)), axis=2)
         dwmix = (g * s).to(DOT_DTYPE)
         dbank = tl.dot(tl.trans(a), dwmix, input_precision=DOT_PRECISION)
         da_acc = tl.dot(dwmix, tl.trans(bank), da_acc, input_precision=DOT_PRECISION)
         # accumulate is a run-time flag: the (predicated-off) load also anchors dbank's store layout; without
         # it the compiler rebuilt the offsets in the MMA layout and ran out of registers.
-        dbank_ptrs = DBank_ptr + (o * stride_bank_o + t) + bank_offsets
-        dbank += tl.load(dbank_ptrs, mask=nc_mask & (accumulate != 0), other=0.0)
-        tl.store(dbank_ptrs, dbank.to(DBank_ptr.dtype.element_ty), mask=nc_mask)
+        dbank_ptrs = DBank_ptr + o * stride_bank_o + bank_offsets
+        dbank += tl.load(dbank_ptrs, mask=nj_mask & (accumulate != 0), other=0.0)
+        tl.store(dbank_ptrs, dbank.to(DBank_ptr.dtype.element_ty), mask=nj_mask)
     tl.store(DSPart_ptr + (pid_os.to(tl.int64) * B_TOTAL + offs_b)[:, None] * Cin + offs_c[None, :], ds_acc,
              mask=bc_mask)
     tl.store(DAPart_ptr + (pid.to(tl.int64) * B_TOTAL + offs_b)[:, None] * N_PAD + offs_n[None, :], da_acc,
@@ -506,17 +510,19 @@ def conv_dweight(gz, x, gw):
                                DOT_DTYPE=dot_dtype(x.dtype), DOT_PRECISION=dot_precision(x.dtype), **cfg)
 
 
-def reduce_layout(bank_shape, B: int) -> tuple:
-    """(group size, config, programs, output-channel splits) of the reduction for a batch of B: one layout for
-    every launch of a call, so that their da and ds partials fill the same rows."""
+def reduce_layout(bank_shape, B: int, element_size: int) -> tuple:
+    """(group size, constexprs, programs, output-channel splits, output channels per program) of the reduction for
+    a batch of B: one layout for every launch of a call, so that their da and ds partials fill the same rows."""
     N, Cout, Cin, k, _ = bank_shape
     gb = group_size(min(B, reduce_group(bank_shape)))
-    cfg = REDUCE_CONFIGS[gb]
-    num_c = triton.cdiv(Cin, cfg["BLOCK_C"])
+    taps_pad, block_c = reduce_columns(k, gb, bank_pad(N), element_size)
+    num_c = triton.cdiv(Cin, block_c)
     # ~4 programs per SM of a 132-SM card; each owns a channel block and a range of output channels.
     o_split = min(Cout, max(1, triton.cdiv(512, num_c)))
     o_per = triton.cdiv(Cout, o_split)
     o_split = triton.cdiv(Cout, o_per)
+    cfg = dict(reduce_config(gb, bank_pad(N), element_size), TAPS=k * k, TAPS_PAD=taps_pad, BLOCK_C=block_c)
+    del cfg["BLOCK_J"]
     return gb, cfg, num_c * o_split, o_split, o_per
 
 
@@ -526,12 +532,12 @@ def reduce_dweights(gw, bank, logits, s, c, dbank, partials: Partials, b0: int, 
     N, Cout, Cin, k, _ = bank.shape
     B = gw.shape[0]
     B_total = partials.da.shape[1]
-    gb, cfg, programs, o_split, o_per = reduce_layout(bank.shape, B_total)
+    gb, cfg, programs, o_split, o_per = reduce_layout(bank.shape, B_total, gw.element_size())
     assert B <= gb, (B, gb)
     b1 = b0 + B
     _reduce_dweights_kernel[(programs,)](
         gw, bank, logits[b0:b1], s[b0:b1], c[b0:b1], dbank, partials.da[:, b0:], partials.ds[:, b0:], B, B_total,
-        Cin, Cout, N, k * k, o_per, int(accumulate),
+        Cin, Cout, N, o_per, int(accumulate),
         gw.stride(0), bank.stride(0), bank.stride(1), logits.stride(0), logits.stride(1), s.stride(0), s.stride(1),
         c.stride(0), DEMOD=demodulate, N_PAD=bank_pad(N), GROUP_B=gb, DOT_DTYPE=dot_dtype(gw.dtype),
         DOT_PRECISION=dot_precision(gw.dtype), **cfg)
@@ -583,7 +589,7 @@ def weights_backward(grad_y, x, bank, logits, s, bias, noise, lin, d, kept, *, d
     gz, c = epi.gz, epi.c
     x_cl = x.contiguous(memory_format=torch.channels_last) if implicit else x
     dx = torch.empty_like(x)
-    _, _, programs, o_split, _ = reduce_layout(bank.shape, B)
+    _, _, programs, o_split, _ = reduce_layout(bank.shape, B, x.element_size())
     partials = Partials(da=torch.empty((programs, B, bank_pad(N)), device=x.device, dtype=torch.float32),
                         ds=torch.empty((o_split, B, Cin), device=x.device, dtype=torch.float32))
     group = reduce_group(bank.shape)
