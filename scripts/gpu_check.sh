@@ -8,7 +8,10 @@
 #          a crash loses one test, not the verdicts of the others), then compute-sanitizer memcheck on a small
 #          forward + backward of each op (scripts/cuda_memcheck.py);
 #   ops    the other op tests on CUDA tensors: bf16 / fp16 / fp32, large shapes, Triton, against float64;
-#   host   the model's host path (scripts/host_check.py): a generator forward and a training step under
+#   host   every path's device kernels and host syncs at issue 29's counted call, on the card (scripts/count_kernels.py:
+#          the card's own count sees what the CUDA extension's C++ ops launch), then the harness's host mode
+#          (python -m benchmarks --host: kernels, syncs, CPU and enqueue microseconds per call, dispatch microseconds);
+#          then the model's host path (scripts/host_check.py): a generator forward and a training step under
 #          torch.cuda.set_sync_debug_mode("error"), one reduce-overhead capture of Generator.synthesize; then the
 #          compiled end-to-end cases (G_fwd_b1_compiled, upsampler_b1_compiled) and the paper preset's pipeline at
 #          batch 1, 64 -> 256 and 64 -> 512, eager and compiled, against the paper's 0.13 s;
@@ -102,8 +105,13 @@ fi
 cat "$WORK"/model_tests.log "$WORK"/cuda_tests.log "$WORK"/op_tests.log > "$OUT_DIR/tests.log" 2>/dev/null
 
 if want host; then
-  timeout "$(cap 150 $(( BUDGET / 3 )))" "$PY" scripts/host_check.py > "$OUT_DIR/host_check.log" 2>&1
+  timeout "$(cap 60 $(( BUDGET / 3 )))" "$PY" scripts/count_kernels.py --check > "$OUT_DIR/kernel_counts.log" 2>&1
   host_rc=$?
+  say "kernel counts rc=$host_rc: $(grep -c 'kernels (' "$OUT_DIR/kernel_counts.log") paths counted, $(grep -c FAIL "$OUT_DIR/kernel_counts.log") failures"
+  timeout "$(cap 60 $(( BUDGET / 4 )))" "$PY" -m benchmarks --host --quick --csv "$WORK/results/results.csv" --no-plots \
+    >> "$OUT_DIR/bench.log" 2>&1 || host_rc=$?
+  say "host mode rc=$host_rc"
+  timeout "$(cap 150 $(( BUDGET / 3 )))" "$PY" scripts/host_check.py > "$OUT_DIR/host_check.log" 2>&1 || host_rc=$?
   say "host check rc=$host_rc: $(grep -c '^ok ' "$OUT_DIR/host_check.log") ok, $(grep -c '^FAILED ' "$OUT_DIR/host_check.log") failed"
   # Compiles take tens of seconds each: impl auto only, and the paper's networks one pair at a time.
   timeout "$(cap 240 $(( BUDGET / 4 )))" "$PY" -m benchmarks.bench_e2e --providers auto --quick \
@@ -117,7 +125,7 @@ if want bench; then
   # A CUDA kernel that faults poisons the process's context: then time the others and leave cuda out.
   no_cuda=()
   if [ "$build_rc" -ne 0 ] || [ "$memcheck_rc" -ne 0 ] || grep -q "illegal memory access\|CUDA error\|unspecified launch failure" "$WORK/cuda_tests.log" 2>/dev/null; then
-    no_cuda=(--providers ref,ref_cl,peer,torch,triton,triton_weights,triton_fused,auto,floor,floor_cl,floor_weights,triton_fused@stages3,triton_fused@o64,triton_fused@r16,sdpa_bias,lucidrains,lucidrains_patched)
+    no_cuda=(--providers ref,ref_cl,peer,torch,torch:gram,triton,triton_weights,triton_fused,auto,floor,floor_cl,floor_weights,triton_fused@stages3,triton_fused@o64,triton_fused@r16,sdpa_bias,torch:sdpa-flash,torch:sdpa-cudnn,lucidrains,lucidrains_patched)
     say "cuda left out of the benchmarks (build rc=$build_rc, memcheck rc=$memcheck_rc, or a CUDA fault in its tests)"
   fi
   bench() {  # bench SECONDS ARGS...: one benchmarks run into the shared CSV, under its own time limit

@@ -222,3 +222,19 @@ def test_cost_model_launches_are_the_counted_kernels(shape, formulation, strateg
     C, H = SHAPES[shape]
     stages = cost_model.modconv_stages(formulation, (2, C, H, H), (4, C, C, 3, 3), "fwd+bwd", element_size=4)
     assert sum(st.launches for st in stages) == count_modconv(C, H, "triton", strategy=strategy).total
+
+
+def test_the_gpu_checks_count_script_runs_and_checks():
+    """scripts/count_kernels.py (gpu_check's host phase): every runnable path counted, none synchronising. Run here
+    without the interpreter (the Triton paths skip), which keeps it to seconds."""
+    import os
+    import subprocess
+    import sys
+    from tests.helpers import ROOT
+    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "scripts/count_kernels.py", "--check"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "adaptive_modconv2d C=32 4x4 torch:gram:" in proc.stdout
+    assert "attention l2 torch:materialised:" in proc.stdout
+    assert "triton:weights: skipped" in proc.stdout and "syncs []" in proc.stdout
