@@ -5,6 +5,7 @@ with bias, pixel noise, leaky ReLU and clamp, x / bank / logits / style / bias l
 whose .grad is None; one forward and one backward.
 """
 import contextlib
+import functools
 import math
 
 import pytest
@@ -43,8 +44,10 @@ def forced_gemm(gemm):
         triton_weights.plan_weights = plan
 
 
+@functools.lru_cache(maxsize=None)
 def count_modconv(C, H, impl, *, strategy=None, gemm=None):
-    """Kernels of one forward + backward at the counted call."""
+    """Kernels of one forward + backward at the counted call (counted once per path for all the tests here: the
+    interpreter is slow, the count deterministic)."""
     t = modconv_leaves(C, H)
     grad = torch.randn(2, C, H, H)
     with forced_gemm(gemm), amc.use_strategy(strategy) if strategy else contextlib.nullcontext():
@@ -57,6 +60,7 @@ def count_modconv(C, H, impl, *, strategy=None, gemm=None):
     return count
 
 
+@functools.lru_cache(maxsize=None)
 def count_conv2d(C, H, B=2, k=3):
     """The baseline: a plain conv2d with the same epilogue (noise, bias, leaky ReLU * gain, clamp)."""
     g = torch.Generator().manual_seed(1)
