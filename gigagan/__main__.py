@@ -105,10 +105,38 @@ def train_config_defaults(argv) -> dict:
     if not isinstance(values, dict) or set(values) - names:
         unknown = sorted(set(values) - names) if isinstance(values, dict) else "not an object"
         raise ConfigFileError(f"--config {known.config}: not TrainConfig fields: {unknown}")
+    hints = typing.get_type_hints(TrainConfig)
+    for name, value in values.items():
+        if (problem := _config_value_problem(name, hints[name], value)) is not None:
+            raise ConfigFileError(f"--config {known.config}: {name} must be {problem}, got {value!r}")
     for name in ("betas", "model_overrides"):
         if name in values:
             values[name] = tuple(values[name])
     return values
+
+
+def _config_value_problem(name: str, kind, value):
+    """What a --config value of field `name` (type `kind`) must be when it is not that, else None: a wrong type
+    in the file is the file's mistake, one line, not a traceback from deep inside the trainer."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if typing.get_origin(kind) is typing.Union:                           # Optional[X]
+        if value is None:
+            return None
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    if name == "model_overrides":
+        ok, what = isinstance(value, list) and all(isinstance(v, str) for v in value), "a list of strings"
+    elif kind is tuple:
+        ok, what = isinstance(value, list) and all(number(v) for v in value), "a list of numbers"
+    elif kind is bool:
+        ok, what = isinstance(value, bool), "true or false"
+    elif kind is int:
+        ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif kind is float:
+        ok, what = number(value), "a number"
+    else:
+        ok, what = isinstance(value, str), "a string"
+    return None if ok else what
 
 
 class ConfigFileError(ValueError):

@@ -95,6 +95,26 @@ def test_train_config_file_with_flags_winning(tmp_path, capsys):
     assert "cannot read a JSON object" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("values, message", [({"betas": 5}, "betas must be a list of numbers, got 5"),
+                                             ({"model_overrides": 7}, "model_overrides must be a list of strings"),
+                                             ({"data": 5}, "data must be a string, got 5"),
+                                             ({"steps": 1.5}, "steps must be an integer, got 1.5"),
+                                             ({"tensorboard": "yes"}, "tensorboard must be true or false")])
+def test_a_config_file_with_a_wrong_type_is_one_line(tmp_path, capsys, values, message):
+    """A value of the wrong type in --config used to end in a traceback (TypeError: 'int' object is not
+    iterable) instead of naming the field."""
+    import json
+
+    from gigagan.__main__ import main
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(values))
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"gigagan train: --config {path}: {message}" or (
+        len(err.splitlines()) == 1 and err.startswith(f"gigagan train: --config {path}: {message}")), err
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_runs_own_train_config_reruns_it(tmp_path):
     """A checkpoint's train_config is a valid --config: the same run, reproduced from one file."""
     import json
