@@ -155,5 +155,5 @@ RESUME = {
     "ema_half_life_images": "steer", "ema_rampup": "steer", "impl": "steer", "device": "steer", "out": "steer",
     "log_every": "steer", "sample_every": "steer", "ckpt_every": "steer", "keep_checkpoints": "steer",
     "max_bad_steps": "steer", "max_bad_batches": "steer", "num_workers": "steer", "tensorboard": "steer",
-    "progress": "steer", "allow_random_clip": "steer", "profile_steps": "steer",
+    "progress": "steer", "allow_random_clip": "steer", "profile_steps": "steer", "compile": "steer",
 }
