@@ -153,6 +153,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _since(holder: dict) -> str:
+    """" (since TIME)" from a lock's record, or nothing where it has no usable time: a message never says "?"."""
+    since = holder.get("since")
+    return f" (since {since})" if isinstance(since, str) and since.strip() else ""
+
+
 def _unique(path: str) -> str:
     """`path`, or path.1, path.2, ... when it exists: moving a file aside never replaces another."""
     candidate, n = path, 0
@@ -204,13 +210,12 @@ class RunDirectory:
                 self.log(f"warning: the lock {lock} is {problem} and {age:.0f} s old (a trainer that stopped "
                          "while writing it); taking it over")
             elif holder["host"] == mine["host"] and not _pid_alive(holder["pid"]):
-                self.log(f"warning: {self.path} was locked by process {holder['pid']}, which is no longer "
-                         f"running (since {holder.get('since', '?')}); taking it over")
+                self.log(f"warning: {self.path} was locked by process {holder['pid']}{_since(holder)}, which is "
+                         "no longer running; taking it over")
             else:
                 raise RunDirError(
-                    f"{self.path} is in use by process {holder['pid']} on {holder['host']} "
-                    f"(since {holder.get('since', '?')}): stop that trainer or choose another --out. If it is no "
-                    f"longer running, delete {lock}")
+                    f"{self.path} is in use by process {holder['pid']} on {holder['host']}{_since(holder)}: stop "
+                    f"that trainer or choose another --out. If it is no longer running, delete {lock}")
             self._remove_lock_if_unchanged(lock, seen)
         raise RunDirError(f"could not take the lock {lock}: other trainers keep taking it")
 

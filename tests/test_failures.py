@@ -233,6 +233,18 @@ def test_an_empty_or_unreadable_lock_is_refused_while_young_and_taken_over_when_
     assert not lock.exists()
 
 
+def test_a_readable_lock_without_a_time_never_shows_a_question_mark(tmp_path):
+    """A lock holding a live pid and a host but no "since" (another tool's, or an older format) used to be
+    refused with "(since ?)"."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename}))
+    with pytest.raises(RunDirError) as info:
+        RunDirectory(str(out), log=lambda _: None).lock()
+    assert str(info.value).startswith(f"{out} is in use by process {os.getpid()} on {os.uname().nodename}: ")
+    assert "?" not in str(info.value) and info.value.exit_code == 2
+
+
 # ------------------------------------------------------------------------------------------------
 # Retention and resume touch only this run's checkpoints (item 6)
 # ------------------------------------------------------------------------------------------------
