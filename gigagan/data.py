@@ -175,7 +175,8 @@ class CaptionedImageFolder(Dataset):
             raise FileNotFoundError(f"CaptionedImageFolder: root {root!r} is not a directory")
         self.root, self.resolution = root, resolution
         self.items, self.missing_captions = [], 0
-        for dirpath, _, files in sorted(os.walk(root)):
+        unreadable = []                                    # folders os.walk could not list (it skips them silently)
+        for dirpath, _, files in sorted(os.walk(root, onerror=unreadable.append)):
             for name in sorted(files):
                 if not name.lower().endswith(IMAGE_EXTENSIONS):
                     continue
@@ -188,6 +189,12 @@ class CaptionedImageFolder(Dataset):
                     self.missing_captions += 1
         if self.missing_captions:
             warnings.warn(f"CaptionedImageFolder: skipped {self.missing_captions} images without a .txt caption")
+        if unreadable and not self.items:                  # the cause, not "no images"
+            e = unreadable[0]
+            raise DataError(f"CaptionedImageFolder: cannot list {e.filename}: {e.strerror or e}")
+        if unreadable:
+            warnings.warn(f"CaptionedImageFolder: skipped {len(unreadable)} folders that cannot be listed (the first: "
+                          f"{unreadable[0].filename}: {unreadable[0].strerror or unreadable[0]})")
         if not self.items:
             what = "captioned images (.txt sidecars; --unconditional trains without)" if captions else "images"
             raise DataError(f"CaptionedImageFolder: no {what} under {root!r}")

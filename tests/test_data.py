@@ -259,3 +259,29 @@ def test_a_truncated_shard_counts_the_samples_it_lost(tmp_path, stats):
     images, captions, dropped = collate_pairs(items)
     assert sorted(captions) == ["shard 0 sample 0", "shard 0 sample 1"] + [f"shard 1 sample {k}" for k in range(6)]
     assert dropped == {"lost in a truncated shard": 4 if stats else 1}
+
+
+def test_an_unreadable_image_folder_names_the_cause(tmp_path, monkeypatch):
+    """A --data folder that cannot be listed (EACCES; injected, as root's chmod stops nothing) used to read as
+    "no captioned images": os.walk skips what it cannot list without a word. Now the cause is the error; an
+    unreadable subfolder beside readable images is a warning."""
+    import errno
+    import os
+
+    from gigagan.data import DataError
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_text("a caption")
+    (tmp_path / "sub").mkdir()
+    real_scandir = os.scandir
+    denied = {str(tmp_path)}
+
+    def scandir(path="."):
+        if str(path) in denied:
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_scandir(path)
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(DataError, match=f"cannot list {tmp_path}: Permission denied"):
+        CaptionedImageFolder(str(tmp_path), 16)
+    denied = {str(tmp_path / "sub")}
+    with pytest.warns(UserWarning, match=f"skipped 1 folders that cannot be listed .*{tmp_path / 'sub'}: Permission"):
+        assert len(CaptionedImageFolder(str(tmp_path), 16)) == 1
