@@ -9,8 +9,10 @@
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import tempfile
 from typing import Optional, Union
 
@@ -36,6 +38,16 @@ def count_parameters(module: nn.Module, trainable: bool = True) -> int:
         seen.add(id(p))
         total += p.numel()
     return total
+
+
+def _as_os_error(e: Exception, path: str) -> Exception:
+    """A failed write as the OSError it is. safetensors reports one as SafetensorError("... I/O error: File too
+    large (os error 27)"), which would read as a bad weights file rather than a full disk at `path`."""
+    if isinstance(e, OSError) or type(e).__name__ != "SafetensorError":
+        return e
+    found = re.search(r"\(os error (\d+)\)", str(e))
+    code = int(found.group(1)) if found else errno.EIO
+    return OSError(code, os.strerror(code), path)
 
 
 class GigaGAN(nn.Module):
@@ -67,7 +79,12 @@ class GigaGAN(nn.Module):
             fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
             os.close(fd)
             try:
-                write(tmp)
+                try:
+                    write(tmp)
+                except Exception as e:
+                    if (err := _as_os_error(e, os.path.join(directory, name))) is e:
+                        raise
+                    raise err from e
                 os.replace(tmp, os.path.join(directory, name))
             finally:
                 if os.path.exists(tmp):

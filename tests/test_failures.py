@@ -173,6 +173,24 @@ def test_an_os_error_on_any_command_names_the_flag_and_the_file(tmp_path):
     assert failure(args, ValueError("a bug")) is None                  # a bug keeps its traceback
 
 
+def test_an_export_whose_weights_file_is_too_large_names_out(base_run, tmp_path):
+    """safetensors reports a failed write as SafetensorError("... File too large (os error 27)"), which used to
+    read "--ckpt RUN: reading the weights failed": the wrong flag and the wrong direction."""
+    import resource
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))     # config.json fits, the weights do not
+    folder = tmp_path / "model"
+    proc = subprocess.run([sys.executable, "-m", "gigagan", "export", "--ckpt", str(base_run), "--out", str(folder)],
+                          cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=300,
+                          preexec_fn=limit_file_size)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert _one_line(proc.stderr) == (f"gigagan export: --out {folder}: {folder / 'model.safetensors'}: File too "
+                                      "large")
+    assert not (folder / "model.safetensors").exists() and not list(folder.glob(".model.safetensors.*"))
+
+
 def test_a_data_folder_without_samples_is_one_line(tmp_path, capsys):
     from PIL import Image
     data = tmp_path / "images"
