@@ -296,6 +296,7 @@ def failure(args, e: BaseException) -> tuple:
     from .data import DataError
     from .rundir import RunDirError, cause, os_error_in
     from .training import CheckpointError, ConfigChangeError, ConfigError, TrainingError
+    from .training.distributed import peer_failure
     command = f"gigagan {args.command}"
     out = f"--out {args.out}: " if getattr(args, "out", None) else ""
     if isinstance(e, cli.UsageError):
@@ -320,6 +321,9 @@ def failure(args, e: BaseException) -> tuple:
         return 128 + signal.SIGINT, f"{command}: interrupted (SIGINT)"
     if isinstance(e, Terminated):
         return 128 + e.signum, f"{command}: stopped by {signal.Signals(e.signum).name}"
+    if (why := peer_failure(e)) is not None:
+        return 1, (f"{command}: rank {os.environ.get('RANK', '')}: another rank stopped first (its own line says "
+                   f"why), so this one cannot go on ({why})")
     err = os_error_in(e)
     if err is not None:
         files = [f for f in (err.filename, err.filename2) if f]

@@ -191,6 +191,23 @@ def test_an_export_whose_weights_file_is_too_large_names_out(base_run, tmp_path)
     assert not (folder / "model.safetensors").exists() and not list(folder.glob(".model.safetensors.*"))
 
 
+def test_a_rank_whose_peer_stopped_is_one_line(tmp_path, monkeypatch):
+    """Under torchrun, rank 0 failing (a file too large while writing a checkpoint) used to leave rank 1 with a
+    30-line traceback of gloo's "Connection closed by peer" from its next collective. Rank 0's line says why;
+    rank 1's is one line too. Outside torchrun the same error is a bug and keeps its traceback."""
+    from gigagan.__main__ import failure
+    args = build_parser().parse_args(["train", "--out", str(tmp_path / "run")])
+    gloo = RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed "
+                        "by peer [127.0.0.1]:51863. This is typically caused by a remote worker crashing. GLHF!")
+    assert failure(args, gloo) is None
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert failure(args, gloo) == (1, "gigagan train: rank 1: another rank stopped first (its own line says why), so "
+                                      "this one cannot go on (Connection closed by peer [127.0.0.1]:51863)")
+    assert failure(args, torch.distributed.DistBackendError("NCCL communicator was aborted"))[0] == 1
+    assert failure(args, RuntimeError("a bug")) is None
+
+
 def test_a_data_folder_without_samples_is_one_line(tmp_path, capsys):
     from PIL import Image
     data = tmp_path / "images"

@@ -5,6 +5,7 @@ import collections
 import contextlib
 import inspect
 import os
+import re
 from typing import Optional
 
 import torch
@@ -73,6 +74,19 @@ def shutdown() -> None:
     then ends the process without the interpreter's finalisation (__main__._exit_without_finalizing)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def peer_failure(e: BaseException) -> Optional[str]:
+    """Under torchrun, the cause in words when `e` is a collective failing because another rank stopped (gloo's
+    "Connection closed by peer", NCCL's DistBackendError): that rank's own line says why, so this one needs no
+    traceback. None for anything else."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    if not (isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and "gloo" in str(e))):
+        return None
+    lines = str(e).strip().splitlines() or [type(e).__name__]
+    text = re.sub(r"^\[[^\]]*\]\s*", "", lines[0])             # gloo's "[.../pair.cc:561] "
+    return text.split(". ")[0]
 
 
 def wrap(module: Optional[torch.nn.Module], device, world: int):
