@@ -27,7 +27,8 @@ train_failed() {
 }
 torchrun_quietly() {
   "$PY" -c '
-import sys
+import signal, sys
+from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import main
 try:
@@ -35,6 +36,10 @@ try:
 except ChildFailedError as e:
     codes = ", ".join(f"rank {rank}: {failure.exitcode}" for rank, failure in sorted(e.failures.items()))
     sys.exit(f"main job: training failed (exit codes {codes}); the lines above say why. Nothing was sampled.")
+except SignalException as e:     # the job was stopped (a scheduler): the ranks have saved and said where
+    print(f"main job: stopped by {signal.Signals(e.sigval).name}; the lines above name the checkpoint. Nothing was "
+          "sampled.", file=sys.stderr)
+    sys.exit(128 + e.sigval)
 ' "$@"
 }
 OUT="${OUT:-runs/main}"

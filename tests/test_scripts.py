@@ -58,3 +58,32 @@ def test_main_job_stops_with_one_line_when_training_fails(tmp_path):
     assert f"gigagan train: --out {tmp_path / 'file' / 'run'}: " in proc.stderr       # a rank's own line
     assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr
     assert "samples.png" not in proc.stdout
+
+
+def test_main_job_stopped_by_a_signal_says_so_in_one_line(tmp_path):
+    """A scheduler's SIGTERM to the main job's process group: the ranks save a checkpoint and name it, and the job
+    ends with its own line, not torchrun's SignalException traceback."""
+    import json
+    import signal
+    import time
+    out = tmp_path / "run"
+    env = dict(train_env(), GIGAGAN_SKIP_SETUP="1", GIGAGAN_VENV=os.path.dirname(os.path.dirname(sys.executable)),
+               OUT=str(out), NPROC="2", MINUTES="5")
+    proc = subprocess.Popen(["bash", os.path.join(ROOT, "scripts", "main.sh")], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None and not (out / "log.jsonl").exists():
+            time.sleep(0.5)
+        assert proc.poll() is None and (out / "log.jsonl").exists(), "training never logged a step"
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "Traceback" not in err and "SignalException" not in err, err[-3000:]
+    lines = err.strip().splitlines()
+    assert lines[-1] == "main job: stopped by SIGTERM; the lines above name the checkpoint. Nothing was sampled."
+    assert any(line.startswith("gigagan train: preempted by SIGTERM at step ") for line in lines), err[-3000:]
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps and any(p.name.startswith("ckpt-") for p in out.iterdir())
