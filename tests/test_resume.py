@@ -209,3 +209,22 @@ def test_a_base_run_is_not_resumed_as_an_upsampler_run(base_run, tmp_path):
     _copy(base_run, tmp_path)
     with pytest.raises(ConfigChangeError, match="--model base -> upsampler"):
         Trainer(tiny_train_config(tmp_path, steps=6, seed=0, r1_interval=16, model="upsampler")).fit(resume=True)
+
+
+def test_a_relative_data_path_is_compared_as_the_folder_it_names(tmp_path, monkeypatch):
+    """`--data data` from another working directory is another folder: it used to be compared by its spelling
+    (the checkpoint recorded "data"), so the resume was accepted silently. The checkpoint records the absolute
+    path; a URL and an open_clip tag stay as given."""
+    from gigagan.training.resume import recorded_config
+    for name in ("a", "b"):
+        (tmp_path / name / "data").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "a")
+    cfg = TrainConfig(data="data", out="run", guidance_clip_pretrained="laion2b_s34b_b79k")
+    saved = recorded_config(cfg, "cpu", "fp32")
+    assert (saved["data"], saved["out"]) == (str(tmp_path / "a" / "data"), str(tmp_path / "a" / "run"))
+    assert saved["guidance_clip_pretrained"] == "laion2b_s34b_b79k"
+    assert recorded_config(TrainConfig(data="https://h/{0..9}.tar"), "cpu", "fp32")["data"] == "https://h/{0..9}.tar"
+    assert config_changes(saved, recorded_config(cfg, "cpu", "fp32"), 1, 1) == ([], [])
+    monkeypatch.chdir(tmp_path / "b")
+    state_changes, _ = config_changes(saved, recorded_config(cfg, "cpu", "fp32"), 1, 1)
+    assert state_changes == [("data", f"--data {tmp_path / 'a' / 'data'} -> {tmp_path / 'b' / 'data'}")]

@@ -30,7 +30,18 @@ def recorded_config(cfg: TrainConfig, device_type: str, precision: str) -> dict:
     resolved ("auto" and None record what they stood for)."""
     values = dataclasses.asdict(cfg)
     values["device"], values["precision"] = device_type, precision
+    for name in PATH_FIELDS:
+        values[name] = _absolute(values[name], always=name in ("data", "out"))
     return values
+
+
+def _absolute(value, always: bool):
+    """A local path as an absolute one: a resume from another working directory compares the same folder, not
+    the same spelling (`--data data` there may be another folder). URLs, pipes, "builtin" and, unless always,
+    names that are no file (an open_clip tag) stay as given."""
+    if not isinstance(value, str) or value == "builtin" or value.startswith(("builtin:", "pipe:")) or "://" in value:
+        return value
+    return os.path.abspath(value) if always or os.path.exists(value) else value
 
 
 def saved_config(state: dict, device_type: str) -> dict:
