@@ -122,11 +122,16 @@ def atomic_torch_save(obj, path: str) -> None:
 
 def whole_archive(path: str) -> Optional[str]:
     """None when `path` is a complete torch.save archive (every member's CRC checks), else why not. Reads the
-    file once; a truncated write fails here without unpickling anything."""
+    file once; a truncated write fails here without unpickling anything. A file that cannot be read (EACCES,
+    EIO) raises its OSError: it is not known to be bad."""
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
+    except OSError as e:
+        if e.errno not in (None, errno.EINVAL):     # EACCES, EIO...: the environment, not the file; never moved
+            raise
+        return f"{type(e).__name__}: {e}"
+    except (zipfile.BadZipFile, EOFError) as e:
         return f"{type(e).__name__}: {e}"
     return f"member {bad} fails its CRC" if bad else None
 

@@ -218,6 +218,27 @@ def test_a_data_folder_without_samples_is_one_line(tmp_path, capsys):
         f"gigagan train: --data {data}: CaptionedImageFolder: no captioned images")
 
 
+def test_a_checkpoint_that_cannot_be_read_is_not_taken_for_a_corrupt_one(base_run, tmp_path, monkeypatch):
+    """EACCES or EIO while reading a checkpoint is the environment, not a bad file: it used to move the run's
+    checkpoints to corrupt/ one by one, and --resume-or-start then began again at step 0. Now the resume stops
+    with the OSError (one line, exit 1) and nothing is moved."""
+    import builtins
+    out = _copy(base_run, tmp_path)
+    real_open = builtins.open
+
+    def unreadable(file, mode="r", *args, **kwargs):
+        if str(file).endswith(".pt") and "r" in mode:
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(file))
+        return real_open(file, mode, *args, **kwargs)
+    monkeypatch.setattr(builtins, "open", unreadable)
+    trainer = Trainer(tiny_train_config(tmp_path, steps=6))
+    with pytest.raises(OSError, match="Input/output error"):
+        trainer.fit(resume=True, fresh_if_none=True)
+    monkeypatch.setattr(builtins, "open", real_open)
+    assert trainer.step == 0 and not (out / "corrupt").exists()
+    assert _names(out) == ["ckpt-00000004.pt", "ckpt-00000002.pt"] and not (out / ".lock").exists()
+
+
 # ------------------------------------------------------------------------------------------------
 # The lock is never empty (item 3)
 # ------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ a run, the RNG state a resume restores, and the EMA model as a pretrained folder
 retention) is the run directory's (gigagan/rundir.py)."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -13,7 +14,7 @@ import torch
 
 from ..config import GigaGANConfig
 from ..model import GigaGAN
-from ..rundir import RunDirectory, whole_archive
+from ..rundir import RunDirectory, os_error_in, whole_archive
 from .errors import CheckpointError
 
 
@@ -49,6 +50,9 @@ def load_checkpoint(path: str) -> dict:
                               "gigagan checkpoints never do; refusing to unpickle it (that could run arbitrary "
                               "code). It was not written by gigagan train.") from None
     except Exception as e:                                   # noqa: BLE001 - any failure means unusable
+        err = os_error_in(e)
+        if err is not None and err.errno not in (None, errno.EINVAL):
+            raise err from e                                 # the environment (EIO, EACCES): not a bad file
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})") from e
     for key in ("step", "config", "model", "g_ema", "opt_g", "opt_d"):
         if key not in state:
