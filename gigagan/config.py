@@ -12,8 +12,9 @@ Per-resolution settings are tuples indexed by block, lowest resolution first for
 from __future__ import annotations
 
 import dataclasses
-import math
 import json
+import math
+import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -117,29 +118,97 @@ class GigaGANConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "GigaGANConfig":
-        def build(kind, value):
-            if value is None:
-                return None
-            kwargs = {}
-            for f in dataclasses.fields(kind):
-                if f.name not in value:
-                    continue
-                v = value[f.name]
-                sub = {"text": TextEncoderConfig if kind is not GigaGANConfig else TextConfig,
-                       "generator": GeneratorConfig, "discriminator": DiscriminatorConfig,
-                       "upsampler": UpsamplerConfig}.get(f.name)
-                if sub is not None and isinstance(v, dict):
-                    v = build(sub, v)
-                elif isinstance(v, list):
-                    v = tuple(v)
-                kwargs[f.name] = v
-            if kind is DiscriminatorConfig and "mbstd_group" not in value:
-                kwargs["mbstd_group"] = 0                 # configs saved before the minibatch-std layer existed
-            unknown = set(value) - {f.name for f in dataclasses.fields(kind)}
-            if unknown:
-                raise ValueError(f"{kind.__name__}: unknown config keys {sorted(unknown)}")
-            return kind(**kwargs)
-        return build(cls, data)
+        """The config a dict (config.json, a checkpoint's "config") describes, every field checked for its type
+        and a plausible range before anything is built: a ConfigValueError names the field (generator.w_dim)."""
+        return _build(cls, data, "")
+
+    def check(self) -> "GigaGANConfig":
+        """This config, checked as from_dict checks a loaded one (for configs built in code or by --set)."""
+        return GigaGANConfig.from_dict(json.loads(self.to_json()))
+
+
+class ConfigValueError(ValueError):
+    """A model config field of the wrong type or out of range; .field is its dotted path (generator.w_dim)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field} {message}" if field else message)
+        self.field = field
+
+
+# Plausible ranges (inclusive), by field name in every config class: wide enough for any model that fits a
+# machine (the paper preset's largest width is 1792), narrow enough that a typo such as w_dim 2000000 (a 32 TB
+# mapping network) is refused before anything is built. Tuples hold ints, each checked against the range.
+_RANGES = {
+    "resolution": (4, 8192), "in_resolution": (4, 8192), "scale": (2, 64),
+    "z_dim": (1, 16384), "w_dim": (1, 16384), "t_dim": (1, 16384), "dim": (1, 16384), "mid_channels": (1, 16384),
+    "channels": (1, 16384), "down_channels": (1, 16384), "up_channels": (1, 16384), "clip_width": (1, 16384),
+    "num_filters": (1, 256), "convs_per_block": (1, 16), "mapping_layers": (1, 64), "layers": (0, 128),
+    "clip_layers": (1, 128), "heads": (1, 256), "clip_heads": (1, 256), "context_length": (1, 4096),
+    "attn_resolutions": (1, 8192), "attn_dim_head": (1, 1024), "mbstd_group": (0, 1024),
+    "mapping_lr_multiplier": (1e-6, 100.0), "noise_augment_std": (0.0, 10.0), "conv_clamp": (1e-3, 1e6),
+}
+_TUPLE_LENGTH = 32                     # resolutions up to 2^32 px: more entries is not a model
+
+
+def _subconfigs(kind) -> dict:
+    return {"text": TextConfig if kind is GigaGANConfig else TextEncoderConfig, "generator": GeneratorConfig,
+            "discriminator": DiscriminatorConfig, "upsampler": UpsamplerConfig}
+
+
+def _build(kind, value, prefix: str):
+    if not isinstance(value, dict):
+        raise ConfigValueError(prefix, f"must be a JSON object ({kind.__name__}), got {type(value).__name__}")
+    names = {f.name for f in dataclasses.fields(kind)}
+    unknown = sorted(set(value) - names)
+    if unknown:
+        raise ConfigValueError(prefix, f"{'has ' if prefix else ''}unknown config keys {unknown} ({kind.__name__} "
+                               f"has {', '.join(sorted(names))})")
+    hints = typing.get_type_hints(kind)
+    kwargs = {}
+    for f in dataclasses.fields(kind):
+        if f.name not in value:
+            continue
+        path = f"{prefix}.{f.name}" if prefix else f.name
+        v, hint = value[f.name], hints[f.name]
+        optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
+        if optional:
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        if v is None and optional:
+            kwargs[f.name] = None
+            continue
+        sub = _subconfigs(kind).get(f.name)
+        kwargs[f.name] = _build(sub, v, path) if sub is not None else _checked(path, f.name, hint, v)
+    if kind is DiscriminatorConfig and "mbstd_group" not in value:
+        kwargs["mbstd_group"] = 0                 # configs saved before the minibatch-std layer existed
+    return kind(**kwargs)
+
+
+def _checked(path: str, name: str, hint, v):
+    """v as the field's type (a list for a tuple, an int for a float), in the field's plausible range."""
+    def fail(what):
+        raise ConfigValueError(path, f"must be {what}, got {v!r}")
+    low, high = _RANGES.get(name, (None, None))
+    span = f" in [{low}, {high}]" if low is not None else ""
+    if hint is str:
+        if not isinstance(v, str):
+            fail("a string")
+        return v
+    if hint is int:
+        if not isinstance(v, int) or isinstance(v, bool) or (low is not None and not low <= v <= high):
+            fail(f"an integer{span}")
+        return v
+    if hint is float:
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or \
+                (low is not None and not low <= v <= high):
+            fail(f"a finite number{span}")
+        return float(v)
+    if hint is tuple:
+        if not isinstance(v, (list, tuple)) or len(v) > _TUPLE_LENGTH or \
+                not all(isinstance(x, int) and not isinstance(x, bool) for x in v) or \
+                (low is not None and not all(low <= x <= high for x in v)):
+            fail(f"a list of at most {_TUPLE_LENGTH} integers{span}")
+        return tuple(v)
+    raise TypeError(f"{path}: no check for the type {hint}")   # a new field type: add its check here
 
 
 def _tiny() -> GigaGANConfig:
@@ -223,7 +292,7 @@ def apply_overrides(config, items) -> "GigaGANConfig":
         except ValueError:
             value = text
         config = _replace_path(config, path.split("."), value, item)
-    return config
+    return config.check() if isinstance(config, GigaGANConfig) else config
 
 
 def _replace_path(node, names, value, item):

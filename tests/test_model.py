@@ -204,6 +204,39 @@ def test_save_load_round_trip(tiny, tmp_path):
         GigaGAN.from_pretrained(str(tmp_path / "nowhere"))
 
 
+@pytest.mark.parametrize("path, value, message", [
+    ("generator.w_dim", 2_000_000, r"generator.w_dim must be an integer in \[1, 16384\], got 2000000"),
+    ("generator.z_dim", "32", "generator.z_dim must be an integer"),
+    ("generator.z_dim", True, "generator.z_dim must be an integer"),
+    ("generator.channels", [64, "64", 48, 32], "generator.channels must be a list of at most 32 integers"),
+    ("generator.mapping_lr_multiplier", "nan", "generator.mapping_lr_multiplier must be a finite number"),
+    ("upsampler.noise_augment_std", -1.0, r"upsampler.noise_augment_std must be a finite number in \[0.0, 10.0\]"),
+    ("discriminator.mbstd_group", 5000, "discriminator.mbstd_group must be an integer in"),
+    ("text.clip_model", 7, "text.clip_model must be a string"),
+    ("text.context_length", 0, "text.context_length must be an integer in"),
+    ("generator.text.heads", 0.5, "generator.text.heads must be an integer"),
+    ("generator", [1, 2], "generator must be a JSON object"),
+    ("discriminator.bogus", 1, r"discriminator has unknown config keys \['bogus'\]"),
+])
+def test_config_from_dict_checks_every_fields_type_and_range(path, value, message):
+    import json as json_module
+
+    from gigagan import GigaGANConfig
+    from gigagan.config import ConfigValueError, apply_overrides
+    data = json_module.loads(get_preset("tiny").to_json())
+    node, names = data, path.split(".")
+    for name in names[:-1]:
+        node = node[name]
+    node[names[-1]] = float(value) if value == "nan" else value
+    with pytest.raises(ConfigValueError, match=message):
+        GigaGANConfig.from_dict(data)
+    for name in ("tiny", "small", "paper"):                     # every preset passes its own check
+        assert GigaGANConfig.from_dict(json_module.loads(get_preset(name).to_json())) == get_preset(name)
+    if path == "generator.w_dim":                               # --set is checked the same way
+        with pytest.raises(ValueError, match="generator.w_dim must be an integer"):
+            apply_overrides(get_preset("tiny"), ["generator.w_dim=2000000"])
+
+
 def test_bad_inputs_give_clear_errors(tiny):
     G, D, U = tiny.generator, tiny.discriminator, tiny.upsampler
     with pytest.raises(ValueError, match="2 captions for a batch of 3"):
