@@ -117,10 +117,12 @@ def cmd_train(args) -> int:
         raise UsageError(f"{_flag(e.field)} {e.message}") from None
     if problem := data_spec_problem(cfg.data):
         raise UsageError(f"--data {cfg.data}: {problem}")
+    from .files import removed_if_failed
     try:
-        trainer = Trainer(cfg)
-        result = trainer.fit(resume=args.resume or args.resume_or_start, overwrite=args.overwrite,
-                             fresh_if_none=args.resume_or_start, allow_config_change=args.allow_config_change)
+        with removed_if_failed(cfg.out):              # a run that fails before writing anything leaves no folder
+            trainer = Trainer(cfg)
+            result = trainer.fit(resume=args.resume or args.resume_or_start, overwrite=args.overwrite,
+                                 fresh_if_none=args.resume_or_start, allow_config_change=args.allow_config_change)
     finally:
         shutdown()                                        # the process group, on every path (torchrun)
     if result.get("stopped_by_signal"):
@@ -182,6 +184,12 @@ def _generate_batches(G, args, prompts: list):
 
 
 def cmd_sample(args) -> int:
+    from .files import removed_if_failed
+    with removed_if_failed(args.outdir):              # a failed command leaves no empty --outdir behind
+        return _sample(args)
+
+
+def _sample(args) -> int:
     from .images import save_grid, save_images
     if (args.out is None) == (args.outdir is None):
         raise UsageError("give exactly one of --out (a captioned grid PNG) and --outdir (one PNG per image)")
