@@ -3,7 +3,7 @@
   train        train G and D, or (--model upsampler) the upsampler (one process, or one per GPU under torchrun)
   sample       images for prompts from a checkpoint's EMA generator (a grid, or one PNG per image)
   generate     the pipeline: base generator, then the upsampler (tiled up to --output-size), seed + i per image
-  export       a checkpoint's EMA model as a pretrained folder (config.json, model.safetensors)
+  export       the network a run trained (EMA) as a pretrained folder, with its model card
   interpolate  a prompt-interpolation strip for one z
   style-mix    coarse blocks from seed A, fine blocks from seed B
   prompt-mix   coarse blocks from prompt A (layout), fine blocks from prompt B (texture, style)
@@ -41,8 +41,8 @@ IMPL_HELP = f"the ops' backend for the whole command (default: ${ENV_VAR}, else 
 
 
 def _add_sampling_args(p, out_required: bool = True):
-    p.add_argument("--ckpt", required=True, help="a checkpoint file, a run directory (its newest checkpoint), or a "
-                                                 "pretrained folder from gigagan export")
+    p.add_argument("--ckpt", required=True, help="a checkpoint file, a run directory (its newest checkpoint), a "
+                                                 "pretrained folder from gigagan export, or its hub id (org/name)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--truncation", type=float, default=1.0, help="text-conditioned truncation psi (1 = off)")
     p.add_argument("--impl", default=None, choices=IMPL_CHOICES, help=IMPL_HELP)
@@ -198,9 +198,14 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     g.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     g.add_argument("--columns", type=int, default=4)
 
-    e = sub.add_parser("export", help="a checkpoint's EMA model as a pretrained folder (config.json + safetensors)")
+    e = sub.add_parser("export", help="the network a run trained (EMA) as a pretrained folder, with its model card",
+                       description="Write the EMA of the network the run trained (G for a base run, the upsampler "
+                       "for an upsampler run), with the CLIP text tower, as a pretrained folder: config.json, "
+                       "model.safetensors, training.json and README.md (the model card), with the umask's mode. "
+                       "GigaGAN.from_pretrained, GigaGANPipeline and every --ckpt take it (docs/sharing.md).")
     e.add_argument("--ckpt", required=True, help="a checkpoint file or a run directory (its newest checkpoint)")
-    e.add_argument("--out", required=True, help="the folder to write; every command's --ckpt takes it")
+    e.add_argument("--out", required=True, help="the folder to write, created with its missing parents; every "
+                                                "command's --ckpt takes it")
 
     i = sub.add_parser("interpolate", help="prompt interpolation for one z")
     _add_sampling_args(i)

@@ -342,15 +342,15 @@ def cmd_eval(args) -> int:
 
 def cmd_export(args) -> int:
     from .training import export_pretrained
+    from .files import removed_if_failed
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out {args.out}: exists and is not a directory")
-    parent = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(parent):
-        raise UsageError(f"--out {args.out}: the directory {parent} does not exist")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), removed_if_failed(args.out):     # missing parents are created
         warnings.simplefilter("ignore")               # the checkpoint carries the CLIP tower's weights
         info = export_pretrained(args.ckpt, args.out)
-    print(f"exported {info['source']} (step {info['step']}, {info['model']} run, EMA weights) to {args.out}")
+    network = "the upsampler" if info["model"] == "upsampler" else "G"
+    print(f"exported {info['source']} (step {info['step']}, {info['model']} run: {network} and the CLIP tower, EMA "
+          f"weights) to {args.out}")
     return 0
 
 

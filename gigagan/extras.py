@@ -17,7 +17,7 @@ PACKAGES = {
     "open_clip": ("open_clip_torch", "train"), "torchvision": ("torchvision", "train"),
     "safetensors": ("safetensors", "train"), "PIL": ("pillow", "train"), "tqdm": ("tqdm", "train"),
     "webdataset": ("webdataset", "train"), "braceexpand": ("webdataset", "train"),
-    "matplotlib": ("matplotlib", "train"),
+    "matplotlib": ("matplotlib", "train"), "huggingface_hub": ("huggingface_hub", "train"),
     "torchmetrics": ("torchmetrics", "eval"), "torch_fidelity": ("torch-fidelity", "eval"), "scipy": ("scipy", "eval"),
     "onnxscript": ("onnxscript", "export"), "onnx": ("onnx", "export"),
 }

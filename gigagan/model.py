@@ -1,32 +1,38 @@
-"""The GigaGAN container: one frozen CLIP text tower shared by G, D and the upsampler, plus save/load.
+"""The GigaGAN container: one frozen CLIP text tower shared by G, D and the upsampler, plus sharing.
 
     model = GigaGAN(get_preset("tiny"))
-    model.save_pretrained("ckpt/")                 # config.json + model.safetensors
-    model = GigaGAN.from_pretrained("ckpt/")
+    model.save_pretrained("ckpt/")                 # config.json, model.safetensors, README.md (the model card)
+    model = GigaGAN.from_pretrained("ckpt/")       # or a hub id, "org/name"; model.push_to_hub("org/name")
 
     with torch.device("meta"):                     # paper scale, allocating nothing
         print(GigaGAN(get_preset("paper")).parameter_counts())
+
+`parts` builds some of the networks only: a base run's export holds the generator, an upsampler run's the
+upsampler (each with the CLIP tower), and from_pretrained builds what the file holds (gigagan/hub.py).
 """
 from __future__ import annotations
 
+<<<<<<< HEAD
 import errno
 import json
 import os
 import re
 import tempfile
 from typing import Optional, Union
+=======
+from typing import Optional, Sequence, Union
+>>>>>>> 301c120 (GigaGAN follows PyTorchModelHubMixin; gigagan export writes only what the run trained; model folders are checked before anything is allocated)
 
-import torch
 from torch import nn
 
 from .config import GigaGANConfig, get_preset
 from .discriminator import Discriminator
-from .extras import require
 from .generator import Generator
+from .hub import CONFIG_NAME, PARTS, WEIGHTS_NAME, HubMixin, ModelFolderError
 from .text import FrozenCLIPText
 from .upsampler import Upsampler
 
-CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "GigaGAN", "ModelFolderError", "count_parameters"]
 
 
 def count_parameters(module: nn.Module, trainable: bool = True) -> int:
@@ -40,6 +46,7 @@ def count_parameters(module: nn.Module, trainable: bool = True) -> int:
     return total
 
 
+<<<<<<< HEAD
 def _as_os_error(e: Exception, path: str) -> Exception:
     """A failed write as the OSError it is. safetensors reports one as SafetensorError("... I/O error: File too
     large (os error 27)"), which would read as a bad weights file rather than a full disk at `path`."""
@@ -52,23 +59,32 @@ def _as_os_error(e: Exception, path: str) -> Exception:
 
 class GigaGAN(nn.Module):
     def __init__(self, config: Union[GigaGANConfig, str], load_clip_weights: bool = True):
+=======
+class GigaGAN(nn.Module, HubMixin):
+    def __init__(self, config: Union[GigaGANConfig, str], load_clip_weights: bool = True,
+                 parts: Optional[Sequence[str]] = None):
+>>>>>>> 301c120 (GigaGAN follows PyTorchModelHubMixin; gigagan export writes only what the run trained; model folders are checked before anything is allocated)
         super().__init__()
         if isinstance(config, str):
             config = get_preset(config)
+        if parts is None:
+            parts = PARTS if config.upsampler is not None else PARTS[:2]
+        if set(parts) - set(PARTS) or ("upsampler" in parts and config.upsampler is None):
+            raise ValueError(f"GigaGAN: parts must be some of {PARTS} (the upsampler only with an upsampler "
+                             f"config), got {tuple(parts)}")
         self.config = config
+        self.training_info = {}                       # what training.json says: trained network, step, metrics
         self.clip = FrozenCLIPText(config.text, load_pretrained=load_clip_weights)
-        self.generator = Generator(config.generator, self.clip)
-        self.discriminator = Discriminator(config.discriminator, self.clip)
-        self.upsampler = Upsampler(config.upsampler, self.clip) if config.upsampler is not None else None
+        self.generator = Generator(config.generator, self.clip) if "generator" in parts else None
+        self.discriminator = Discriminator(config.discriminator, self.clip) if "discriminator" in parts else None
+        self.upsampler = Upsampler(config.upsampler, self.clip) if "upsampler" in parts else None
 
     def parameter_counts(self) -> dict:
-        """Trainable parameters per network (the frozen CLIP tower shared by all of them counted apart)."""
-        counts = {"generator": count_parameters(self.generator),
-                  "discriminator": count_parameters(self.discriminator)}
-        if self.upsampler is not None:
-            counts["upsampler"] = count_parameters(self.upsampler)
+        """Trainable parameters per network built (the frozen CLIP tower shared by all of them counted apart)."""
+        counts = {name: count_parameters(getattr(self, name)) for name in PARTS if getattr(self, name) is not None}
         counts["clip_text_frozen"] = count_parameters(self.clip, trainable=False)
         return counts
+<<<<<<< HEAD
 
     def save_pretrained(self, directory: str) -> None:
         """Write config.json and model.safetensors into `directory`, each atomically (temp file, then rename)."""
@@ -105,3 +121,5 @@ class GigaGAN(nn.Module):
             raise ValueError(f"from_pretrained: {weights_path} does not match the config: missing "
                              f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
         return model.to(map_location)
+=======
+>>>>>>> 301c120 (GigaGAN follows PyTorchModelHubMixin; gigagan export writes only what the run trained; model folders are checked before anything is allocated)

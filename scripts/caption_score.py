@@ -53,7 +53,7 @@ def summed_logit(D, images, text):
 def main(path: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model, state = model_from_checkpoint(path)
+        model, state = model_from_checkpoint(path, discriminator=True)     # D reads the captions too
     G, D = model.generator, model.discriminator
     names = list(COLOURS)
     palette = torch.tensor([COLOURS[n] for n in names], dtype=torch.float32) / 127.5 - 1

@@ -11,6 +11,7 @@ pytest.importorskip("open_clip", reason="the model needs open_clip_torch (requir
 
 from gigagan import (Discriminator, FrozenCLIPText, GigaGAN, TextConfig, count_parameters,
                      get_preset, image_pyramid, upsample_tiled)
+from gigagan.hub import ModelFolderError
 from gigagan.text import _cached_checkpoint
 from tests.conftest import DEVICE, SAME_MATH_ATOL
 from gigagan_kernels import use_impl
@@ -191,7 +192,7 @@ def test_parameter_count_dedups_shared_clip(tiny):
 def test_save_load_round_trip(tiny, tmp_path):
     tiny.generator.mapping.w_avg.normal_()
     tiny.save_pretrained(str(tmp_path / "ckpt"))
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["README.md", "config.json", "model.safetensors"]
     loaded = GigaGAN.from_pretrained(str(tmp_path / "ckpt"), map_location=DEVICE)
     assert loaded.config == tiny.config
     a, b = tiny.state_dict(), loaded.state_dict()
@@ -200,8 +201,11 @@ def test_save_load_round_trip(tiny, tmp_path):
     for x, y in zip(tiny.generator(z, CAPTIONS[:2], noise_mode="none"),
                     loaded.generator(z, CAPTIONS[:2], noise_mode="none")):
         assert torch.equal(x, y)
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(ModelFolderError, match="nowhere: no such folder, and not a hub repo id"):
         GigaGAN.from_pretrained(str(tmp_path / "nowhere"))
+    (tmp_path / "ckpt" / "config.json").unlink()
+    with pytest.raises(ModelFolderError, match="config.json: no such file"):
+        GigaGAN.from_pretrained(str(tmp_path / "ckpt"))
 
 
 @pytest.mark.parametrize("path, value, message", [

@@ -23,12 +23,15 @@ SMALL = ["generator.resolution=16", "generator.channels=[64,64,48]", "generator.
 
 
 def _export(config, folder, kind, seed):
-    """A folder as `gigagan export` writes it: GigaGAN.save_pretrained plus training.json naming the trained part."""
+    """A folder as `gigagan export` writes it: the trained network and the CLIP tower (GigaGAN.save_pretrained),
+    with training.json naming the trained part."""
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        GigaGAN(config).save_pretrained(str(folder))
-    (folder / EXPORT_INFO_NAME).write_text(json.dumps({"model": kind, "step": 0, "source": "test"}))
+        model = GigaGAN(config, parts=("generator",) if kind == "base" else ("upsampler",))
+    model.training_info = {"model": kind, "step": 0, "source": "test"}
+    model.save_pretrained(str(folder))
+    assert json.loads((folder / EXPORT_INFO_NAME).read_text())["model"] == kind
     return str(folder)
 
 

@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 
 from ..config import GigaGANConfig
+from ..hub import CONFIG_NAME, TRAINING_NAME, WEIGHTS_NAME, ModelFolderError, is_hub_id
 from ..model import GigaGAN
 from ..rundir import RunDirectory, os_error_in, whole_archive
 from .errors import CheckpointError
@@ -79,40 +80,69 @@ def load_latest_checkpoint(directory: str, log=print) -> Optional[dict]:
 
 
 # Beside config.json and model.safetensors in an exported folder: which network was trained, and from where.
-EXPORT_INFO_NAME = "training.json"
+EXPORT_INFO_NAME = TRAINING_NAME
 
 
 def export_pretrained(path: str, directory: str) -> dict:
-    """Write the EMA model of a checkpoint file or run directory as a pretrained folder (GigaGAN.save_pretrained
-    plus training.json); returns what training.json says."""
+    """Write the EMA network a checkpoint file or run directory trained (G for a base run, the upsampler for an
+    upsampler run, each with the CLIP tower) as a pretrained folder: GigaGAN.save_pretrained, whose
+    training.json and model card carry the step, the run's settings and the metrics it logged. Creates the
+    folder and its parents; returns what training.json says."""
     model, state = model_from_checkpoint(path)
-    info = {"model": json.loads(state.get("train_config", "{}")).get("model", "base"), "step": state["step"],
-            "source": os.path.abspath(state.get("path", path))}
+    train_config = json.loads(state.get("train_config", "{}"))
+    source = os.path.abspath(state.get("path", path))
+    info = {"model": train_config.get("model", "base"), "step": state["step"], "source": source,
+            "train_config": train_config,
+            "metrics": logged_metrics(os.path.join(os.path.dirname(source), "log.jsonl"), state["step"])}
+    model.training_info = info
     model.save_pretrained(directory)
-    tmp = os.path.join(directory, f".{EXPORT_INFO_NAME}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(info, f, indent=1)
-    os.replace(tmp, os.path.join(directory, EXPORT_INFO_NAME))
     return info
 
 
+def logged_metrics(log_path: str, step: int) -> dict:
+    """{metric: {value, step, ...}}: the newest of each metric (fid, clip_score) that a run's log.jsonl records
+    at or before `step`; {} without a log."""
+    found = {}
+    try:
+        with open(log_path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue                       # a torn last line after a crash
+                if not isinstance(record, dict) or not isinstance(record.get("step"), int) or record["step"] > step:
+                    continue
+                for name in ("fid", "clip_score"):
+                    if isinstance(record.get(name), (int, float)):
+                        found[name] = {"value": record[name], "step": record["step"],
+                                       **{k: record[k] for k in ("num_fake", "num_real") if k in record}}
+    except OSError:
+        return {}
+    return found
+
+
 def is_pretrained_folder(path: str) -> bool:
-    from ..model import CONFIG_NAME, WEIGHTS_NAME
-    return os.path.isdir(path) and all(os.path.isfile(os.path.join(path, n)) for n in (CONFIG_NAME, WEIGHTS_NAME))
+    """A folder holding config.json or model.safetensors (a run directory holds neither): loading it names
+    whichever is missing or bad."""
+    return os.path.isdir(path) and any(os.path.isfile(os.path.join(path, n)) for n in (CONFIG_NAME, WEIGHTS_NAME))
 
 
-def model_from_checkpoint(path: str, map_location="cpu") -> tuple:
-    """(GigaGAN with G replaced by its EMA, checkpoint dict) from a checkpoint file, a run directory, or a
-    pretrained folder written by `gigagan export` (its weights are the EMA already)."""
-    if is_pretrained_folder(path):
-        info_path = os.path.join(path, EXPORT_INFO_NAME)
-        info = {}
-        if os.path.isfile(info_path):
-            with open(info_path) as f:
-                info = json.load(f)
-        model = GigaGAN.from_pretrained(path, map_location=map_location)
-        state = {"step": info.get("step", "?"), "path": path,
-                 "train_config": json.dumps({"model": info.get("model", "base")})}
+def model_from_checkpoint(path: str, map_location="cpu", discriminator: bool = False) -> tuple:
+    """(GigaGAN holding the trained network's EMA and the CLIP tower, checkpoint dict) from a checkpoint file, a
+    run directory, a pretrained folder written by `gigagan export` (its weights are the EMA already) or a hub id
+    of one. Only the network the run trained is built: G for a base run, the upsampler for an upsampler run;
+    discriminator=True adds D with its trained weights (a checkpoint has them, an exported folder does not)."""
+    if is_pretrained_folder(path) or (not os.path.exists(path) and is_hub_id(path)):
+        try:
+            model = GigaGAN.from_pretrained(path, map_location=map_location)
+        except ModelFolderError as e:
+            raise CheckpointError(str(e)) from None
+        if discriminator and model.discriminator is None:
+            raise CheckpointError(f"{path}: an exported model folder holds no discriminator; give the run's "
+                                  "checkpoint or run directory")
+        info = model.training_info
+        trained = info.get("model", "base" if model.generator is not None else "upsampler")
+        state = {"step": info.get("step", "?"), "path": path, "train_config": json.dumps({"model": trained})}
         return model.eval(), state
     if os.path.isdir(path):
         state = load_latest_checkpoint(path)
@@ -120,9 +150,15 @@ def model_from_checkpoint(path: str, map_location="cpu") -> tuple:
             raise CheckpointError(f"no loadable checkpoint in {path}")
     else:
         state = load_checkpoint(path)
-    model = GigaGAN(GigaGANConfig.from_dict(json.loads(state["config"])), load_clip_weights=False)
-    model.load_state_dict(state["model"])
+    try:
+        config = GigaGANConfig.from_dict(json.loads(state["config"]))
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {state.get('path', path)}: its model config is unusable ({e})") from None
     trained = json.loads(state.get("train_config", "{}")).get("model", "base")
-    (model.upsampler if trained == "upsampler" else model.generator).load_state_dict(state["g_ema"])
+    part = "upsampler" if trained == "upsampler" else "generator"
+    parts = (part, "discriminator") if discriminator else (part,)
+    model = GigaGAN(config, load_clip_weights=False, parts=parts)
+    keep = ("clip.",) + tuple(p + "." for p in parts)
+    model.load_state_dict({k: v for k, v in state["model"].items() if k.startswith(keep)})
+    getattr(model, part).load_state_dict(state["g_ema"])
     return model.to(map_location).eval(), state
-
