@@ -242,25 +242,32 @@ def cmd_generate(args) -> int:
     _require(args.overlap is None or args.overlap >= 0, "--overlap", "an integer >= 0", args.overlap)
     _check_sampling(args)
     prompts = _prompts(args)
+    from .hub import is_hub_id
+    from .training import CheckpointError
     for flag, path in (("--ckpt", args.ckpt), ("--upsampler", args.upsampler)):
-        if path is not None and not os.path.exists(path):
-            raise UsageError(f"{flag} {path}: does not exist")
+        if path is not None and not os.path.exists(path) and not is_hub_id(path):
+            raise UsageError(f"{flag} {path}: does not exist (nor is it a hub id org/name)")
     flags = {"base_dir": "--ckpt", "upsampler": "--upsampler", "output_size": "--output-size",
              "batch_size": "--batch-size", "overlap": "--overlap"}
+
+    def flagged(e: Exception) -> str:
+        message = str(e)
+        for name, flag in flags.items():             # the Python argument's name -> the flag's
+            if message.startswith(name + ": "):
+                return f"{flag} {message[len(name) + 2:]}"
+            if message.startswith(name + " "):
+                return flag + message[len(name):]
+        return message
     try:
         pipe = GigaGANPipeline.from_pretrained(args.ckpt, upsampler=args.upsampler, torch_dtype=DTYPES[args.dtype],
                                                device=_device(args), batch_size=args.batch_size,
                                                compile=args.compile, impl=_impl(args), overlap=args.overlap,
                                                log=print)
         pipe.output_plan(args.output_size)
+    except CheckpointError as e:                      # a corrupt or mismatched model folder, a bad checkpoint
+        raise InputFileError(flagged(e)) from None
     except ValueError as e:
-        message = str(e)
-        for name, flag in flags.items():             # the Python argument's name -> the flag's
-            if message.startswith(name + ": "):
-                message = f"{flag} {message[len(name) + 2:]}"
-            elif message.startswith(name + " "):
-                message = flag + message[len(name):]
-        raise UsageError(message) from None
+        raise UsageError(flagged(e)) from None
     if args.outdir is not None and os.path.exists(args.outdir) and not os.path.isdir(args.outdir):
         raise UsageError(f"--outdir {args.outdir}: exists and is not a directory")
     out = pipe(prompts, seed=args.seed, truncation=args.truncation, num_images_per_prompt=args.per_prompt,

@@ -217,17 +217,25 @@ def upsample_image(upsampler: Upsampler, image: torch.Tensor, captions: List[str
 
 
 def _load(path, need: str, argument: str):
-    """The GigaGAN of a pretrained folder (GigaGAN.from_pretrained), checkpoint or run directory that trained
-    `need` ("base" or "upsampler")."""
+    """The GigaGAN of a pretrained folder or hub id (GigaGAN.from_pretrained: only the networks the file holds,
+    checked against config.json before anything is allocated), checkpoint file or run directory that trained
+    `need` ("base" or "upsampler"). A folder or checkpoint that cannot be used raises CheckpointError, one line
+    starting with `argument`."""
     import json
     import warnings
+    from .hub import is_hub_id
+    from .training import CheckpointError
     from .training.checkpoint import model_from_checkpoint
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{argument}: {path} does not exist")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")               # the folder carries the CLIP tower's weights
-        model, state = model_from_checkpoint(path)
+    if not os.path.exists(path) and not is_hub_id(path):
+        raise FileNotFoundError(f"{argument}: {path} does not exist (a folder of gigagan export, a checkpoint, a "
+                                "run directory or a hub id org/name)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")           # the folder carries the CLIP tower's weights
+            model, state = model_from_checkpoint(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"{argument}: {e}") from None
     trained = json.loads(state.get("train_config", "{}")).get("model", "base")
     if trained != need:
         article = lambda kind: "an" if kind[0] in "aeiou" else "a"  # noqa: E731

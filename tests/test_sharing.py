@@ -337,3 +337,27 @@ def test_a_folder_missing_its_weights_names_the_file(folder_copy, capsys):
     (folder_copy / "model.safetensors").unlink()
     _one_line_failure(folder_copy, capsys, "model.safetensors: no such file")
 
+
+# -- the pipeline on an export (issue 31's target: `from gigagan import GigaGANPipeline` on a tiny export) ------
+def test_the_pipeline_loads_a_tiny_export_and_gives_the_same_image_for_the_same_seed(base_run, exported):
+    from gigagan import GigaGANPipeline
+    pipe = GigaGANPipeline.from_pretrained(str(exported), impl="ref")
+    assert pipe.upsampler is None
+    first = pipe(["a red circle", "a blue square"], seed=4, output_type="pt").images
+    again = pipe("a blue square", seed=5, output_type="pt").images[0]
+    assert torch.equal(first[1], again) and not torch.equal(first[0], first[1])
+    from_run = GigaGANPipeline.from_pretrained(str(base_run), impl="ref")   # the checkpoint's EMA, bit for bit
+    assert torch.equal(from_run("a blue square", seed=5, output_type="pt").images[0], again)
+    pil = pipe("a red circle", seed=4).images[0]
+    assert pil.size == (32, 32) and pil.mode == "RGB"
+
+
+def test_generate_on_a_corrupt_export_is_one_line_naming_the_flag(folder_copy, tmp_path, capsys):
+    path = folder_copy / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:1000])
+    assert main(["generate", "--ckpt", str(folder_copy), "--prompt", "x", "--impl", "ref",
+                 "--out", str(tmp_path / "g.png")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"gigagan generate: --ckpt {folder_copy}") and \
+        "model.safetensors: not a whole safetensors file" in err[0], err
+    assert not (tmp_path / "g.png").exists()
