@@ -240,5 +240,6 @@ def test_the_gpu_checks_count_script_runs_and_checks():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "adaptive_modconv2d C=32 4x4 torch:gram:" in proc.stdout
+    assert "adaptive_modconv2d C=16 16x16 auto:" in proc.stdout and "attention dot masked auto:" in proc.stdout
     assert "attention l2 torch:materialised:" in proc.stdout
     assert "triton:weights: skipped" in proc.stdout and "syncs []" in proc.stdout
