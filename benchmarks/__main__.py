@@ -52,7 +52,11 @@ def main(argv=None):
     all_providers = {op: module.host_providers() if args.host else module.PROVIDERS for op, module in modules.items()}
     wanted = args.providers.split(",") if args.providers else None
     if wanted:
-        known = {p for providers in all_providers.values() for p in providers}
+        # Known to any op of the mode, not only those selected: one provider list serves every --ops subset.
+        known = set()
+        for op in (HOST_OPS if args.host else BENCHES):
+            module = importlib.import_module(BENCHES[op])
+            known.update(module.host_providers() if args.host else module.PROVIDERS)
         if unknown := set(wanted) - known:
             parser.error(f"--providers: unknown {sorted(unknown)}; choose from {sorted(known)}")
     deadline = time.monotonic() + args.max_seconds if args.max_seconds else None

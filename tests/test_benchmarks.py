@@ -229,3 +229,21 @@ def test_host_mode_writes_kernels_syncs_and_host_time(tmp_path):
     text = summary.markdown(list(csv.DictReader(open(path))))
     assert "### host: adaptive_modconv2d on cpu" in text and "| tiny | torch:bmm |" in text
     assert "kernels fwd+bwd" in text and "dispatch us" in text
+
+
+def test_gpu_checks_provider_list_is_accepted_for_each_op(tmp_path, capsys):
+    """scripts/gpu_check.sh passes one --providers list (cuda left out) to runs of single ops: a name another op
+    has is ignored for this one; a name no op has is refused, naming it."""
+    import re
+    from benchmarks.__main__ import main
+    from tests.helpers import ROOT
+    script = open(os.path.join(ROOT, "scripts", "gpu_check.sh")).read()
+    providers = re.search(r"no_cuda=\(--providers ([^)\s]+)\)", script).group(1)
+    ops = set(re.findall(r'bench "\$\(cap [^)]*\)" --ops (\w+)', script))
+    assert ops == {"adaptive_modconv2d", "e2e", "attention"}, ops
+    for op in sorted(ops):                  # a spent budget: parsed and set up, no case run
+        main(["--device", "cpu", "--ops", op, "--providers", providers, "--csv", str(tmp_path / "r.csv"),
+              "--no-plots", "--max-seconds", "1e-9"])
+    with pytest.raises(SystemExit):
+        main(["--device", "cpu", "--ops", "attention", "--providers", "ref,nonesuch", "--csv", str(tmp_path / "r.csv")])
+    assert "--providers: unknown ['nonesuch']" in capsys.readouterr().err
