@@ -112,6 +112,14 @@ def run(device: torch.device, shapes=None, providers=PROVIDERS, dtypes=None, csv
     dtype_name = "bfloat16-autocast" if device.type == "cuda" else "float32"
     writer = ResultWriter(csv_path or DEFAULT_CSV, device)
     rep = dict(rep_ms=200 if quick else 1000, warmup_ms=50 if quick else 200, cpu_reps=3 if quick else 5)
+    if unknown := [n for n in shapes or () if n not in GPU_CASES and n not in CPU_CASES]:
+        raise ValueError(f"shapes: unknown e2e cases {unknown}; choose from {sorted({**GPU_CASES, **CPU_CASES})}")
+    if elsewhere := [n for n in shapes or () if n not in cases]:
+        for name in elsewhere:
+            log(f"  {OP} {name}: skipped ({'GPU only' if device.type == 'cpu' else 'a CPU case'})")
+        shapes = [n for n in shapes if n in cases]
+        if not shapes:
+            return csv_path
     with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
         warnings.simplefilter("ignore")                    # random CLIP tower: fine for timing
         torch.manual_seed(0)
@@ -253,19 +261,21 @@ _PAPER_PIPELINES = {}
 
 
 def _paper_pipeline(device, size, compiled, log):
-    """The paper preset's pipeline at batch 1 in bf16: tokens -> base generator (64 px) -> upsampler (4x: preset
-    "paper", 8x: "paper-512"), with the upsampler's input noise; one function, so a compile makes it one graph."""
+    """The paper preset's pipeline at batch 1 in bf16 (fp32 on a CPU, whose bilinear resize has no bf16; the tests
+    run it there): tokens -> base generator (64 px) -> upsampler (4x: preset "paper", 8x: "paper-512"), with the
+    upsampler's input noise; one function, so a compile makes it one graph."""
     from gigagan import get_preset
     from gigagan.generator import Generator
     from gigagan.text import FrozenCLIPText
     from gigagan.upsampler import Upsampler
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if size not in _PAPER_PIPELINES:
         _PAPER_PIPELINES.clear()                           # one pair of paper networks in memory at a time
         cfg = get_preset("paper-512" if size == 512 else "paper")
         with torch.device(device):
             clip = FrozenCLIPText(cfg.text)
-            G = Generator(cfg.generator, clip).to(torch.bfloat16).eval()
-            U = Upsampler(cfg.upsampler, clip).to(torch.bfloat16).eval()
+            G = Generator(cfg.generator, clip).to(dtype).eval()
+            U = Upsampler(cfg.upsampler, clip).to(dtype).eval()
         _PAPER_PIPELINES[size] = (G, U)
     G, U = _PAPER_PIPELINES[size]
 
@@ -273,9 +283,9 @@ def _paper_pipeline(device, size, compiled, log):
         image = G.synthesize(z, tokens)[0]
         return U.synthesize(image, z_up, tokens, input_noise=input_noise)[0]
     tokens = G.tokenize([CAPTION]).to(device)
-    args = (torch.randn(1, G.z_dim, device=device, dtype=torch.bfloat16), tokens,
-            torch.randn(1, U.z_dim, device=device, dtype=torch.bfloat16),
-            torch.randn(1, 3, G.resolution, G.resolution, device=device, dtype=torch.bfloat16))
+    args = (torch.randn(1, G.z_dim, device=device, dtype=dtype), tokens,
+            torch.randn(1, U.z_dim, device=device, dtype=dtype),
+            torch.randn(1, 3, G.resolution, G.resolution, device=device, dtype=dtype))
     if compiled:
         call = _compile(pipeline, device, args, log, f"paper pipeline {size} px")
         return call, "fwd"

@@ -254,5 +254,8 @@ def bench_main(run, providers, argv=None, doc=None):
         dtypes = parse_dtypes(args.dtypes)
     except ValueError as e:
         parser.error(str(e))
-    run(torch.device(args.device), shapes=args.shapes.split(",") if args.shapes else None,
-        providers=args.providers.split(","), dtypes=dtypes, csv_path=args.csv, quick=args.quick)
+    try:
+        run(torch.device(args.device), shapes=args.shapes.split(",") if args.shapes else None,
+            providers=args.providers.split(","), dtypes=dtypes, csv_path=args.csv, quick=args.quick)
+    except ValueError as e:                 # a bad --shapes: one line
+        parser.error(str(e))

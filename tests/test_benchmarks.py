@@ -148,6 +148,53 @@ def test_e2e_runner_times_the_tiny_model_and_plots(tmp_path):
     assert plots and all(os.path.exists(p) for p in plots)
 
 
+def test_e2e_gpu_only_cases_are_skipped_on_a_cpu_and_unknown_ones_refused(tmp_path):
+    pytest.importorskip("open_clip")
+    from benchmarks import bench_e2e
+    logged = []
+    bench_e2e.run(torch.device("cpu"), shapes=["G_fwd_b1_compiled", "paper_pipeline_512_b1"], providers=("auto",),
+                  csv_path=str(tmp_path / "r.csv"), quick=True, log=logged.append)
+    assert logged == ["  e2e G_fwd_b1_compiled: skipped (GPU only)", "  e2e paper_pipeline_512_b1: skipped (GPU only)"]
+    with pytest.raises(ValueError, match=r"shapes: unknown e2e cases \['G_fwd_b9'\]"):
+        bench_e2e.run(torch.device("cpu"), shapes=["G_fwd_b9"], csv_path=str(tmp_path / "r.csv"))
+
+
+def test_e2e_gpu_cases_build_and_run_on_a_tiny_stand_in(monkeypatch):
+    """The GPU-only cases' code (the compiled entries, the paper pipeline at 256 and 512 px) run on the CPU with
+    the tiny preset standing in for the paper's (its upsampler taking the generator's 32 px) and the compile
+    replaced by the eager function: the calls between the generator, the upsampler and the entries fit."""
+    pytest.importorskip("open_clip")
+    import dataclasses
+    import warnings
+    import gigagan
+    from benchmarks import bench_e2e
+    from gigagan import GigaGAN, get_preset
+    from gigagan_kernels import use_impl
+    asked = []
+
+    def stand_in(name):
+        asked.append(name)
+        cfg = get_preset("tiny")
+        return dataclasses.replace(cfg, upsampler=dataclasses.replace(cfg.upsampler, in_resolution=32))
+    monkeypatch.setattr(gigagan, "get_preset", stand_in)
+    monkeypatch.setattr("gigagan.entry.compile_entry", lambda fn, device, fullgraph=False: fn)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(bench_e2e, "_PAPER_PIPELINES", {})
+    cpu, logged = torch.device("cpu"), []
+    with warnings.catch_warnings(), torch.no_grad(), use_impl("ref"):
+        warnings.simplefilter("ignore")
+        model = GigaGAN(get_preset("tiny"))
+        for name, size in (("G_fwd_b1_compiled", 32), ("upsampler_b1_compiled", 64)):
+            fn, mode = bench_e2e._compiled_entry(name, cpu, model, logged.append)
+            assert mode == "fwd" and fn().shape == (1, 3, size, size), name
+        for size, compiled in ((256, False), (512, True)):
+            fn, mode = bench_e2e._paper_pipeline(cpu, size, compiled, logged.append)
+            image = fn()
+            assert mode == "fwd" and image.shape == (1, 3, 128, 128) and torch.isfinite(image).all()
+    assert asked == ["paper", "paper-512"]
+    assert sum("compiled in" in line for line in logged) == 3, logged
+
+
 def test_cost_model_check_passes_on_the_committed_h200_rows(capsys):
     """python -m benchmarks.cost_model --check: every committed H200 measurement of a formulation auto ranks, and
     of the floors, within 30% of its prediction; the ranked formulations nothing measured are listed."""
