@@ -94,9 +94,23 @@ def markdown(rows) -> str:
                        + f" | {speed} | {floor} | {versus} | "
                        + " | ".join(f"{mem[p]:.0f}" if p in mem else "-" for p in providers) + " |")
         out.append("")
+    out += _against_the_paper(rows)
     from .host import markdown as host_markdown
     host = host_markdown(rows)
     return "\n".join(out) + ("\n" + host if host else "")
+
+
+def _against_the_paper(rows) -> list:
+    """The e2e cases that carry the paper's figure (paper_seconds: its 0.13 s for one 512 px image), against it."""
+    import json
+    lines = []
+    for r in sorted(rows, key=lambda r: (r["device"], r["shape"], r["provider"])):
+        paper = json.loads(r["params"] or "{}").get("paper_seconds") if r["metric"] == "median_ms" else None
+        if paper:
+            seconds = float(r["value"]) / 1e3
+            lines.append(f"- {r['device']}: {r['shape']} ({r['provider']}) {seconds * 1e3:.1f} ms, "
+                         f"{seconds / paper:.2f}x the paper's {paper * 1e3:.0f} ms")
+    return ["### Against the paper's 512 px latency\n", *lines, ""] if lines else []
 
 
 def plots(rows, out_dir) -> list[str]:

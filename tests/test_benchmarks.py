@@ -101,6 +101,14 @@ def test_noisy_rows_are_marked_and_draw_no_speedup():
     assert "| s | fwd | 4.000 | 1.000~ | noisy |" in text and "4.00x" not in text
 
 
+def test_summary_sets_the_paper_pipeline_against_the_papers_latency():
+    row = dict(_row("auto", "fwd", "median_ms", 65.0, shape="paper_pipeline_512_b1"), op="e2e",
+               params='{"preset": "paper-512", "batch": 1, "paper_seconds": 0.13}')
+    text = summary.markdown([row, _row("ref", "fwd", "median_ms", 4.0)])
+    assert "- cpu (x, 2 threads): paper_pipeline_512_b1 (auto) 65.0 ms, 0.50x the paper's 130 ms" in text
+    assert "against the paper" not in summary.markdown([_row("ref", "fwd", "median_ms", 4.0)]).lower()
+
+
 def test_a_spent_budget_skips_the_cases_not_started(tmp_path):
     import time
     logged = []
