@@ -48,9 +48,14 @@ def check_compile_mode(mode: str, what: str = "compile") -> None:
 
 def keep_inductor_cache() -> str:
     """Inductor's on-disk cache (compiled graphs, kernels, autotuning) in the kernels' cache folder, which persists,
-    rather than the default under /tmp; $TORCHINDUCTOR_CACHE_DIR, when set, wins. Returns the folder."""
+    rather than the default under /tmp; $TORCHINDUCTOR_CACHE_DIR, when the user set it, wins. Returns the folder.
+    torch writes its default into $TORCHINDUCTOR_CACHE_DIR the first time anything asks for the folder (building
+    the trainer does), so a value equal to that default counts as unset."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
     from gigagan_kernels.autotune import cache_dir
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(cache_dir(), "inductor"))
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(cache_dir(), "inductor")
     import torch._inductor.config as inductor_config
     inductor_config.fx_graph_cache = True
     return os.environ["TORCHINDUCTOR_CACHE_DIR"]

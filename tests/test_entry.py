@@ -208,6 +208,21 @@ def test_onnx_export(tiny, tmp_path):
     torch.testing.assert_close(torch.from_numpy(image), G.synthesize(z, tokens)[0].cpu(), rtol=1e-4, atol=1e-4)
 
 
+def test_compiles_keep_inductors_cache_in_the_kernels_cache_folder(monkeypatch, tmp_path):
+    """Ours unless the user chose one, also after torch wrote its /tmp default into the variable (building the
+    trainer does, before its first compile)."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir as inductor_cache_dir
+    from gigagan.entry import keep_inductor_cache
+    monkeypatch.setenv("GIGAGAN_KERNELS_CACHE_DIR", str(tmp_path / "kernels"))
+    ours = str(tmp_path / "kernels" / "inductor")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    inductor_cache_dir()                                  # torch's default, now in the environment
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] != ours
+    assert keep_inductor_cache() == ours and inductor_cache_dir() == ours
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert keep_inductor_cache() == str(tmp_path / "mine")
+
+
 def test_runner_modes(monkeypatch):
     """off: always eager; on: compiled from the second call (the first is tuned, eagerly); auto: eager on a CPU."""
     compiled_fns = []
