@@ -4,7 +4,7 @@ preset with the 8x upsampler, 64 -> 512).
 The paper's appendix table of architecture hyper-parameters (Table A2) was not available to us,
 so channels, depths, filter counts, heads and attention resolutions below are our choices. The
 "paper" preset is sized so the parameter counts land within a few percent of the paper's
-(G 652.5M, D 381.4M, upsampler 359.1M); README "Model presets" gives the reasoning.
+(G 652.5M, D 381.4M, upsampler 359.1M); docs/model.md ("Presets") gives the reasoning.
 
 Per-resolution settings are tuples indexed by block, lowest resolution first for the generator
 (4, 8, ..., resolution) and highest first for the discriminator (resolution, ..., 4).

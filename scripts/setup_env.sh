@@ -20,7 +20,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$VENV/bin/python" -c "impo
   "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
   echo "$want" > "$stamp"
 fi
-# Left by the install-time build before 0.2.0; the extension now lives in the user cache (README: Install).
+# Left by the install-time build before 0.2.0; the extension now lives in the user cache (docs/install.md).
 rm -f gigagan_kernels/_C.*.so
 # The CUDA extension, ahead of its first impl="cuda" use, where nvcc and a CUDA build of torch are present: once
 # per version of csrc/ and torch (1.5-3 min on 2 cores), then nothing. GIGAGAN_KERNELS_BUILD_CUDA=0 skips it,
