@@ -29,11 +29,13 @@ import signal
 import sys
 import traceback
 import typing
+import warnings
 
 from gigagan_kernels.backend import ENV_VAR, IMPLS
 
 from .entry import COMPILE_CHOICES, COMPILE_HELP
-from .training.config import TrainConfig, config_flag
+from .evaluation import INCEPTION_HELP
+from .training.config import HELP_GROUPS, TrainConfig, config_flag
 
 
 IMPL_CHOICES = ("auto",) + IMPLS
@@ -62,29 +64,50 @@ def _floats(text: str) -> tuple:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
+def _with_default(help_text: str, default) -> str:
+    """The help with its one default: the field's, unless the help says its default itself (e.g. one that
+    depends on the machine)."""
+    if "default" in help_text:
+        return help_text
+    if isinstance(default, tuple):
+        shown = ",".join(str(v) for v in default) or "none"
+    else:
+        shown = "none" if default is None else "off" if default == "" else default
+    return f"{help_text} (default: {shown})"
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls, groups: dict | None = None) -> dict:
     """One flag per field of the dataclass cls, from its type, default and metadata (help, flag, choices): the
-    defaults are stated once, in the dataclass."""
+    defaults are stated once, in the dataclass. groups: {title: field names}, the help's argument groups, each
+    field in one. Returns the argparse groups by title."""
     hints = typing.get_type_hints(cls)
+    sections = {title: parser.add_argument_group(title) for title in (groups or {})}
+    where = {name: sections[title] for title, names in (groups or {}).items() for name in names}
     for field in dataclasses.fields(cls):
-        kind = hints[field.name]
-        if typing.get_origin(kind) is typing.Union:                       # Optional[X]
-            kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        help_text = field.metadata.get("help", "")
-        flag = config_flag(field)
-        if kind is bool:
-            action = "store_false" if field.default else "store_true"
-            parser.add_argument(flag, dest=field.name, action=action, help=help_text)
-            continue
-        if field.metadata.get("nargs"):                                    # a list of strings
-            parser.add_argument(flag, dest=field.name, nargs=field.metadata["nargs"], default=field.default,
-                                metavar="ITEM", help=help_text)
-            continue
-        convert = _floats if kind is tuple else kind
-        shown = ",".join(str(v) for v in field.default) if isinstance(field.default, tuple) else field.default
-        bare = {"nargs": "?", "const": field.metadata["const"]} if field.metadata.get("const") is not None else {}
-        parser.add_argument(flag, dest=field.name, type=convert, default=field.default,
-                            choices=field.metadata.get("choices"), help=f"{help_text} (default: {shown})", **bare)
+        add_config_flag(where.get(field.name, parser), field, hints)
+    return sections
+
+
+def add_config_flag(parser, field, hints: dict) -> None:
+    """The flag of one dataclass field (add_config_flags)."""
+    kind = hints[field.name]
+    if typing.get_origin(kind) is typing.Union:                       # Optional[X]
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    help_text = field.metadata.get("help", "")
+    flag = config_flag(field)
+    if kind is bool:                                                    # a switch: off unless given
+        action = "store_false" if field.default else "store_true"
+        parser.add_argument(flag, dest=field.name, action=action, help=help_text)
+        return
+    if field.metadata.get("nargs"):                                    # a list of strings
+        parser.add_argument(flag, dest=field.name, nargs=field.metadata["nargs"], default=field.default,
+                            metavar="ITEM", help=_with_default(help_text, field.default))
+        return
+    convert = _floats if kind is tuple else kind
+    bare = {"nargs": "?", "const": field.metadata["const"]} if field.metadata.get("const") is not None else {}
+    parser.add_argument(flag, dest=field.name, type=convert, default=field.default,
+                        choices=field.metadata.get("choices"), help=_with_default(help_text, field.default),
+                        **bare)
 
 
 def train_config_defaults(argv) -> dict:
@@ -144,17 +167,22 @@ class ConfigFileError(ValueError):
 
 
 def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
+    exit_codes = __doc__[__doc__.index("Exit codes:"):]
+    # The subcommands are listed once, by argparse (COMMAND's section); the epilog adds only the exit codes.
     parser = argparse.ArgumentParser(prog="gigagan", description="GigaGAN with fused kernels",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=exit_codes)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
 
-    t = sub.add_parser("train", help="train G and D (or the upsampler and its D)",
+    t = sub.add_parser("train", help="train G and D, or (--model upsampler) the upsampler, on one process or one "
+                                     "per GPU under torchrun",
                        description="Every TrainConfig field is a flag; --config FILE loads a JSON object of them "
                                    "(flags given on the command line win).")
-    t.add_argument("--config", default=None, help="a JSON file of TrainConfig fields, e.g. a run's train_config")
-    add_config_flags(t, TrainConfig)
+    t.add_argument("--config", default=None, help="a JSON file of TrainConfig fields, e.g. a run's train_config "
+                                                   "(default: none)")
+    groups = add_config_flags(t, TrainConfig, HELP_GROUPS)
     # impl None defers to $GIGAGAN_KERNELS_IMPL; a --config file's values are the defaults the flags override.
     t.set_defaults(**{"impl": None, **(train_defaults or {})})
+    t = groups["checkpoints"]                              # the run's start: new, resumed or overwritten
     t.add_argument("--resume", action="store_true",
                    help="continue from the newest whole checkpoint in --out (an error when there is none)")
     t.add_argument("--resume-or-start", action="store_true",
@@ -167,7 +195,8 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
                         "data, losses, precision, model, ...); the log records each change. Without it such a "
                         "resume is refused (exit 2)")
 
-    s = sub.add_parser("sample", help="images for prompts: a captioned grid (--out) or one PNG each (--outdir)")
+    s = sub.add_parser("sample", help="images for prompts from a checkpoint's EMA generator: a captioned grid "
+                                      "(--out) or one PNG each (--outdir)")
     _add_sampling_args(s, out_required=False)
     s.add_argument("--outdir", default=None, help="write one PNG per image here, plus prompts.jsonl naming them "
                                                    "(for FID tools), instead of a grid")
@@ -177,7 +206,8 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=16, help="images generated at once")
     s.add_argument("--columns", type=int, default=4)
 
-    g = sub.add_parser("generate", help="the pipeline: prompts to images (base generator, then the upsampler)",
+    g = sub.add_parser("generate", help="the pipeline: prompts to images (base generator, then the upsampler, "
+                                        "tiled up to --output-size), seed + i per image",
                        description="gigagan.GigaGANPipeline: image j uses seed --seed + j, so a prompt and seed give "
                                    "the same image whatever the other prompts (on one device, impl, dtype and "
                                    "--batch-size).")
@@ -207,7 +237,7 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="the folder to write, created with its missing parents; every "
                                                 "command's --ckpt takes it")
 
-    i = sub.add_parser("interpolate", help="prompt interpolation for one z")
+    i = sub.add_parser("interpolate", help="a prompt-interpolation strip for one z")
     _add_sampling_args(i)
     i.add_argument("--prompt-a", required=True)
     i.add_argument("--prompt-b", required=True)
@@ -227,13 +257,15 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     pm.add_argument("--crossover", type=int, default=2)
     pm.add_argument("--count", type=int, default=4, help="number of seeds")
 
-    u = sub.add_parser("upsample", help="the text-conditioned upsampler on an image")
+    u = sub.add_parser("upsample", help="the text-conditioned upsampler on an image, tiled when it is larger than "
+                                        "trained")
     _add_sampling_args(u)
     u.add_argument("--image", required=True, help="input PNG/JPEG")
     u.add_argument("--prompt", required=True)
     u.add_argument("--overlap", type=int, default=None, help="tile overlap in input pixels")
 
-    ev = sub.add_parser("eval", help="FID (and CLIP score) of a model or an image folder against real images")
+    ev = sub.add_parser("eval", help="FID (and CLIP score) of a model or an image folder against real images "
+                                     "(local weights only)")
     ev.add_argument("--real", required=True, help="a folder of reference images")
     ev.add_argument("--images", default=None, help="a folder of generated images (from gigagan sample --outdir)")
     ev.add_argument("--ckpt", default=None, help="or a model: checkpoint, run directory or pretrained folder; "
@@ -242,8 +274,7 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     ev.add_argument("--per-prompt", type=int, default=1)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--truncation", type=float, default=1.0)
-    ev.add_argument("--inception-weights", default=None,
-                    help="torch-fidelity's FID Inception weights file (pt_inception-2015-12-05-6726825d.pth)")
+    ev.add_argument("--inception-weights", default=None, help=INCEPTION_HELP)
     ev.add_argument("--clip-weights", default=None, help="a local open_clip checkpoint: adds the CLIP score")
     ev.add_argument("--clip-model", default="ViT-B-32", help="its open_clip architecture")
     ev.add_argument("--resolution", type=int, default=299, help="both sets are resized to this first")
@@ -259,9 +290,8 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     b.add_argument("--csv", default=None)
     b.add_argument("--no-plots", action="store_true")
 
-    p = sub.add_parser("params", help="print each network's parameter count for a preset")
+    p = sub.add_parser("params", help="each network's parameter count for a preset (built on the meta device)")
     p.add_argument("--preset", default="paper", help="tiny, small or paper (default: paper)")
-    exit_codes = __doc__[__doc__.index("Exit codes:"):]
     for command in sub.choices.values():
         command.add_argument("--debug", action="store_true",
                              help="print the traceback of a failure too (also GIGAGAN_DEBUG=1)")
@@ -299,6 +329,7 @@ def failure(args, e: BaseException) -> tuple:
     an input file or the command line caused; None for any other (a bug, which keeps its traceback)."""
     from . import cli
     from .data import DataError
+    from .evaluation import EvaluationError
     from .rundir import RunDirError, cause, os_error_in
     from .training import CheckpointError, ConfigChangeError, ConfigError, TrainingError
     from .training.distributed import peer_failure
@@ -308,6 +339,8 @@ def failure(args, e: BaseException) -> tuple:
         return 2, f"{command}: {e}"
     if isinstance(e, cli.InputFileError):
         return 1, f"{command}: {e}"
+    if isinstance(e, EvaluationError):                     # its message names the flag
+        return 2, f"{command}: {e}"
     if isinstance(e, DataError):
         return 1, f"{command}: --data {args.data}: {e}"
     if isinstance(e, ConfigError):
@@ -339,6 +372,47 @@ def failure(args, e: BaseException) -> tuple:
     return None
 
 
+OUTPUT_FOLDER_FLAGS = {"train": ("out",), "export": ("out",), "sample": ("outdir",), "generate": ("outdir",)}
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as the command prints it: one line, without the source line Python adds."""
+    return f"gigagan: warning: {' '.join(str(message).split())} ({category.__name__})\n"
+
+
+def _folders_to_come(args) -> list:
+    """(folder, its highest ancestor that does not exist yet) of each output folder the command may create; a
+    failed command removes them again while they are empty (_remove_empty). Under torchrun rank 0 alone, which
+    creates the run directory."""
+    if os.environ.get("RANK", "0") != "0":
+        return []
+    found = []
+    for name in OUTPUT_FOLDER_FLAGS.get(args.command, ()):
+        value = getattr(args, name, None)
+        if not value:
+            continue
+        folder = top = os.path.abspath(value)
+        if os.path.exists(folder):
+            continue
+        while not os.path.exists(os.path.dirname(top)):
+            top = os.path.dirname(top)
+        found.append((folder, top))
+    return found
+
+
+def _remove_empty(created: list) -> None:
+    """Remove the output folders a failed command created, and the parents it created for them, where empty."""
+    for folder, top in created:
+        while True:
+            try:
+                os.rmdir(folder)                      # only ever an empty folder
+            except OSError:
+                break
+            if folder == top:
+                break
+            folder = os.path.dirname(folder)
+
+
 def main(argv=None) -> int:
     program = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -350,6 +424,8 @@ def main(argv=None) -> int:
         return 2
     args = build_parser(defaults).parse_args(argv)
     from . import cli
+    created = _folders_to_come(args)
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         signal.signal(signal.SIGTERM, _terminate)
@@ -360,6 +436,7 @@ def main(argv=None) -> int:
     except BaseException as e:
         if isinstance(e, SystemExit):
             raise
+        _remove_empty(created)
         known = failure(args, e)
         if known is None:
             raise
@@ -368,6 +445,7 @@ def main(argv=None) -> int:
         print(" ".join(known[1].split()), file=sys.stderr)        # one line, whatever the cause's text holds
         code = known[0]
     finally:
+        warnings.formatwarning = formatwarning
         for s, handler in previous.items():
             signal.signal(s, handler)
     if program and int(os.environ.get("WORLD_SIZE", "1")) > 1:

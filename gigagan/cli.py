@@ -60,6 +60,19 @@ def _writable_output(path: str, flag: str = "--out") -> None:
         raise UsageError(f"{flag} {path}: the directory {directory} is not writable")
 
 
+def _writable_folder(path: str, flag: str) -> None:
+    """Fail before any work when the output folder cannot be made or written; it is created only later."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{flag} {path}: exists and is not a directory")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UsageError(f"{flag} {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK):
+        raise UsageError(f"{flag} {path}: {'it' if existing == os.path.abspath(path) else existing} is not writable")
+
+
 def _check_sampling(args) -> None:
     _require(math.isfinite(args.truncation), "--truncation", "a finite number", args.truncation)
     if getattr(args, "out", None) is not None:           # eval writes no image
@@ -198,14 +211,13 @@ def _sample(args) -> int:
     _require(args.batch_size >= 1, "--batch-size", "an integer >= 1", args.batch_size)
     prompts = [p for p in _prompts(args) for _ in range(args.per_prompt)]
     if args.outdir is not None:
-        if os.path.exists(args.outdir) and not os.path.isdir(args.outdir):
-            raise UsageError(f"--outdir {args.outdir}: exists and is not a directory")
-        os.makedirs(args.outdir, exist_ok=True)
-        if not os.access(args.outdir, os.W_OK):
-            raise UsageError(f"--outdir {args.outdir}: not writable")
+        _writable_folder(args.outdir, "--outdir")
     names = [f"{j // args.per_prompt:05d}-{j % args.per_prompt:03d}.png" for j in range(len(prompts))]
     images, done = [], 0
-    for batch in _generate_batches(_load(args).generator, args, prompts):
+    model = _load(args)
+    if args.outdir is not None:
+        os.makedirs(args.outdir, exist_ok=True)          # once the model loaded: a failure leaves no folder
+    for batch in _generate_batches(model.generator, args, prompts):
         if args.outdir is None:
             images.append(batch.cpu())
         else:
@@ -338,6 +350,8 @@ def cmd_eval(args) -> int:
             scores["clip_score"] = ev.clip_score(fake_pairs(), model.encode_image,
                                                  lambda texts: model.encode_text(tokenizer(texts).to(dev)), size, dev)
     scores["skipped_files"] = len(skipped)
+    if warning := ev.bias_warning(scores["num_real"], scores["num_fake"]):
+        print(f"gigagan eval: warning: {warning}", file=sys.stderr)
     text = json.dumps(scores)
     print(text)
     if args.json_out:

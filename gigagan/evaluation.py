@@ -64,18 +64,64 @@ def resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
                          align_corners=False).clamp(-1, 1)
 
 
-def inception_features(weights_path: Optional[str]):
-    """torch-fidelity's FID Inception (2048-d pool features) from a local weights file."""
-    if not weights_path:
-        raise EvaluationError("--inception-weights is required: the FID Inception weights file "
-                              "(pt_inception-2015-12-05-6726825d.pth from torch-fidelity's releases); nothing is "
-                              "downloaded")
-    if not os.path.isfile(weights_path):
-        raise EvaluationError(f"--inception-weights {weights_path}: no such file")
+# The FID Inception (TensorFlow's 2015-12-05 graph, ported to PyTorch) as its two publishers name it. Either file
+# loads: torch-fidelity's network has the 566 state-dict names of torchvision's Inception3(num_classes=1008,
+# aux_logits=False), which pytorch-fid's file fills. Nothing is downloaded; these say where to fetch one by hand.
+INCEPTION_FILES = {
+    "weights-inception-2015-12-05-6726825d.pth":
+        "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
+    "pt_inception-2015-12-05-6726825d.pth":
+        "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
+}
+INCEPTION_HELP = ("the FID Inception weights: a file, or a folder holding weights-inception-2015-12-05-6726825d.pth "
+                  "(torch-fidelity's) or pt_inception-2015-12-05-6726825d.pth (pytorch-fid's); without it, torch "
+                  "hub's checkpoints folder is searched. Nothing is downloaded")
+# Fewer images than this a side and FID is biased upwards (its estimate of the covariances is): numbers from
+# smaller sets compare only with numbers from sets of the same size.
+UNBIASED_FID_IMAGES = 2000
+
+
+def inception_weights_file(path: Optional[str], flag: str = "--inception-weights") -> str:
+    """The Inception weights file: `path` itself, or either published file name inside the folder `path`, or
+    (path None) inside torch hub's checkpoints folder, where torch-fidelity keeps the one it downloads."""
+    folders = [path] if path and os.path.isdir(path) else [] if path else \
+        [os.path.join(require("torch.hub", "FID").get_dir(), "checkpoints")]
+    if path and not folders:
+        if not os.path.isfile(path):
+            raise EvaluationError(f"{flag} {path}: no such file")
+        return path
+    for folder in folders:
+        for name in INCEPTION_FILES:
+            if os.path.isfile(os.path.join(folder, name)):
+                return os.path.join(folder, name)
+    where = f"{flag} {path}: holds" if path else f"{flag} is needed: {folders[0]} holds"
+    fetch = " or ".join(f"{name} ({url})" for name, url in INCEPTION_FILES.items())
+    raise EvaluationError(f"{where} neither FID Inception weights file; download {fetch} and pass it with {flag}; "
+                          "nothing is downloaded")
+
+
+def inception_features(weights_path: Optional[str], flag: str = "--inception-weights"):
+    """torch-fidelity's FID Inception (2048-d pool features) from a local weights file (inception_weights_file)."""
+    path = inception_weights_file(weights_path, flag)
     fid = require("torchmetrics.image.fid", "FID")
     require("torch_fidelity", "FID")
-    return fid.NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                                  feature_extractor_weights_path=weights_path)
+    try:
+        # weights_only first: torch-fidelity then unpickles the file without that guard, so it must hold tensors only.
+        torch.load(path, map_location="cpu", weights_only=True)
+        return fid.NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                                      feature_extractor_weights_path=path)
+    except Exception as e:                                   # noqa: BLE001 - whatever an unusable file raises
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise EvaluationError(f"{flag} {path}: not the FID Inception weights ({type(e).__name__}: {first})") \
+            from None
+
+
+def bias_warning(num_real: int, num_fake: int) -> Optional[str]:
+    """The warning that FID from fewer than UNBIASED_FID_IMAGES images a side is biased, or None."""
+    if min(num_real, num_fake) >= UNBIASED_FID_IMAGES:
+        return None
+    return (f"FID from {num_real} real and {num_fake} generated images is biased upwards (fewer than "
+            f"{UNBIASED_FID_IMAGES:,} a side); compare it only with FIDs from the same numbers of images")
 
 
 def frechet_distance(real: Iterable[torch.Tensor], fake: Iterable[torch.Tensor], feature: torch.nn.Module,
@@ -89,13 +135,64 @@ def frechet_distance(real: Iterable[torch.Tensor], fake: Iterable[torch.Tensor],
     for name, stream in (("real", real), ("fake", fake)):
         n = 0
         for batch in stream:
-            images = ((resize(batch, resolution) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-            metric.update(images.to(device), real=name == "real")
+            metric.update(to_uint8(batch, resolution).to(device), real=name == "real")
             n += len(batch)
         counts[name] = n
         if n < 2:
             raise EvaluationError(f"FID needs at least 2 {name} images, got {n}")
     return {"fid": float(metric.compute()), "num_real": counts["real"], "num_fake": counts["fake"]}
+
+
+class FeatureStats:
+    """The running sums of FID's features (count, sum, sum of outer products) in float64, so that sets are fed
+    once and compared many times: the training metric keeps the real set's and adds each measurement's
+    generated set. Ranks add theirs with all_reduce (reduce)."""
+
+    def __init__(self, num_features: int, device="cpu"):
+        self.count = torch.zeros((), dtype=torch.float64, device=device)
+        self.sum = torch.zeros(num_features, dtype=torch.float64, device=device)
+        self.outer = torch.zeros(num_features, num_features, dtype=torch.float64, device=device)
+
+    def add(self, features: torch.Tensor) -> None:
+        f = features.double().flatten(1)
+        self.count += f.shape[0]
+        self.sum += f.sum(0)
+        self.outer += f.T @ f
+
+    def reduce(self) -> None:
+        """Sum over every rank (under torch.distributed); a no-op on one process."""
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for t in (self.count, self.sum, self.outer):
+                dist.all_reduce(t)
+
+    def mean_cov(self) -> tuple:
+        n = self.count.item()
+        mean = self.sum / n
+        return mean, (self.outer - n * torch.outer(mean, mean)) / (n - 1)
+
+
+def fid_from_stats(real: FeatureStats, fake: FeatureStats) -> float:
+    """||mu_r - mu_f||^2 + tr(S_r + S_f - 2 (S_r S_f)^(1/2)), the trace of the root from the eigenvalues of
+    S_r^(1/2) S_f S_r^(1/2), which is symmetric (as torchmetrics computes it)."""
+    for name, stats in (("real", real), ("fake", fake)):
+        if stats.count.item() < 2:
+            raise EvaluationError(f"FID needs at least 2 {name} images, got {int(stats.count.item())}")
+    mu_r, cov_r = real.mean_cov()
+    mu_f, cov_f = fake.mean_cov()
+    root_r = _sqrtm_psd(cov_r)
+    eig = torch.linalg.eigvalsh(root_r @ cov_f @ root_r).clamp(min=0)
+    return float(((mu_r - mu_f) ** 2).sum() + cov_r.trace() + cov_f.trace() - 2 * eig.sqrt().sum())
+
+
+def _sqrtm_psd(matrix: torch.Tensor) -> torch.Tensor:
+    values, vectors = torch.linalg.eigh((matrix + matrix.T) / 2)
+    return (vectors * values.clamp(min=0).sqrt()) @ vectors.T
+
+
+def to_uint8(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """[-1, 1] images as the uint8 images of `resolution` that the Inception takes."""
+    return ((resize(images, resolution) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 def load_clip(model_name: str, weights_path: Optional[str], device="cpu"):

@@ -7,7 +7,9 @@
 
 Pretrained weights come from a local file (``clip_pretrained="/path/ckpt.safetensors"``) or an
 open_clip tag (e.g. "openai") that is already in the local cache; nothing is ever downloaded.
-Without weights the tower is randomly initialised and a warning says so, once per process.
+Without weights the tower is randomly initialised. One warning line says so, once per process, where weights
+exist to load (an open_clip architecture with published weights); a "custom" tower has none anywhere, and is
+random by design.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from gigagan_kernels.nn import EqualizedLinear
 from .config import TextConfig, TextEncoderConfig
 from .extras import require
 
-_WARNED_RANDOM = set()
+_WARNED_RANDOM = set()                  # holds "warned" once the line is out: one per process
 _TEXT_PREFIXES = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
 
 
@@ -133,6 +135,18 @@ def _load_text_state(path: str) -> dict:
     return out
 
 
+class RandomCLIPWarning(UserWarning):
+    """A CLIP tower that has published weights runs randomly initialised."""
+
+
+def _has_published_weights(clip_model: str) -> bool:
+    """Whether open_clip lists pretrained weights for the architecture (a "custom" tower has none anywhere)."""
+    if clip_model == "custom":
+        return False
+    open_clip = require("open_clip", "the CLIP text encoder")
+    return bool(open_clip.list_pretrained_tags_by_model(clip_model))
+
+
 class FrozenCLIPText(nn.Module):
     """open_clip's CLIP text transformer, frozen, returning penultimate-layer token features."""
 
@@ -162,14 +176,12 @@ class FrozenCLIPText(nn.Module):
             if missing:
                 raise ValueError(f"TextConfig.clip_pretrained: {path} lacks text-tower weights {missing[:5]}")
             return path
-        key = repr(cfg)                      # once per tower configuration and process
-        if key not in _WARNED_RANDOM:
-            _WARNED_RANDOM.add(key)
-            what = f"tag {cfg.clip_pretrained!r} is not in the local cache" if cfg.clip_pretrained else "none was given"
-            warnings.warn(f"\n{'!' * 78}\n  CLIP text tower {cfg.clip_model!r}: no pretrained weights ({what}).\n"
-                          f"  It is RANDOMLY INITIALISED and frozen; text conditioning is weaker.\n"
-                          f"  Set TextConfig.clip_pretrained to a local checkpoint file to fix this.\n{'!' * 78}",
-                          stacklevel=3)
+        if not _WARNED_RANDOM and _has_published_weights(cfg.clip_model):
+            _WARNED_RANDOM.add("warned")
+            what = f"tag {cfg.clip_pretrained!r} is not in the local cache" if cfg.clip_pretrained else "none given"
+            warnings.warn(f"CLIP text tower {cfg.clip_model!r} is RANDOMLY INITIALISED ({what}); text conditioning "
+                          "is weaker: set TextConfig.clip_pretrained (gigagan train --text-encoder-pretrained) to a "
+                          "local checkpoint", RandomCLIPWarning, stacklevel=3)
         return None
 
     def train(self, mode: bool = True):

@@ -13,9 +13,11 @@ from gigagan_kernels.backend import IMPLS
 from ..augment import POLICIES, parse_policy
 from ..config import PRESETS, apply_overrides, get_preset
 from ..entry import COMPILE_CHOICES
+from ..evaluation import INCEPTION_HELP
 from .errors import ConfigError
 
 MODELS = ("base", "upsampler")
+METRICS = ("", "fid")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
@@ -94,6 +96,16 @@ class TrainConfig:
                            "come repay the compile)", choices=COMPILE_CHOICES, const="on")
     profile_steps: int = _option(0, "trace this many steps (after one warm-up) with torch.profiler into "
                                  "OUT/profile/")
+    metrics: str = _option("", "fid: measure the EMA generator's FID against --fid-real every --fid-every steps and "
+                           "at the end, into log.jsonl, TensorBoard and the model card")
+    fid_real: Optional[str] = _option(None, "a folder of real images for --metrics fid; their .txt captions, when "
+                                      "there, are the generated images' prompts")
+    fid_every: int = _option(1000, "--metrics: measure every this many steps")
+    fid_images: int = _option(0, "--metrics: images generated per measurement (0: as many as --fid-real holds)")
+    inception_weights: Optional[str] = _option(None, INCEPTION_HELP)
+    metrics_clip_weights: Optional[str] = _option(None, "--metrics: a local open_clip checkpoint; adds the CLIP "
+                                                  "score of the generated images and their prompts")
+    metrics_clip_model: str = _option("ViT-B-32", "the open_clip architecture of --metrics-clip-weights")
 
     def validate(self) -> None:
         """Every field's range, checked before any work; a ConfigError names the field."""
@@ -134,6 +146,19 @@ class TrainConfig:
                 from None
         need(self.text_encoder_pretrained is None or os.path.isfile(self.text_encoder_pretrained),
              "text_encoder_pretrained", "a local open_clip checkpoint file (nothing is downloaded)")
+        need(self.metrics in METRICS, "metrics", f"one of {METRICS}")
+        for field in ("fid_every", "fid_images"):
+            need(isinstance(getattr(self, field), int) and getattr(self, field) >= (field == "fid_every"), field,
+                 f"an integer >= {int(field == 'fid_every')}")
+        if self.metrics:
+            need(self.fid_real is not None and os.path.isdir(self.fid_real), "fid_real",
+                 "a folder of real images (--metrics fid compares with it)")
+            need(self.model == "base", "metrics", "off for an upsampler run (FID measures the base generator)")
+        else:
+            for field in ("fid_real", "metrics_clip_weights"):
+                need(getattr(self, field) is None, field, "given only with --metrics fid")
+        need(self.metrics_clip_weights is None or os.path.isfile(self.metrics_clip_weights), "metrics_clip_weights",
+             "a local open_clip checkpoint file (nothing is downloaded)")
         if self.unconditional:
             need(not self.matching_aware, "matching_aware", "off in an unconditional run (every caption is empty)")
             for field in ("clip_weight", "vision_aided_weight"):
@@ -156,4 +181,21 @@ RESUME = {
     "log_every": "steer", "sample_every": "steer", "ckpt_every": "steer", "keep_checkpoints": "steer",
     "max_bad_steps": "steer", "max_bad_batches": "steer", "num_workers": "steer", "tensorboard": "steer",
     "progress": "steer", "allow_random_clip": "steer", "profile_steps": "steer", "compile": "steer",
+    "metrics": "steer",
+    "fid_real": "steer", "fid_every": "steer", "fid_images": "steer", "inception_weights": "steer",
+    "metrics_clip_weights": "steer", "metrics_clip_model": "steer",
+}
+
+# The argument groups of `gigagan train --help`, each TrainConfig field in one (a test fails on a field in none).
+HELP_GROUPS = {
+    "data": ("data", "unconditional", "augment"),
+    "model": ("preset", "model_overrides", "model", "text_encoder_pretrained"),
+    "optimisation": ("steps", "max_minutes", "batch_size", "grad_accum", "lr", "betas", "attention_weight_decay",
+                     "ema_half_life_images", "ema_rampup", "seed", "max_bad_steps", "max_bad_batches"),
+    "losses": ("r1_gamma", "r1_interval", "matching_aware", "perceptual_weight", "perceptual_weights", "clip_weight",
+               "vision_aided_weight", "guidance_clip", "guidance_clip_pretrained", "allow_random_clip"),
+    "checkpoints": ("out", "ckpt_every", "keep_checkpoints"),
+    "logging": ("log_every", "sample_every", "tensorboard", "progress", "metrics", "fid_real", "fid_every",
+                "fid_images", "inception_weights", "metrics_clip_weights", "metrics_clip_model"),
+    "performance": ("impl", "device", "precision", "compile", "num_workers", "profile_steps"),
 }

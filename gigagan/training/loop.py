@@ -7,9 +7,10 @@ directory, resumes, saves checkpoints, logs and stops cleanly on a signal. Its p
                on the decisions), and not profiled, for its one-time costs; the time budget starts after it
   step loop    every rank agrees on the step's branch (a stop signal, no data, out of time, a batch to
                skip), then trains on the batch
-  intervals    the log record, sample grids and checkpoints every log_every, sample_every, ckpt_every steps
-  the end      a last checkpoint, then the final samples and the loss plot (a signal now stops at once: the
-               checkpoint is whole), then every rank waits for the others before it returns
+  intervals    the log record, sample grids, metrics (metrics.py) and checkpoints every log_every,
+               sample_every, fid_every and ckpt_every steps
+  the end      the metrics of the last step, a last checkpoint, then the final samples and the loss plot (a
+               signal now stops at once: the checkpoint is whole), then every rank waits for the others
 
 The run directory (run_dir.py), the batches (batches.py) and the stop signals (signals.py) have modules of
 their own.
@@ -30,6 +31,7 @@ from .batches import UnusableBatches, rank_batches
 from .config import TrainConfig
 from .distributed import agree, end_together, gather_counts
 from .errors import CheckpointError, Preempted, TrainingError, signal_name
+from .metrics import TrainingMetrics
 from .outputs import IntervalMeans, ProgressBar, SampleGrids, ScalarLog, StepProfiler, cut_log, plot_loss
 from .resume import check_resume, decisions_changed, recorded_config
 from .run_dir import checkpoint_to_resume, claim_run_dir, set_up_on_rank0
@@ -45,6 +47,7 @@ class Trainer(TrainState):
         self.signals = StopSignals()
         self._run_dir = None
         self.samples = SampleGrids(cfg, self.G.z_dim)
+        self.metrics = TrainingMetrics(cfg, self.rank, self.world, self.device, self.log, self.G.z_dim)
         self.last_checkpoint = None         # rank 0: the newest whole checkpoint this fit wrote or resumed from
         self.outputs_left = None            # the final outputs not yet written, once the final checkpoint is
         self.log_note = {}                  # what the next log record also carries (a resume, tuning time)
@@ -135,7 +138,7 @@ class Trainer(TrainState):
                  f"steps {self.step}->{cfg.steps}"
                  + (f" or {cfg.max_minutes:g} minutes" if cfg.max_minutes is not None else "")
                  + f", batch {cfg.batch_size}/rank, precision {self.precision}")
-        bar = ProgressBar(self.is_main and cfg.progress, cfg.steps if cfg.max_minutes is None else None, self.step)
+        bar = ProgressBar(self.is_main and cfg.progress, cfg.steps, self.step)
         profiler = StepProfiler(cfg.profile_steps if self.is_main else 0, cfg.out, self.device, cfg.impl, self.log)
         interval, unusable = IntervalMeans(self.device), UnusableBatches(cfg, self.rank)
         # The first step is always taken, tuned and not profiled: it carries the one-time costs (timing the ops'
@@ -192,6 +195,7 @@ class Trainer(TrainState):
                             self.log(changed)
                         if cfg.max_minutes is not None:
                             deadline = time.perf_counter() + 60.0 * cfg.max_minutes
+                            bar.budget(deadline)
                     else:
                         stats = self.train_step(images, captions)
                     profiler.step_done(self.step)
@@ -200,7 +204,7 @@ class Trainer(TrainState):
                     bar.update()
 
                     # -- at intervals: the log record (the interval's one read of the statistics), samples,
-                    # a checkpoint
+                    # metrics, a checkpoint
                     if self.is_main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                         now = time.perf_counter()
                         record = {"step": self.step, **interval.read(),
@@ -214,8 +218,12 @@ class Trainer(TrainState):
                         bar.show(record)
                     if self.is_main and cfg.sample_every and self.step % cfg.sample_every == 0:
                         self.write_samples(os.path.join(cfg.out, f"samples-{self.step:08d}.png"))
+                    if self.metrics.due(self.step):
+                        self._measure(scalars)
                     if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
                         self.save_checkpoint()
+                if self.metrics.enabled and self.step > first_step and self.step % cfg.fid_every:
+                    self._measure(scalars)                          # the last step's, unless just measured
         finally:
             # The data loader's workers are joined here; the profiler writes what it traced if training ended
             # first. A failure while closing never hides the error that ended training.
@@ -230,6 +238,12 @@ class Trainer(TrainState):
         self._finish()
         return {"step": self.step, "bad_steps": self.bad_steps_total, "skipped_samples": self.skipped_samples,
                 "out_of_time": out_of_time, "checkpoint": self.last_checkpoint}
+
+    def _measure(self, scalars: ScalarLog) -> None:
+        """The metrics of G_ema now (every rank computes its share), into log.jsonl and TensorBoard."""
+        record = self.metrics.measure(self.G_ema, self.step)
+        if self.is_main:
+            scalars.write(record)
 
     def _finish(self) -> None:
         """The end: a checkpoint of the last step (unless one was just written), then rank 0's final samples and

@@ -4,10 +4,13 @@ them. log.jsonl is the run: a resume first moves the records of the steps it wil
 (cut_log), and TensorBoard purges them."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import sys
+import tempfile
+import time
 import warnings
 from typing import Optional
 
@@ -110,18 +113,30 @@ class ScalarLog:
 
 
 class ProgressBar:
-    """A tqdm bar on stderr when shown, else nothing. With a time budget the step count reached is unknown: the
-    bar then counts steps without a total."""
+    """A tqdm bar on stderr when shown, else nothing, with the run's steps as its total. Under a time budget
+    (budget) the total is the step the run is expected to reach: cfg.steps, or fewer when the budget ends first,
+    estimated from the steps' rate so far, so that the bar's ETA is the run's."""
 
-    def __init__(self, shown: bool, total: Optional[int], initial: int):
-        self.bar = None
+    def __init__(self, shown: bool, total: Optional[int], initial: int, clock=time.perf_counter):
+        self.bar, self.steps, self.clock, self.deadline = None, total, clock, None
         if shown:
             tqdm = require("tqdm", "the progress bar (--no-progress runs without it)").tqdm
             self.bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True, file=sys.stderr)
 
+    def budget(self, deadline: float) -> None:
+        """The time budget ends at `deadline` (on the clock); the rate is counted from now."""
+        self.deadline, self.since = deadline, (self.clock(), self.bar.n if self.bar is not None else 0)
+
     def update(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
+        if self.bar is None:
+            return
+        if self.deadline is not None:
+            now, (t0, n0) = self.clock(), self.since
+            done = self.bar.n + 1 - n0
+            if now > t0 and done > 0:
+                reachable = self.bar.n + 1 + int(done / (now - t0) * max(self.deadline - now, 0.0))
+                self.bar.total = min(self.steps, reachable) if self.steps is not None else reachable
+        self.bar.update(1)
 
     def show(self, record: dict) -> None:
         if self.bar is not None:
@@ -187,6 +202,32 @@ def plot_loss(out: str, log) -> None:
         log(f"warning: no loss plot ({type(e).__name__}: {e})")
 
 
+# Lines that the profiler's C++ side (Kineto) prints on stderr without news for the user: its markers at start and
+# stop, and on a machine without CUDA its failed look for GPUs, which it then traces without (CPU only).
+PROFILER_NOISE = ("SyncActivityProfilerHandler.cpp", "gpuGetDeviceCount failed")
+
+
+@contextlib.contextmanager
+def profiler_noise_dropped():
+    """Run a profiler call with the file descriptor 2 caught (C++ writes there, past sys.stderr); the lines of
+    PROFILER_NOISE are dropped, any other line is written on."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            kept = [line for line in caught.read().decode(errors="replace").splitlines(keepends=True)
+                    if not any(noise in line for noise in PROFILER_NOISE)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
 class StepProfiler:
     """torch.profiler over `steps` training steps (none when 0): CPU ops, CUDA kernels, and the named ranges of
     the model (G.text_encoder, G.mapping, G.level<R>px, D.level<R>px, gigagan_kernels.* for the fused ops),
@@ -203,7 +244,8 @@ class StepProfiler:
         if self.device.type == "cuda":
             activities.append(torch.profiler.ProfilerActivity.CUDA)
         self.profiler = torch.profiler.profile(activities=activities, record_shapes=True)
-        self.profiler.start()
+        with profiler_noise_dropped():
+            self.profiler.start()
 
     def step_done(self, step: int) -> None:
         if self.profiler is not None:
@@ -215,7 +257,8 @@ class StepProfiler:
         """Stop and write what was traced (fewer steps when training ended first)."""
         if self.profiler is None:
             return
-        self.profiler.stop()
+        with profiler_noise_dropped():
+            self.profiler.stop()
         directory = os.path.join(self.out, "profile")
         trace = os.path.join(directory, "trace.json")
         with writing("profile/trace.json"):

@@ -14,7 +14,8 @@ from typing import Optional
 from .config import RESUME, TrainConfig, config_flag
 from .errors import ConfigChangeError
 
-PATH_FIELDS = ("data", "out", "perceptual_weights", "guidance_clip_pretrained", "text_encoder_pretrained")
+PATH_FIELDS = ("data", "out", "perceptual_weights", "guidance_clip_pretrained", "text_encoder_pretrained", "fid_real",
+               "inception_weights", "metrics_clip_weights")
 FLAGS = {f.name: config_flag(f) for f in dataclasses.fields(TrainConfig)}
 
 
