@@ -99,8 +99,12 @@ def test_eval_command_on_folders(tmp_path, capsys, small_inception):
     (tmp_path / "real" / "broken.png").write_bytes(b"not a png")
     assert main(["eval", "--real", str(tmp_path / "real"), "--images", str(tmp_path / "real"),
                  "--inception-weights", "unused", "--resolution", "16", "--batch-size", "5"]) == 0
-    same = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    same = json.loads(captured.out.strip().splitlines()[-1])
     assert abs(same["fid"]) < 1e-6 and same["num_real"] == 12 and same["skipped_files"] == 2   # once per set
+    warned = [line for line in captured.err.splitlines() if "biased" in line]
+    assert warned == ["gigagan eval: warning: FID from 12 real and 12 generated images is biased upwards (fewer "
+                      "than 2,000 a side); compare it only with FIDs from the same numbers of images"]
     out = tmp_path / "scores.json"
     assert main(["eval", "--real", str(tmp_path / "real"), "--images", str(tmp_path / "fake"),
                  "--inception-weights", "unused", "--resolution", "16", "--json-out", str(out)]) == 0
@@ -122,13 +126,14 @@ def test_eval_command_on_a_model(tmp_path, capsys, small_inception):
 
 
 @pytest.mark.parametrize("flags, message", [
-    ([], "--inception-weights is required"),
+    ([], "--inception-weights is needed"),
     (["--inception-weights", "missing.pth"], "--inception-weights missing.pth: no such file"),
     (["--inception-weights", "w.pth", "--ckpt", "c"], "give exactly one of --images"),
     (["--inception-weights", "w.pth", "--clip-weights", "missing.pt"], "--clip-weights missing.pt: no such file"),
 ])
 def test_eval_flags_fail_in_one_line(tmp_path, capsys, monkeypatch, flags, message):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))      # an empty torch hub: no weights there
     _write_pngs(tmp_path / "real", _images(3, 0.0, 9))
     (tmp_path / "w.pth").write_bytes(b"")
     original = ev.inception_features                       # its flag checks, with a small extractor for w.pth
@@ -136,3 +141,52 @@ def test_eval_flags_fail_in_one_line(tmp_path, capsys, monkeypatch, flags, messa
     assert main(["eval", "--real", "real", "--images", "real", *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_fid_from_feature_sums_matches_the_closed_form():
+    """The training metric's FID (sums of features, fed once and compared often) is the closed form too."""
+    real, fake = _images(40, 0.0, 1), _images(30, 0.3, 2)
+    feature = PooledFeatures()
+    stats = []
+    for images in (real, fake):
+        s = ev.FeatureStats(8)
+        for part in images.split(7):
+            s.add(feature(ev.to_uint8(part, 16)))
+        stats.append(s)
+    want = _expected_fid(real, fake, feature, 16)
+    assert want > 0.01 and abs(ev.fid_from_stats(*stats) - want) <= 1e-6 * max(1.0, want)
+    assert abs(ev.fid_from_stats(stats[0], stats[0])) < 1e-6
+
+
+def test_bias_warning_below_2000_images_a_side():
+    assert ev.bias_warning(2000, 2000) is None
+    assert "biased" in ev.bias_warning(1999, 50_000) and "biased" in ev.bias_warning(50_000, 6)
+
+
+def test_inception_weights_take_either_published_file_name(tmp_path, monkeypatch):
+    """The error names torch-fidelity's file and URL and pytorch-fid's; a folder (or torch hub's checkpoints
+    folder, where torch-fidelity keeps its download) holding either name is found; nothing is downloaded."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    with pytest.raises(ev.EvaluationError) as missing:
+        ev.inception_weights_file(None)
+    text = str(missing.value)
+    url = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+    assert url in text and "pt_inception-2015-12-05-6726825d.pth" in text and len(text.splitlines()) == 1
+    hub = tmp_path / "torch-home" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    for name in ("pt_inception-2015-12-05-6726825d.pth", "weights-inception-2015-12-05-6726825d.pth"):
+        (hub / name).write_bytes(b"")
+        assert ev.inception_weights_file(None) == str(hub / name)          # torch-fidelity's first when both
+        assert ev.inception_weights_file(str(hub)) == str(hub / name)
+    with pytest.raises(ev.EvaluationError, match="holds neither FID Inception weights file"):
+        ev.inception_weights_file(str(tmp_path))
+
+
+def test_inception_weights_that_are_not_tensors_or_not_the_network_fail_in_one_line(tmp_path):
+    pytest.importorskip("torch_fidelity")
+    torch.save({"Conv2d_1a_3x3.conv.weight": torch.zeros(1)}, tmp_path / "wrong.pth")
+    with pytest.raises(ev.EvaluationError, match="wrong.pth: not the FID Inception weights"):
+        ev.inception_features(str(tmp_path / "wrong.pth"))
+    torch.save({"code": ev.EvaluationError("a pickled object")}, tmp_path / "pickle.pth")
+    with pytest.raises(ev.EvaluationError, match="pickle.pth: not the FID Inception weights"):
+        ev.inception_features(str(tmp_path / "pickle.pth"))

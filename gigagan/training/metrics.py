@@ -41,7 +41,7 @@ class TrainingMetrics:
     """The measurements of one run (none when cfg.metrics is empty). Built before training, so that a bad
     folder or weights file fails before the first step; measure() is called on every rank."""
 
-    def __init__(self, cfg, rank: int, world: int, device, log, z_dim: int):
+    def __init__(self, cfg, rank: int, world: int, device, log, z_dim: int, feature=None):
         self.cfg, self.rank, self.world, self.device, self.log = cfg, rank, world, device, log
         self.enabled = bool(cfg.metrics)
         if not self.enabled:
@@ -58,7 +58,8 @@ class TrainingMetrics:
                 raise ev.EvaluationError(f"--fid-real {cfg.fid_real}: none of its images has a .txt caption, which "
                                          "the generated images of a text-conditioned run need as prompts (as --data "
                                          "folders have them)")
-        self.feature = ev.inception_features(cfg.inception_weights).to(device).eval()
+        # feature: any module from [B, 3, 299, 299] uint8 images to [B, F] features (the tests' small ones).
+        self.feature = (feature or ev.inception_features(cfg.inception_weights)).to(device).eval()
         self.clip = (ev.load_clip(cfg.metrics_clip_model, cfg.metrics_clip_weights, device)
                      if cfg.metrics_clip_weights else None)
         self.z_dim = z_dim
