@@ -58,7 +58,8 @@ def test_auto_on_cuda_picks_the_fastest_predicted(monkeypatch):
     entry = dispatcher.REGISTRY["adaptive_modconv2d"]
     predicted = {c.name: c.predicted_seconds(call) for c in entry.candidates}
     assert all(p is not None and p > 0 for p in predicted.values()), predicted
-    assert min(predicted, key=predicted.get) == "triton:weights"
+    auto_pickable = {name: p for name, p in predicted.items() if not name.startswith("cuda:")}  # cuda is opt-in
+    assert min(auto_pickable, key=auto_pickable.get) == "triton:weights"
 
 
 def test_candidates_lists_every_name():
