@@ -130,12 +130,10 @@ def cmd_train(args) -> int:
         raise UsageError(f"{_flag(e.field)} {e.message}") from None
     if problem := data_spec_problem(cfg.data):
         raise UsageError(f"--data {cfg.data}: {problem}")
-    from .files import removed_if_failed
     try:
-        with removed_if_failed(cfg.out):              # a run that fails before writing anything leaves no folder
-            trainer = Trainer(cfg)
-            result = trainer.fit(resume=args.resume or args.resume_or_start, overwrite=args.overwrite,
-                                 fresh_if_none=args.resume_or_start, allow_config_change=args.allow_config_change)
+        trainer = Trainer(cfg)
+        result = trainer.fit(resume=args.resume or args.resume_or_start, overwrite=args.overwrite,
+                             fresh_if_none=args.resume_or_start, allow_config_change=args.allow_config_change)
     finally:
         shutdown()                                        # the process group, on every path (torchrun)
     if result.get("stopped_by_signal"):
@@ -197,12 +195,6 @@ def _generate_batches(G, args, prompts: list):
 
 
 def cmd_sample(args) -> int:
-    from .files import removed_if_failed
-    with removed_if_failed(args.outdir):              # a failed command leaves no empty --outdir behind
-        return _sample(args)
-
-
-def _sample(args) -> int:
     from .images import save_grid, save_images
     if (args.out is None) == (args.outdir is None):
         raise UsageError("give exactly one of --out (a captioned grid PNG) and --outdir (one PNG per image)")
@@ -363,10 +355,9 @@ def cmd_eval(args) -> int:
 
 def cmd_export(args) -> int:
     from .training import export_pretrained
-    from .files import removed_if_failed
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out {args.out}: exists and is not a directory")
-    with warnings.catch_warnings(), removed_if_failed(args.out):     # missing parents are created
+    with warnings.catch_warnings():                   # missing parents are created (a failure removes them: __main__)
         warnings.simplefilter("ignore")               # the checkpoint carries the CLIP tower's weights
         info = export_pretrained(args.ckpt, args.out)
     network = "the upsampler" if info["model"] == "upsampler" else "G"
