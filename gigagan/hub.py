@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import errno
 import json
 import logging
 import math
@@ -352,6 +353,16 @@ def model_card(config: GigaGANConfig, parts: tuple, info: dict, repo_id: Optiona
     return "\n".join(lines)
 
 
+def _as_os_error(e: Exception, path: str) -> Exception:
+    """A failed write as the OSError it is. safetensors reports one as SafetensorError("... I/O error: File too
+    large (os error 27)"), which would read as a bad weights file rather than a full disk at `path`."""
+    if isinstance(e, OSError) or type(e).__name__ != "SafetensorError":
+        return e
+    found = re.search(r"\(os error (\d+)\)", str(e))
+    code = int(found.group(1)) if found else errno.EIO
+    return OSError(code, os.strerror(code), path)
+
+
 # -- the mixin ------------------------------------------------------------------------------------------------
 class HubMixin:
     """PyTorchModelHubMixin's methods for GigaGAN (see the module docstring for why they are not inherited)."""
@@ -378,8 +389,16 @@ class HubMixin:
         os.makedirs(save_directory, exist_ok=True)
         directory = os.fspath(save_directory)
         write_text_atomic(os.path.join(directory, CONFIG_NAME), self.config.to_json())
-        write_atomic(os.path.join(directory, WEIGHTS_NAME),
-                     lambda tmp: save_model(self, tmp, metadata={"format": "pt"}))
+        weights_path = os.path.join(directory, WEIGHTS_NAME)
+
+        def write_weights(tmp):
+            try:
+                save_model(self, tmp, metadata={"format": "pt"})
+            except Exception as e:
+                if (err := _as_os_error(e, weights_path)) is e:
+                    raise
+                raise err from e
+        write_atomic(weights_path, write_weights)
         info = getattr(self, "training_info", None)
         if info:
             write_text_atomic(os.path.join(directory, TRAINING_NAME), json.dumps(info, indent=1))

@@ -12,16 +12,7 @@ upsampler (each with the CLIP tower), and from_pretrained builds what the file h
 """
 from __future__ import annotations
 
-<<<<<<< HEAD
-import errno
-import json
-import os
-import re
-import tempfile
-from typing import Optional, Union
-=======
 from typing import Optional, Sequence, Union
->>>>>>> 301c120 (GigaGAN follows PyTorchModelHubMixin; gigagan export writes only what the run trained; model folders are checked before anything is allocated)
 
 from torch import nn
 
@@ -46,24 +37,9 @@ def count_parameters(module: nn.Module, trainable: bool = True) -> int:
     return total
 
 
-<<<<<<< HEAD
-def _as_os_error(e: Exception, path: str) -> Exception:
-    """A failed write as the OSError it is. safetensors reports one as SafetensorError("... I/O error: File too
-    large (os error 27)"), which would read as a bad weights file rather than a full disk at `path`."""
-    if isinstance(e, OSError) or type(e).__name__ != "SafetensorError":
-        return e
-    found = re.search(r"\(os error (\d+)\)", str(e))
-    code = int(found.group(1)) if found else errno.EIO
-    return OSError(code, os.strerror(code), path)
-
-
-class GigaGAN(nn.Module):
-    def __init__(self, config: Union[GigaGANConfig, str], load_clip_weights: bool = True):
-=======
 class GigaGAN(nn.Module, HubMixin):
     def __init__(self, config: Union[GigaGANConfig, str], load_clip_weights: bool = True,
                  parts: Optional[Sequence[str]] = None):
->>>>>>> 301c120 (GigaGAN follows PyTorchModelHubMixin; gigagan export writes only what the run trained; model folders are checked before anything is allocated)
         super().__init__()
         if isinstance(config, str):
             config = get_preset(config)
@@ -84,42 +60,3 @@ class GigaGAN(nn.Module, HubMixin):
         counts = {name: count_parameters(getattr(self, name)) for name in PARTS if getattr(self, name) is not None}
         counts["clip_text_frozen"] = count_parameters(self.clip, trainable=False)
         return counts
-<<<<<<< HEAD
-
-    def save_pretrained(self, directory: str) -> None:
-        """Write config.json and model.safetensors into `directory`, each atomically (temp file, then rename)."""
-        save_model = require("safetensors.torch", "save_pretrained").save_model
-        os.makedirs(directory, exist_ok=True)
-        for name, write in ((CONFIG_NAME, lambda p: open(p, "w").write(self.config.to_json())),
-                            (WEIGHTS_NAME, lambda p: save_model(self, p, metadata={"format": "pt"}))):
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
-            os.close(fd)
-            try:
-                try:
-                    write(tmp)
-                except Exception as e:
-                    if (err := _as_os_error(e, os.path.join(directory, name))) is e:
-                        raise
-                    raise err from e
-                os.replace(tmp, os.path.join(directory, name))
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-
-    @classmethod
-    def from_pretrained(cls, directory: str, map_location: Optional[Union[str, torch.device]] = "cpu") -> "GigaGAN":
-        load_model = require("safetensors.torch", "from_pretrained").load_model
-        config_path, weights_path = os.path.join(directory, CONFIG_NAME), os.path.join(directory, WEIGHTS_NAME)
-        for path in (config_path, weights_path):
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"from_pretrained: {path} does not exist")
-        with open(config_path) as f:
-            config = GigaGANConfig.from_dict(json.load(f))
-        model = cls(config, load_clip_weights=False)      # the checkpoint holds the tower's weights
-        missing, unexpected = load_model(model, weights_path, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"from_pretrained: {weights_path} does not match the config: missing "
-                             f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
-        return model.to(map_location)
-=======
->>>>>>> 301c120 (GigaGAN follows PyTorchModelHubMixin; gigagan export writes only what the run trained; model folders are checked before anything is allocated)
