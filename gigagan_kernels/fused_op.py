@@ -32,6 +32,8 @@ def autograd_backward(first_order: Callable, reference_grads: Callable) -> Calla
     reference_grads(ctx, grad) the reference; both return the gradients of the op's leading (differentiable)
     inputs, and the ctx.trailing_inputs inputs after them (options, masks) get None."""
     def backward(ctx, grad, *_grads_of_other_outputs):
+        if grad is None:    # grads are not materialised: only a saved-for-backward output (d, lin, lse) was reached
+            return (None,) * len(ctx.needs_input_grad)
         grads = reference_grads(ctx, grad) if torch.is_grad_enabled() else first_order(ctx, grad)
         return tuple(grads) + (None,) * ctx.trailing_inputs
     return backward
