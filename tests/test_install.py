@@ -223,7 +223,8 @@ def test_the_wheel_and_sdist_carry_the_cuda_sources_and_install(tmp_path):
 
     # A fresh venv, as on a machine whose system python has torch: --system-site-packages. Here the system
     # python has none, so a .pth lends it this environment's packages (torch, triton); the .pth files in there,
-    # this checkout's editable install among them, are not read, so `gigagan_kernels` is the wheel's.
+    # this checkout's editable install among them, are not read, so `gigagan_kernels` is the wheel's
+    # (--ignore-installed: pip would otherwise take that editable install, of the same version, as the wheel).
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], check=True,
                    timeout=300)
@@ -234,7 +235,7 @@ def test_the_wheel_and_sdist_carry_the_cuda_sources_and_install(tmp_path):
     with open(os.path.join(site, "lent.pth"), "w") as f:
         f.write("\n".join(this_site.getsitepackages()) + "\n")
     proc = subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index",
-                           "--no-build-isolation", str(wheel)], capture_output=True, text=True, timeout=600)
+                           "--no-build-isolation", "--ignore-installed", str(wheel)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     check = ("import gigagan, gigagan_kernels, gigagan_kernels.nn\n"
              "from gigagan_kernels import cuda_extension\n"
