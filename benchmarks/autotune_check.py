@@ -74,14 +74,16 @@ def cases(random_count: int, seed: int):
 
 
 def side_by_side(run, tensors, names, rounds: int) -> dict:
-    """Seconds of forward + backward per name, timed in interleaved rounds (drift hits every name alike): the
-    minimum over the rounds, since the other processes of a shared machine only ever add time, and the median."""
+    """Seconds of forward + backward per name, timed in interleaved rounds (drift hits every name alike) in a
+    rotating order: the minimum over the rounds, since the other processes of a shared machine only ever add time, and the median."""
     times = {name: [] for name in names}
     for _ in range(2):                                        # warm-up (auto has tuned already)
         for name in names:
             torch.autograd.grad(run(name).sum(), tensors)
-    for _ in range(rounds):
-        for name in names:
+    for r in range(rounds):
+        # Each round starts one name later: a call after a memory-hungry one pays its page faults, so every name
+        # follows every other alike.
+        for name in names[r % len(names):] + names[:r % len(names)]:
             t0 = time.perf_counter()
             out = run(name)
             torch.autograd.grad(out, tensors, torch.ones_like(out))

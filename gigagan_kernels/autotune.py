@@ -364,7 +364,8 @@ def _one_call(candidate, call):
 
 def _time_candidates(entry, names: list, call, skipped: dict) -> dict:
     """Median seconds per candidate. On CUDA do_bench per candidate (CUDA events, an L2 flush); on CPU interleaved
-    rounds, one call of each candidate per round, so that a busy machine's drift hits them alike. A candidate that
+    rounds, one call of each candidate per round, so that a busy machine's drift hits them alike, in an order
+    rotated each round (a call after a memory-hungry one pays its page faults). A candidate that
     fails (out of memory, a compile error) is skipped with the reason."""
     def failed(name, e):
         skipped[name] = f"failed while timing: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
@@ -396,7 +397,8 @@ def _time_candidates(entry, names: list, call, skipped: dict) -> dict:
     start, rounds = time.perf_counter(), 0
     while runs and (rounds < CPU_MIN_RUNS or
                     (time.perf_counter() - start < CPU_MIN_RUN_SECONDS * len(runs) and rounds < CPU_MAX_RUNS)):
-        for name, once in runs.items():
+        order = list(runs.items())
+        for name, once in order[rounds % len(order):] + order[:rounds % len(order)]:   # rotated: each follows each
             t0 = time.perf_counter()
             once()
             samples[name].append(time.perf_counter() - t0)
