@@ -75,7 +75,8 @@ def cases(random_count: int, seed: int):
 
 def side_by_side(run, tensors, names, rounds: int) -> dict:
     """Seconds of forward + backward per name, timed in interleaved rounds (drift hits every name alike) in a
-    rotating order: the minimum over the rounds, since the other processes of a shared machine only ever add time, and the median."""
+    rotating order: the minimum over the rounds, since the other processes of a shared machine only ever add
+    time, and the median."""
     times = {name: [] for name in names}
     for _ in range(2):                                        # warm-up (auto has tuned already)
         for name in names:

@@ -235,7 +235,8 @@ def test_the_wheel_and_sdist_carry_the_cuda_sources_and_install(tmp_path):
     with open(os.path.join(site, "lent.pth"), "w") as f:
         f.write("\n".join(this_site.getsitepackages()) + "\n")
     proc = subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index",
-                           "--no-build-isolation", "--ignore-installed", str(wheel)], capture_output=True, text=True, timeout=600)
+                           "--no-build-isolation", "--ignore-installed", str(wheel)],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     check = ("import gigagan, gigagan_kernels, gigagan_kernels.nn\n"
              "from gigagan_kernels import cuda_extension\n"
