@@ -158,6 +158,18 @@ def record(writer: ResultWriter, op, shape_name, params, provider, mode, dtype, 
         writer.add(op, shape_name, params, provider, mode, dtype, "noisy", 1, "flag")
 
 
+def mode_call(fwd, wrt, mode: str):
+    """The call a "fwd" or "fwd+bwd" row measures: the forward without autograd, or forward + backward against a
+    fixed random gradient."""
+    if mode == "fwd":
+        def call():
+            with torch.no_grad():
+                return fwd()
+        return call
+    grad = torch.randn_like(fwd())
+    return lambda: torch.autograd.grad(fwd(), wrt, grad)
+
+
 def bench_case(op, shape_name, shape, provider, fwd, wrt, device, dtype, modes, writer: ResultWriter, *,
                quick=False):
     """Time fwd / bwd / fwd+bwd of one provider on one shape and record median, p20, p80 and peak memory."""

@@ -26,6 +26,8 @@ import torch
 from gigagan_kernels import backend
 from gigagan_kernels.testing import count_kernels
 
+from .common import DEFAULT_CSV, ResultWriter, load_average, mode_call
+
 HOST_METRICS = ("kernels", "device_kernels", "syncs", "host_cpu_us", "enqueue_us", "dispatch_us", "host_peak_mem_mb")
 MODES = ("fwd", "fwd+bwd")
 
@@ -72,15 +74,7 @@ def host_case(op, shape_name, shape, provider, fwd, wrt, device, dtype, writer, 
     timed = not interpreted(provider, device)
     out = {}
     for mode in MODES:
-        if mode == "fwd":
-            def fn():
-                with torch.no_grad():
-                    return fwd()
-        else:
-            grad = torch.randn_like(fwd())
-
-            def fn():
-                return torch.autograd.grad(fwd(), wrt, grad)
+        fn = mode_call(fwd, wrt, mode)
         fn()                                                  # warm-up: compiles, and auto's first-call choice
         with count_kernels(device if device.type == "cuda" else None) as count:
             fn()
@@ -113,7 +107,6 @@ def run_host_suite(op, device, *, gpu_shapes, cpu_shapes, providers, setup, disp
     """The host rows of every (dtype, shape, provider) of one op into the CSV. setup as run_suite's;
     dispatch_setup(provider, shape, device, dtype) -> a closure running the op's dispatch on the same call, or None
     for a provider that does not go through it."""
-    from .common import DEFAULT_CSV, ResultWriter, load_average
     dtypes = dtypes or [torch.bfloat16 if device.type == "cuda" else torch.float32]
     table = gpu_shapes if device.type == "cuda" else cpu_shapes
     writer = ResultWriter(csv_path or DEFAULT_CSV, device)

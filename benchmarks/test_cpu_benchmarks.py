@@ -18,6 +18,7 @@ import torch
 from gigagan_kernels import use_impl
 
 from . import bench_adaptive_modconv, bench_attention, bench_e2e
+from .common import mode_call
 
 CPU = torch.device("cpu")
 MODES = ("fwd", "fwd+bwd")
@@ -40,15 +41,7 @@ def _info(benchmark, **info):
                          list(_cases(bench_adaptive_modconv)) + list(_cases(bench_attention)))
 def test_op(benchmark, module, shape_name, shape, provider, mode):
     fwd, wrt = module.setup(provider, shape, CPU, torch.float32)
-    if mode == "fwd":
-        def fn():
-            with torch.no_grad():
-                return fwd()
-    else:
-        grad = torch.randn_like(fwd())
-
-        def fn():
-            return torch.autograd.grad(fwd(), wrt, grad)
+    fn = mode_call(fwd, wrt, mode)
     _info(benchmark, op=module.OP, shape=shape_name, params=shape, provider=provider, mode=mode, dtype="float32")
     benchmark(fn)
 
