@@ -194,6 +194,32 @@ def bench_case(op, shape_name, shape, provider, fwd, wrt, device, dtype, modes, 
     return out
 
 
+def open_results(op, device, csv_path) -> ResultWriter:
+    """A suite's writer, with the load average at the start recorded beside its rows."""
+    writer = ResultWriter(csv_path, device)
+    load = load_average()
+    if load is not None:
+        writer.add(op, "run", {}, "-", "-", "-", "load_average_1m", load, "load")
+    return writer
+
+
+def suite_cases(op, device, *, gpu_shapes, cpu_shapes, providers, available, shapes, dtypes, deadline, log):
+    """(dtype, shape name, shape, provider) of each case of a suite that may start now; the others are logged as
+    skipped: available(provider, device) said why not, or the deadline (time.monotonic()) has passed."""
+    table = gpu_shapes if device.type == "cuda" else cpu_shapes
+    for dtype in dtypes:
+        for shape_name in shapes or list(table):
+            shape = {**gpu_shapes, **cpu_shapes}[shape_name]
+            for provider in providers:
+                why = available(provider, device)
+                if deadline is not None and time.monotonic() > deadline:
+                    why = "the benchmark's time budget is spent"
+                if why:
+                    log(f"  {op} {shape_name} {provider}: skipped ({why})")
+                    continue
+                yield dtype, shape_name, shape, provider
+
+
 def run_suite(op, device, *, gpu_shapes, cpu_shapes, providers, setup, available, shapes=None, modes=MODES,
               dtype=None, dtypes=None, csv_path=DEFAULT_CSV, quick=False, log=print, deadline=None):
     """Run every (dtype, shape, provider) of one op. setup(provider, shape, device, dtype) -> (fwd closure,
@@ -202,36 +228,25 @@ def run_suite(op, device, *, gpu_shapes, cpu_shapes, providers, setup, available
     deadline (time.monotonic()): cases not started by then are skipped, and said so. The load average at the
     start is recorded beside the rows."""
     dtypes = dtypes or [dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)]
-    table = gpu_shapes if device.type == "cuda" else cpu_shapes
-    writer = ResultWriter(csv_path, device)
-    load = load_average()
-    if load is not None:
-        writer.add(op, "run", {}, "-", "-", "-", "load_average_1m", load, "load")
+    writer = open_results(op, device, csv_path)
     previous = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = True
     try:
-        for dtype in dtypes:
-            for shape_name in shapes or list(table):
-                shape = {**gpu_shapes, **cpu_shapes}[shape_name]
-                for provider in providers:
-                    why = available(provider, device)
-                    if deadline is not None and time.monotonic() > deadline:
-                        why = "the benchmark's time budget is spent"
-                    if why:
-                        log(f"  {op} {shape_name} {provider}: skipped ({why})")
-                        continue
-                    try:
-                        fwd, wrt = setup(provider, shape, device, dtype)
-                        res = bench_case(op, shape_name, shape, provider, fwd, wrt, device, dtype, modes, writer,
-                                         quick=quick)
-                    except torch.OutOfMemoryError:
-                        log(f"  {op} {shape_name} {provider}: out of memory")
-                        torch.cuda.empty_cache()
-                        continue
-                    writer.flush()  # each case lands at once, so a suite stopped midway keeps what it measured
-                    log(f"  {op} {shape_name} {provider} {str(dtype).replace('torch.', '')}: " + ", ".join(
-                        f"{m} {t.median_ms:.3f} ms" + (f" / {mem:.0f} MiB" if mem is not None else "")
-                        for m, (t, mem) in res.items()))
+        for dtype, shape_name, shape, provider in suite_cases(
+                op, device, gpu_shapes=gpu_shapes, cpu_shapes=cpu_shapes, providers=providers,
+                available=available, shapes=shapes, dtypes=dtypes, deadline=deadline, log=log):
+            try:
+                fwd, wrt = setup(provider, shape, device, dtype)
+                res = bench_case(op, shape_name, shape, provider, fwd, wrt, device, dtype, modes, writer,
+                                 quick=quick)
+            except torch.OutOfMemoryError:
+                log(f"  {op} {shape_name} {provider}: out of memory")
+                torch.cuda.empty_cache()
+                continue
+            writer.flush()  # each case lands at once, so a suite stopped midway keeps what it measured
+            log(f"  {op} {shape_name} {provider} {str(dtype).replace('torch.', '')}: " + ", ".join(
+                f"{m} {t.median_ms:.3f} ms" + (f" / {mem:.0f} MiB" if mem is not None else "")
+                for m, (t, mem) in res.items()))
     finally:
         torch.backends.cudnn.benchmark = previous
     writer.flush()

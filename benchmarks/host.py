@@ -26,7 +26,7 @@ import torch
 from gigagan_kernels import backend
 from gigagan_kernels.testing import count_kernels
 
-from .common import DEFAULT_CSV, ResultWriter, load_average, mode_call
+from .common import DEFAULT_CSV, mode_call, open_results, suite_cases
 
 HOST_METRICS = ("kernels", "device_kernels", "syncs", "host_cpu_us", "enqueue_us", "dispatch_us", "host_peak_mem_mb")
 MODES = ("fwd", "fwd+bwd")
@@ -108,31 +108,21 @@ def run_host_suite(op, device, *, gpu_shapes, cpu_shapes, providers, setup, disp
     dispatch_setup(provider, shape, device, dtype) -> a closure running the op's dispatch on the same call, or None
     for a provider that does not go through it."""
     dtypes = dtypes or [torch.bfloat16 if device.type == "cuda" else torch.float32]
-    table = gpu_shapes if device.type == "cuda" else cpu_shapes
-    writer = ResultWriter(csv_path or DEFAULT_CSV, device)
-    load = load_average()
-    if load is not None:
-        writer.add(op, "run", {}, "-", "-", "-", "load_average_1m", load, "load")
-    for dtype in dtypes:
-        for shape_name in shapes or list(table):
-            shape = {**gpu_shapes, **cpu_shapes}[shape_name]
-            for provider in providers:
-                why = available(provider, device, op)
-                if deadline is not None and time.monotonic() > deadline:
-                    why = "the benchmark's time budget is spent"
-                if why:
-                    log(f"  {op} {shape_name} {provider}: skipped ({why})")
-                    continue
-                try:
-                    fwd, wrt = setup(provider, shape, device, dtype)
-                    host_case(op, shape_name, shape, provider, fwd, wrt, device, dtype, writer,
-                              dispatch=dispatch_setup(provider, shape, device, dtype), quick=quick, log=log)
-                except backend.BackendUnavailableError as e:        # a candidate that refuses this call
-                    log(f"  {op} {shape_name} {provider}: skipped ({str(e).splitlines()[0]})")
-                except torch.OutOfMemoryError:
-                    log(f"  {op} {shape_name} {provider}: out of memory")
-                    torch.cuda.empty_cache()
-                writer.flush()
+    writer = open_results(op, device, csv_path or DEFAULT_CSV)
+    for dtype, shape_name, shape, provider in suite_cases(
+            op, device, gpu_shapes=gpu_shapes, cpu_shapes=cpu_shapes, providers=providers,
+            available=lambda provider, device: available(provider, device, op), shapes=shapes, dtypes=dtypes,
+            deadline=deadline, log=log):
+        try:
+            fwd, wrt = setup(provider, shape, device, dtype)
+            host_case(op, shape_name, shape, provider, fwd, wrt, device, dtype, writer,
+                      dispatch=dispatch_setup(provider, shape, device, dtype), quick=quick, log=log)
+        except backend.BackendUnavailableError as e:        # a candidate that refuses this call
+            log(f"  {op} {shape_name} {provider}: skipped ({str(e).splitlines()[0]})")
+        except torch.OutOfMemoryError:
+            log(f"  {op} {shape_name} {provider}: out of memory")
+            torch.cuda.empty_cache()
+        writer.flush()
     writer.flush()
 
 
